@@ -1,0 +1,623 @@
+//! The HTTP API: routes, request bodies, response bodies and error mapping.
+//!
+//! | route | method | what |
+//! | --- | --- | --- |
+//! | `/healthz` | GET | liveness and the serving generation |
+//! | `/v1/pipelines` | GET | the pipelines of the serving generation |
+//! | `/v1/pipelines/{name}` | POST | run a request: `{"input": "...", "attributes": {...}}` |
+//! | `/v1/requests/{id}` | GET | a request's state (an escalated one changes when resolved) |
+//! | `/v1/tickets?state=&limit=` | GET | review tickets, oldest first (default: open and claimed) |
+//! | `/v1/tickets/{id}` | GET | one ticket |
+//! | `/v1/tickets/{id}/claim` | POST | `{"reviewer": "..."}` |
+//! | `/v1/tickets/{id}/resolve` | POST | `{"reviewer": "...", "answer": "..."}` |
+//!
+//! Every error is a JSON body `{"error": {"code": "...", "message": "..."}}`
+//! with a 4xx or 5xx status; guest and engine internals stay in the log.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::pipeline::{Execution, Verdict};
+use crate::request::Request;
+use crate::server::App;
+use crate::store::{NewTicket, RequestRecord, RequestState, StoreError, Ticket, TicketFilter};
+
+/// The response type of every route.
+pub type Response = http::Response<Full<Bytes>>;
+
+/// Default and largest page of `GET /v1/tickets`.
+const DEFAULT_TICKET_PAGE: u32 = 100;
+const MAX_TICKET_PAGE: u32 = 1_000;
+
+/// A failed API call: a status and a typed body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    fn into_response(self) -> Response {
+        let mut response = json_response(
+            self.status,
+            &json!({"error": {"code": self.code, "message": self.message}}),
+        );
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(ALLOW, http::HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(what) => {
+                ApiError::not_found("not_found", format!("{what} does not exist"))
+            }
+            StoreError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            StoreError::Closed | StoreError::Database(_) => {
+                tracing::error!(%error, "store operation failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store cannot be reached; retry later",
+                )
+            }
+        }
+    }
+}
+
+enum Route<'a> {
+    Health,
+    Pipelines,
+    Pipeline(&'a str),
+    Request(&'a str),
+    Tickets,
+    Ticket(&'a str),
+    Claim(&'a str),
+    Resolve(&'a str),
+}
+
+impl<'a> Route<'a> {
+    fn parse(path: &'a str) -> Option<Route<'a>> {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        Some(match segments.as_slice() {
+            ["healthz"] => Route::Health,
+            ["v1", "pipelines"] => Route::Pipelines,
+            ["v1", "pipelines", name] => Route::Pipeline(name),
+            ["v1", "requests", id] => Route::Request(id),
+            ["v1", "tickets"] => Route::Tickets,
+            ["v1", "tickets", id] => Route::Ticket(id),
+            ["v1", "tickets", id, "claim"] => Route::Claim(id),
+            ["v1", "tickets", id, "resolve"] => Route::Resolve(id),
+            _ => return None,
+        })
+    }
+
+    fn method(&self) -> (Method, &'static str) {
+        match self {
+            Route::Pipeline(_) | Route::Claim(_) | Route::Resolve(_) => (Method::POST, "POST"),
+            _ => (Method::GET, "GET"),
+        }
+    }
+}
+
+/// Answer one HTTP request. Never fails: every error becomes a typed body.
+pub async fn handle(app: Arc<App>, request: http::Request<Incoming>) -> Response {
+    match dispatch(&app, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn dispatch(app: &App, request: http::Request<Incoming>) -> Result<Response, ApiError> {
+    let path = request.uri().path().to_owned();
+    let Some(route) = Route::parse(&path) else {
+        return Err(ApiError::not_found(
+            "no_route",
+            format!("no route for {path}"),
+        ));
+    };
+    let (method, allow) = route.method();
+    if request.method() != method {
+        let mut error = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {path}; use {allow}", request.method()),
+        );
+        error.allow = Some(allow);
+        return Err(error);
+    }
+    match route {
+        Route::Health => Ok(health(app)),
+        Route::Pipelines => Ok(pipelines(app)),
+        Route::Pipeline(name) => run_pipeline(app, name, request).await,
+        Route::Request(id) => get_request(app, id).await,
+        Route::Tickets => list_tickets(app, request.uri().query()).await,
+        Route::Ticket(id) => get_ticket(app, parse_ticket_id(id)?).await,
+        Route::Claim(id) => {
+            let id = parse_ticket_id(id)?;
+            let body: ClaimBody = read_json(app, request).await?;
+            let ticket = app.store.claim(id, check_reviewer(body.reviewer)?).await?;
+            Ok(json_response(StatusCode::OK, &ticket_view(&ticket)))
+        }
+        Route::Resolve(id) => {
+            let id = parse_ticket_id(id)?;
+            let body: ResolveBody = read_json(app, request).await?;
+            let reviewer = check_reviewer(body.reviewer)?;
+            if body.answer.trim().is_empty() {
+                return Err(ApiError::bad_request("\"answer\" must not be empty"));
+            }
+            let ticket = app.store.resolve(id, reviewer, body.answer).await?;
+            Ok(json_response(StatusCode::OK, &ticket_view(&ticket)))
+        }
+    }
+}
+
+fn health(app: &App) -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"status": "ok", "generation": app.current.load().number}),
+    )
+}
+
+fn pipelines(app: &App) -> Response {
+    let generation = app.current.load_full();
+    let pipelines: Vec<Value> = generation
+        .pipelines
+        .values()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "min_confidence": p.min_confidence,
+                "fallthrough": p.fallthrough.as_str(),
+                "stages": p.stages.iter().map(|s| json!({
+                    "name": s.spec.name,
+                    "layer": s.spec.layer.as_str(),
+                    "digest": s.digest,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"generation": generation.number, "pipelines": pipelines}),
+    )
+}
+
+/// The body of `POST /v1/pipelines/{name}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    input: String,
+    #[serde(default)]
+    attributes: serde_json::Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClaimBody {
+    reviewer: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    reviewer: String,
+    answer: String,
+}
+
+async fn run_pipeline(
+    app: &App,
+    name: &str,
+    request: http::Request<Incoming>,
+) -> Result<Response, ApiError> {
+    // Load the generation once: this request runs on it from start to end.
+    let generation = app.current.load_full();
+    let Some(pipeline) = generation.pipelines.get(name).cloned() else {
+        let known: Vec<&str> = generation.pipelines.keys().map(String::as_str).collect();
+        return Err(ApiError::not_found(
+            "unknown_pipeline",
+            format!(
+                "no pipeline named \"{name}\"; this host serves: {}",
+                known.join(", ")
+            ),
+        ));
+    };
+    let body: RunBody = read_json(app, request).await?;
+    let attributes = body
+        .attributes
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (key, text)
+        })
+        .collect::<BTreeMap<_, _>>();
+
+    let created_at = crate::store::now_millis();
+    let request = Request {
+        id: uuid::Uuid::now_v7().to_string(),
+        pipeline: pipeline.name.clone(),
+        input: body.input,
+        attributes,
+    };
+    let execution = pipeline.run(&app.runtime, generation.number, request).await;
+    let record = record_of(&execution, created_at);
+
+    let (status, ticket) = match &execution.verdict {
+        Verdict::Escalated { reason, draft, .. } => {
+            // The client hears "escalated" only once the ticket is durable.
+            let ticket = NewTicket {
+                reason: reason.clone(),
+                draft: draft.clone(),
+            };
+            let id = app
+                .store
+                .escalate(record.clone(), ticket)
+                .await
+                .map_err(|e| {
+                    tracing::error!(request_id = %record.id, error = %e, "cannot save a ticket");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        "the request needs a human reviewer but its ticket could not be saved; \
+                     retry later",
+                    )
+                })?;
+            (StatusCode::ACCEPTED, Some(id))
+        }
+        verdict => {
+            if let Err(error) = app.store.record(record.clone()).await {
+                tracing::error!(request_id = %record.id, %error, "cannot queue the request record");
+            }
+            let status = match verdict {
+                Verdict::Answered { .. } => StatusCode::OK,
+                Verdict::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            (status, None)
+        }
+    };
+    let mut view = request_view(&record, None);
+    if let Some(id) = ticket {
+        view["ticket"] = json!({"id": id, "state": "open", "reason": record.message});
+    }
+    Ok(json_response(status, &view))
+}
+
+/// The durable record of a finished pipeline run.
+fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
+    let request = &execution.request;
+    let trace: Vec<Value> = execution
+        .trace
+        .iter()
+        .map(|run| {
+            let mut entry = json!({
+                "stage": run.stage,
+                "layer": run.layer,
+                "digest": run.digest,
+                "result": run.result,
+                "micros": run.elapsed.as_micros() as u64,
+            });
+            if let Some(kind) = run.failure {
+                entry["failure"] = json!(kind);
+            }
+            entry
+        })
+        .collect();
+    let mut record = RequestRecord {
+        id: request.id.clone(),
+        pipeline: request.pipeline.clone(),
+        generation: execution.generation,
+        status: execution.verdict.status(),
+        input: request.input.clone(),
+        attributes: serde_json::to_string(&request.attributes).expect("a string map serializes"),
+        output: None,
+        confidence: None,
+        stage: None,
+        layer: None,
+        code: None,
+        message: None,
+        trace: Value::Array(trace).to_string(),
+        created_at,
+    };
+    let by = match &execution.verdict {
+        Verdict::Answered {
+            output,
+            confidence,
+            by,
+        } => {
+            record.output = Some(output.clone());
+            record.confidence = Some(*confidence);
+            Some(by)
+        }
+        Verdict::Escalated { reason, by, .. } => {
+            record.message = Some(reason.clone());
+            by.as_ref()
+        }
+        Verdict::Rejected { code, message, by } => {
+            record.code = Some(code.clone());
+            record.message = Some(message.clone());
+            by.as_ref()
+        }
+        Verdict::Failed { by, failure } => {
+            record.code = Some("stage_failed".to_owned());
+            record.message = Some(format!("stage \"{}\" {failure}", by.stage));
+            Some(by)
+        }
+    };
+    if let Some(by) = by {
+        record.stage = Some(by.stage.clone());
+        record.layer = Some(by.layer.clone());
+    }
+    record
+}
+
+/// The JSON a client sees for a request, fresh or looked up later.
+fn request_view(record: &RequestRecord, ticket: Option<&Ticket>) -> Value {
+    let mut view = json!({
+        "request_id": record.id,
+        "pipeline": record.pipeline,
+        "status": record.status,
+        "generation": record.generation,
+        "stage": record.stage,
+        "layer": record.layer,
+        "stages": serde_json::from_str::<Value>(&record.trace).unwrap_or(Value::Null),
+    });
+    match record.status {
+        "answered" => {
+            view["output"] = json!(record.output);
+            view["confidence"] = json!(record.confidence);
+        }
+        "rejected" => {
+            view["rejection"] = json!({"code": record.code, "message": record.message});
+        }
+        "failed" => {
+            view["error"] = json!({"code": record.code, "message": record.message});
+        }
+        _ => {}
+    }
+    if let Some(ticket) = ticket {
+        view["ticket"] = json!({
+            "id": ticket.id,
+            "state": ticket.state,
+            "reason": ticket.reason,
+        });
+        if ticket.state == "resolved" {
+            view["reviewer"] = json!(ticket.resolved_by);
+        }
+    }
+    view
+}
+
+async fn get_request(app: &App, id: &str) -> Result<Response, ApiError> {
+    let Some(RequestState {
+        record,
+        completed_at,
+        ticket,
+    }) = app.store.request(id.to_owned()).await?
+    else {
+        return Err(ApiError::not_found(
+            "unknown_request",
+            format!("no request with id \"{id}\""),
+        ));
+    };
+    let mut view = request_view(&record, ticket.as_ref());
+    view["created_at"] = json!(timestamp(record.created_at));
+    if let Some(at) = completed_at {
+        view["completed_at"] = json!(timestamp(at));
+    }
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+async fn list_tickets(app: &App, query: Option<&str>) -> Result<Response, ApiError> {
+    let mut filter = TicketFilter::Pending;
+    let mut limit = DEFAULT_TICKET_PAGE;
+    for (key, value) in query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+    {
+        match key {
+            "state" => {
+                filter = match value {
+                    "pending" => TicketFilter::Pending,
+                    "open" => TicketFilter::State("open"),
+                    "claimed" => TicketFilter::State("claimed"),
+                    "resolved" => TicketFilter::State("resolved"),
+                    other => {
+                        return Err(ApiError::bad_request(format!(
+                            "state \"{other}\" is not one of pending, open, claimed, resolved"
+                        )));
+                    }
+                }
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_TICKET_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit \"{value}\" is not a number in 1..={MAX_TICKET_PAGE}"
+                        ))
+                    })?;
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter \"{other}\"; use state and limit"
+                )));
+            }
+        }
+    }
+    let tickets = app.store.tickets(filter, limit).await?;
+    let views: Vec<Value> = tickets.iter().map(ticket_view).collect();
+    Ok(json_response(StatusCode::OK, &json!({"tickets": views})))
+}
+
+async fn get_ticket(app: &App, id: i64) -> Result<Response, ApiError> {
+    match app.store.ticket(id).await? {
+        Some(ticket) => Ok(json_response(StatusCode::OK, &ticket_view(&ticket))),
+        None => Err(ApiError::not_found(
+            "unknown_ticket",
+            format!("no ticket {id}"),
+        )),
+    }
+}
+
+fn ticket_view(ticket: &Ticket) -> Value {
+    let now = crate::store::now_millis();
+    let mut view = serde_json::to_value(ticket).expect("a ticket serializes");
+    view["created_at"] = json!(timestamp(ticket.created_at));
+    view["claimed_at"] = json!(ticket.claimed_at.map(timestamp));
+    view["resolved_at"] = json!(ticket.resolved_at.map(timestamp));
+    // The age a reviewer's SLA is measured by: until resolution, or now.
+    let end = ticket.resolved_at.unwrap_or(now);
+    view["age_seconds"] = json!((end - ticket.created_at).max(0) / 1000);
+    view
+}
+
+fn parse_ticket_id(text: &str) -> Result<i64, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::not_found(
+            "unknown_ticket",
+            format!("\"{text}\" is not a ticket number"),
+        )
+    })
+}
+
+fn check_reviewer(reviewer: String) -> Result<String, ApiError> {
+    let reviewer = reviewer.trim().to_owned();
+    if reviewer.is_empty() || reviewer.len() > 128 {
+        return Err(ApiError::bad_request(
+            "\"reviewer\" must be a name of 1 to 128 characters",
+        ));
+    }
+    Ok(reviewer)
+}
+
+/// Read a JSON body of at most the configured size.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    app: &App,
+    request: http::Request<Incoming>,
+) -> Result<T, ApiError> {
+    let limit = app.max_body;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    // Refuse early when the client says how much it will send.
+    if let Some(length) = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > limit as u64
+    {
+        return Err(too_large());
+    }
+    let body = Limited::new(request.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large()
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body is empty; send a JSON object",
+        ));
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the request body must be a JSON object, not an array",
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the request body is not valid: {e}"),
+        )
+    })
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = http::Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(body).expect("a JSON value serializes"),
+    )));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn timestamp(millis: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// The JSON of a pipeline run that was not served over HTTP (`strata run`):
+/// the same shape as a response, plus what a rule writer wants to see and a
+/// client is not shown: the input and attributes as the last stage left them,
+/// and an escalation's reason and draft.
+pub fn execution_view(execution: &Execution) -> Value {
+    let record = record_of(execution, crate::store::now_millis());
+    let mut view = request_view(&record, None);
+    view["input"] = json!(execution.request.input);
+    view["attributes"] = json!(execution.request.attributes);
+    if let Verdict::Escalated { reason, draft, .. } = &execution.verdict {
+        view["escalation"] = json!({"reason": reason, "draft": draft});
+    }
+    view
+}

@@ -1,0 +1,298 @@
+//! The `strata` command line: `serve`, `check` and `run`.
+//!
+//! The binary's `main` calls [`main`]; everything else lives in the library
+//! so that the commands are the same code the tests drive.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::manifest::Manifest;
+use crate::pipeline::Generation;
+use crate::request::Request;
+use crate::runtime::Runtime;
+use crate::server::{HostOptions, start};
+
+/// Strata: a gateway that runs requests through pipelines of sandboxed
+/// WebAssembly stages.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the manifest's pipelines over HTTP.
+    Serve {
+        /// The manifest file.
+        manifest: PathBuf,
+        /// Listen on this address instead of the manifest's `listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Keep durable state in this directory instead of the manifest's
+        /// `data_dir`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Load everything the manifest names and print each stage's digest,
+    /// imports, grants and limits. Exits non-zero with the reason if anything
+    /// would stop `serve`.
+    Check {
+        /// The manifest file.
+        manifest: PathBuf,
+    },
+    /// Run one request through a pipeline, without a server or a store, and
+    /// print the result as JSON.
+    Run {
+        /// The manifest file.
+        manifest: PathBuf,
+        /// The pipeline to run.
+        pipeline: String,
+        /// The request input.
+        #[arg(long)]
+        input: String,
+        /// A request attribute, `KEY=VALUE`; may be repeated.
+        #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attribute)]
+        attributes: Vec<(String, String)>,
+    },
+}
+
+fn parse_attribute(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("\"{text}\" is not KEY=VALUE"))
+}
+
+/// Parse the process arguments, run the command, and report errors on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    match runtime.block_on(execute(cli.command, &mut stdout)) {
+        Ok(code) => code,
+        Err(error) => {
+            let _ = stdout.flush();
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run one command, writing its report to `out`.
+pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve {
+            manifest,
+            listen,
+            data,
+        } => {
+            let host = start(HostOptions {
+                manifest,
+                listen,
+                data_dir: data,
+            })
+            .await?;
+            host.run_until(shutdown_signal()).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { manifest } => {
+            let (manifest, _runtime, generation) = load(&manifest).await?;
+            write_check_report(&manifest, &generation, out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            manifest,
+            pipeline,
+            input,
+            attributes,
+        } => {
+            let (_manifest, runtime, generation) = load(&manifest).await?;
+            let Some(pipeline) = generation.pipelines.get(&pipeline) else {
+                let known: Vec<&str> = generation.pipelines.keys().map(String::as_str).collect();
+                anyhow::bail!(
+                    "no pipeline named \"{pipeline}\"; the manifest defines: {}",
+                    known.join(", ")
+                );
+            };
+            let request = Request {
+                id: uuid::Uuid::now_v7().to_string(),
+                pipeline: pipeline.name.clone(),
+                input,
+                attributes: attributes.into_iter().collect(),
+            };
+            let execution = pipeline.run(&runtime, generation.number, request).await;
+            let view = crate::api::execution_view(&execution);
+            writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn load(path: &Path) -> anyhow::Result<(Manifest, Runtime, Generation)> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let manifest = Manifest::load(&path)?;
+        let runtime = Runtime::new(&manifest.runtime)?;
+        let generation = Generation::load(&manifest, &runtime, 1)?;
+        Ok((manifest, runtime, generation))
+    })
+    .await
+    .context("loading task failed")?
+}
+
+fn write_check_report(
+    manifest: &Manifest,
+    generation: &Generation,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let stages: usize = generation.pipelines.values().map(|p| p.stages.len()).sum();
+    writeln!(
+        out,
+        "{}: ok ({} pipeline{}, {stages} stage{})",
+        manifest.path.display(),
+        generation.pipelines.len(),
+        plural(generation.pipelines.len()),
+        plural(stages),
+    )?;
+    for pipeline in generation.pipelines.values() {
+        writeln!(
+            out,
+            "\npipeline {} (min_confidence {:.2}, fallthrough {})",
+            pipeline.name,
+            pipeline.min_confidence,
+            pipeline.fallthrough.as_str()
+        )?;
+        for (index, stage) in pipeline.stages.iter().enumerate() {
+            let spec = &stage.spec;
+            let limits = &spec.limits;
+            writeln!(out, "  {}. {} (layer {})", index + 1, spec.name, spec.layer)?;
+            writeln!(
+                out,
+                "     plugin    {} ({} bytes)",
+                spec.plugin.path.display(),
+                spec.plugin.bytes.len()
+            )?;
+            writeln!(
+                out,
+                "     digest    {}{}",
+                stage.digest,
+                if spec.plugin.pinned {
+                    " (pinned)"
+                } else {
+                    " (not pinned)"
+                }
+            )?;
+            let grants: Vec<&str> = spec.grants.iter().map(|g| g.as_str()).collect();
+            writeln!(
+                out,
+                "     grants    {}",
+                if grants.is_empty() {
+                    "none".to_owned()
+                } else {
+                    grants.join(", ")
+                }
+            )?;
+            writeln!(
+                out,
+                "     limits    timeout {} ms, memory {} MiB, fuel {}, output {} KiB",
+                limits.timeout_ms,
+                limits.memory_mib,
+                limits
+                    .fuel
+                    .map_or("unlimited".to_owned(), |f| f.to_string()),
+                limits.output_kib
+            )?;
+            writeln!(out, "     on_error  {}", spec.on_error.as_str())?;
+            if stage.imports.is_empty() {
+                writeln!(out, "     imports   none")?;
+            }
+            for (i, import) in stage.imports.iter().enumerate() {
+                writeln!(
+                    out,
+                    "     {}{} ({})",
+                    if i == 0 { "imports   " } else { "          " },
+                    import.name,
+                    import.rule.describe()
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Resolve on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Set up logging on stderr. `STRATA_LOG` takes a tracing filter
+/// (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

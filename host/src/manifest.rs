@@ -1,0 +1,904 @@
+//! The manifest: parse a TOML file into typed settings and validate it.
+//!
+//! Parsing and validation happen here and nowhere else, and this module never
+//! touches wasmtime: it reads the TOML, checks names, ranges and
+//! cross-references, reads every plugin file and checks its `sha256` pin.
+//! Compiling and linking the plugins (and the checks that need a compiled
+//! component, such as imports against grants) happen in [`crate::runtime`].
+//!
+//! Parsing is done in two steps so that every error can name the pipeline and
+//! the stage it is about: the file is first read as a generic TOML table, then
+//! each level (top, pipeline, stage) is deserialized on its own with
+//! `deny_unknown_fields`, and its errors are wrapped with that level's names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Default wall-clock limit of one stage invocation.
+pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
+/// Default linear-memory cap of one stage instance.
+pub const DEFAULT_MEMORY_MIB: u32 = 64;
+/// Default cap on the bytes a stage may return in one outcome.
+pub const DEFAULT_OUTPUT_KIB: u32 = 64;
+/// The largest memory cap a stage may ask for; the instance pool reserves
+/// address space for this much per slot.
+pub const MAX_MEMORY_MIB: u32 = 1_024;
+/// The longest timeout a stage may ask for.
+pub const MAX_TIMEOUT_MS: u64 = 300_000;
+/// Default cap on a request body.
+pub const DEFAULT_MAX_BODY_KIB: u32 = 64;
+/// Default number of stage instances that may run at once.
+pub const DEFAULT_INSTANCES: u32 = 256;
+
+/// A validated manifest. Every plugin it names has been read and its digest
+/// computed; the bytes here are exactly the bytes that will be compiled.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The manifest file, as given.
+    pub path: PathBuf,
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// Where durable state lives (resolved against the manifest's directory).
+    pub data_dir: PathBuf,
+    /// HTTP server settings.
+    pub server: ServerSettings,
+    /// Settings of the WebAssembly engine, fixed for the life of the process.
+    pub runtime: RuntimeSettings,
+    /// The pipelines, by name.
+    pub pipelines: BTreeMap<String, PipelineSpec>,
+}
+
+/// HTTP server settings (`[server]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// The largest request body accepted, in KiB.
+    #[serde(default = "default_max_body_kib")]
+    pub max_body_kib: u32,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_body_kib: DEFAULT_MAX_BODY_KIB,
+        }
+    }
+}
+
+/// Engine settings (`[runtime]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// How many stage instances may exist at once. Requests beyond this wait
+    /// for a slot rather than fail.
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    /// Whether the engine meters fuel. Needed for any stage `fuel` limit;
+    /// costs some throughput on compute-heavy stages.
+    #[serde(default = "default_true")]
+    pub fuel_metering: bool,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            instances: DEFAULT_INSTANCES,
+            fuel_metering: true,
+        }
+    }
+}
+
+/// One pipeline: stages run in order, cheapest layer first.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    /// The pipeline's name, as used in `POST /v1/pipelines/{name}`.
+    pub name: String,
+    /// Answers with a lower confidence are escalated with the answer as draft.
+    pub min_confidence: f64,
+    /// What happens when every stage passed the request on.
+    pub fallthrough: Fallthrough,
+    /// The stages, in the order requests go through them.
+    pub stages: Vec<StageSpec>,
+}
+
+/// One stage of a pipeline.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    /// The stage's name, unique within its pipeline.
+    pub name: String,
+    /// The layer it belongs to, for attribution in responses and metrics.
+    pub layer: Layer,
+    /// The plugin component, read and hashed.
+    pub plugin: PluginFile,
+    /// Host interfaces this stage may import.
+    pub grants: BTreeSet<Grant>,
+    /// Resource limits of one invocation.
+    pub limits: Limits,
+    /// What happens when the stage fails (trap, timeout, limit).
+    pub on_error: OnError,
+    /// The stage's own settings, readable through the `config` interface.
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A plugin file as read from disk.
+#[derive(Clone)]
+pub struct PluginFile {
+    /// The path, resolved against the manifest's directory.
+    pub path: PathBuf,
+    /// The file's bytes; the runtime compiles exactly these.
+    pub bytes: Arc<[u8]>,
+    /// Hex SHA-256 of `bytes`.
+    pub sha256: String,
+    /// Whether the manifest pins this digest.
+    pub pinned: bool,
+}
+
+impl fmt::Debug for PluginFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PluginFile")
+            .field("path", &self.path)
+            .field("len", &self.bytes.len())
+            .field("sha256", &self.sha256)
+            .field("pinned", &self.pinned)
+            .finish()
+    }
+}
+
+impl PluginFile {
+    /// The digest in the form responses and logs use: `sha256:<hex>`.
+    pub fn digest(&self) -> String {
+        format!("sha256:{}", self.sha256)
+    }
+}
+
+/// Per-invocation limits of a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock limit, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Linear-memory cap, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    /// Optional fuel budget (roughly, WebAssembly instructions).
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// Cap on the bytes of one outcome (texts and attributes), in KiB.
+    #[serde(default = "default_output_kib")]
+    pub output_kib: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            fuel: None,
+            output_kib: DEFAULT_OUTPUT_KIB,
+        }
+    }
+}
+
+/// A host capability a stage may be granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Grant {
+    /// `strata:pipeline/log`: write to the host log.
+    Log,
+    /// `strata:pipeline/config`: read the stage's own config table.
+    Config,
+}
+
+impl Grant {
+    /// Every grant, in the order they are documented.
+    pub const ALL: [Grant; 2] = [Grant::Log, Grant::Config];
+
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::Log => "log",
+            Grant::Config => "config",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Grant> {
+        Grant::ALL.into_iter().find(|g| g.as_str() == name)
+    }
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a stage failure does to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Continue with the next stage, the request unchanged.
+    Skip,
+    /// Stop and hand the request to a human.
+    Escalate,
+    /// Stop and return a typed error to the client.
+    Fail,
+}
+
+impl OnError {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::Skip => "skip",
+            OnError::Escalate => "escalate",
+            OnError::Fail => "fail",
+        }
+    }
+}
+
+/// What a pipeline does when no stage answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallthrough {
+    /// Open a ticket for a human reviewer.
+    Escalate,
+    /// Refuse the request (the client gets a 422).
+    Reject,
+}
+
+impl Fallthrough {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallthrough::Escalate => "escalate",
+            Fallthrough::Reject => "reject",
+        }
+    }
+}
+
+/// The layer a stage belongs to: one of the four standard layers or an
+/// operator-chosen name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Layer(String);
+
+impl Layer {
+    /// The layers of the standard pipeline, cheapest first.
+    pub const STANDARD: [&'static str; 4] = ["rules", "cache", "generation", "human"];
+
+    /// The layer's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where in the manifest an error is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Location {
+    /// The pipeline, if the error is inside one.
+    pub pipeline: Option<String>,
+    /// The stage, if the error is inside one.
+    pub stage: Option<String>,
+    /// The key at fault, if one is.
+    pub key: Option<String>,
+}
+
+/// A manifest that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {}{kind}", file.display(), LocationPrefix(location))]
+pub struct ManifestError {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// Where in it.
+    pub location: Box<Location>,
+    /// What is wrong.
+    pub kind: Box<ManifestErrorKind>,
+}
+
+struct LocationPrefix<'a>(&'a Location);
+
+impl fmt::Display for LocationPrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Location {
+            pipeline,
+            stage,
+            key,
+        } = self.0;
+        let mut parts = Vec::new();
+        if let Some(p) = pipeline {
+            parts.push(format!("pipeline \"{p}\""));
+        }
+        if let Some(s) = stage {
+            parts.push(format!("stage \"{s}\""));
+        }
+        if let Some(k) = key {
+            parts.push(format!("key \"{k}\""));
+        }
+        if parts.is_empty() {
+            Ok(())
+        } else {
+            write!(f, "{}: ", parts.join(", "))
+        }
+    }
+}
+
+/// The ways a manifest can be wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestErrorKind {
+    /// The file could not be read.
+    #[error("cannot read the manifest: {0}")]
+    Unreadable(#[source] std::io::Error),
+    /// The file is not valid TOML (this includes a key given twice).
+    #[error("invalid TOML: {0}")]
+    Syntax(String),
+    /// A key has the wrong type, or is unknown, or a required key is missing.
+    #[error("{0}")]
+    Schema(String),
+    /// A value is outside what the key accepts.
+    #[error("{0}")]
+    Invalid(String),
+    /// Two pipelines or two stages of a pipeline share a name.
+    #[error("duplicate name \"{0}\"")]
+    Duplicate(String),
+    /// A plugin file does not exist or cannot be read.
+    #[error("cannot read plugin {}: {source}", path.display())]
+    MissingPlugin {
+        /// The resolved path.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A plugin's bytes do not match the manifest's pin.
+    #[error("digest mismatch for {}: the manifest pins sha256 {expected}, the file has {actual}", path.display())]
+    DigestMismatch {
+        /// The resolved path.
+        path: PathBuf,
+        /// The pinned digest.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
+    /// A plugin is not a component the engine accepts.
+    #[error("{} is not a valid component: {reason}", path.display())]
+    InvalidComponent {
+        /// The resolved path.
+        path: PathBuf,
+        /// The engine's reason.
+        reason: String,
+    },
+    /// A plugin does not export the stage interface.
+    #[error("{} does not export {expected}{}", path.display(), describe_exports(found))]
+    MissingExport {
+        /// The resolved path.
+        path: PathBuf,
+        /// The interface a stage must export.
+        expected: &'static str,
+        /// What it exports instead.
+        found: Vec<String>,
+    },
+    /// A plugin imports interfaces its stage is not granted.
+    #[error("{} imports what the stage is not granted: {}", path.display(), describe_ungranted(imports))]
+    UngrantedImports {
+        /// The resolved path.
+        path: PathBuf,
+        /// Every import that is not granted, in the component's order.
+        imports: Vec<UngrantedImport>,
+    },
+    /// The component cannot be linked or pre-instantiated.
+    #[error("{} cannot be linked: {reason}", path.display())]
+    Link {
+        /// The resolved path.
+        path: PathBuf,
+        /// The engine's reason.
+        reason: String,
+    },
+}
+
+fn describe_exports(found: &[String]) -> String {
+    if found.is_empty() {
+        " (it exports nothing)".to_owned()
+    } else {
+        format!(" (it exports {})", found.join(", "))
+    }
+}
+
+fn describe_ungranted(imports: &[UngrantedImport]) -> String {
+    imports
+        .iter()
+        .map(|i| match i.grant {
+            Some(grant) => format!("{} (needs grant \"{grant}\")", i.name),
+            None => format!("{} (not available to stages)", i.name),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One import a stage is not granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UngrantedImport {
+    /// The import's full name, e.g. `wasi:filesystem/types@0.2.6`.
+    pub name: String,
+    /// The grant that would allow it, if any grant does.
+    pub grant: Option<Grant>,
+}
+
+impl Manifest {
+    /// Read, parse and validate the manifest at `path`, reading every plugin
+    /// it names.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            file: path.to_owned(),
+            location: Box::default(),
+            kind: Box::new(ManifestErrorKind::Unreadable(e)),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse and validate manifest `text` as if read from `path`. Relative
+    /// paths in it are resolved against `path`'s directory.
+    pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+        Parser {
+            file: path,
+            base: path.parent().unwrap_or(Path::new(".")),
+        }
+        .manifest(text)
+    }
+
+    /// Every stage of every pipeline, with its pipeline's name.
+    pub fn stages(&self) -> impl Iterator<Item = (&str, &StageSpec)> {
+        self.pipelines
+            .values()
+            .flat_map(|p| p.stages.iter().map(move |s| (p.name.as_str(), s)))
+    }
+}
+
+// The raw shapes, as written in TOML. Tables below the level being parsed
+// are kept as `toml::Table` so that their errors can be given context.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    server: ServerSettings,
+    #[serde(default)]
+    runtime: RuntimeSettings,
+    #[serde(default)]
+    pipelines: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    #[serde(default)]
+    min_confidence: Option<f64>,
+    #[serde(default)]
+    fallthrough: Option<Fallthrough>,
+    #[serde(default)]
+    stages: Vec<toml::Table>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    name: String,
+    plugin: PathBuf,
+    layer: String,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    grants: Vec<String>,
+    #[serde(default)]
+    limits: Option<Limits>,
+    #[serde(default)]
+    on_error: Option<OnError>,
+    #[serde(default)]
+    config: Option<toml::Table>,
+}
+
+/// The default listen address when the manifest gives none.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+struct Parser<'a> {
+    file: &'a Path,
+    base: &'a Path,
+}
+
+impl Parser<'_> {
+    fn error(&self, location: Location, kind: ManifestErrorKind) -> ManifestError {
+        ManifestError {
+            file: self.file.to_owned(),
+            location: Box::new(location),
+            kind: Box::new(kind),
+        }
+    }
+
+    fn manifest(&self, text: &str) -> Result<Manifest, ManifestError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let position = match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {column}: ")
+                }
+                None => String::new(),
+            };
+            self.error(
+                Location::default(),
+                ManifestErrorKind::Syntax(format!(
+                    "{position}{}",
+                    one_line(e.message().to_owned())
+                )),
+            )
+        })?;
+        let raw: RawManifest = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| self.schema_error(Location::default(), e))?;
+
+        let listen = match raw.listen.as_deref() {
+            None => DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
+            Some(text) => text.parse().map_err(|_| {
+                self.error(
+                    key_location("listen"),
+                    ManifestErrorKind::Invalid(format!(
+                        "\"{text}\" is not a socket address such as 127.0.0.1:8080"
+                    )),
+                )
+            })?,
+        };
+        let data_dir = self
+            .base
+            .join(raw.data_dir.unwrap_or_else(|| "data".into()));
+        self.check_settings(&raw.server, &raw.runtime)?;
+
+        if raw.pipelines.is_empty() {
+            return Err(self.error(
+                key_location("pipelines"),
+                ManifestErrorKind::Invalid("the manifest defines no pipeline".to_owned()),
+            ));
+        }
+        let mut pipelines = BTreeMap::new();
+        for (name, value) in raw.pipelines {
+            let pipeline = self.pipeline(name.clone(), value, &raw.runtime)?;
+            pipelines.insert(name, pipeline);
+        }
+        Ok(Manifest {
+            path: self.file.to_owned(),
+            listen,
+            data_dir,
+            server: raw.server,
+            runtime: raw.runtime,
+            pipelines,
+        })
+    }
+
+    fn check_settings(
+        &self,
+        server: &ServerSettings,
+        runtime: &RuntimeSettings,
+    ) -> Result<(), ManifestError> {
+        if !(1..=16 * 1024).contains(&server.max_body_kib) {
+            return Err(self.error(
+                key_location("server.max_body_kib"),
+                ManifestErrorKind::Invalid(format!("{} is outside 1..=16384", server.max_body_kib)),
+            ));
+        }
+        if !(1..=10_000).contains(&runtime.instances) {
+            return Err(self.error(
+                key_location("runtime.instances"),
+                ManifestErrorKind::Invalid(format!("{} is outside 1..=10000", runtime.instances)),
+            ));
+        }
+        Ok(())
+    }
+
+    fn pipeline(
+        &self,
+        name: String,
+        value: toml::Value,
+        runtime: &RuntimeSettings,
+    ) -> Result<PipelineSpec, ManifestError> {
+        let here = Location {
+            pipeline: Some(name.clone()),
+            ..Location::default()
+        };
+        check_name(&name)
+            .map_err(|msg| self.error(here.clone(), ManifestErrorKind::Invalid(msg)))?;
+        let toml::Value::Table(table) = value else {
+            return Err(self.error(
+                here,
+                ManifestErrorKind::Schema(format!(
+                    "expected a table [pipelines.{name}], found a {}",
+                    value.type_str()
+                )),
+            ));
+        };
+        let raw: RawPipeline = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| self.schema_error(here.clone(), e))?;
+
+        let min_confidence = raw.min_confidence.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&min_confidence) {
+            return Err(self.error(
+                Location {
+                    key: Some("min_confidence".to_owned()),
+                    ..here
+                },
+                ManifestErrorKind::Invalid(format!("{min_confidence} is outside 0..=1")),
+            ));
+        }
+        if raw.stages.is_empty() {
+            return Err(self.error(
+                Location {
+                    key: Some("stages".to_owned()),
+                    ..here
+                },
+                ManifestErrorKind::Invalid("the pipeline has no stages".to_owned()),
+            ));
+        }
+
+        let mut seen = BTreeSet::new();
+        let mut stages = Vec::with_capacity(raw.stages.len());
+        for (index, table) in raw.stages.into_iter().enumerate() {
+            let stage = self.stage(&name, index, table, runtime)?;
+            if !seen.insert(stage.name.clone()) {
+                return Err(self.error(
+                    Location {
+                        stage: Some(stage.name.clone()),
+                        key: Some("name".to_owned()),
+                        ..here
+                    },
+                    ManifestErrorKind::Duplicate(stage.name),
+                ));
+            }
+            stages.push(stage);
+        }
+        Ok(PipelineSpec {
+            name,
+            min_confidence,
+            fallthrough: raw.fallthrough.unwrap_or(Fallthrough::Escalate),
+            stages,
+        })
+    }
+
+    fn stage(
+        &self,
+        pipeline: &str,
+        index: usize,
+        table: toml::Table,
+        runtime: &RuntimeSettings,
+    ) -> Result<StageSpec, ManifestError> {
+        // Until the name is known, the stage is named by its position.
+        let stage_label = table
+            .get("name")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("#{}", index + 1));
+        let here = Location {
+            pipeline: Some(pipeline.to_owned()),
+            stage: Some(stage_label),
+            key: None,
+        };
+        let at = |key: &str| Location {
+            key: Some(key.to_owned()),
+            ..here.clone()
+        };
+        let raw: RawStage = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| self.schema_error(here.clone(), e))?;
+
+        check_name(&raw.name).map_err(|m| self.error(at("name"), ManifestErrorKind::Invalid(m)))?;
+        check_name(&raw.layer)
+            .map_err(|m| self.error(at("layer"), ManifestErrorKind::Invalid(m)))?;
+
+        let mut grants = BTreeSet::new();
+        for name in &raw.grants {
+            let grant = Grant::parse(name).ok_or_else(|| {
+                self.error(
+                    at("grants"),
+                    ManifestErrorKind::Invalid(format!(
+                        "unknown grant \"{name}\"; known grants: {}",
+                        Grant::ALL.map(Grant::as_str).join(", ")
+                    )),
+                )
+            })?;
+            if !grants.insert(grant) {
+                return Err(self.error(at("grants"), ManifestErrorKind::Duplicate(name.clone())));
+            }
+        }
+
+        let limits = raw.limits.unwrap_or_default();
+        self.check_limits(&limits, runtime, &at)?;
+
+        let config = match raw.config {
+            None => serde_json::Map::new(),
+            Some(table) => match serde_json::to_value(table) {
+                Ok(serde_json::Value::Object(map)) => map,
+                Ok(_) => unreachable!("a TOML table converts to a JSON object"),
+                Err(e) => {
+                    return Err(self.error(
+                        at("config"),
+                        ManifestErrorKind::Invalid(format!("cannot be represented as JSON: {e}")),
+                    ));
+                }
+            },
+        };
+
+        let plugin = self.plugin(&raw.plugin, raw.sha256.as_deref(), &at)?;
+        Ok(StageSpec {
+            name: raw.name,
+            layer: Layer(raw.layer),
+            plugin,
+            grants,
+            limits,
+            on_error: raw.on_error.unwrap_or(OnError::Escalate),
+            config,
+        })
+    }
+
+    fn check_limits(
+        &self,
+        limits: &Limits,
+        runtime: &RuntimeSettings,
+        at: &dyn Fn(&str) -> Location,
+    ) -> Result<(), ManifestError> {
+        let invalid = |key: &str, msg: String| self.error(at(key), ManifestErrorKind::Invalid(msg));
+        if !(1..=MAX_TIMEOUT_MS).contains(&limits.timeout_ms) {
+            return Err(invalid(
+                "limits.timeout_ms",
+                format!("{} is outside 1..={MAX_TIMEOUT_MS}", limits.timeout_ms),
+            ));
+        }
+        if !(1..=MAX_MEMORY_MIB).contains(&limits.memory_mib) {
+            return Err(invalid(
+                "limits.memory_mib",
+                format!("{} is outside 1..={MAX_MEMORY_MIB}", limits.memory_mib),
+            ));
+        }
+        if !(1..=16 * 1024).contains(&limits.output_kib) {
+            return Err(invalid(
+                "limits.output_kib",
+                format!("{} is outside 1..=16384", limits.output_kib),
+            ));
+        }
+        match limits.fuel {
+            Some(0) => Err(invalid("limits.fuel", "must be greater than 0".to_owned())),
+            Some(_) if !runtime.fuel_metering => Err(invalid(
+                "limits.fuel",
+                "a fuel limit needs fuel metering, which [runtime] fuel_metering = false turns off"
+                    .to_owned(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn plugin(
+        &self,
+        path: &Path,
+        pin: Option<&str>,
+        at: &dyn Fn(&str) -> Location,
+    ) -> Result<PluginFile, ManifestError> {
+        let pin = match pin {
+            None => None,
+            Some(pin) => {
+                let normalised = pin.trim_start_matches("sha256:").to_ascii_lowercase();
+                if normalised.len() != 64 || !normalised.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(self.error(
+                        at("sha256"),
+                        ManifestErrorKind::Invalid(format!(
+                            "\"{pin}\" is not a SHA-256 digest (64 hexadecimal digits)"
+                        )),
+                    ));
+                }
+                Some(normalised)
+            }
+        };
+        let resolved = self.base.join(path);
+        let bytes = std::fs::read(&resolved).map_err(|source| {
+            self.error(
+                at("plugin"),
+                ManifestErrorKind::MissingPlugin {
+                    path: resolved.clone(),
+                    source,
+                },
+            )
+        })?;
+        // Show the plugin's real location in messages and reports.
+        let resolved = std::fs::canonicalize(&resolved).unwrap_or(resolved);
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if let Some(expected) = &pin
+            && *expected != sha256
+        {
+            return Err(self.error(
+                at("sha256"),
+                ManifestErrorKind::DigestMismatch {
+                    path: resolved,
+                    expected: expected.clone(),
+                    actual: sha256,
+                },
+            ));
+        }
+        Ok(PluginFile {
+            path: resolved,
+            bytes: bytes.into(),
+            sha256,
+            pinned: pin.is_some(),
+        })
+    }
+
+    fn schema_error(&self, location: Location, error: toml::de::Error) -> ManifestError {
+        self.error(
+            location,
+            ManifestErrorKind::Schema(one_line(error.message().to_owned())),
+        )
+    }
+}
+
+fn key_location(key: &str) -> Location {
+    Location {
+        key: Some(key.to_owned()),
+        ..Location::default()
+    }
+}
+
+/// Names of pipelines, stages and layers appear in URLs, logs and metric
+/// labels, so they are kept to a safe alphabet.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{name}\" is not a valid name: use 1 to 64 lower-case letters, digits, '-' or '_', \
+             starting with a letter or digit"
+        ))
+    }
+}
+
+fn one_line(message: String) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_memory_mib() -> u32 {
+    DEFAULT_MEMORY_MIB
+}
+fn default_output_kib() -> u32 {
+    DEFAULT_OUTPUT_KIB
+}
+fn default_max_body_kib() -> u32 {
+    DEFAULT_MAX_BODY_KIB
+}
+fn default_instances() -> u32 {
+    DEFAULT_INSTANCES
+}
+fn default_true() -> bool {
+    true
+}

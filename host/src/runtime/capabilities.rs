@@ -1,0 +1,80 @@
+//! Which imports a stage may have: the deny-by-default capability check.
+//!
+//! Every import of a component is classified here. Types-only interfaces and
+//! the WASI interfaces that Rust's standard library pulls in (I/O streams,
+//! CLI environment and stdio, clocks, randomness) are always satisfied, by a
+//! locked-down WASI context. Host interfaces need their grant. Anything else
+//! (the filesystem, sockets, unknown packages) is refused. The check runs on
+//! the component's declared imports before linking, so a refusal names every
+//! offending import rather than only the first one the linker trips over.
+
+use crate::manifest::Grant;
+
+/// How an import is satisfied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportRule {
+    /// Types only: nothing to grant.
+    Types,
+    /// WASI that std-built guests import; served by a locked-down context.
+    Baseline,
+    /// A host interface that needs this grant.
+    Grant(Grant),
+    /// Not available to stages.
+    Denied,
+}
+
+impl ImportRule {
+    /// Classify an import by its full name, e.g. `wasi:cli/stdout@0.2.6`.
+    pub fn of(import: &str) -> ImportRule {
+        let interface = import.split_once('@').map_or(import, |(name, _)| name);
+        match interface {
+            "strata:pipeline/types" => ImportRule::Types,
+            "strata:pipeline/log" => ImportRule::Grant(Grant::Log),
+            "strata:pipeline/config" => ImportRule::Grant(Grant::Config),
+            _ if BASELINE_PACKAGES.iter().any(|p| interface.starts_with(p)) => ImportRule::Baseline,
+            _ => ImportRule::Denied,
+        }
+    }
+
+    /// A short description for `strata check` and audits.
+    pub fn describe(self) -> String {
+        match self {
+            ImportRule::Types => "types only".to_owned(),
+            ImportRule::Baseline => "locked-down WASI".to_owned(),
+            ImportRule::Grant(grant) => format!("grant \"{grant}\""),
+            ImportRule::Denied => "not available to stages".to_owned(),
+        }
+    }
+}
+
+/// WASI packages every stage gets, confined: streams go nowhere but the log,
+/// there is no environment, no arguments, no preopened directory, and the
+/// clocks and randomness reveal nothing about the host.
+const BASELINE_PACKAGES: [&str; 4] = ["wasi:io/", "wasi:cli/", "wasi:clocks/", "wasi:random/"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_imports() {
+        let cases = [
+            ("strata:pipeline/types@0.1.0", ImportRule::Types),
+            ("strata:pipeline/log@0.1.0", ImportRule::Grant(Grant::Log)),
+            (
+                "strata:pipeline/config@0.1.0",
+                ImportRule::Grant(Grant::Config),
+            ),
+            ("wasi:cli/stdout@0.2.6", ImportRule::Baseline),
+            ("wasi:io/streams@0.2.0", ImportRule::Baseline),
+            ("wasi:random/insecure-seed@0.2.6", ImportRule::Baseline),
+            ("wasi:filesystem/preopens@0.2.6", ImportRule::Denied),
+            ("wasi:sockets/tcp@0.2.6", ImportRule::Denied),
+            ("wasi:http/outgoing-handler@0.2.6", ImportRule::Denied),
+            ("example:other/thing", ImportRule::Denied),
+        ];
+        for (import, expected) in cases {
+            assert_eq!(ImportRule::of(import), expected, "{import}");
+        }
+    }
+}

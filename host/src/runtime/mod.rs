@@ -1,0 +1,526 @@
+//! The WebAssembly runtime: one engine, the linker, limits, loading stages
+//! and invoking them.
+//!
+//! Loading turns a validated [`StageSpec`] into a [`LoadedStage`]: the
+//! component is compiled once (per digest), its exports and imports are
+//! checked against the stage contract and the stage's grants, and it is
+//! pre-instantiated. Invoking gives each call a fresh instance from the
+//! pooling allocator, bounded by the stage's limits: epoch-based wall-clock
+//! timeout (which also yields to tokio so a long stage never blocks a worker),
+//! a memory cap that traps on failed growth, optional fuel, and an output
+//! size cap. Any failure is a [`StageFailure`] for that one call; nothing a
+//! guest does can take the process down.
+
+pub(crate) mod bindings;
+pub mod capabilities;
+mod limits;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use self::bindings::{PluginPre, STAGE_EXPORT};
+use self::capabilities::ImportRule;
+use self::limits::StageLimiter;
+use crate::manifest::{
+    Limits, MAX_MEMORY_MIB, ManifestError, ManifestErrorKind, RuntimeSettings, StageSpec,
+    UngrantedImport,
+};
+use crate::request::{Outcome, Request};
+
+/// How often the engine's epoch advances: the resolution of stage timeouts
+/// and of yielding to other tasks.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Resident memory kept per pooled slot between instances; measured here to
+/// halve the cost of a fresh instance together with `pagemap_scan`.
+const KEEP_RESIDENT_BYTES: usize = 2 << 20;
+
+/// The engine, linker and instance pool shared by every stage of every
+/// generation.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<StageState>,
+    settings: RuntimeSettings,
+    /// One permit per pooled instance slot: a request waits for a slot
+    /// rather than failing when the pool is busy.
+    slots: Arc<Semaphore>,
+    /// Compiled components by SHA-256, so one plugin used by several stages
+    /// (or by several generations) is compiled once.
+    compiled: Mutex<HashMap<String, Component>>,
+}
+
+impl Runtime {
+    /// Create the engine (with its epoch ticker) and the linker.
+    pub fn new(settings: &RuntimeSettings) -> anyhow::Result<Runtime> {
+        let instances = settings.instances;
+        let mut pool = PoolingAllocationConfig::new();
+        // A component instance holds a few core instances (the guest and the
+        // shims wit-component adds), each with a memory and a table at most.
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 4)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .total_stacks(instances)
+            .max_memory_size((MAX_MEMORY_MIB as usize) << 20)
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(Enabled::Auto);
+
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .consume_fuel(settings.fuel_metering);
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("cannot create the WebAssembly engine")?;
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |state: &mut StageState| state,
+        )
+        .map_err(anyhow::Error::from)?;
+
+        Ok(Runtime {
+            engine,
+            linker,
+            settings: settings.clone(),
+            slots: Arc::new(Semaphore::new(instances as usize)),
+            compiled: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The settings the engine was built with.
+    pub fn settings(&self) -> &RuntimeSettings {
+        &self.settings
+    }
+
+    /// Compile, check and pre-instantiate one stage.
+    ///
+    /// Errors are [`ManifestError`]s located at the stage's `plugin` key, so
+    /// an operator sees the same shape of message for a bad digest and for a
+    /// component that imports what it was not granted.
+    pub fn load_stage(
+        &self,
+        manifest: &std::path::Path,
+        pipeline: &str,
+        spec: &StageSpec,
+    ) -> Result<LoadedStage, ManifestError> {
+        let path = spec.plugin.path.clone();
+        let fail = |kind| ManifestError {
+            file: manifest.to_owned(),
+            location: Box::new(crate::manifest::Location {
+                pipeline: Some(pipeline.to_owned()),
+                stage: Some(spec.name.clone()),
+                key: Some("plugin".to_owned()),
+            }),
+            kind: Box::new(kind),
+        };
+
+        let component = self.compile(spec).map_err(|reason| {
+            fail(ManifestErrorKind::InvalidComponent {
+                path: path.clone(),
+                reason,
+            })
+        })?;
+        let ty = component.component_type();
+
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        if !exports.iter().any(|e| e == STAGE_EXPORT) {
+            return Err(fail(ManifestErrorKind::MissingExport {
+                path,
+                expected: STAGE_EXPORT,
+                found: exports,
+            }));
+        }
+
+        let mut imports = Vec::new();
+        let mut ungranted = Vec::new();
+        for (name, _) in ty.imports(&self.engine) {
+            let rule = ImportRule::of(name);
+            let allowed = match rule {
+                ImportRule::Types | ImportRule::Baseline => true,
+                ImportRule::Grant(grant) => spec.grants.contains(&grant),
+                ImportRule::Denied => false,
+            };
+            if !allowed {
+                ungranted.push(UngrantedImport {
+                    name: name.to_owned(),
+                    grant: match rule {
+                        ImportRule::Grant(grant) => Some(grant),
+                        _ => None,
+                    },
+                });
+            }
+            // Types-only interfaces carry no functions; listing them would
+            // only add noise to `strata check`.
+            if rule != ImportRule::Types {
+                imports.push(ImportInfo {
+                    name: name.to_owned(),
+                    rule,
+                });
+            }
+        }
+        if !ungranted.is_empty() {
+            return Err(fail(ManifestErrorKind::UngrantedImports {
+                path,
+                imports: ungranted,
+            }));
+        }
+
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(PluginPre::new)
+            .map_err(|e| {
+                fail(ManifestErrorKind::Link {
+                    path: path.clone(),
+                    reason: format!("{e:#}"),
+                })
+            })?;
+
+        Ok(LoadedStage {
+            context: Arc::new(StageContext {
+                pipeline: pipeline.into(),
+                stage: spec.name.as_str().into(),
+                config: StageConfig::new(&spec.config),
+            }),
+            spec: spec.clone(),
+            digest: spec.plugin.digest(),
+            imports,
+            exports,
+            pre,
+        })
+    }
+
+    fn compile(&self, spec: &StageSpec) -> Result<Component, String> {
+        let key = &spec.plugin.sha256;
+        if let Some(component) = self.lock_compiled().get(key) {
+            return Ok(component.clone());
+        }
+        // Compile outside the lock: it takes tens of milliseconds.
+        let component =
+            Component::new(&self.engine, &*spec.plugin.bytes).map_err(|e| format!("{e:#}"))?;
+        self.lock_compiled().insert(key.clone(), component.clone());
+        Ok(component)
+    }
+
+    fn lock_compiled(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
+        // A panic while holding this lock could only come from HashMap
+        // itself; the map stays usable, so a poisoned lock is taken over.
+        self.compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Run one stage on one request in a fresh instance.
+    ///
+    /// This is the one place that gets an instance for a stage: a future
+    /// per-stage instance-reuse option belongs here and nowhere else.
+    pub async fn invoke(
+        &self,
+        stage: &LoadedStage,
+        request: &Request,
+        tag: &LogTag,
+    ) -> Result<Outcome, StageFailure> {
+        let limits = stage.spec.limits;
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .expect("the slot semaphore is never closed");
+
+        let mut store = Store::new(
+            &self.engine,
+            StageState {
+                wasi: crate::imports::wasi::locked_down(tag),
+                table: ResourceTable::new(),
+                limiter: StageLimiter::new(limits.memory_mib),
+                context: stage.context.clone(),
+                tag: tag.clone(),
+                timed_out: false,
+                log_lines: 0,
+                log_lines_dropped: 0,
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        if self.settings.fuel_metering {
+            store
+                .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+                .expect("fuel metering is enabled on this engine");
+        }
+        let timeout = Duration::from_millis(limits.timeout_ms);
+        let deadline = Instant::now() + timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if Instant::now() >= deadline {
+                ctx.data_mut().timed_out = true;
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                // Let other requests run, then come back for another tick.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let call = async {
+            let instance = stage.pre.instantiate_async(&mut store).await?;
+            instance
+                .strata_pipeline_stage()
+                .call_handle(&mut store, &request.into())
+                .await
+        };
+        // The epoch deadline only fires while guest code runs; this bounds
+        // time the guest spends waiting on the host (a WASI poll, say).
+        let result = match tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                return Err(StageFailure::Timeout {
+                    ms: limits.timeout_ms,
+                });
+            }
+        };
+
+        let state = store.data();
+        if state.log_lines_dropped > 0 {
+            tracing::warn!(
+                request_id = %tag.request_id, pipeline = %tag.pipeline, stage = %tag.stage,
+                dropped = state.log_lines_dropped,
+                "stage logged more than {} lines; the rest were dropped",
+                crate::imports::log::MAX_LINES
+            );
+        }
+        match result {
+            Ok(outcome) => check_outcome(outcome.into(), &limits),
+            Err(error) => Err(classify(error, state, &limits)),
+        }
+    }
+}
+
+/// Advance the engine's epoch every tick for as long as the engine lives.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("strata-epoch".to_owned())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("cannot spawn the epoch ticker thread");
+}
+
+fn check_outcome(outcome: Outcome, limits: &Limits) -> Result<Outcome, StageFailure> {
+    let limit = limits.output_kib as usize * 1024;
+    let bytes = outcome.size();
+    if bytes > limit {
+        return Err(StageFailure::OutputTooLarge { bytes, limit });
+    }
+    if let Outcome::Respond { confidence, .. } = outcome
+        && !(0.0..=1.0).contains(&confidence)
+    {
+        return Err(StageFailure::InvalidOutcome(format!(
+            "confidence {confidence} is outside 0..=1"
+        )));
+    }
+    Ok(outcome)
+}
+
+/// Name the cause of a failed call. The store's own flags are checked first:
+/// they say for certain which limit stopped the guest, whatever the error
+/// text looks like.
+fn classify(error: wasmtime::Error, state: &StageState, limits: &Limits) -> StageFailure {
+    if state.timed_out {
+        return StageFailure::Timeout {
+            ms: limits.timeout_ms,
+        };
+    }
+    if state.limiter.exceeded() {
+        return StageFailure::Memory {
+            mib: limits.memory_mib,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => StageFailure::Fuel {
+            budget: limits.fuel.unwrap_or(u64::MAX),
+        },
+        Some(Trap::Interrupt) => StageFailure::Timeout {
+            ms: limits.timeout_ms,
+        },
+        _ => StageFailure::Trap {
+            detail: format!("{error:#}"),
+        },
+    }
+}
+
+/// Why one stage invocation failed. The `Display` form is safe to show to a
+/// client; guest internals stay in [`StageFailure::detail`] for the log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StageFailure {
+    /// The wall-clock limit passed.
+    #[error("timed out after {ms} ms")]
+    Timeout {
+        /// The limit.
+        ms: u64,
+    },
+    /// The guest tried to grow its memory past the cap.
+    #[error("exceeded its memory limit of {mib} MiB")]
+    Memory {
+        /// The cap.
+        mib: u32,
+    },
+    /// The fuel budget ran out.
+    #[error("ran out of fuel (budget {budget})")]
+    Fuel {
+        /// The budget.
+        budget: u64,
+    },
+    /// The guest trapped (a panic, an `unreachable`, a bad access).
+    #[error("trapped")]
+    Trap {
+        /// The engine's description, with the wasm backtrace.
+        detail: String,
+    },
+    /// The outcome was larger than the stage's output limit.
+    #[error("returned {bytes} bytes of output, over its limit of {limit} bytes")]
+    OutputTooLarge {
+        /// Bytes returned.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The outcome broke the contract (e.g. confidence outside 0..1).
+    #[error("returned an invalid outcome: {0}")]
+    InvalidOutcome(String),
+}
+
+impl StageFailure {
+    /// A stable short name, for traces, logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageFailure::Timeout { .. } => "timeout",
+            StageFailure::Memory { .. } => "memory",
+            StageFailure::Fuel { .. } => "fuel",
+            StageFailure::Trap { .. } => "trap",
+            StageFailure::OutputTooLarge { .. } => "output_too_large",
+            StageFailure::InvalidOutcome(_) => "invalid_outcome",
+        }
+    }
+
+    /// Internals for the log, never for the client.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            StageFailure::Trap { detail } => Some(detail),
+            _ => None,
+        }
+    }
+}
+
+/// A stage ready to be invoked.
+pub struct LoadedStage {
+    /// The stage as the manifest describes it.
+    pub spec: StageSpec,
+    /// `sha256:<hex>` of the component.
+    pub digest: String,
+    /// The component's imports (types-only interfaces left out) and how each
+    /// is satisfied.
+    pub imports: Vec<ImportInfo>,
+    /// The component's exports.
+    pub exports: Vec<String>,
+    pre: PluginPre<StageState>,
+    context: Arc<StageContext>,
+}
+
+/// One import of a loaded component.
+#[derive(Debug, Clone)]
+pub struct ImportInfo {
+    /// Full name, e.g. `wasi:cli/stdout@0.2.6`.
+    pub name: String,
+    /// How the host satisfies it.
+    pub rule: ImportRule,
+}
+
+/// What identifies an invocation in log lines.
+#[derive(Debug, Clone)]
+pub struct LogTag {
+    /// The request id.
+    pub request_id: Arc<str>,
+    /// The pipeline.
+    pub pipeline: Arc<str>,
+    /// The stage.
+    pub stage: Arc<str>,
+}
+
+/// Per-stage data every invocation's store shares.
+pub(crate) struct StageContext {
+    #[allow(dead_code, reason = "kept for debugging and future host imports")]
+    pub(crate) pipeline: Arc<str>,
+    #[allow(dead_code, reason = "kept for debugging and future host imports")]
+    pub(crate) stage: Arc<str>,
+    pub(crate) config: StageConfig,
+}
+
+/// A stage's config table, prepared for the `config` interface.
+pub(crate) struct StageConfig {
+    /// Top-level values: strings as they are, anything else as JSON.
+    pub(crate) values: HashMap<String, String>,
+    /// The whole table as JSON.
+    pub(crate) json: String,
+}
+
+impl StageConfig {
+    fn new(table: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let values = table
+            .iter()
+            .map(|(key, value)| {
+                let text = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (key.clone(), text)
+            })
+            .collect();
+        StageConfig {
+            values,
+            json: serde_json::Value::Object(table.clone()).to_string(),
+        }
+    }
+}
+
+/// The data of one invocation's store.
+pub(crate) struct StageState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: StageLimiter,
+    pub(crate) context: Arc<StageContext>,
+    pub(crate) tag: LogTag,
+    timed_out: bool,
+    pub(crate) log_lines: u32,
+    pub(crate) log_lines_dropped: u32,
+}
+
+impl WasiView for StageState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}

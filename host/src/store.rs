@@ -1,0 +1,690 @@
+//! Durable state in embedded SQLite: request records and review tickets.
+//!
+//! All writes go through one writer thread that batches whatever is queued
+//! into a single transaction (group commit), each write in its own savepoint
+//! so one failing write does not undo the others. A caller that must know its
+//! write is durable (an escalation: the client is told "escalated" only after
+//! the ticket is committed) awaits the commit; plain request records are
+//! queued and not awaited. The database runs in WAL mode; a batch holding an
+//! awaited write commits with `synchronous = FULL`, so a committed ticket
+//! survives a crash of the process or of the machine, while a batch of plain
+//! records commits with `NORMAL` (safe against a process crash, not against
+//! power loss), which keeps the cost of recording every request low. Reads use their own connection on tokio's
+//! blocking pool, so neither reads nor writes ever block a runtime worker.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "strata.db";
+
+/// Writes queued beyond this wait for the writer (back-pressure).
+const QUEUE_DEPTH: usize = 4096;
+/// The most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused the operation.
+    #[error("database error: {0}")]
+    Database(String),
+    /// The store is shutting down.
+    #[error("the store is closed")]
+    Closed,
+    /// No such ticket or request.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The ticket is not in a state that allows the operation.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Database(error.to_string())
+    }
+}
+
+/// One request's record, written when its pipeline run ends.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    /// The request id.
+    pub id: String,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// The generation that served it.
+    pub generation: u64,
+    /// `answered`, `escalated`, `rejected` or `failed`.
+    pub status: &'static str,
+    /// The input as the last stage left it (after redaction).
+    pub input: String,
+    /// The attributes as JSON.
+    pub attributes: String,
+    /// The answer, if answered.
+    pub output: Option<String>,
+    /// The answer's confidence, if answered.
+    pub confidence: Option<f64>,
+    /// The stage that decided, if one did.
+    pub stage: Option<String>,
+    /// That stage's layer.
+    pub layer: Option<String>,
+    /// Rejection or failure code.
+    pub code: Option<String>,
+    /// Rejection or failure message.
+    pub message: Option<String>,
+    /// The stage trace as JSON (names, layers, digests, results).
+    pub trace: String,
+    /// When the request arrived (Unix milliseconds).
+    pub created_at: i64,
+}
+
+/// A ticket to open for an escalated request.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    /// Why the request was escalated.
+    pub reason: String,
+    /// The proposed answer, if any.
+    pub draft: Option<String>,
+}
+
+/// A review ticket as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ticket {
+    /// Ticket number.
+    pub id: i64,
+    /// The escalated request.
+    pub request_id: String,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// The stage that escalated, if one did.
+    pub stage: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// The proposed answer.
+    pub draft: Option<String>,
+    /// The request input as the reviewer should see it.
+    pub input: String,
+    /// The request attributes.
+    pub attributes: serde_json::Value,
+    /// `open`, `claimed` or `resolved`.
+    pub state: String,
+    /// The reviewer who claimed it.
+    pub claimed_by: Option<String>,
+    /// When it was claimed.
+    pub claimed_at: Option<i64>,
+    /// The reviewer's answer.
+    pub resolution: Option<String>,
+    /// Who resolved it.
+    pub resolved_by: Option<String>,
+    /// When it was resolved.
+    pub resolved_at: Option<i64>,
+    /// When it was opened.
+    pub created_at: i64,
+}
+
+/// A request's current state, as `GET /v1/requests/{id}` shows it.
+#[derive(Debug, Clone)]
+pub struct RequestState {
+    /// The record as written (status and answer updated by a resolution).
+    pub record: RequestRecord,
+    /// When it reached a final answer, if it has.
+    pub completed_at: Option<i64>,
+    /// Its ticket, if it was escalated.
+    pub ticket: Option<Ticket>,
+}
+
+/// Which tickets to list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketFilter {
+    /// Open or claimed: everything still waiting for an answer.
+    Pending,
+    /// Only tickets in this state.
+    State(&'static str),
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+
+/// What the writer thread receives.
+enum Message {
+    /// A write to commit. A durable one is committed with a full sync of
+    /// the log, so it survives power loss and not only a crash of the process.
+    Job { job: Job, durable: bool },
+    /// Commit what is queued before this, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    jobs: mpsc::Sender<Message>,
+    reader: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Open (creating if needed) the database in `data_dir` and start the
+    /// writer thread.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Store> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+        let path = data_dir.join(DATABASE_FILE);
+        let mut writer = open_connection(&path)?;
+        migrate(&mut writer).with_context(|| format!("cannot migrate {}", path.display()))?;
+        let reader = open_connection(&path)?;
+
+        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("strata-store".to_owned())
+            .spawn(move || write_loop(writer, queue))
+            .context("cannot start the store writer thread")?;
+        Ok(Store {
+            jobs,
+            reader: Arc::new(Mutex::new(reader)),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queue a request record. Returns once queued, not once committed.
+    pub async fn record(&self, record: RequestRecord) -> Result<(), StoreError> {
+        let id = record.id.clone();
+        let job: Job = Box::new(move |conn| {
+            let result = insert_request(conn, &record);
+            let failed = result.is_err();
+            let completion: Completion = Box::new(move |commit| {
+                if let Err(error) = commit.and(result) {
+                    tracing::error!(request_id = %id, %error, "cannot record the request");
+                }
+            });
+            (failed, completion)
+        });
+        self.jobs
+            .send(Message::Job {
+                job,
+                durable: false,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Record an escalated request and open its ticket; returns the ticket
+    /// number once both are committed.
+    pub async fn escalate(
+        &self,
+        record: RequestRecord,
+        ticket: NewTicket,
+    ) -> Result<i64, StoreError> {
+        self.write(move |conn| {
+            insert_request(conn, &record)?;
+            conn.execute(
+                "INSERT INTO tickets (request_id, pipeline, stage, reason, draft, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6)",
+                params![
+                    record.id,
+                    record.pipeline,
+                    record.stage,
+                    ticket.reason,
+                    ticket.draft,
+                    record.created_at
+                ],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    /// Claim a ticket for `reviewer`. Claiming a ticket one already holds is
+    /// not an error.
+    pub async fn claim(&self, ticket: i64, reviewer: String) -> Result<Ticket, StoreError> {
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE tickets SET state = 'claimed', claimed_by = ?2, claimed_at = ?3
+                 WHERE id = ?1 AND (state = 'open' OR (state = 'claimed' AND claimed_by = ?2))",
+                params![ticket, reviewer, now_millis()],
+            )?;
+            if changed == 0 {
+                return Err(explain_refusal(conn, ticket)?);
+            }
+            read_ticket(conn, ticket)?
+                .ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))
+        })
+        .await
+    }
+
+    /// Resolve a ticket with the reviewer's answer, which becomes the
+    /// request's answer. An open ticket may be resolved directly; a claimed
+    /// one only by the reviewer holding it.
+    pub async fn resolve(
+        &self,
+        ticket: i64,
+        reviewer: String,
+        answer: String,
+    ) -> Result<Ticket, StoreError> {
+        self.write(move |conn| {
+            let now = now_millis();
+            let changed = conn.execute(
+                "UPDATE tickets SET state = 'resolved', resolution = ?2, resolved_by = ?3,
+                        resolved_at = ?4,
+                        claimed_by = COALESCE(claimed_by, ?3), claimed_at = COALESCE(claimed_at, ?4)
+                 WHERE id = ?1 AND (state = 'open' OR (state = 'claimed' AND claimed_by = ?3))",
+                params![ticket, answer, reviewer, now],
+            )?;
+            if changed == 0 {
+                return Err(explain_refusal(conn, ticket)?);
+            }
+            conn.execute(
+                "UPDATE requests SET status = 'answered', output = ?2, confidence = 1.0,
+                        stage = NULL, layer = 'human', completed_at = ?3
+                 WHERE id = (SELECT request_id FROM tickets WHERE id = ?1)",
+                params![ticket, answer, now],
+            )?;
+            read_ticket(conn, ticket)?
+                .ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))
+        })
+        .await
+    }
+
+    /// A request's state, or `None` if no such request was recorded.
+    pub async fn request(&self, id: String) -> Result<Option<RequestState>, StoreError> {
+        self.read(move |conn| {
+            let found = conn
+                .query_row(
+                    "SELECT id, pipeline, generation, status, input, attributes, output,
+                            confidence, stage, layer, code, message, trace, created_at,
+                            completed_at
+                     FROM requests WHERE id = ?1",
+                    params![id],
+                    |row| {
+                        Ok((
+                            RequestRecord {
+                                id: row.get(0)?,
+                                pipeline: row.get(1)?,
+                                generation: row.get::<_, i64>(2)? as u64,
+                                status: status_name(&row.get::<_, String>(3)?),
+                                input: row.get(4)?,
+                                attributes: row.get(5)?,
+                                output: row.get(6)?,
+                                confidence: row.get(7)?,
+                                stage: row.get(8)?,
+                                layer: row.get(9)?,
+                                code: row.get(10)?,
+                                message: row.get(11)?,
+                                trace: row.get(12)?,
+                                created_at: row.get(13)?,
+                            },
+                            row.get::<_, Option<i64>>(14)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((record, completed_at)) = found else {
+                return Ok(None);
+            };
+            let ticket_id: Option<i64> = conn
+                .query_row(
+                    "SELECT id FROM tickets WHERE request_id = ?1",
+                    params![record.id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let ticket = match ticket_id {
+                Some(t) => read_ticket(conn, t)?,
+                None => None,
+            };
+            Ok(Some(RequestState {
+                record,
+                completed_at,
+                ticket,
+            }))
+        })
+        .await
+    }
+
+    /// One ticket.
+    pub async fn ticket(&self, id: i64) -> Result<Option<Ticket>, StoreError> {
+        self.read(move |conn| read_ticket(conn, id)).await
+    }
+
+    /// Tickets matching `filter`, oldest first, at most `limit`.
+    pub async fn tickets(
+        &self,
+        filter: TicketFilter,
+        limit: u32,
+    ) -> Result<Vec<Ticket>, StoreError> {
+        self.read(move |conn| {
+            let (clause, state) = match filter {
+                TicketFilter::Pending => ("t.state IN ('open', 'claimed')", None),
+                TicketFilter::State(state) => ("t.state = ?2", Some(state)),
+            };
+            let sql = format!("{TICKET_SELECT} WHERE {clause} ORDER BY t.id LIMIT ?1");
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = match state {
+                None => statement.query_map(params![limit], ticket_from_row)?,
+                Some(state) => statement.query_map(params![limit, state], ticket_from_row)?,
+            };
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Commit every write queued so far and stop the writer thread. Writes
+    /// attempted afterwards, through any clone, fail with
+    /// [`StoreError::Closed`].
+    pub async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.jobs.send(Message::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let outcome = op(conn);
+            let failed = outcome.is_err();
+            let completion: Completion = Box::new(move |commit| {
+                let _ = done.send(commit.and(outcome));
+            });
+            (failed, completion)
+        });
+        self.jobs
+            .send(Message::Job { job, durable: true })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        result
+            .await
+            .map_err(|_| StoreError::Database("the write was not committed".to_owned()))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            op(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+}
+
+fn open_connection(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("cannot open database {}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;",
+    )
+    .with_context(|| format!("cannot configure database {}", path.display()))?;
+    Ok(conn)
+}
+
+/// Schema migrations, applied in order; `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE requests (
+        id           TEXT PRIMARY KEY,
+        pipeline     TEXT NOT NULL,
+        generation   INTEGER NOT NULL,
+        status       TEXT NOT NULL CHECK (status IN ('answered', 'escalated', 'rejected', 'failed')),
+        input        TEXT NOT NULL,
+        attributes   TEXT NOT NULL,
+        output       TEXT,
+        confidence   REAL,
+        stage        TEXT,
+        layer        TEXT,
+        code         TEXT,
+        message      TEXT,
+        trace        TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        completed_at INTEGER
+    );
+    CREATE TABLE tickets (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id  TEXT NOT NULL UNIQUE REFERENCES requests (id),
+        pipeline    TEXT NOT NULL,
+        stage       TEXT,
+        reason      TEXT NOT NULL,
+        draft       TEXT,
+        state       TEXT NOT NULL CHECK (state IN ('open', 'claimed', 'resolved')),
+        claimed_by  TEXT,
+        claimed_at  INTEGER,
+        resolution  TEXT,
+        resolved_by TEXT,
+        resolved_at INTEGER,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE INDEX tickets_by_state ON tickets (state, id);
+"];
+
+fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let applied: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if applied > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the database is at schema version {applied}, newer than this build knows ({}); \
+             use a newer strata",
+            MIGRATIONS.len()
+        );
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn write_loop(conn: Connection, mut queue: mpsc::Receiver<Message>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut closing = None;
+    let mut synchronous = Synchronous::Full;
+    while let Some(first) = queue.blocking_recv() {
+        let mut durable = false;
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Job { job, durable: d } => {
+                    batch.push(job);
+                    durable |= d;
+                }
+                Message::Close(done) => {
+                    closing = Some(done);
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            // Only batches holding a durable write pay for a full sync.
+            let wanted = if durable {
+                Synchronous::Full
+            } else {
+                Synchronous::Normal
+            };
+            if wanted != synchronous {
+                match conn.pragma_update(None, "synchronous", wanted.as_str()) {
+                    Ok(()) => synchronous = wanted,
+                    Err(error) => tracing::error!(%error, "cannot change the sync mode"),
+                }
+            }
+            commit_batch(&conn, &mut batch);
+        }
+        if let Some(done) = closing.take() {
+            // Dropping the receiver makes every later send fail: nothing can
+            // be queued behind the close and then silently lost.
+            drop(queue);
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// SQLite's `synchronous` setting. In WAL mode `NORMAL` survives a crash of
+/// the process but may lose the last commits on power loss; `FULL` does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Synchronous {
+    Normal,
+    Full,
+}
+
+impl Synchronous {
+    fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
+    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // Dropping the jobs drops their reply channels: every waiting caller
+        // learns that its write was not committed.
+        tracing::error!(%error, jobs = batch.len(), "cannot begin a store transaction");
+        batch.clear();
+        return;
+    }
+    let mut completions = Vec::with_capacity(batch.len());
+    for job in batch.drain(..) {
+        let savepoint = conn.execute_batch("SAVEPOINT job");
+        let (failed, completion) = job(conn);
+        let settle = if failed || savepoint.is_err() {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+        } else {
+            conn.execute_batch("RELEASE job")
+        };
+        if let Err(error) = settle {
+            tracing::error!(%error, "cannot settle a store savepoint");
+        }
+        completions.push(completion);
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(StoreError::from);
+    if let Err(error) = &committed {
+        tracing::error!(%error, "cannot commit a batch of store writes");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for completion in completions {
+        completion(match &committed {
+            Ok(()) => Ok(()),
+            Err(error) => Err(StoreError::Database(error.to_string())),
+        });
+    }
+}
+
+fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(), StoreError> {
+    let completed_at = (r.status != "escalated").then(now_millis);
+    conn.prepare_cached(
+        "INSERT INTO requests (id, pipeline, generation, status, input, attributes, output,
+                               confidence, stage, layer, code, message, trace, created_at,
+                               completed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        r.id,
+        r.pipeline,
+        r.generation as i64,
+        r.status,
+        r.input,
+        r.attributes,
+        r.output,
+        r.confidence,
+        r.stage,
+        r.layer,
+        r.code,
+        r.message,
+        r.trace,
+        r.created_at,
+        completed_at
+    ])?;
+    Ok(())
+}
+
+const TICKET_SELECT: &str = "
+    SELECT t.id, t.request_id, t.pipeline, t.stage, t.reason, t.draft, r.input, r.attributes,
+           t.state, t.claimed_by, t.claimed_at, t.resolution, t.resolved_by, t.resolved_at,
+           t.created_at
+    FROM tickets t JOIN requests r ON r.id = t.request_id";
+
+fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
+    let attributes: String = row.get(7)?;
+    Ok(Ticket {
+        id: row.get(0)?,
+        request_id: row.get(1)?,
+        pipeline: row.get(2)?,
+        stage: row.get(3)?,
+        reason: row.get(4)?,
+        draft: row.get(5)?,
+        input: row.get(6)?,
+        attributes: serde_json::from_str(&attributes).unwrap_or(serde_json::Value::Null),
+        state: row.get(8)?,
+        claimed_by: row.get(9)?,
+        claimed_at: row.get(10)?,
+        resolution: row.get(11)?,
+        resolved_by: row.get(12)?,
+        resolved_at: row.get(13)?,
+        created_at: row.get(14)?,
+    })
+}
+
+fn read_ticket(conn: &Connection, id: i64) -> Result<Option<Ticket>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!("{TICKET_SELECT} WHERE t.id = ?1"))?
+        .query_row(params![id], ticket_from_row)
+        .optional()?)
+}
+
+/// Say why a claim or resolution changed nothing.
+fn explain_refusal(conn: &Connection, ticket: i64) -> Result<StoreError, StoreError> {
+    let Some(current) = read_ticket(conn, ticket)? else {
+        return Ok(StoreError::NotFound(format!("ticket {ticket}")));
+    };
+    Ok(match current.state.as_str() {
+        "resolved" => StoreError::Conflict(format!(
+            "ticket {ticket} is already resolved by {}",
+            current.resolved_by.unwrap_or_default()
+        )),
+        _ => StoreError::Conflict(format!(
+            "ticket {ticket} is claimed by {}",
+            current.claimed_by.unwrap_or_default()
+        )),
+    })
+}
+
+fn status_name(status: &str) -> &'static str {
+    match status {
+        "answered" => "answered",
+        "escalated" => "escalated",
+        "rejected" => "rejected",
+        _ => "failed",
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,48 @@
+//! Example stage `normalise`: trims the input, folds it to lower case and
+//! collapses runs of whitespace into one space, so that later stages (rules,
+//! the answer bank) see one spelling of the same question.
+
+use strata_sdk::{Outcome, Request, Stage, export_stage};
+
+struct Normalise;
+
+impl Stage for Normalise {
+    fn handle(mut request: Request) -> Outcome {
+        request.input = normalise(&request.input);
+        Outcome::Next(request)
+    }
+}
+
+export_stage!(Normalise);
+
+/// Trim, lower-case (Unicode-aware) and collapse whitespace.
+pub fn normalise(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.extend(word.chars().flat_map(char::to_lowercase));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalise;
+
+    #[test]
+    fn normalises() {
+        let cases = [
+            ("", ""),
+            ("   ", ""),
+            ("Hello", "hello"),
+            ("  Where is   my\tCARD?\n", "where is my card?"),
+            ("ÉCOLE  Straße", "école straße"),
+            ("line\r\nbreaks", "line breaks"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(normalise(input), expected, "{input:?}");
+        }
+    }
+}

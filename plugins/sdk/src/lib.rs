@@ -1,0 +1,157 @@
+//! Write a Strata pipeline stage in Rust: one struct, one impl, one macro.
+//!
+//! ```ignore
+//! use strata_sdk::{Outcome, Request, Stage, export_stage};
+//!
+//! struct Shout;
+//!
+//! impl Stage for Shout {
+//!     fn handle(mut request: Request) -> Outcome {
+//!         request.input = request.input.to_uppercase();
+//!         Outcome::Next(request)
+//!     }
+//! }
+//!
+//! export_stage!(Shout);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2`: the `.wasm` in
+//! `target/wasm32-wasip2/release/` is a component the host loads. The crate
+//! must be a `cdylib`.
+//!
+//! A stage only imports the host interfaces it calls: one that never calls
+//! [`log`] needs no `log` grant, one that never calls [`config`] needs no
+//! `config` grant. The contract itself is `wit/pipeline.wit`, which documents
+//! every type below.
+
+/// Generated bindings for the `strata:pipeline` package. Stage authors use
+/// the re-exports at the crate root instead.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin",
+        default_bindings_module: "::strata_sdk::bindings",
+    });
+}
+
+pub use bindings::strata::pipeline::types::{
+    Answer, Attribute, Escalation, Outcome, Rejection, Request,
+};
+
+/// A pipeline stage. Each invocation gets a fresh instance, so `handle` is an
+/// associated function: there is no state to keep between requests.
+pub trait Stage {
+    /// Decide what to do with one request.
+    fn handle(request: Request) -> Outcome;
+}
+
+/// Export a type implementing [`Stage`] as the component's stage.
+#[macro_export]
+macro_rules! export_stage {
+    ($stage:ident) => {
+        impl $crate::bindings::exports::strata::pipeline::stage::Guest for $stage {
+            fn handle(request: $crate::Request) -> $crate::Outcome {
+                <$stage as $crate::Stage>::handle(request)
+            }
+        }
+        $crate::bindings::__export_plugin!($stage with_types_in $crate::bindings);
+    };
+}
+
+impl Request {
+    /// The value of attribute `key`, if set.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| a.value.as_str())
+    }
+
+    /// Set attribute `key` to `value`, replacing any earlier value.
+    pub fn set_attribute(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        let key = key.into();
+        let value = value.into();
+        match self.attributes.iter_mut().find(|a| a.key == key) {
+            Some(attribute) => attribute.value = value,
+            None => self.attributes.push(Attribute { key, value }),
+        }
+    }
+
+    /// Remove attribute `key`, returning its value if it was set.
+    pub fn remove_attribute(&mut self, key: &str) -> Option<String> {
+        let index = self.attributes.iter().position(|a| a.key == key)?;
+        Some(self.attributes.remove(index).value)
+    }
+}
+
+impl Outcome {
+    /// Answer with `output` at `confidence` (0.0 to 1.0).
+    pub fn respond(output: impl Into<String>, confidence: f64) -> Outcome {
+        Outcome::Respond(Answer {
+            output: output.into(),
+            confidence,
+        })
+    }
+
+    /// Hand the request to a human, with an optional draft answer.
+    pub fn escalate(reason: impl Into<String>, draft: Option<String>) -> Outcome {
+        Outcome::Escalate(Escalation {
+            reason: reason.into(),
+            draft,
+        })
+    }
+
+    /// Refuse the request; `code` and `message` reach the client.
+    pub fn reject(code: impl Into<String>, message: impl Into<String>) -> Outcome {
+        Outcome::Reject(Rejection {
+            code: code.into(),
+            message: message.into(),
+        })
+    }
+}
+
+/// Write to the host log (needs the `log` grant).
+pub mod log {
+    use crate::bindings::strata::pipeline::log::{Level, log};
+
+    /// Log at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+
+    /// Log at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+
+    /// Log at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+
+    /// Log at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+/// Read the stage's own `config` table (needs the `config` grant).
+pub mod config {
+    use crate::bindings::strata::pipeline::config;
+
+    /// One top-level value: strings as they are, anything else as JSON.
+    pub fn get(key: &str) -> Option<String> {
+        config::get(key)
+    }
+
+    /// The whole table, deserialized into `T`.
+    ///
+    /// Errors name the problem, so a stage can turn them into an escalation
+    /// or a log line instead of a panic.
+    pub fn load<T: serde::de::DeserializeOwned>() -> Result<T, String> {
+        serde_json::from_str(&config::get_json()).map_err(|e| format!("invalid stage config: {e}"))
+    }
+}

@@ -1,0 +1,175 @@
+//! Helpers for the end-to-end tests: the guest components' paths, manifests
+//! written to a temporary directory, a host started on a free loopback port,
+//! and a small JSON-over-HTTP client.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use strata::{HostOptions, RunningHost};
+
+/// Paths of the guest components built by `build.rs`.
+pub mod components {
+    include!(concat!(env!("OUT_DIR"), "/components.rs"));
+}
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_owned()
+}
+
+/// The support-desk demo manifest.
+pub fn demo_manifest() -> PathBuf {
+    workspace_root().join("examples/support-desk/strata.toml")
+}
+
+/// `path` as a TOML string literal, for building manifests with `format!`.
+pub fn toml_str(path: &str) -> String {
+    toml::Value::String(path.to_owned()).to_string()
+}
+
+/// A manifest header small enough for tests: few pooled instances.
+pub const SMALL_RUNTIME: &str = "[runtime]\ninstances = 16\n";
+
+/// A host serving a manifest from a temporary directory.
+pub struct TestHost {
+    host: Option<RunningHost>,
+    dir: tempfile::TempDir,
+    manifest: PathBuf,
+    client: reqwest::Client,
+    base: String,
+}
+
+impl TestHost {
+    /// Write `manifest` to a fresh directory and serve it. Panics (failing
+    /// the test) if the host does not start.
+    pub async fn start(manifest: &str) -> TestHost {
+        match Self::try_start(manifest).await {
+            Ok(host) => host,
+            Err(error) => panic!("the host did not start: {error:#}"),
+        }
+    }
+
+    /// Write `manifest` to a fresh directory and try to serve it.
+    pub async fn try_start(manifest: &str) -> anyhow::Result<TestHost> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("strata.toml");
+        std::fs::write(&path, manifest)?;
+        Self::serve(dir, path).await
+    }
+
+    /// Serve an existing manifest file, with state in a fresh directory.
+    pub async fn start_file(manifest: &Path) -> TestHost {
+        let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+        match Self::serve(dir, manifest.to_owned()).await {
+            Ok(host) => host,
+            Err(error) => panic!("the host did not start: {error:#}"),
+        }
+    }
+
+    async fn serve(dir: tempfile::TempDir, manifest: PathBuf) -> anyhow::Result<TestHost> {
+        let host = strata::start(HostOptions {
+            manifest: manifest.clone(),
+            listen: Some("127.0.0.1:0".parse().expect("a valid address")),
+            data_dir: Some(dir.path().join("data")),
+        })
+        .await?;
+        let base = format!("http://{}", host.addr());
+        Ok(TestHost {
+            host: Some(host),
+            dir,
+            manifest,
+            client: reqwest::Client::new(),
+            base,
+        })
+    }
+
+    /// The directory holding the manifest (if written here) and the data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Stop the host and start it again on the same manifest and data
+    /// directory (on a new port).
+    pub async fn restart(&mut self) {
+        if let Some(host) = self.host.take() {
+            host.shutdown().await;
+        }
+        let host = strata::start(HostOptions {
+            manifest: self.manifest.clone(),
+            listen: Some("127.0.0.1:0".parse().expect("a valid address")),
+            data_dir: Some(self.dir.path().join("data")),
+        })
+        .await
+        .expect("the host did not restart");
+        self.base = format!("http://{}", host.addr());
+        self.host = Some(host);
+    }
+
+    /// Stop the host gracefully.
+    pub async fn shutdown(mut self) {
+        if let Some(host) = self.host.take() {
+            host.shutdown().await;
+        }
+    }
+
+    /// POST a JSON body; returns the status and the JSON response.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.client.post(self.url(path)).json(&body))
+            .await
+    }
+
+    /// POST raw bytes; returns the status and the JSON response.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        self.send(
+            self.client
+                .post(self.url(path))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    /// GET; returns the status and the JSON response.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    /// Send any request; returns the status and the JSON response.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+        let response = request.send().await.expect("the host did not answer");
+        let status = response.status().as_u16();
+        let text = response
+            .text()
+            .await
+            .expect("cannot read the response body");
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {text}"));
+        (status, json)
+    }
+
+    /// A request builder for `path` with this host's client.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Ask pipeline `name` to handle `input`.
+    pub async fn ask(&self, pipeline: &str, input: &str) -> (u16, Value) {
+        self.post(
+            &format!("/v1/pipelines/{pipeline}"),
+            serde_json::json!({ "input": input }),
+        )
+        .await
+    }
+}

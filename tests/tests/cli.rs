@@ -1,0 +1,116 @@
+//! The `strata` command line as a user runs it: `check` and `run`.
+
+use std::process::Command;
+
+use strata_tests::{SMALL_RUNTIME, components, demo_manifest, toml_str};
+
+fn strata(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
+        .args(args)
+        .env("STRATA_LOG", "warn")
+        .output()
+        .expect("cannot run strata");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_prints_every_stage_with_digest_imports_and_grants() {
+    let manifest = demo_manifest();
+    let (code, stdout, stderr) = strata(&["check", manifest.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok (1 pipeline, 4 stages)"), "{stdout}");
+    for stage in [
+        "1. normalise (layer rules)",
+        "2. redact",
+        "3. triage",
+        "4. faq",
+    ] {
+        assert!(stdout.contains(stage), "{stage} missing from:\n{stdout}");
+    }
+    assert!(stdout.contains("digest    sha256:"), "{stdout}");
+    assert!(
+        stdout.contains("strata:pipeline/config@0.1.0 (grant \"config\")"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("grants    config"), "{stdout}");
+}
+
+#[test]
+fn check_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{SMALL_RUNTIME}[pipelines.p]\n[[pipelines.p.stages]]\nname = \"s\"\nlayer = \
+             \"rules\"\nplugin = {}\n",
+            toml_str(components::READS_FILE)
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = strata(&["check", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        stderr.contains("pipeline \"p\", stage \"s\", key \"plugin\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("wasi:filesystem/types@0.2.6 (not available to stages)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_answers_one_request_without_a_server() {
+    let manifest = demo_manifest();
+    let (code, stdout, stderr) = strata(&[
+        "run",
+        manifest.to_str().unwrap(),
+        "support",
+        "--input",
+        "What ATMs take this card?",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(result["status"], "answered", "{result}");
+    assert_eq!(result["stage"], "faq");
+    assert_eq!(result["input"], "what atms take this card?");
+
+    let (code, stdout, _) = strata(&[
+        "run",
+        manifest.to_str().unwrap(),
+        "support",
+        "--input",
+        "someone used my card without my permission, mail me at a@b.io",
+    ]);
+    assert_eq!(code, 0);
+    let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(result["status"], "escalated", "{result}");
+    assert_eq!(
+        result["input"],
+        "someone used my card without my permission, mail me at [email]"
+    );
+    assert!(
+        result["escalation"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("compromised_card")
+    );
+}
+
+#[test]
+fn run_names_the_known_pipelines_when_given_an_unknown_one() {
+    let manifest = demo_manifest();
+    let (code, _, stderr) = strata(&["run", manifest.to_str().unwrap(), "sales", "--input", "hi"]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no pipeline named \"sales\"; the manifest defines: support"),
+        "{stderr}"
+    );
+}
