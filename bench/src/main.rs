@@ -136,8 +136,12 @@ fn check_answer(url: &str) -> anyhow::Result<()> {
         .args(["-s", "-X", "POST", "-d", BODY, url])
         .output()
         .context("cannot run curl")?;
-    let body: serde_json::Value = serde_json::from_slice(&output.stdout)
-        .with_context(|| format!("the host answered {}", String::from_utf8_lossy(&output.stdout)))?;
+    let body: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "the host answered {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })?;
     let stages = body["stages"].as_array().map_or(0, Vec::len);
     if body["status"] != "answered" || stages != 4 {
         bail!("the benchmark request should be answered after 4 stages, got {body}");
@@ -258,16 +262,12 @@ const END: &str = "<!-- bench:foundation:end -->";
 
 /// Replace the text between the foundation markers, keeping the rest.
 fn write_section(path: &Path, report: &str) -> anyhow::Result<()> {
-    let current = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let current =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let (Some(start), Some(end)) = (current.find(START), current.find(END)) else {
         bail!("{} has no {START} ... {END} section", path.display());
     };
-    let updated = format!(
-        "{}{START}\n{report}{}",
-        &current[..start],
-        &current[end..]
-    );
+    let updated = format!("{}{START}\n{report}{}", &current[..start], &current[end..]);
     std::fs::write(path, updated).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -15,6 +15,7 @@ use crate::manifest::Manifest;
 use crate::pipeline::Generation;
 use crate::request::Request;
 use crate::runtime::Runtime;
+use crate::runtime::capabilities::ImportRule;
 use crate::server::{HostOptions, start};
 
 /// Strata: a gateway that runs requests through pipelines of sandboxed
@@ -233,17 +234,32 @@ fn write_check_report(
                 limits.output_kib
             )?;
             writeln!(out, "     on_error  {}", spec.on_error.as_str())?;
-            if stage.imports.is_empty() {
-                writeln!(out, "     imports   none")?;
+            // Granted interfaces one per line; the locked-down WASI baseline
+            // that every std-built guest imports on one.
+            let (baseline, granted): (Vec<_>, Vec<_>) = stage
+                .imports
+                .iter()
+                .partition(|i| i.rule == ImportRule::Baseline);
+            let mut lines: Vec<String> = granted
+                .iter()
+                .map(|i| format!("{} ({})", i.name, i.rule.describe()))
+                .collect();
+            if !baseline.is_empty() {
+                let names: Vec<&str> = baseline
+                    .iter()
+                    .map(|i| {
+                        let name = i.name.strip_prefix("wasi:").unwrap_or(&i.name);
+                        name.split_once('@').map_or(name, |(n, _)| n)
+                    })
+                    .collect();
+                lines.push(format!("wasi, locked down: {}", names.join(", ")));
             }
-            for (i, import) in stage.imports.iter().enumerate() {
-                writeln!(
-                    out,
-                    "     {}{} ({})",
-                    if i == 0 { "imports   " } else { "          " },
-                    import.name,
-                    import.rule.describe()
-                )?;
+            if lines.is_empty() {
+                lines.push("none".to_owned());
+            }
+            for (i, line) in lines.iter().enumerate() {
+                let label = if i == 0 { "imports   " } else { "          " };
+                writeln!(out, "     {label}{line}")?;
             }
         }
     }

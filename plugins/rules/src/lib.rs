@@ -252,11 +252,17 @@ mod tests {
                 {"name": "arrival", "patterns": ["when will .*card"], "answer": "soon", "confidence": 0.8},
             ]
         }));
-        match compiled.decide(request("When will my card come? It was stolen")).unwrap() {
+        match compiled
+            .decide(request("When will my card come? It was stolen"))
+            .unwrap()
+        {
             Outcome::Escalate(e) => assert_eq!(e.reason, "stolen: fraud"),
             other => panic!("unexpected {other:?}"),
         }
-        match compiled.decide(request("when will my new card come")).unwrap() {
+        match compiled
+            .decide(request("when will my new card come"))
+            .unwrap()
+        {
             Outcome::Respond(a) => assert_eq!((a.output.as_str(), a.confidence), ("soon", 0.8)),
             other => panic!("unexpected {other:?}"),
         }
