@@ -20,6 +20,8 @@ const GUESTS: &[(&str, &str)] = &[
     ("scripted", "tests/components/scripted"),
     ("reads-file", "tests/components/reads-file"),
     ("not-a-stage", "tests/components/not-a-stage"),
+    ("version-one", "tests/components/version-one"),
+    ("version-two", "tests/components/version-two"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

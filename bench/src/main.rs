@@ -64,7 +64,13 @@ fn main() -> anyhow::Result<()> {
             Command::new(release.join("strata"))
                 .args(["--log-format", "json", "serve"])
                 .arg(&manifest)
-                .args(["--listen", "127.0.0.1:0", "--data"])
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                    "--data",
+                ])
                 .arg(&data)
                 .env("STRATA_LOG", "info"),
         )?;

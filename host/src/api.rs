@@ -1,20 +1,26 @@
 //! The HTTP API: routes, request bodies, response bodies and error mapping.
 //!
-//! | route | method | what |
-//! | --- | --- | --- |
-//! | `/healthz` | GET | liveness and the serving generation |
-//! | `/v1/pipelines` | GET | the pipelines of the serving generation |
-//! | `/v1/pipelines/{name}` | POST | run a request: `{"input": "...", "attributes": {...}}` |
-//! | `/v1/requests/{id}` | GET | a request's state (an escalated one changes when resolved) |
-//! | `/v1/tickets?state=&limit=` | GET | review tickets, oldest first (default: open and claimed) |
-//! | `/v1/tickets/{id}` | GET | one ticket |
-//! | `/v1/tickets/{id}/claim` | POST | `{"reviewer": "..."}` |
-//! | `/v1/tickets/{id}/resolve` | POST | `{"reviewer": "...", "answer": "..."}` |
+//! | route | method | role | what |
+//! | --- | --- | --- | --- |
+//! | `/healthz` | GET | none | liveness and the serving generation |
+//! | `/v1/pipelines` | GET | client | the pipelines of the serving generation |
+//! | `/v1/pipelines/{name}` | POST | client | run a request: `{"input": "...", "attributes": {...}}` |
+//! | `/v1/requests/{id}` | GET | client | a request's state (an escalated one changes when resolved) |
+//! | `/v1/tickets?state=&limit=` | GET | reviewer | review tickets, oldest first (default: open and claimed) |
+//! | `/v1/tickets/{id}` | GET | reviewer | one ticket |
+//! | `/v1/tickets/{id}/claim` | POST | reviewer | `{"reviewer": "..."}` |
+//! | `/v1/tickets/{id}/resolve` | POST | reviewer | `{"reviewer": "...", "answer": "..."}` |
+//!
+//! A client may name its request with an `X-Request-Id` header (1 to 128
+//! letters, digits, `-`, `_`, `.` or `:`): canary routing hashes the id, so a
+//! retry with the same id meets the same versions, and an escalated retry
+//! gets the ticket it already has. See [`crate::auth`] for roles.
 //!
 //! Every error is a JSON body `{"error": {"code": "...", "message": "..."}}`
 //! with a 4xx or 5xx status; guest and engine internals stay in the log.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -26,6 +32,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::{Denied, Role};
 use crate::pipeline::{Execution, Verdict};
 use crate::request::Request;
 use crate::server::App;
@@ -48,7 +55,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -57,15 +64,25 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
 
-    fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn method_not_allowed(method: &Method, path: &str, allow: &'static str) -> Self {
+        let mut error = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {path}; use {allow}"),
+        );
+        error.allow = Some(allow);
+        error
+    }
+
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
-    fn into_response(self) -> Response {
+    pub(crate) fn into_response(self) -> Response {
         let mut response = json_response(
             self.status,
             &json!({"error": {"code": self.code, "message": self.message}}),
@@ -75,8 +92,41 @@ impl ApiError {
                 .headers_mut()
                 .insert(ALLOW, http::HeaderValue::from_static(allow));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
         response
     }
+}
+
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthenticated(message) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+            }
+            Denied::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+        }
+    }
+}
+
+/// Check that the caller of `request` may act as `role`.
+pub(crate) fn authorize<B>(
+    app: &App,
+    request: &http::Request<B>,
+    role: Role,
+    peer: SocketAddr,
+) -> Result<crate::auth::Caller, ApiError> {
+    let header = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    Ok(app.tokens.authorize(role, header, peer.ip())?)
 }
 
 impl From<StoreError> for ApiError {
@@ -133,17 +183,32 @@ impl<'a> Route<'a> {
             _ => (Method::GET, "GET"),
         }
     }
+
+    fn role(&self) -> Option<Role> {
+        match self {
+            Route::Health => None,
+            Route::Pipelines | Route::Pipeline(_) | Route::Request(_) => Some(Role::Client),
+            Route::Tickets | Route::Ticket(_) | Route::Claim(_) | Route::Resolve(_) => {
+                Some(Role::Reviewer)
+            }
+        }
+    }
 }
 
-/// Answer one HTTP request. Never fails: every error becomes a typed body.
-pub async fn handle(app: Arc<App>, request: http::Request<Incoming>) -> Response {
-    match dispatch(&app, request).await {
+/// Answer one HTTP request from `peer`. Never fails: every error becomes a
+/// typed body.
+pub async fn handle(app: Arc<App>, request: http::Request<Incoming>, peer: SocketAddr) -> Response {
+    match dispatch(&app, request, peer).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn dispatch(app: &App, request: http::Request<Incoming>) -> Result<Response, ApiError> {
+async fn dispatch(
+    app: &App,
+    request: http::Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response, ApiError> {
     let path = request.uri().path().to_owned();
     let Some(route) = Route::parse(&path) else {
         return Err(ApiError::not_found(
@@ -153,13 +218,10 @@ async fn dispatch(app: &App, request: http::Request<Incoming>) -> Result<Respons
     };
     let (method, allow) = route.method();
     if request.method() != method {
-        let mut error = ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            format!("{} is not allowed on {path}; use {allow}", request.method()),
-        );
-        error.allow = Some(allow);
-        return Err(error);
+        return Err(ApiError::method_not_allowed(request.method(), &path, allow));
+    }
+    if let Some(role) = route.role() {
+        authorize(app, &request, role, peer)?;
     }
     match route {
         Route::Health => Ok(health(app)),
@@ -205,9 +267,9 @@ fn pipelines(app: &App) -> Response {
                 "min_confidence": p.min_confidence,
                 "fallthrough": p.fallthrough.as_str(),
                 "stages": p.stages.iter().map(|s| json!({
-                    "name": s.spec.name,
-                    "layer": s.spec.layer.as_str(),
-                    "digest": s.digest,
+                    "name": s.name(),
+                    "layer": s.live.spec.layer.as_str(),
+                    "digest": s.live.digest,
                 })).collect::<Vec<_>>(),
             })
         })
@@ -257,6 +319,7 @@ async fn run_pipeline(
             ),
         ));
     };
+    let client_id = request_id_header(&request)?;
     let body: RunBody = read_json(app, request).await?;
     let attributes = body
         .attributes
@@ -272,12 +335,12 @@ async fn run_pipeline(
 
     let created_at = crate::store::now_millis();
     let request = Request {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: client_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         pipeline: pipeline.name.clone(),
         input: body.input,
         attributes,
     };
-    let execution = pipeline.run(&app.runtime, generation.number, request).await;
+    let execution = pipeline.run(&app.run, generation.number, request).await;
     let record = record_of(&execution, created_at);
 
     let (status, ticket) = match &execution.verdict {
@@ -321,6 +384,25 @@ async fn run_pipeline(
     Ok(json_response(status, &view))
 }
 
+/// The client's own request id, if it sent one.
+fn request_id_header<B>(request: &http::Request<B>) -> Result<Option<String>, ApiError> {
+    let Some(value) = request.headers().get("x-request-id") else {
+        return Ok(None);
+    };
+    let valid = value.to_str().ok().filter(|id| {
+        (1..=128).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    });
+    match valid {
+        Some(id) => Ok(Some(id.to_owned())),
+        None => Err(ApiError::bad_request(
+            "X-Request-Id must be 1 to 128 letters, digits, '-', '_', '.' or ':'",
+        )),
+    }
+}
+
 /// The durable record of a finished pipeline run.
 fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
     let request = &execution.request;
@@ -332,6 +414,7 @@ fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
                 "stage": run.stage,
                 "layer": run.layer,
                 "digest": run.digest,
+                "version": run.version,
                 "result": run.result,
                 "micros": run.elapsed.as_micros() as u64,
             });
@@ -534,7 +617,7 @@ fn check_reviewer(reviewer: String) -> Result<String, ApiError> {
 }
 
 /// Read a JSON body of at most the configured size.
-async fn read_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     app: &App,
     request: http::Request<Incoming>,
 ) -> Result<T, ApiError> {
@@ -590,7 +673,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut response = http::Response::new(Full::new(Bytes::from(
         serde_json::to_vec(body).expect("a JSON value serializes"),
     )));
@@ -602,7 +685,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
     response
 }
 
-fn timestamp(millis: i64) -> String {
+pub(crate) fn timestamp(millis: i64) -> String {
     let time = UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64);
     humantime::format_rfc3339_millis(time).to_string()
 }

@@ -11,8 +11,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use std::sync::Arc;
+
 use crate::manifest::Manifest;
-use crate::pipeline::Generation;
+use crate::pipeline::{Generation, RunContext, Unobserved};
 use crate::request::Request;
 use crate::runtime::Runtime;
 use crate::runtime::capabilities::ImportRule;
@@ -50,6 +52,10 @@ pub enum Command {
         /// Listen on this address instead of the manifest's `listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Serve the admin API on this address instead of the manifest's
+        /// `[admin] listen`.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
         /// Keep durable state in this directory instead of the manifest's
         /// `data_dir`.
         #[arg(long)]
@@ -115,19 +121,22 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
         Command::Serve {
             manifest,
             listen,
+            admin_listen,
             data,
         } => {
             let host = start(HostOptions {
                 manifest,
                 listen,
+                admin_listen,
                 data_dir: data,
+                tokens: None,
             })
             .await?;
             host.run_until(shutdown_signal()).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { manifest } => {
-            let (manifest, _runtime, generation) = load(&manifest).await?;
+            let (manifest, _runtime, generation) = load(&manifest, false).await?;
             write_check_report(&manifest, &generation, out)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -137,7 +146,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             input,
             attributes,
         } => {
-            let (_manifest, runtime, generation) = load(&manifest).await?;
+            let (_manifest, runtime, generation) = load(&manifest, true).await?;
             let Some(pipeline) = generation.pipelines.get(&pipeline) else {
                 let known: Vec<&str> = generation.pipelines.keys().map(String::as_str).collect();
                 anyhow::bail!(
@@ -151,7 +160,8 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
                 input,
                 attributes: attributes.into_iter().collect(),
             };
-            let execution = pipeline.run(&runtime, generation.number, request).await;
+            let context = RunContext::new(Arc::new(runtime), Arc::new(Unobserved), 1);
+            let execution = pipeline.run(&context, generation.number, request).await;
             let view = crate::api::execution_view(&execution);
             writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
             Ok(ExitCode::SUCCESS)
@@ -159,12 +169,16 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
     }
 }
 
-async fn load(path: &Path) -> anyhow::Result<(Manifest, Runtime, Generation)> {
+/// Load everything a manifest names. `cache` uses the manifest's data
+/// directory for compiled components (`run` does; `check` leaves the data
+/// directory alone).
+async fn load(path: &Path, cache: bool) -> anyhow::Result<(Arc<Manifest>, Runtime, Generation)> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        let manifest = Manifest::load(&path)?;
-        let runtime = Runtime::new(&manifest.runtime)?;
-        let generation = Generation::load(&manifest, &runtime, 1)?;
+        let manifest = Arc::new(Manifest::load(&path)?);
+        let cache_dir = cache.then(|| manifest.data_dir.join("compile-cache"));
+        let runtime = Runtime::new(&manifest.runtime, cache_dir.as_deref())?;
+        let generation = Generation::load(manifest.clone(), &runtime, 1)?;
         Ok((manifest, runtime, generation))
     })
     .await
@@ -194,7 +208,7 @@ fn write_check_report(
             pipeline.fallthrough.as_str()
         )?;
         for (index, stage) in pipeline.stages.iter().enumerate() {
-            let spec = &stage.spec;
+            let spec = &stage.live.spec;
             let limits = &spec.limits;
             writeln!(out, "  {}. {} (layer {})", index + 1, spec.name, spec.layer)?;
             writeln!(
@@ -206,7 +220,7 @@ fn write_check_report(
             writeln!(
                 out,
                 "     digest    {}{}",
-                stage.digest,
+                stage.live.digest,
                 if spec.plugin.pinned {
                     " (pinned)"
                 } else {
@@ -237,6 +251,7 @@ fn write_check_report(
             // Granted interfaces one per line; the locked-down WASI baseline
             // that every std-built guest imports on one.
             let (baseline, granted): (Vec<_>, Vec<_>) = stage
+                .live
                 .imports
                 .iter()
                 .partition(|i| i.rule == ImportRule::Baseline);
@@ -260,6 +275,28 @@ fn write_check_report(
             for (i, line) in lines.iter().enumerate() {
                 let label = if i == 0 { "imports   " } else { "          " };
                 writeln!(out, "     {label}{line}")?;
+            }
+            if let Some(candidate) = &stage.candidate {
+                let grants: Vec<&str> = candidate
+                    .stage
+                    .spec
+                    .grants
+                    .iter()
+                    .map(|g| g.as_str())
+                    .collect();
+                writeln!(
+                    out,
+                    "     candidate {} ({} {}%, grants {}, rolled back at burn rate {})",
+                    candidate.stage.digest,
+                    candidate.mode.as_str(),
+                    candidate.percent,
+                    if grants.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        grants.join(", ")
+                    },
+                    candidate.max_burn_rate
+                )?;
             }
         }
     }

@@ -10,19 +10,27 @@
 //! - `imports`: the host side of each interface a stage may import;
 //! - [`request`]: the request and outcome types passed between stages;
 //! - [`pipeline`]: generations and the chaining semantics of a pipeline;
-//! - [`server`]: start-up, the HTTP listener, graceful shutdown;
+//! - [`reload`]: reloads, rollbacks, candidate rollouts, file watch, SIGHUP;
+//! - [`server`]: start-up, the HTTP listeners, graceful shutdown;
 //! - [`api`]: HTTP routes, bodies and error mapping;
+//! - [`admin`]: the admin API for operators;
+//! - [`auth`]: bearer tokens and roles;
+//! - [`slo`]: error budgets, multiwindow burn rates;
 //! - [`store`]: durable request records and review tickets in SQLite;
 //! - [`cli`]: the `strata` command line.
 
+pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod cli;
 mod imports;
 pub mod manifest;
 pub mod pipeline;
+pub mod reload;
 pub mod request;
 pub mod runtime;
 pub mod server;
+pub mod slo;
 pub mod store;
 
 pub use manifest::{Manifest, ManifestError, ManifestErrorKind};

@@ -50,8 +50,54 @@ pub struct Manifest {
     pub server: ServerSettings,
     /// Settings of the WebAssembly engine, fixed for the life of the process.
     pub runtime: RuntimeSettings,
+    /// The admin API.
+    pub admin: AdminSettings,
+    /// Live reloading.
+    pub reload: ReloadSettings,
     /// The pipelines, by name.
     pub pipelines: BTreeMap<String, PipelineSpec>,
+    /// Hex SHA-256 of the manifest text.
+    pub sha256: String,
+}
+
+/// The admin API (`[admin]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Where the admin API listens; `--admin-listen` overrides. Without an
+    /// admin token (`STRATA_ADMIN_TOKEN`) it must be a loopback address.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// Live reloading (`[reload]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadSettings {
+    /// Reload when the manifest or a plugin it names changes on disk.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// How long files must stay unchanged before a watched change is loaded,
+    /// so that a file still being written is not read half-way.
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            debounce_ms: default_debounce_ms(),
+        }
+    }
 }
 
 /// HTTP server settings (`[server]`).
@@ -103,8 +149,53 @@ pub struct PipelineSpec {
     pub min_confidence: f64,
     /// What happens when every stage passed the request on.
     pub fallthrough: Fallthrough,
+    /// The service-level objective its error budget is measured against.
+    pub slo: SloSpec,
     /// The stages, in the order requests go through them.
     pub stages: Vec<StageSpec>,
+}
+
+/// A pipeline's service-level objective (`[pipelines.NAME.slo]`).
+///
+/// A request is good if no stage failed on it and it finished within
+/// `latency_ms`. The error budget is `1 - target`; a burn rate of 1 spends
+/// it exactly over the objective's period.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SloSpec {
+    /// The share of good requests to aim for, e.g. 0.99.
+    #[serde(default = "default_slo_target")]
+    pub target: f64,
+    /// Requests slower than this count against the objective.
+    #[serde(default = "default_slo_latency_ms")]
+    pub latency_ms: u64,
+    /// Multiwindow burn-rate alerts; the default is the SRE workbook's
+    /// 1h/5m at 14.4 and 6h/30m at 6.
+    #[serde(default = "default_burn_windows")]
+    pub windows: Vec<BurnWindow>,
+}
+
+impl Default for SloSpec {
+    fn default() -> Self {
+        Self {
+            target: default_slo_target(),
+            latency_ms: default_slo_latency_ms(),
+            windows: default_burn_windows(),
+        }
+    }
+}
+
+/// One multiwindow burn-rate alert: it fires when the burn rate over both
+/// the long and the short window is at least `burn`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BurnWindow {
+    /// The long window, in seconds.
+    pub long_s: u64,
+    /// The short window, in seconds.
+    pub short_s: u64,
+    /// The burn-rate threshold.
+    pub burn: f64,
 }
 
 /// One stage of a pipeline.
@@ -124,6 +215,51 @@ pub struct StageSpec {
     pub on_error: OnError,
     /// The stage's own settings, readable through the `config` interface.
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// A new version being rolled out, if any.
+    pub candidate: Option<CandidateSpec>,
+}
+
+/// A candidate version of a stage (`[pipelines.P.stages.candidate]`): it
+/// runs with the live stage's layer, limits and `on_error`, and by default
+/// its grants and config.
+#[derive(Debug, Clone)]
+pub struct CandidateSpec {
+    /// The candidate component.
+    pub plugin: PluginFile,
+    /// Its grants.
+    pub grants: BTreeSet<Grant>,
+    /// Its config table.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// How it is rolled out.
+    pub mode: RolloutMode,
+    /// Canary: the share of requests it serves. Shadow: the share of
+    /// requests it is run on. Percent, 0 to 100.
+    pub percent: f64,
+    /// Canary: roll back automatically when its failures burn the
+    /// pipeline's error budget at least this fast over both windows of an
+    /// alert.
+    pub max_burn_rate: f64,
+}
+
+/// How a candidate is rolled out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutMode {
+    /// It answers a share of requests, chosen by a hash of the request id.
+    Canary,
+    /// It runs on a copy of requests; its outcome is recorded and compared
+    /// with the live stage's, never returned.
+    Shadow,
+}
+
+impl RolloutMode {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutMode::Canary => "canary",
+            RolloutMode::Shadow => "shadow",
+        }
+    }
 }
 
 /// A plugin file as read from disk.
@@ -455,6 +591,24 @@ impl Manifest {
         .manifest(text)
     }
 
+    /// The files a change to which should reload this manifest: the manifest
+    /// itself and every plugin it names, candidates included.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        // Canonical, like plugin paths, so they match what a file watch
+        // reports.
+        let manifest = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        let mut files = vec![manifest];
+        for (_, stage) in self.stages() {
+            files.push(stage.plugin.path.clone());
+            if let Some(candidate) = &stage.candidate {
+                files.push(candidate.plugin.path.clone());
+            }
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+
     /// Every stage of every pipeline, with its pipeline's name.
     pub fn stages(&self) -> impl Iterator<Item = (&str, &StageSpec)> {
         self.pipelines
@@ -476,6 +630,10 @@ struct RawManifest {
     #[serde(default)]
     runtime: RuntimeSettings,
     #[serde(default)]
+    admin: AdminSettings,
+    #[serde(default)]
+    reload: ReloadSettings,
+    #[serde(default)]
     pipelines: toml::Table,
 }
 
@@ -486,6 +644,8 @@ struct RawPipeline {
     min_confidence: Option<f64>,
     #[serde(default)]
     fallthrough: Option<Fallthrough>,
+    #[serde(default)]
+    slo: Option<SloSpec>,
     #[serde(default)]
     stages: Vec<toml::Table>,
 }
@@ -506,10 +666,35 @@ struct RawStage {
     on_error: Option<OnError>,
     #[serde(default)]
     config: Option<toml::Table>,
+    #[serde(default)]
+    candidate: Option<RawCandidate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCandidate {
+    plugin: PathBuf,
+    mode: RolloutMode,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    grants: Option<Vec<String>>,
+    #[serde(default)]
+    config: Option<toml::Table>,
+    #[serde(default)]
+    percent: Option<f64>,
+    #[serde(default)]
+    max_burn_rate: Option<f64>,
 }
 
 /// The default listen address when the manifest gives none.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The default admin listen address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// The default burn rate at which a canary is rolled back.
+pub const DEFAULT_MAX_BURN_RATE: f64 = 14.4;
+/// The longest burn-rate window, in seconds (a week).
+pub const MAX_WINDOW_S: u64 = 7 * 24 * 3_600;
 
 struct Parser<'a> {
     file: &'a Path,
@@ -577,13 +762,25 @@ impl Parser<'_> {
             let pipeline = self.pipeline(name.clone(), value, &raw.runtime)?;
             pipelines.insert(name, pipeline);
         }
+        if raw.reload.debounce_ms > 60_000 {
+            return Err(self.error(
+                key_location("reload.debounce_ms"),
+                ManifestErrorKind::Invalid(format!(
+                    "{} is outside 0..=60000",
+                    raw.reload.debounce_ms
+                )),
+            ));
+        }
         Ok(Manifest {
             path: self.file.to_owned(),
             listen,
             data_dir,
             server: raw.server,
             runtime: raw.runtime,
+            admin: raw.admin,
+            reload: raw.reload,
             pipelines,
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
         })
     }
 
@@ -668,10 +865,13 @@ impl Parser<'_> {
             }
             stages.push(stage);
         }
+        let slo = raw.slo.unwrap_or_default();
+        self.check_slo(&slo, &here)?;
         Ok(PipelineSpec {
             name,
             min_confidence,
             fallthrough: raw.fallthrough.unwrap_or(Fallthrough::Escalate),
+            slo,
             stages,
         })
     }
@@ -706,40 +906,18 @@ impl Parser<'_> {
         check_name(&raw.layer)
             .map_err(|m| self.error(at("layer"), ManifestErrorKind::Invalid(m)))?;
 
-        let mut grants = BTreeSet::new();
-        for name in &raw.grants {
-            let grant = Grant::parse(name).ok_or_else(|| {
-                self.error(
-                    at("grants"),
-                    ManifestErrorKind::Invalid(format!(
-                        "unknown grant \"{name}\"; known grants: {}",
-                        Grant::ALL.map(Grant::as_str).join(", ")
-                    )),
-                )
-            })?;
-            if !grants.insert(grant) {
-                return Err(self.error(at("grants"), ManifestErrorKind::Duplicate(name.clone())));
-            }
-        }
+        let grants = self.grants(&raw.grants, &at("grants"))?;
 
         let limits = raw.limits.unwrap_or_default();
         self.check_limits(&limits, runtime, &at)?;
 
-        let config = match raw.config {
-            None => serde_json::Map::new(),
-            Some(table) => match serde_json::to_value(table) {
-                Ok(serde_json::Value::Object(map)) => map,
-                Ok(_) => unreachable!("a TOML table converts to a JSON object"),
-                Err(e) => {
-                    return Err(self.error(
-                        at("config"),
-                        ManifestErrorKind::Invalid(format!("cannot be represented as JSON: {e}")),
-                    ));
-                }
-            },
-        };
+        let config = self.json_table(raw.config, &at("config"))?;
 
-        let plugin = self.plugin(&raw.plugin, raw.sha256.as_deref(), &at)?;
+        let plugin = self.plugin(&raw.plugin, raw.sha256.as_deref(), &at, "")?;
+        let candidate = match raw.candidate {
+            None => None,
+            Some(candidate) => Some(self.candidate(candidate, &grants, &config, &at)?),
+        };
         Ok(StageSpec {
             name: raw.name,
             layer: Layer(raw.layer),
@@ -748,7 +926,126 @@ impl Parser<'_> {
             limits,
             on_error: raw.on_error.unwrap_or(OnError::Escalate),
             config,
+            candidate,
         })
+    }
+
+    fn candidate(
+        &self,
+        raw: RawCandidate,
+        live_grants: &BTreeSet<Grant>,
+        live_config: &serde_json::Map<String, serde_json::Value>,
+        at: &dyn Fn(&str) -> Location,
+    ) -> Result<CandidateSpec, ManifestError> {
+        let grants = match &raw.grants {
+            Some(names) => self.grants(names, &at("candidate.grants"))?,
+            None => live_grants.clone(),
+        };
+        let config = match raw.config {
+            Some(table) => self.json_table(Some(table), &at("candidate.config"))?,
+            None => live_config.clone(),
+        };
+        let default_percent = match raw.mode {
+            RolloutMode::Canary => 10.0,
+            RolloutMode::Shadow => 100.0,
+        };
+        let percent = raw.percent.unwrap_or(default_percent);
+        if !(0.0..=100.0).contains(&percent) {
+            return Err(self.error(
+                at("candidate.percent"),
+                ManifestErrorKind::Invalid(format!("{percent} is outside 0..=100")),
+            ));
+        }
+        let max_burn_rate = raw.max_burn_rate.unwrap_or(DEFAULT_MAX_BURN_RATE);
+        if !(max_burn_rate > 0.0 && max_burn_rate.is_finite()) {
+            return Err(self.error(
+                at("candidate.max_burn_rate"),
+                ManifestErrorKind::Invalid(format!("{max_burn_rate} must be a positive number")),
+            ));
+        }
+        let plugin = self.plugin(&raw.plugin, raw.sha256.as_deref(), at, "candidate.")?;
+        Ok(CandidateSpec {
+            plugin,
+            grants,
+            config,
+            mode: raw.mode,
+            percent,
+            max_burn_rate,
+        })
+    }
+
+    fn grants(&self, names: &[String], at: &Location) -> Result<BTreeSet<Grant>, ManifestError> {
+        let mut grants = BTreeSet::new();
+        for name in names {
+            let grant = Grant::parse(name).ok_or_else(|| {
+                self.error(
+                    at.clone(),
+                    ManifestErrorKind::Invalid(format!(
+                        "unknown grant \"{name}\"; known grants: {}",
+                        Grant::ALL.map(Grant::as_str).join(", ")
+                    )),
+                )
+            })?;
+            if !grants.insert(grant) {
+                return Err(self.error(at.clone(), ManifestErrorKind::Duplicate(name.clone())));
+            }
+        }
+        Ok(grants)
+    }
+
+    fn json_table(
+        &self,
+        table: Option<toml::Table>,
+        at: &Location,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, ManifestError> {
+        match table.map(serde_json::to_value) {
+            None => Ok(serde_json::Map::new()),
+            Some(Ok(serde_json::Value::Object(map))) => Ok(map),
+            Some(Ok(_)) => unreachable!("a TOML table converts to a JSON object"),
+            Some(Err(e)) => Err(self.error(
+                at.clone(),
+                ManifestErrorKind::Invalid(format!("cannot be represented as JSON: {e}")),
+            )),
+        }
+    }
+
+    fn check_slo(&self, slo: &SloSpec, here: &Location) -> Result<(), ManifestError> {
+        let at = |key: &str| Location {
+            key: Some(format!("slo.{key}")),
+            ..here.clone()
+        };
+        if !(slo.target > 0.0 && slo.target < 1.0) {
+            return Err(self.error(
+                at("target"),
+                ManifestErrorKind::Invalid(format!(
+                    "{} must be between 0 and 1, exclusive (e.g. 0.99)",
+                    slo.target
+                )),
+            ));
+        }
+        if slo.latency_ms == 0 {
+            return Err(self.error(
+                at("latency_ms"),
+                ManifestErrorKind::Invalid("must be greater than 0".to_owned()),
+            ));
+        }
+        for window in &slo.windows {
+            let valid = window.short_s >= 1
+                && window.short_s <= window.long_s
+                && window.long_s <= MAX_WINDOW_S
+                && window.burn > 0.0;
+            if !valid {
+                return Err(self.error(
+                    at("windows"),
+                    ManifestErrorKind::Invalid(format!(
+                        "{{ long_s = {}, short_s = {}, burn = {} }} needs 1 <= short_s <= long_s \
+                         <= {MAX_WINDOW_S} and burn > 0",
+                        window.long_s, window.short_s, window.burn
+                    )),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_limits(
@@ -787,12 +1084,16 @@ impl Parser<'_> {
         }
     }
 
+    /// Read a plugin and check its pin; `prefix` qualifies the keys named in
+    /// errors (`candidate.` for a candidate's).
     fn plugin(
         &self,
         path: &Path,
         pin: Option<&str>,
         at: &dyn Fn(&str) -> Location,
+        prefix: &str,
     ) -> Result<PluginFile, ManifestError> {
+        let at = |key: &str| at(&format!("{prefix}{key}"));
         let pin = match pin {
             None => None,
             Some(pin) => {
@@ -901,4 +1202,32 @@ fn default_instances() -> u32 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_admin_listen() -> SocketAddr {
+    DEFAULT_ADMIN_LISTEN
+        .parse()
+        .expect("the default admin address parses")
+}
+fn default_debounce_ms() -> u64 {
+    500
+}
+fn default_slo_target() -> f64 {
+    0.99
+}
+fn default_slo_latency_ms() -> u64 {
+    1_000
+}
+fn default_burn_windows() -> Vec<BurnWindow> {
+    vec![
+        BurnWindow {
+            long_s: 3_600,
+            short_s: 300,
+            burn: 14.4,
+        },
+        BurnWindow {
+            long_s: 21_600,
+            short_s: 1_800,
+            burn: 6.0,
+        },
+    ]
 }

@@ -15,51 +15,104 @@
 //! - a failed stage follows its `on_error`: `skip` goes on with the request
 //!   unchanged, `escalate` hands it to a human, `fail` stops with an error;
 //! - a request that passes every stage follows the pipeline's fallthrough.
+//!
+//! A stage with a candidate version rolls it out: a canary serves the share
+//! of requests whose id hashes below its percentage (so a retried request
+//! with the same id sees the same version), and a shadow runs on a copy of
+//! the request after the live version, off the request's path, its outcome
+//! compared and recorded but never returned.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::manifest::{Fallthrough, Manifest, ManifestError, OnError};
+use crate::manifest::{Fallthrough, Manifest, ManifestError, OnError, RolloutMode, SloSpec};
 use crate::request::{Outcome, Request};
 use crate::runtime::{LoadedStage, LogTag, Runtime, StageFailure};
 
 /// Every pipeline of one manifest, loaded and ready to serve.
 pub struct Generation {
-    /// Counts up from 1 with every successful load in this process.
+    /// Counts up by one with every generation published in this process.
     pub number: u64,
     /// The pipelines, by name.
     pub pipelines: BTreeMap<String, Arc<Pipeline>>,
+    /// The manifest it was built from.
+    pub manifest: Arc<Manifest>,
+    /// When it was built.
+    pub loaded_at: SystemTime,
 }
 
 impl Generation {
     /// Load every stage of `manifest` into `runtime`. Nothing is published:
     /// on error the caller still has whatever generation it had.
     pub fn load(
-        manifest: &Manifest,
+        manifest: Arc<Manifest>,
         runtime: &Runtime,
         number: u64,
     ) -> Result<Generation, ManifestError> {
         let mut pipelines = BTreeMap::new();
         for (name, spec) in &manifest.pipelines {
-            let stages = spec
-                .stages
-                .iter()
-                .map(|stage| runtime.load_stage(&manifest.path, name, stage))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut stages = Vec::with_capacity(spec.stages.len());
+            for stage in &spec.stages {
+                let live = runtime.load_stage(&manifest.path, name, stage, "plugin")?;
+                let candidate = match &stage.candidate {
+                    None => None,
+                    Some(candidate) => {
+                        let mut version = stage.clone();
+                        version.plugin = candidate.plugin.clone();
+                        version.grants = candidate.grants.clone();
+                        version.config = candidate.config.clone();
+                        version.candidate = None;
+                        Some(Candidate {
+                            stage: Arc::new(runtime.load_stage(
+                                &manifest.path,
+                                name,
+                                &version,
+                                "candidate.plugin",
+                            )?),
+                            mode: candidate.mode,
+                            percent: candidate.percent,
+                            max_burn_rate: candidate.max_burn_rate,
+                        })
+                    }
+                };
+                stages.push(Stage {
+                    live: Arc::new(live),
+                    candidate,
+                });
+            }
             pipelines.insert(
                 name.clone(),
                 Arc::new(Pipeline {
                     name: name.clone(),
                     min_confidence: spec.min_confidence,
                     fallthrough: spec.fallthrough,
+                    slo: spec.slo.clone(),
                     stages,
                 }),
             );
         }
-        Ok(Generation { number, pipelines })
+        Ok(Generation {
+            number,
+            pipelines,
+            manifest,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// The same pipelines under a new number: what a rollback to an earlier
+    /// generation publishes, so that numbers only ever go up.
+    pub fn renumbered(&self, number: u64) -> Generation {
+        Generation {
+            number,
+            pipelines: self.pipelines.clone(),
+            manifest: self.manifest.clone(),
+            loaded_at: SystemTime::now(),
+        }
     }
 }
 
@@ -71,8 +124,58 @@ pub struct Pipeline {
     pub min_confidence: f64,
     /// What happens when no stage answers.
     pub fallthrough: Fallthrough,
+    /// Its objective.
+    pub slo: SloSpec,
     /// The stages in order.
-    pub stages: Vec<LoadedStage>,
+    pub stages: Vec<Stage>,
+}
+
+/// One stage: its live version and, during a rollout, a candidate.
+pub struct Stage {
+    /// The version serving traffic.
+    pub live: Arc<LoadedStage>,
+    /// The version being rolled out.
+    pub candidate: Option<Candidate>,
+}
+
+impl Stage {
+    /// The stage's name.
+    pub fn name(&self) -> &str {
+        &self.live.spec.name
+    }
+}
+
+/// A candidate version of a stage and how it is rolled out.
+pub struct Candidate {
+    /// The loaded candidate.
+    pub stage: Arc<LoadedStage>,
+    /// Canary or shadow.
+    pub mode: RolloutMode,
+    /// Its share of requests, in percent.
+    pub percent: f64,
+    /// The burn rate at which a canary is rolled back.
+    pub max_burn_rate: f64,
+}
+
+impl Candidate {
+    /// Whether request `id` is in this candidate's share. The choice depends
+    /// only on the id and the stage, so a retried request is routed alike.
+    pub fn selects(&self, request_id: &str) -> bool {
+        let stage = &self.stage.spec.name;
+        let hash = fnv1a(request_id.as_bytes(), fnv1a(stage.as_bytes(), FNV_OFFSET));
+        (hash % 10_000) < (self.percent * 100.0).round() as u64
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// 64-bit FNV-1a: stable across builds and platforms, unlike std's hasher.
+fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// The stage (and its layer) that decided a request.
@@ -142,8 +245,10 @@ pub struct StageRun {
     pub stage: String,
     /// Its layer.
     pub layer: String,
-    /// Its component digest.
+    /// The digest of the version that ran.
     pub digest: String,
+    /// `live`, or `candidate` when a canary served the request.
+    pub version: &'static str,
     /// `next`, `respond`, `escalate`, `reject`, or `failed`.
     pub result: &'static str,
     /// The failure kind when `result` is `failed`.
@@ -166,43 +271,147 @@ pub struct Execution {
     pub generation: u64,
 }
 
+impl Execution {
+    /// Whether any stage failed on this request (even if the failure was
+    /// skipped or escalated).
+    pub fn had_failure(&self) -> bool {
+        self.trace.iter().any(|run| run.failure.is_some())
+    }
+}
+
+/// A shadow candidate's outcome next to the live version's.
+#[derive(Debug, Clone)]
+pub struct ShadowComparison {
+    /// The request.
+    pub request_id: String,
+    /// The pipeline.
+    pub pipeline: String,
+    /// The stage.
+    pub stage: String,
+    /// The live version's digest.
+    pub live_digest: String,
+    /// The candidate's digest.
+    pub candidate_digest: String,
+    /// The live outcome, summarised.
+    pub live: Value,
+    /// The candidate's outcome, summarised.
+    pub candidate: Value,
+}
+
+impl ShadowComparison {
+    /// Whether both versions decided the same thing.
+    pub fn same(&self) -> bool {
+        self.live == self.candidate
+    }
+}
+
+/// What a pipeline run reports as it goes: error budgets, canary health and
+/// shadow comparisons are kept by whoever implements this.
+pub trait Observer: Send + Sync {
+    /// A canary candidate served a request, and failed or not.
+    fn candidate_served(&self, pipeline: &Pipeline, candidate: &Candidate, failed: bool);
+    /// A shadow candidate ran on a copy of a request.
+    fn shadow_compared(&self, comparison: ShadowComparison);
+    /// A request finished.
+    fn request_finished(&self, pipeline: &Pipeline, execution: &Execution, elapsed: Duration);
+}
+
+/// An observer that keeps nothing (`strata run`).
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn candidate_served(&self, _: &Pipeline, _: &Candidate, _: bool) {}
+    fn shadow_compared(&self, _: ShadowComparison) {}
+    fn request_finished(&self, _: &Pipeline, _: &Execution, _: Duration) {}
+}
+
+/// What a run needs besides the pipeline.
+#[derive(Clone)]
+pub struct RunContext {
+    /// The engine.
+    pub runtime: Arc<Runtime>,
+    /// Who is told about budgets, canaries and shadows.
+    pub observer: Arc<dyn Observer>,
+    /// Bounds shadow runs in flight; a shadow run that finds no permit is
+    /// skipped, so shadows never queue up behind live traffic.
+    pub shadow_slots: Arc<Semaphore>,
+}
+
+impl RunContext {
+    /// A context with shadow runs bounded to `shadow_slots` at a time.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        observer: Arc<dyn Observer>,
+        shadow_slots: usize,
+    ) -> RunContext {
+        RunContext {
+            runtime,
+            observer,
+            shadow_slots: Arc::new(Semaphore::new(shadow_slots)),
+        }
+    }
+}
+
 impl Pipeline {
     /// Run `request` through every stage, as the module documentation says.
-    pub async fn run(&self, runtime: &Runtime, generation: u64, request: Request) -> Execution {
+    pub async fn run(&self, ctx: &RunContext, generation: u64, request: Request) -> Execution {
         let span = tracing::info_span!(
             "request",
             request_id = %request.id,
             pipeline = %self.name,
             generation,
         );
-        self.run_stages(runtime, generation, request)
+        let started = Instant::now();
+        let execution = self
+            .run_stages(ctx, generation, request)
             .instrument(span)
-            .await
+            .await;
+        ctx.observer
+            .request_finished(self, &execution, started.elapsed());
+        execution
     }
 
-    async fn run_stages(&self, runtime: &Runtime, generation: u64, request: Request) -> Execution {
+    async fn run_stages(&self, ctx: &RunContext, generation: u64, request: Request) -> Execution {
         let mut request = request;
         let mut trace = Vec::with_capacity(self.stages.len());
         let request_id: Arc<str> = request.id.as_str().into();
         let pipeline: Arc<str> = self.name.as_str().into();
 
         for stage in &self.stages {
+            let canary = stage
+                .candidate
+                .as_ref()
+                .filter(|c| c.mode == RolloutMode::Canary && c.selects(&request.id));
+            let shadow = stage
+                .candidate
+                .as_ref()
+                .filter(|c| c.mode == RolloutMode::Shadow && c.selects(&request.id));
+            let version = canary.map_or(&stage.live, |c| &c.stage);
+            let spec = &version.spec;
             let by = DecidedBy {
-                stage: stage.spec.name.clone(),
-                layer: stage.spec.layer.to_string(),
+                stage: spec.name.clone(),
+                layer: spec.layer.to_string(),
             };
             let tag = LogTag {
                 request_id: request_id.clone(),
                 pipeline: pipeline.clone(),
-                stage: stage.spec.name.as_str().into(),
+                stage: spec.name.as_str().into(),
             };
+            // The shadow sees exactly what the live version saw.
+            let shadow_input = shadow.map(|_| request.clone());
+
             let started = Instant::now();
-            let result = runtime.invoke(stage, &request, &tag).await;
+            let result = ctx.runtime.invoke(version, &request, &tag).await;
             let elapsed = started.elapsed();
             trace.push(StageRun {
                 stage: by.stage.clone(),
                 layer: by.layer.clone(),
-                digest: stage.digest.clone(),
+                digest: version.digest.clone(),
+                version: if canary.is_some() {
+                    "candidate"
+                } else {
+                    "live"
+                },
                 result: match &result {
                     Ok(outcome) => outcome.kind(),
                     Err(_) => "failed",
@@ -210,6 +419,13 @@ impl Pipeline {
                 failure: result.as_ref().err().map(StageFailure::kind),
                 elapsed,
             });
+            if let Some(candidate) = canary {
+                ctx.observer
+                    .candidate_served(self, candidate, result.is_err());
+            }
+            if let (Some(candidate), Some(input)) = (shadow, shadow_input) {
+                self.spawn_shadow(ctx, candidate, &stage.live, input, summarize(&result), tag);
+            }
 
             let verdict = match result {
                 Ok(Outcome::Next { input, attributes }) => {
@@ -249,14 +465,14 @@ impl Pipeline {
                 Err(failure) => {
                     tracing::warn!(
                         stage = %by.stage,
-                        digest = %stage.digest,
+                        digest = %version.digest,
                         kind = failure.kind(),
                         detail = failure.detail().unwrap_or(""),
-                        on_error = stage.spec.on_error.as_str(),
+                        on_error = spec.on_error.as_str(),
                         "stage {} {failure}",
                         by.stage
                     );
-                    match stage.spec.on_error {
+                    match spec.on_error {
                         OnError::Skip => continue,
                         OnError::Escalate => Verdict::Escalated {
                             reason: format!("stage \"{}\" {failure}", by.stage),
@@ -293,5 +509,68 @@ impl Pipeline {
             trace,
             generation,
         }
+    }
+
+    fn spawn_shadow(
+        &self,
+        ctx: &RunContext,
+        candidate: &Candidate,
+        live: &LoadedStage,
+        input: Request,
+        live_outcome: Value,
+        tag: LogTag,
+    ) {
+        let Ok(permit) = ctx.shadow_slots.clone().try_acquire_owned() else {
+            tracing::debug!(stage = %tag.stage, "no shadow slot free; shadow run skipped");
+            return;
+        };
+        let runtime = ctx.runtime.clone();
+        let observer = ctx.observer.clone();
+        let shadow = candidate.stage.clone();
+        let pipeline = self.name.clone();
+        let live_digest = live.digest.clone();
+        tokio::spawn(async move {
+            let result = runtime.invoke(&shadow, &input, &tag).await;
+            drop(permit);
+            observer.shadow_compared(ShadowComparison {
+                request_id: input.id,
+                pipeline,
+                stage: shadow.spec.name.clone(),
+                live_digest,
+                candidate_digest: shadow.digest.clone(),
+                live: live_outcome,
+                candidate: summarize(&result),
+            });
+        });
+    }
+}
+
+/// An outcome as JSON, for shadow comparisons.
+fn summarize(result: &Result<Outcome, StageFailure>) -> Value {
+    match result {
+        Ok(Outcome::Next { input, attributes }) => {
+            json!({"kind": "next", "input": input, "attributes": attributes})
+        }
+        Ok(Outcome::Respond { output, confidence }) => {
+            json!({"kind": "respond", "output": output, "confidence": confidence})
+        }
+        Ok(Outcome::Escalate { reason, draft }) => {
+            json!({"kind": "escalate", "reason": reason, "draft": draft})
+        }
+        Ok(Outcome::Reject { code, message }) => {
+            json!({"kind": "reject", "code": code, "message": message})
+        }
+        Err(failure) => json!({"kind": "failed", "failure": failure.kind()}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a;
+
+    #[test]
+    fn fnv1a_matches_reference_values() {
+        assert_eq!(fnv1a(b"", super::FNV_OFFSET), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a", super::FNV_OFFSET), 0xaf63_dc4c_8601_ec8c);
     }
 }

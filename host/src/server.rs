@@ -1,10 +1,11 @@
 //! Starting a host and serving HTTP: load everything, bind, accept
 //! connections, shut down gracefully.
 //!
-//! [`start`] does the whole start-up in order (manifest, engine, generation,
-//! store, listener) and returns a [`RunningHost`] whose [`RunningHost::shutdown`]
-//! stops accepting, lets in-flight requests finish, and flushes the store.
-//! The CLI and the end-to-end tests both go through it.
+//! [`start`] does the whole start-up in order (manifest, engine with its
+//! compile cache, generation, store, listeners, watcher, signal handler) and
+//! returns a [`RunningHost`] whose [`RunningHost::shutdown`] stops accepting,
+//! lets in-flight requests finish, and flushes the store. The CLI and the
+//! end-to-end tests both go through it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,15 +15,19 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::Response;
+use crate::auth::{Role, Tokens};
 use crate::manifest::Manifest;
-use crate::pipeline::Generation;
+use crate::pipeline::{Generation, RunContext};
+use crate::reload::{Operations, Trigger};
 use crate::runtime::Runtime;
 use crate::store::Store;
 
@@ -41,31 +46,61 @@ pub struct App {
     pub store: Store,
     /// The largest accepted request body, in bytes.
     pub max_body: usize,
+    /// Reloads, rollouts and error budgets.
+    pub ops: Arc<Operations>,
+    /// What pipeline runs need (engine, observer, shadow bound).
+    pub run: RunContext,
+    /// Bearer tokens of each role.
+    pub tokens: Tokens,
 }
 
-/// How to start a host. `listen` and `data_dir` override the manifest.
+/// How to start a host. Set fields override the manifest (and, for
+/// `tokens`, the environment).
 #[derive(Debug, Clone)]
 pub struct HostOptions {
     /// The manifest file.
     pub manifest: PathBuf,
     /// Listen here instead of the manifest's address.
     pub listen: Option<SocketAddr>,
+    /// Serve the admin API here instead of the manifest's `[admin] listen`.
+    pub admin_listen: Option<SocketAddr>,
     /// Keep state here instead of the manifest's data directory.
     pub data_dir: Option<PathBuf>,
+    /// Use these tokens instead of reading them from the environment.
+    pub tokens: Option<Tokens>,
+}
+
+impl HostOptions {
+    /// Options for `manifest` with nothing overridden.
+    pub fn new(manifest: impl Into<PathBuf>) -> HostOptions {
+        HostOptions {
+            manifest: manifest.into(),
+            listen: None,
+            admin_listen: None,
+            data_dir: None,
+            tokens: None,
+        }
+    }
 }
 
 /// A host that is serving.
 pub struct RunningHost {
     addr: SocketAddr,
+    admin_addr: SocketAddr,
     app: Arc<App>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningHost {
     /// The address the API listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address the admin API listens on.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// The shared state (for inspection by tools and tests).
@@ -75,8 +110,10 @@ impl RunningHost {
 
     /// Stop accepting, let in-flight requests finish, flush the store.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
         self.app.store.close().await;
     }
 
@@ -88,14 +125,16 @@ impl RunningHost {
 }
 
 /// Load the manifest and everything it names, open the store, bind the
-/// listener and start serving.
+/// listeners and start serving.
 pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     let manifest_path = options.manifest.clone();
+    let data_override = options.data_dir.clone();
     // Reading plugins and compiling them is blocking, CPU-heavy work.
     let (manifest, runtime, generation) = tokio::task::spawn_blocking(move || {
-        let manifest = Manifest::load(&manifest_path)?;
-        let runtime = Runtime::new(&manifest.runtime)?;
-        let generation = Generation::load(&manifest, &runtime, 1)?;
+        let manifest = Arc::new(Manifest::load(&manifest_path)?);
+        let data_dir = data_override.unwrap_or_else(|| manifest.data_dir.clone());
+        let runtime = Runtime::new(&manifest.runtime, Some(&data_dir.join("compile-cache")))?;
+        let generation = Generation::load(manifest.clone(), &runtime, 1)?;
         anyhow::Ok((manifest, runtime, generation))
     })
     .await
@@ -108,20 +147,57 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         .await
         .context("store task failed")??;
 
+    let tokens = options.tokens.unwrap_or_else(Tokens::from_env);
     let listen = options.listen.unwrap_or(manifest.listen);
+    let admin_listen = options.admin_listen.unwrap_or(manifest.admin.listen);
+    if !tokens.configured(Role::Admin) && !admin_listen.ip().is_loopback() {
+        anyhow::bail!(
+            "the admin API would listen on {admin_listen} without a token; set {} or use a \
+             loopback address",
+            Role::Admin.token_variable()
+        );
+    }
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let admin_listener = TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {admin_listen} for the admin API"))?;
     let addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
 
+    let runtime = Arc::new(runtime);
+    let ops = Arc::new(Operations::new(store.clone(), &manifest));
+    // Shadows get a quarter of the instance slots at most.
+    let shadow_slots = (manifest.runtime.instances as usize / 4).max(1);
     let app = Arc::new(App {
-        runtime: Arc::new(runtime),
+        run: RunContext::new(runtime.clone(), ops.clone(), shadow_slots),
+        runtime,
         current: ArcSwap::from_pointee(generation),
         store,
         max_body: manifest.server.max_body_kib as usize * 1024,
+        ops,
+        tokens,
     });
+    app.ops.started(&app.current.load()).await;
+    for role in Role::ALL {
+        if !app.tokens.configured(role) {
+            match role {
+                Role::Client => tracing::info!(
+                    "{} is not set: the client API is open to every caller",
+                    role.token_variable()
+                ),
+                _ => tracing::warn!(
+                    "{} is not set: {} routes accept callers on this machine only",
+                    role.token_variable(),
+                    role.as_str()
+                ),
+            }
+        }
+    }
     tracing::info!(
         %addr,
+        %admin_addr,
         manifest = %manifest.path.display(),
         generation = 1,
         pipelines = manifest.pipelines.len(),
@@ -129,21 +205,77 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         "strata is serving"
     );
 
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(app.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let handler_app = app.clone();
+    tasks.push(tokio::spawn(serve(
+        listener,
+        shutdown_on(stopped.clone()),
+        move |request, peer| crate::api::handle(handler_app.clone(), request, peer),
+    )));
+    let admin_app = app.clone();
+    tasks.push(tokio::spawn(serve(
+        admin_listener,
+        shutdown_on(stopped.clone()),
+        move |request, peer| crate::admin::handle(admin_app.clone(), request, peer),
+    )));
+    crate::reload::spawn_burn_worker(app.clone());
+    if manifest.reload.watch {
+        crate::reload::spawn_watcher(
+            app.clone(),
+            manifest.watched_files(),
+            Duration::from_millis(manifest.reload.debounce_ms),
+            stopped.clone(),
+        )
+        .context("cannot watch the manifest and plugin files")?;
+    }
+    spawn_signal_reloads(app.clone(), stopped);
     Ok(RunningHost {
         addr,
+        admin_addr,
         app,
         stop,
-        task,
+        tasks,
     })
 }
 
+async fn shutdown_on(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// Reload on SIGHUP.
+fn spawn_signal_reloads(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; reload through the admin API");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                Some(()) = hangups.recv() => {
+                    crate::reload::reload(&app, Trigger::host("signal")).await;
+                }
+                _ = stopped.changed() => return,
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (app, stopped);
+}
+
 /// Accept connections on `listener` until `shutdown` resolves, then wait (up
-/// to a bound) for open connections to finish their requests.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// to a bound) for open connections to finish their requests. `handler`
+/// answers each request, given the peer's address.
+pub async fn serve<H, F>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: H)
+where
+    H: Fn(http::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response> + Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -152,9 +284,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     tokio::pin!(shutdown);
 
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Usually out of file descriptors: back off, keep serving.
                     tracing::warn!(%error, "cannot accept a connection");
@@ -165,10 +297,10 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let handler = handler.clone();
         let service = service_fn(move |request| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(crate::api::handle(app, request).await) }
+            let response = handler(request, peer);
+            async move { Ok::<_, std::convert::Infallible>(response.await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -179,7 +311,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     }
     drop(listener);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = graceful.shutdown() => {},
         () = tokio::time::sleep(DRAIN_TIMEOUT) => {
             tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; stopping anyway");
         }

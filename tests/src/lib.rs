@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use strata::auth::Tokens;
 use strata::{HostOptions, RunningHost};
 
 /// Paths of the guest components built by `build.rs`.
@@ -40,6 +41,29 @@ pub struct TestHost {
     manifest: PathBuf,
     client: reqwest::Client,
     base: String,
+    admin: String,
+    tokens: Tokens,
+}
+
+/// Route the host's logs to the test output; `STRATA_LOG` filters them
+/// (nothing is shown by default).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Options serving `manifest` on free loopback ports, state in `dir/data`.
+fn options(manifest: &Path, dir: &Path, tokens: Tokens) -> HostOptions {
+    let mut options = HostOptions::new(manifest);
+    options.listen = Some("127.0.0.1:0".parse().expect("a valid address"));
+    options.admin_listen = Some("127.0.0.1:0".parse().expect("a valid address"));
+    options.data_dir = Some(dir.join("data"));
+    options.tokens = Some(tokens);
+    options
 }
 
 impl TestHost {
@@ -60,6 +84,17 @@ impl TestHost {
         Self::serve(dir, path).await
     }
 
+    /// Write `manifest` into `dir` (which may already hold plugins the
+    /// manifest names by relative path) and serve it with `tokens`.
+    pub async fn start_in(dir: tempfile::TempDir, manifest: &str, tokens: Tokens) -> TestHost {
+        let path = dir.path().join("strata.toml");
+        std::fs::write(&path, manifest).expect("cannot write the manifest");
+        match Self::serve_with(dir, path, tokens).await {
+            Ok(host) => host,
+            Err(error) => panic!("the host did not start: {error:#}"),
+        }
+    }
+
     /// Serve an existing manifest file, with state in a fresh directory.
     pub async fn start_file(manifest: &Path) -> TestHost {
         let dir = tempfile::tempdir().expect("cannot create a temporary directory");
@@ -70,19 +105,27 @@ impl TestHost {
     }
 
     async fn serve(dir: tempfile::TempDir, manifest: PathBuf) -> anyhow::Result<TestHost> {
-        let host = strata::start(HostOptions {
-            manifest: manifest.clone(),
-            listen: Some("127.0.0.1:0".parse().expect("a valid address")),
-            data_dir: Some(dir.path().join("data")),
-        })
-        .await?;
+        Self::serve_with(dir, manifest, Tokens::default()).await
+    }
+
+    /// Serve `manifest` from `dir`, with these tokens.
+    pub async fn serve_with(
+        dir: tempfile::TempDir,
+        manifest: PathBuf,
+        tokens: Tokens,
+    ) -> anyhow::Result<TestHost> {
+        init_logging();
+        let host = strata::start(options(&manifest, dir.path(), tokens.clone())).await?;
         let base = format!("http://{}", host.addr());
+        let admin = format!("http://{}", host.admin_addr());
         Ok(TestHost {
             host: Some(host),
             dir,
             manifest,
             client: reqwest::Client::new(),
             base,
+            admin,
+            tokens,
         })
     }
 
@@ -96,20 +139,48 @@ impl TestHost {
         &self.base
     }
 
+    /// The admin API's base URL.
+    pub fn admin_base(&self) -> &str {
+        &self.admin
+    }
+
+    /// The manifest file being served.
+    pub fn manifest(&self) -> &Path {
+        &self.manifest
+    }
+
+    /// The running host.
+    pub fn host(&self) -> &RunningHost {
+        self.host.as_ref().expect("the host is running")
+    }
+
+    /// POST to the admin API (no body); returns the status and the JSON.
+    pub async fn admin_post(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.post(format!("{}{path}", self.admin)))
+            .await
+    }
+
+    /// GET from the admin API; returns the status and the JSON.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        self.send(self.client.get(format!("{}{path}", self.admin)))
+            .await
+    }
+
     /// Stop the host and start it again on the same manifest and data
     /// directory (on a new port).
     pub async fn restart(&mut self) {
         if let Some(host) = self.host.take() {
             host.shutdown().await;
         }
-        let host = strata::start(HostOptions {
-            manifest: self.manifest.clone(),
-            listen: Some("127.0.0.1:0".parse().expect("a valid address")),
-            data_dir: Some(self.dir.path().join("data")),
-        })
+        let host = strata::start(options(
+            &self.manifest,
+            self.dir.path(),
+            self.tokens.clone(),
+        ))
         .await
         .expect("the host did not restart");
         self.base = format!("http://{}", host.addr());
+        self.admin = format!("http://{}", host.admin_addr());
         self.host = Some(host);
     }
 

@@ -29,9 +29,9 @@ fn refusal(manifest: &str) -> (ManifestError, String) {
 }
 
 fn load(path: &Path) -> Result<(), ManifestError> {
-    let manifest = Manifest::load(path)?;
-    let runtime = Runtime::new(&manifest.runtime).expect("the engine starts");
-    Generation::load(&manifest, &runtime, 1).map(|_| ())
+    let manifest = std::sync::Arc::new(Manifest::load(path)?);
+    let runtime = Runtime::new(&manifest.runtime, None).expect("the engine starts");
+    Generation::load(manifest, &runtime, 1).map(|_| ())
 }
 
 /// A one-stage manifest whose stage has `extra` lines.
@@ -59,7 +59,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         message,
         "$DIR/strata.toml: unknown field `lisen`, expected one of `listen`, `data_dir`, `server`, \
-         `runtime`, `pipelines`"
+         `runtime`, `admin`, `reload`, `pipelines`"
     );
 }
 
@@ -70,7 +70,7 @@ fn unknown_stage_key() {
         message,
         "$DIR/strata.toml: pipeline \"support\", stage \"only\": unknown field `timeout_ms`, \
          expected one of `name`, `plugin`, `layer`, `sha256`, `grants`, `limits`, `on_error`, \
-         `config`"
+         `config`, `candidate`"
     );
 }
 
@@ -94,7 +94,7 @@ fn unknown_pipeline_key() {
     assert_eq!(
         message,
         "$DIR/strata.toml: pipeline \"support\": unknown field `min_confidenc`, expected one of \
-         `min_confidence`, `fallthrough`, `stages`"
+         `min_confidence`, `fallthrough`, `slo`, `stages`"
     );
 }
 

@@ -191,7 +191,13 @@ fn spawn_host(manifest: &std::path::Path, data: &std::path::Path) -> (Child, Str
     let mut child = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
         .args(["--log-format", "json", "serve"])
         .arg(manifest)
-        .args(["--listen", "127.0.0.1:0", "--data"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
         .arg(data)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

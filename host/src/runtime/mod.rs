@@ -16,6 +16,7 @@ pub mod capabilities;
 mod limits;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,8 +24,8 @@ use anyhow::Context as _;
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
-    UpdateDeadline,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -60,8 +61,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Create the engine (with its epoch ticker) and the linker.
-    pub fn new(settings: &RuntimeSettings) -> anyhow::Result<Runtime> {
+    /// Create the engine (with its epoch ticker) and the linker. With a
+    /// `cache_dir`, compiled components are kept there, keyed by their bytes
+    /// and the engine's settings, so a restart or a reload does not compile
+    /// an unchanged component again.
+    pub fn new(settings: &RuntimeSettings, cache_dir: Option<&Path>) -> anyhow::Result<Runtime> {
         let instances = settings.instances;
         let mut pool = PoolingAllocationConfig::new();
         // A component instance holds a few core instances (the guest and the
@@ -81,6 +85,14 @@ impl Runtime {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
             .consume_fuel(settings.fuel_metering);
+        if let Some(dir) = cache_dir {
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            let cache = Cache::new(cache)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot use {} as the compile cache", dir.display()))?;
+            config.cache(Some(cache));
+        }
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("cannot create the WebAssembly engine")?;
@@ -113,11 +125,14 @@ impl Runtime {
     /// Errors are [`ManifestError`]s located at the stage's `plugin` key, so
     /// an operator sees the same shape of message for a bad digest and for a
     /// component that imports what it was not granted.
+    /// `key` names the manifest key errors point at (`plugin`, or
+    /// `candidate.plugin` for a candidate version).
     pub fn load_stage(
         &self,
         manifest: &std::path::Path,
         pipeline: &str,
         spec: &StageSpec,
+        key: &str,
     ) -> Result<LoadedStage, ManifestError> {
         let path = spec.plugin.path.clone();
         let fail = |kind| ManifestError {
@@ -125,7 +140,7 @@ impl Runtime {
             location: Box::new(crate::manifest::Location {
                 pipeline: Some(pipeline.to_owned()),
                 stage: Some(spec.name.clone()),
-                key: Some("plugin".to_owned()),
+                key: Some(key.to_owned()),
             }),
             kind: Box::new(kind),
         };

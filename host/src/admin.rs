@@ -1,0 +1,277 @@
+//! The admin API, on its own listener (loopback by default), for operators.
+//! Every route needs the admin role (see [`crate::auth`]).
+//!
+//! | route | method | what |
+//! | --- | --- | --- |
+//! | `/admin/pipelines` | GET | the serving generation: stages, digests, grants, limits, candidates, the last operation |
+//! | `/admin/reload` | POST | load the manifest again; 200 with what changed, or 422 and nothing changed |
+//! | `/admin/rollback` | POST | serve the previous generation again (as a new generation number) |
+//! | `/admin/pipelines/{p}/slo` | GET | error budget burn rates of the pipeline and its canaries |
+//! | `/admin/pipelines/{p}/shadow` | GET | shadow comparisons per stage, with differing examples |
+//! | `/admin/pipelines/{p}/stages/{s}/promote` | POST | make the candidate live (edits the manifest) |
+//! | `/admin/pipelines/{p}/stages/{s}/rollback` | POST | drop the candidate (edits the manifest) |
+//! | `/admin/audit?limit=N` | GET | the reload audit log, newest first |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::api::{ApiError, Response, authorize, json_response, timestamp};
+use crate::auth::Role;
+use crate::pipeline::Stage;
+use crate::reload::{CandidateError, Report, Trigger};
+use crate::runtime::capabilities::ImportRule;
+use crate::server::App;
+use crate::slo::SeriesKey;
+
+/// Answer one admin request from `peer`.
+pub async fn handle(app: Arc<App>, request: http::Request<Incoming>, peer: SocketAddr) -> Response {
+    match dispatch(&app, request, peer).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn dispatch(
+    app: &Arc<App>,
+    request: http::Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response, ApiError> {
+    let path = request.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let (allow, method) = match segments.as_slice() {
+        ["admin", "pipelines"] | ["admin", "audit"] => ("GET", Method::GET),
+        ["admin", "pipelines", _, "slo"] | ["admin", "pipelines", _, "shadow"] => {
+            ("GET", Method::GET)
+        }
+        ["admin", "reload"] | ["admin", "rollback"] => ("POST", Method::POST),
+        ["admin", "pipelines", _, "stages", _, "promote" | "rollback"] => ("POST", Method::POST),
+        _ => {
+            return Err(ApiError::not_found(
+                "no_route",
+                format!("no admin route for {path}"),
+            ));
+        }
+    };
+    if request.method() != method {
+        return Err(ApiError::method_not_allowed(request.method(), &path, allow));
+    }
+    let caller = authorize(app, &request, Role::Admin, peer)?;
+    let trigger = Trigger {
+        source: "admin",
+        actor: caller.0,
+    };
+    match segments.as_slice() {
+        ["admin", "pipelines"] => Ok(json_response(StatusCode::OK, &pipelines(app))),
+        ["admin", "audit"] => audit(app, request.uri().query()).await,
+        ["admin", "pipelines", name, "slo"] => slo(app, name),
+        ["admin", "pipelines", name, "shadow"] => {
+            known_pipeline(app, name)?;
+            let summary = app.store.shadow_summary((*name).to_owned(), 10).await?;
+            Ok(json_response(StatusCode::OK, &summary))
+        }
+        ["admin", "reload"] => Ok(report_response(crate::reload::reload(app, trigger).await)),
+        ["admin", "rollback"] => Ok(report_response(crate::reload::rollback(app, trigger).await)),
+        ["admin", "pipelines", pipeline, "stages", stage, action] => {
+            let promote = *action == "promote";
+            match crate::reload::settle_candidate(app, pipeline, stage, promote, trigger).await {
+                Ok(report) => Ok(report_response(report)),
+                Err(CandidateError::NotFound(message)) => {
+                    Err(ApiError::not_found("not_found", message))
+                }
+                Err(CandidateError::NoCandidate(message)) => {
+                    Err(ApiError::new(StatusCode::CONFLICT, "no_candidate", message))
+                }
+            }
+        }
+        _ => unreachable!("every route above was matched when checking the method"),
+    }
+}
+
+fn report_response(report: Report) -> Response {
+    if report.failed() {
+        let message = report.error.clone().unwrap_or_default();
+        json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "error": {"code": format!("{}_failed", report.action), "message": message},
+                "report": report,
+            }),
+        )
+    } else {
+        json_response(StatusCode::OK, &json!(report))
+    }
+}
+
+fn known_pipeline(app: &App, name: &str) -> Result<(), ApiError> {
+    if app.current.load().pipelines.contains_key(name) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(
+            "unknown_pipeline",
+            format!("no pipeline named \"{name}\""),
+        ))
+    }
+}
+
+fn pipelines(app: &App) -> Value {
+    let generation = app.current.load_full();
+    let millis = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    json!({
+        "generation": generation.number,
+        "loaded_at": timestamp(millis(generation.loaded_at)),
+        "manifest": {
+            "path": generation.manifest.path,
+            "sha256": generation.manifest.sha256,
+        },
+        "last_operation": app.ops.last_report(),
+        "pipelines": generation.pipelines.values().map(|p| json!({
+            "name": p.name,
+            "min_confidence": p.min_confidence,
+            "fallthrough": p.fallthrough.as_str(),
+            "slo": {"target": p.slo.target, "latency_ms": p.slo.latency_ms},
+            "stages": p.stages.iter().map(stage_view).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn stage_view(stage: &Stage) -> Value {
+    let live = &stage.live;
+    let spec = &live.spec;
+    let imports = |loaded: &crate::runtime::LoadedStage| -> Vec<String> {
+        loaded
+            .imports
+            .iter()
+            .filter(|i| i.rule != ImportRule::Baseline)
+            .map(|i| i.name.clone())
+            .collect()
+    };
+    json!({
+        "name": spec.name,
+        "layer": spec.layer.as_str(),
+        "digest": live.digest,
+        "pinned": spec.plugin.pinned,
+        "plugin": spec.plugin.path,
+        "grants": spec.grants.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+        "imports": imports(live),
+        "limits": {
+            "timeout_ms": spec.limits.timeout_ms,
+            "memory_mib": spec.limits.memory_mib,
+            "fuel": spec.limits.fuel,
+            "output_kib": spec.limits.output_kib,
+        },
+        "on_error": spec.on_error.as_str(),
+        "candidate": stage.candidate.as_ref().map(|c| json!({
+            "digest": c.stage.digest,
+            "plugin": c.stage.spec.plugin.path,
+            "mode": c.mode.as_str(),
+            "percent": c.percent,
+            "max_burn_rate": c.max_burn_rate,
+            "grants": c.stage.spec.grants.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+            "imports": imports(&c.stage),
+        })),
+    })
+}
+
+fn slo(app: &App, name: &str) -> Result<Response, ApiError> {
+    let generation = app.current.load_full();
+    let Some(pipeline) = generation.pipelines.get(name) else {
+        return Err(ApiError::not_found(
+            "unknown_pipeline",
+            format!("no pipeline named \"{name}\""),
+        ));
+    };
+    let series = app
+        .ops
+        .budgets
+        .series(SeriesKey::Pipeline(name.to_owned()), &pipeline.slo);
+    let alerts = series
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .alerts(None);
+    let candidates: Vec<Value> = pipeline
+        .stages
+        .iter()
+        .filter_map(|stage| {
+            let candidate = stage.candidate.as_ref()?;
+            let key = SeriesKey::Candidate {
+                pipeline: name.to_owned(),
+                stage: stage.name().to_owned(),
+                digest: candidate.stage.digest.clone(),
+            };
+            let alerts = app
+                .ops
+                .budgets
+                .existing(&key)
+                .map(|s| {
+                    s.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .alerts(Some(candidate.max_burn_rate))
+                })
+                .unwrap_or_default();
+            Some(json!({
+                "stage": stage.name(),
+                "digest": candidate.stage.digest,
+                "mode": candidate.mode.as_str(),
+                "max_burn_rate": candidate.max_burn_rate,
+                "alerts": alerts,
+            }))
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "pipeline": name,
+            "target": pipeline.slo.target,
+            "latency_ms": pipeline.slo.latency_ms,
+            "error_budget": 1.0 - pipeline.slo.target,
+            "alerts": alerts,
+            "candidates": candidates,
+        }),
+    ))
+}
+
+async fn audit(app: &App, query: Option<&str>) -> Result<Response, ApiError> {
+    let mut limit = 100;
+    for (key, value) in query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+    {
+        match key {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit \"{value}\" is not a number in 1..=1000"
+                        ))
+                    })?;
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter \"{other}\"; use limit"
+                )));
+            }
+        }
+    }
+    let entries = app.store.audit_log(limit).await?;
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|entry| {
+            let mut view = json!(entry);
+            view["at"] = json!(timestamp(entry.at));
+            view
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({"entries": entries})))
+}
