@@ -445,6 +445,28 @@ async fn a_canary_gets_its_share_and_a_retry_meets_the_same_version() {
         1,
         "a retried id saw different versions: {outputs:?}"
     );
+
+    // Every request counted towards the pipeline's budget; none was bad.
+    let (status, slo) = host.admin_get("/admin/pipelines/p/slo").await;
+    assert_eq!(status, 200);
+    assert_eq!(slo["target"], 0.99);
+    let alert = &slo["alerts"][0];
+    assert_eq!(alert["long_s"], 3600);
+    assert_eq!(alert["short_s"], 300);
+    assert_eq!(alert["long"]["total"], total + 10);
+    assert_eq!(alert["long"]["bad"], 0);
+    assert_eq!(alert["firing"], false);
+    let canary = &slo["candidates"][0];
+    assert_eq!(canary["stage"], "first");
+    let retried_on_candidate = if outputs.contains("hi |v2 |v1") {
+        10
+    } else {
+        0
+    };
+    assert_eq!(
+        canary["alerts"][0]["long"]["total"],
+        candidate + retried_on_candidate
+    );
     host.shutdown().await;
 }
 
