@@ -11,6 +11,7 @@
 //! | `/admin/pipelines/{p}/stages/{s}/promote` | POST | make the candidate live (edits the manifest) |
 //! | `/admin/pipelines/{p}/stages/{s}/rollback` | POST | drop the candidate (edits the manifest) |
 //! | `/admin/audit?limit=N` | GET | the reload audit log, newest first |
+//! | `/metrics` | GET | Prometheus metrics (see [`crate::metrics`]) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +44,7 @@ async fn dispatch(
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let (allow, method) = match segments.as_slice() {
-        ["admin", "pipelines"] | ["admin", "audit"] => ("GET", Method::GET),
+        ["admin", "pipelines"] | ["admin", "audit"] | ["metrics"] => ("GET", Method::GET),
         ["admin", "pipelines", _, "slo"] | ["admin", "pipelines", _, "shadow"] => {
             ("GET", Method::GET)
         }
@@ -66,6 +67,7 @@ async fn dispatch(
     };
     match segments.as_slice() {
         ["admin", "pipelines"] => Ok(json_response(StatusCode::OK, &pipelines(app))),
+        ["metrics"] => Ok(metrics(app)),
         ["admin", "audit"] => audit(app, request.uri().query()).await,
         ["admin", "pipelines", name, "slo"] => slo(app, name),
         ["admin", "pipelines", name, "shadow"] => {
@@ -89,6 +91,46 @@ async fn dispatch(
         }
         _ => unreachable!("every route above was matched when checking the method"),
     }
+}
+
+fn metrics(app: &App) -> Response {
+    // Burn rates are computed now, so a scrape sees them as of now.
+    let generation = app.current.load_full();
+    for (name, pipeline) in &generation.pipelines {
+        let series = app
+            .ops
+            .budgets
+            .series(SeriesKey::Pipeline(name.clone()), &pipeline.slo);
+        let alerts = series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .alerts(None);
+        for alert in alerts {
+            let windows = format!("{}s/{}s", alert.long_s, alert.short_s);
+            let metrics = &app.metrics;
+            metrics.burn_rate(
+                name,
+                format!("long:{}s", alert.long_s),
+                alert.long.burn_rate,
+            );
+            metrics.burn_rate(
+                name,
+                format!("short:{}s", alert.short_s),
+                alert.short.burn_rate,
+            );
+            metrics.alert_firing(name, windows, alert.firing);
+        }
+    }
+    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+        app.metrics.encode(),
+    )));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    response
 }
 
 fn report_response(report: Report) -> Response {

@@ -244,6 +244,10 @@ async fn dispatch(
                 return Err(ApiError::bad_request("\"answer\" must not be empty"));
             }
             let ticket = app.store.resolve(id, reviewer, body.answer).await?;
+            if let Some(resolved_at) = ticket.resolved_at {
+                let waited = (resolved_at - ticket.created_at).max(0) as f64 / 1000.0;
+                app.metrics.answered(&ticket.pipeline, "human", waited);
+            }
             Ok(json_response(StatusCode::OK, &ticket_view(&ticket)))
         }
     }
@@ -639,9 +643,22 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     {
         return Err(too_large());
     }
-    let body = Limited::new(request.into_body(), limit)
-        .collect()
-        .await
+    let collected = tokio::time::timeout(
+        app.body_timeout,
+        Limited::new(request.into_body(), limit).collect(),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} ms",
+                app.body_timeout.as_millis()
+            ),
+        )
+    })?;
+    let body = collected
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use std::sync::Arc;
 
+use crate::audit::{AuditReport, Policy};
 use crate::manifest::Manifest;
 use crate::pipeline::{Generation, RunContext, Unobserved};
 use crate::request::Request;
@@ -67,6 +68,20 @@ pub enum Command {
     Check {
         /// The manifest file.
         manifest: PathBuf,
+    },
+    /// Describe what every stage (and candidate) may do: path, digest, size,
+    /// exports, every import, grants, limits, failure policy and rollout.
+    /// Problems are flagged, not fatal; `--deny` makes chosen flags fail the
+    /// audit (exit status 1). A component that is not a stage always fails.
+    Audit {
+        /// The manifest file.
+        manifest: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Fail the audit on these flags; may be repeated.
+        #[arg(long, value_enum)]
+        deny: Vec<Policy>,
     },
     /// Run one request through a pipeline, without a server or a store, and
     /// print the result as JSON.
@@ -134,6 +149,31 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             .await?;
             host.run_until(shutdown_signal()).await;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            manifest,
+            json,
+            deny,
+        } => {
+            let report = tokio::task::spawn_blocking(move || {
+                let manifest = Manifest::load(&manifest)?;
+                let runtime = Runtime::new(&manifest.runtime, None)?;
+                anyhow::Ok(AuditReport::build(&manifest, &runtime))
+            })
+            .await
+            .context("audit task failed")??;
+            if json {
+                let mut value = serde_json::to_value(&report)?;
+                value["passes"] = serde_json::json!(report.passes(&deny));
+                writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            } else {
+                write!(out, "{}", report.render(&deny))?;
+            }
+            Ok(if report.passes(&deny) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Check { manifest } => {
             let (manifest, _runtime, generation) = load(&manifest, false).await?;

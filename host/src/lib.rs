@@ -16,15 +16,19 @@
 //! - [`admin`]: the admin API for operators;
 //! - [`auth`]: bearer tokens and roles;
 //! - [`slo`]: error budgets, multiwindow burn rates;
+//! - [`metrics`]: Prometheus metrics by pipeline, layer and stage;
 //! - [`store`]: durable request records and review tickets in SQLite;
+//! - [`audit`]: `strata audit`, what every stage may do;
 //! - [`cli`]: the `strata` command line.
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 mod imports;
 pub mod manifest;
+pub mod metrics;
 pub mod pipeline;
 pub mod reload;
 pub mod request;

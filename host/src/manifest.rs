@@ -107,12 +107,22 @@ pub struct ServerSettings {
     /// The largest request body accepted, in KiB.
     #[serde(default = "default_max_body_kib")]
     pub max_body_kib: u32,
+    /// How long a client may take to send its request headers; a slower one
+    /// is disconnected.
+    #[serde(default = "default_client_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// How long a client may take to send its request body; a slower one
+    /// gets a 408.
+    #[serde(default = "default_client_timeout_ms")]
+    pub body_timeout_ms: u64,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             max_body_kib: DEFAULT_MAX_BODY_KIB,
+            header_timeout_ms: default_client_timeout_ms(),
+            body_timeout_ms: default_client_timeout_ms(),
         }
     }
 }
@@ -211,6 +221,8 @@ pub struct StageSpec {
     pub grants: BTreeSet<Grant>,
     /// Resource limits of one invocation.
     pub limits: Limits,
+    /// Whether the manifest sets `limits` (rather than leaving the defaults).
+    pub limits_set: bool,
     /// What happens when the stage fails (trap, timeout, limit).
     pub on_error: OnError,
     /// The stage's own settings, readable through the `config` interface.
@@ -795,6 +807,17 @@ impl Parser<'_> {
                 ManifestErrorKind::Invalid(format!("{} is outside 1..=16384", server.max_body_kib)),
             ));
         }
+        for (key, value) in [
+            ("server.header_timeout_ms", server.header_timeout_ms),
+            ("server.body_timeout_ms", server.body_timeout_ms),
+        ] {
+            if !(1..=600_000).contains(&value) {
+                return Err(self.error(
+                    key_location(key),
+                    ManifestErrorKind::Invalid(format!("{value} is outside 1..=600000")),
+                ));
+            }
+        }
         if !(1..=10_000).contains(&runtime.instances) {
             return Err(self.error(
                 key_location("runtime.instances"),
@@ -908,6 +931,7 @@ impl Parser<'_> {
 
         let grants = self.grants(&raw.grants, &at("grants"))?;
 
+        let limits_set = raw.limits.is_some();
         let limits = raw.limits.unwrap_or_default();
         self.check_limits(&limits, runtime, &at)?;
 
@@ -924,6 +948,7 @@ impl Parser<'_> {
             plugin,
             grants,
             limits,
+            limits_set,
             on_error: raw.on_error.unwrap_or(OnError::Escalate),
             config,
             candidate,
@@ -1196,6 +1221,9 @@ fn default_output_kib() -> u32 {
 }
 fn default_max_body_kib() -> u32 {
     DEFAULT_MAX_BODY_KIB
+}
+fn default_client_timeout_ms() -> u64 {
+    10_000
 }
 fn default_instances() -> u32 {
     DEFAULT_INSTANCES

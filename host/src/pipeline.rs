@@ -396,6 +396,8 @@ impl Pipeline {
                 request_id: request_id.clone(),
                 pipeline: pipeline.clone(),
                 stage: spec.name.as_str().into(),
+                generation,
+                digest: version.digest.as_str().into(),
             };
             // The shadow sees exactly what the live version saw.
             let shadow_input = shadow.map(|_| request.clone());

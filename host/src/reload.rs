@@ -19,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::manifest::{Manifest, RolloutMode};
+use crate::manifest::{Manifest, ManifestErrorKind, RolloutMode};
+use crate::metrics::Metrics;
 use crate::pipeline::{Candidate, Execution, Generation, Observer, Pipeline, ShadowComparison};
 use crate::runtime::capabilities::ImportRule;
 use crate::server::App;
@@ -149,6 +150,8 @@ struct State {
 pub struct Operations {
     /// Error budgets of pipelines and canaries.
     pub budgets: Budgets,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
     store: Store,
     manifest_path: PathBuf,
     state: tokio::sync::Mutex<State>,
@@ -160,11 +163,12 @@ pub struct Operations {
 
 impl Operations {
     /// Operations for the host serving `manifest` (already loaded).
-    pub fn new(store: Store, manifest: &Manifest) -> Operations {
+    pub fn new(store: Store, manifest: &Manifest, metrics: Arc<Metrics>) -> Operations {
         let (alarms, queue) = mpsc::unbounded_channel();
         let watched = manifest.watched_files();
         Operations {
             budgets: Budgets::default(),
+            metrics,
             store,
             manifest_path: manifest.path.clone(),
             state: tokio::sync::Mutex::new(State {
@@ -210,6 +214,8 @@ impl Operations {
 
     async fn finish(&self, report: Report) -> Report {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+        self.metrics
+            .operation(report.action, report.result, report.to_generation);
         if report.failed() {
             tracing::error!(
                 action = report.action,
@@ -365,6 +371,14 @@ async fn reload_locked(
     let generation = match loaded {
         Ok(Ok(generation)) => generation,
         Ok(Err(error)) => {
+            if let ManifestErrorKind::UngrantedImports { .. } = &*error.kind {
+                let location = &error.location;
+                app.ops.metrics.stage_failure(
+                    location.pipeline.as_deref().unwrap_or("-"),
+                    location.stage.as_deref().unwrap_or("-"),
+                    "refused_import",
+                );
+            }
             report.error = Some(error.to_string());
             return finish(report);
         }
@@ -836,6 +850,8 @@ impl Observer for Operations {
             stage: candidate.stage.spec.name.clone(),
             digest: candidate.stage.digest.clone(),
         };
+        self.metrics
+            .canary_served(&pipeline.name, &candidate.stage.spec.name, failed);
         let series = self.budgets.series(key.clone(), &pipeline.slo);
         let firing = {
             let mut series = series.lock().unwrap_or_else(|e| e.into_inner());
@@ -870,6 +886,8 @@ impl Observer for Operations {
     }
 
     fn shadow_compared(&self, comparison: ShadowComparison) {
+        self.metrics
+            .shadow_compared(&comparison.pipeline, &comparison.stage, comparison.same());
         self.store.record_shadow(ShadowRecord {
             same: comparison.same(),
             request_id: comparison.request_id,
@@ -883,6 +901,8 @@ impl Observer for Operations {
     }
 
     fn request_finished(&self, pipeline: &Pipeline, execution: &Execution, elapsed: Duration) {
+        self.metrics
+            .request_finished(&pipeline.name, execution, elapsed.as_secs_f64());
         let bad =
             execution.had_failure() || elapsed > Duration::from_millis(pipeline.slo.latency_ms);
         self.budgets

@@ -26,13 +26,12 @@ use tokio::task::JoinHandle;
 use crate::api::Response;
 use crate::auth::{Role, Tokens};
 use crate::manifest::Manifest;
+use crate::metrics::Metrics;
 use crate::pipeline::{Generation, RunContext};
 use crate::reload::{Operations, Trigger};
 use crate::runtime::Runtime;
 use crate::store::Store;
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -46,12 +45,16 @@ pub struct App {
     pub store: Store,
     /// The largest accepted request body, in bytes.
     pub max_body: usize,
+    /// How long a client may take to send a body.
+    pub body_timeout: Duration,
     /// Reloads, rollouts and error budgets.
     pub ops: Arc<Operations>,
     /// What pipeline runs need (engine, observer, shadow bound).
     pub run: RunContext,
     /// Bearer tokens of each role.
     pub tokens: Tokens,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// How to start a host. Set fields override the manifest (and, for
@@ -167,7 +170,8 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     let admin_addr = admin_listener.local_addr()?;
 
     let runtime = Arc::new(runtime);
-    let ops = Arc::new(Operations::new(store.clone(), &manifest));
+    let metrics = Arc::new(Metrics::new());
+    let ops = Arc::new(Operations::new(store.clone(), &manifest, metrics.clone()));
     // Shadows get a quarter of the instance slots at most.
     let shadow_slots = (manifest.runtime.instances as usize / 4).max(1);
     let app = Arc::new(App {
@@ -176,8 +180,10 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         current: ArcSwap::from_pointee(generation),
         store,
         max_body: manifest.server.max_body_kib as usize * 1024,
+        body_timeout: Duration::from_millis(manifest.server.body_timeout_ms),
         ops,
         tokens,
+        metrics,
     });
     app.ops.started(&app.current.load()).await;
     for role in Role::ALL {
@@ -208,14 +214,17 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
     let handler_app = app.clone();
+    let header_timeout = Duration::from_millis(manifest.server.header_timeout_ms);
     tasks.push(tokio::spawn(serve(
         listener,
+        header_timeout,
         shutdown_on(stopped.clone()),
         move |request, peer| crate::api::handle(handler_app.clone(), request, peer),
     )));
     let admin_app = app.clone();
     tasks.push(tokio::spawn(serve(
         admin_listener,
+        header_timeout,
         shutdown_on(stopped.clone()),
         move |request, peer| crate::admin::handle(admin_app.clone(), request, peer),
     )));
@@ -270,9 +279,14 @@ fn spawn_signal_reloads(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
 
 /// Accept connections on `listener` until `shutdown` resolves, then wait (up
 /// to a bound) for open connections to finish their requests. `handler`
-/// answers each request, given the peer's address.
-pub async fn serve<H, F>(listener: TcpListener, shutdown: impl Future<Output = ()>, handler: H)
-where
+/// answers each request, given the peer's address; a client slower than
+/// `header_timeout` to send its headers is disconnected.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+    handler: H,
+) where
     H: Fn(http::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response> + Send + 'static,
 {
@@ -280,7 +294,7 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_timeout);
     tokio::pin!(shutdown);
 
     loop {

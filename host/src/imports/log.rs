@@ -25,7 +25,9 @@ impl Host for StageState {
                     target: "strata::guest",
                     request_id = %tag.request_id,
                     pipeline = %tag.pipeline,
+                    generation = tag.generation,
                     stage = %tag.stage,
+                    digest = %tag.digest,
                     "{message}"
                 )
             };

@@ -117,12 +117,14 @@ impl LineBuffer {
         match self.channel {
             Channel::Stdout => tracing::info!(
                 target: "strata::guest::stdout",
-                request_id = %tag.request_id, pipeline = %tag.pipeline, stage = %tag.stage,
+                request_id = %tag.request_id, pipeline = %tag.pipeline,
+                generation = tag.generation, stage = %tag.stage, digest = %tag.digest,
                 "{text}"
             ),
             Channel::Stderr => tracing::warn!(
                 target: "strata::guest::stderr",
-                request_id = %tag.request_id, pipeline = %tag.pipeline, stage = %tag.stage,
+                request_id = %tag.request_id, pipeline = %tag.pipeline,
+                generation = tag.generation, stage = %tag.stage, digest = %tag.digest,
                 "{text}"
             ),
         }
@@ -140,7 +142,8 @@ impl Drop for LineBuffer {
         if budget.dropped > 0 && Arc::strong_count(&self.budget) == 1 {
             let tag = &self.tag;
             tracing::warn!(
-                request_id = %tag.request_id, pipeline = %tag.pipeline, stage = %tag.stage,
+                request_id = %tag.request_id, pipeline = %tag.pipeline,
+                generation = tag.generation, stage = %tag.stage, digest = %tag.digest,
                 dropped_bytes = budget.dropped,
                 "stage output over the {MAX_OUTPUT_BYTES}-byte log budget was dropped"
             );

@@ -33,8 +33,8 @@ use self::bindings::{PluginPre, STAGE_EXPORT};
 use self::capabilities::ImportRule;
 use self::limits::StageLimiter;
 use crate::manifest::{
-    Limits, MAX_MEMORY_MIB, ManifestError, ManifestErrorKind, RuntimeSettings, StageSpec,
-    UngrantedImport,
+    Limits, MAX_MEMORY_MIB, ManifestError, ManifestErrorKind, PluginFile, RuntimeSettings,
+    StageSpec, UngrantedImport,
 };
 use crate::request::{Outcome, Request};
 
@@ -145,7 +145,7 @@ impl Runtime {
             kind: Box::new(kind),
         };
 
-        let component = self.compile(spec).map_err(|reason| {
+        let component = self.compile(&spec.plugin).map_err(|reason| {
             fail(ManifestErrorKind::InvalidComponent {
                 path: path.clone(),
                 reason,
@@ -224,16 +224,36 @@ impl Runtime {
         })
     }
 
-    fn compile(&self, spec: &StageSpec) -> Result<Component, String> {
-        let key = &spec.plugin.sha256;
+    fn compile(&self, plugin: &PluginFile) -> Result<Component, String> {
+        let key = &plugin.sha256;
         if let Some(component) = self.lock_compiled().get(key) {
             return Ok(component.clone());
         }
         // Compile outside the lock: it takes tens of milliseconds.
         let component =
-            Component::new(&self.engine, &*spec.plugin.bytes).map_err(|e| format!("{e:#}"))?;
+            Component::new(&self.engine, &*plugin.bytes).map_err(|e| format!("{e:#}"))?;
         self.lock_compiled().insert(key.clone(), component.clone());
         Ok(component)
+    }
+
+    /// Compile a plugin and list its exports and imports, without checking
+    /// them against any grants (`strata audit` reports rather than refuses).
+    pub fn inspect(&self, plugin: &PluginFile) -> Result<ComponentFacts, String> {
+        let component = self.compile(plugin)?;
+        let ty = component.component_type();
+        Ok(ComponentFacts {
+            exports: ty
+                .exports(&self.engine)
+                .map(|(name, _)| name.to_owned())
+                .collect(),
+            imports: ty
+                .imports(&self.engine)
+                .map(|(name, _)| ImportInfo {
+                    name: name.to_owned(),
+                    rule: ImportRule::of(name),
+                })
+                .collect(),
+        })
     }
 
     fn lock_compiled(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
@@ -314,7 +334,8 @@ impl Runtime {
         let state = store.data();
         if state.log_lines_dropped > 0 {
             tracing::warn!(
-                request_id = %tag.request_id, pipeline = %tag.pipeline, stage = %tag.stage,
+                request_id = %tag.request_id, pipeline = %tag.pipeline,
+                generation = tag.generation, stage = %tag.stage, digest = %tag.digest,
                 dropped = state.log_lines_dropped,
                 "stage logged more than {} lines; the rest were dropped",
                 crate::imports::log::MAX_LINES
@@ -463,6 +484,23 @@ pub struct LoadedStage {
     context: Arc<StageContext>,
 }
 
+/// What a component exports and imports.
+#[derive(Debug, Clone)]
+pub struct ComponentFacts {
+    /// Export names.
+    pub exports: Vec<String>,
+    /// Every import, types-only ones included, with how the host would
+    /// satisfy it.
+    pub imports: Vec<ImportInfo>,
+}
+
+impl ComponentFacts {
+    /// Whether it exports the stage interface.
+    pub fn is_stage(&self) -> bool {
+        self.exports.iter().any(|e| e == STAGE_EXPORT)
+    }
+}
+
 /// One import of a loaded component.
 #[derive(Debug, Clone)]
 pub struct ImportInfo {
@@ -481,6 +519,10 @@ pub struct LogTag {
     pub pipeline: Arc<str>,
     /// The stage.
     pub stage: Arc<str>,
+    /// The generation serving the request.
+    pub generation: u64,
+    /// The digest of the stage version running.
+    pub digest: Arc<str>,
 }
 
 /// Per-stage data every invocation's store shares.

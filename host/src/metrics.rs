@@ -1,0 +1,352 @@
+//! Prometheus metrics, served at `GET /metrics` on the admin listener.
+//!
+//! | metric | labels | what |
+//! | --- | --- | --- |
+//! | `strata_requests_total` | pipeline, status, layer, stage | finished pipeline runs, by outcome and the stage and layer that decided (`-` for the fallthrough) |
+//! | `strata_answers_total` | pipeline, layer | requests that reached a final answer, human resolutions included: divided by requests, the completion rate |
+//! | `strata_time_to_value_seconds` | pipeline, layer | from request to final answer, a human's included |
+//! | `strata_request_duration_seconds` | pipeline, status | time to respond to the client |
+//! | `strata_stage_duration_seconds` | pipeline, stage, layer | one stage invocation |
+//! | `strata_stage_failures_total` | pipeline, stage, kind | trap, timeout, memory, fuel, output_too_large, invalid_outcome, refused_import |
+//! | `strata_canary_requests_total` | pipeline, stage, result | requests a canary served, ok or failed |
+//! | `strata_shadow_runs_total` | pipeline, stage, same | shadow comparisons, agreeing or not |
+//! | `strata_operations_total` | action, result | reloads, rollbacks, promotions, by result |
+//! | `strata_generation` | | the serving generation |
+//! | `strata_slo_burn_rate` | pipeline, window | error-budget burn rate per alert window (`long:3600s`, `short:300s`, ...) |
+//! | `strata_slo_alert_firing` | pipeline, window | 1 when both windows of an alert burn past its threshold |
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+
+use crate::pipeline::{Execution, Verdict};
+
+/// Labels of `strata_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// answered, escalated, rejected or failed.
+    pub status: String,
+    /// The deciding stage's layer.
+    pub layer: String,
+    /// The deciding stage.
+    pub stage: String,
+}
+
+/// Labels with a pipeline and a layer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LayerLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The layer.
+    pub layer: String,
+}
+
+/// Labels with a pipeline and a status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The status.
+    pub status: String,
+}
+
+/// Labels of a stage.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The stage.
+    pub stage: String,
+    /// Its layer.
+    pub layer: String,
+}
+
+/// Labels of a stage failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The stage.
+    pub stage: String,
+    /// The kind of failure.
+    pub kind: String,
+}
+
+/// Labels of a stage-level result (canary, shadow).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageResultLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The stage.
+    pub stage: String,
+    /// The result.
+    pub result: String,
+}
+
+/// Labels of an operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// reload, rollback, promote, rollback_stage, start.
+    pub action: String,
+    /// applied, unchanged, failed.
+    pub result: String,
+}
+
+/// Labels of a burn-rate window.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The window, e.g. `long:3600s`.
+    pub window: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 100 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 22))
+}
+
+fn time_to_value_histogram() -> Histogram {
+    // 1 ms to about 2.3 days: human answers take hours.
+    Histogram::new(exponential_buckets(0.001, 3.0, 20))
+}
+
+/// Every metric the host keeps.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    answers: Family<LayerLabels, Counter>,
+    time_to_value: Histograms<LayerLabels>,
+    request_duration: Histograms<StatusLabels>,
+    stage_duration: Histograms<StageLabels>,
+    stage_failures: Family<FailureLabels, Counter>,
+    canary: Family<StageResultLabels, Counter>,
+    shadow: Family<StageResultLabels, Counter>,
+    operations: Family<OperationLabels, Counter>,
+    generation: Gauge,
+    burn_rate: Family<WindowLabels, Gauge<f64, AtomicU64>>,
+    alert_firing: Family<WindowLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Register every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("strata");
+        let requests = Family::default();
+        registry.register("requests", "Finished pipeline runs", requests.clone());
+        let answers = Family::default();
+        registry.register(
+            "answers",
+            "Requests that reached a final answer, human resolutions included",
+            answers.clone(),
+        );
+        let time_to_value: Histograms<LayerLabels> =
+            Family::new_with_constructor(time_to_value_histogram);
+        registry.register_with_unit(
+            "time_to_value",
+            "From request to final answer, a human's included",
+            Unit::Seconds,
+            time_to_value.clone(),
+        );
+        let request_duration: Histograms<StatusLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time to respond to the client",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let stage_duration: Histograms<StageLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "stage_duration",
+            "One stage invocation, instantiation included",
+            Unit::Seconds,
+            stage_duration.clone(),
+        );
+        let stage_failures = Family::default();
+        registry.register(
+            "stage_failures",
+            "Stage failures by kind",
+            stage_failures.clone(),
+        );
+        let canary = Family::default();
+        registry.register(
+            "canary_requests",
+            "Requests served by canaries",
+            canary.clone(),
+        );
+        let shadow = Family::default();
+        registry.register("shadow_runs", "Shadow comparisons", shadow.clone());
+        let operations = Family::default();
+        registry.register(
+            "operations",
+            "Reloads, rollbacks and rollouts, by result",
+            operations.clone(),
+        );
+        let generation = Gauge::default();
+        registry.register("generation", "The serving generation", generation.clone());
+        let burn_rate = Family::default();
+        registry.register(
+            "slo_burn_rate",
+            "Error-budget burn rate per alert window",
+            burn_rate.clone(),
+        );
+        let alert_firing = Family::default();
+        registry.register(
+            "slo_alert_firing",
+            "1 when both windows of a burn-rate alert are past its threshold",
+            alert_firing.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            answers,
+            time_to_value,
+            request_duration,
+            stage_duration,
+            stage_failures,
+            canary,
+            shadow,
+            operations,
+            generation,
+            burn_rate,
+            alert_firing,
+        }
+    }
+
+    /// Count a finished pipeline run.
+    pub fn request_finished(&self, pipeline: &str, execution: &Execution, seconds: f64) {
+        let status = execution.verdict.status();
+        let by = match &execution.verdict {
+            Verdict::Answered { by, .. } | Verdict::Failed { by, .. } => Some(by),
+            Verdict::Escalated { by, .. } | Verdict::Rejected { by, .. } => by.as_ref(),
+        };
+        let (stage, layer) = by.map_or(("-", "-"), |b| (b.stage.as_str(), b.layer.as_str()));
+        self.requests
+            .get_or_create(&RequestLabels {
+                pipeline: pipeline.to_owned(),
+                status: status.to_owned(),
+                layer: layer.to_owned(),
+                stage: stage.to_owned(),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&StatusLabels {
+                pipeline: pipeline.to_owned(),
+                status: status.to_owned(),
+            })
+            .observe(seconds);
+        if status == "answered" {
+            self.answered(pipeline, layer, seconds);
+        }
+        for run in &execution.trace {
+            self.stage_duration
+                .get_or_create(&StageLabels {
+                    pipeline: pipeline.to_owned(),
+                    stage: run.stage.clone(),
+                    layer: run.layer.clone(),
+                })
+                .observe(run.elapsed.as_secs_f64());
+            if let Some(kind) = run.failure {
+                self.stage_failure(pipeline, &run.stage, kind);
+            }
+        }
+    }
+
+    /// Count a final answer `seconds` after its request arrived.
+    pub fn answered(&self, pipeline: &str, layer: &str, seconds: f64) {
+        let labels = LayerLabels {
+            pipeline: pipeline.to_owned(),
+            layer: layer.to_owned(),
+        };
+        self.answers.get_or_create(&labels).inc();
+        self.time_to_value.get_or_create(&labels).observe(seconds);
+    }
+
+    /// Count a stage failure of `kind`.
+    pub fn stage_failure(&self, pipeline: &str, stage: &str, kind: &str) {
+        self.stage_failures
+            .get_or_create(&FailureLabels {
+                pipeline: pipeline.to_owned(),
+                stage: stage.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count a request a canary served.
+    pub fn canary_served(&self, pipeline: &str, stage: &str, failed: bool) {
+        self.canary
+            .get_or_create(&StageResultLabels {
+                pipeline: pipeline.to_owned(),
+                stage: stage.to_owned(),
+                result: if failed { "failed" } else { "ok" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count a shadow comparison.
+    pub fn shadow_compared(&self, pipeline: &str, stage: &str, same: bool) {
+        self.shadow
+            .get_or_create(&StageResultLabels {
+                pipeline: pipeline.to_owned(),
+                stage: stage.to_owned(),
+                result: if same { "same" } else { "different" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count an operation and note the serving generation.
+    pub fn operation(&self, action: &str, result: &str, generation: u64) {
+        self.operations
+            .get_or_create(&OperationLabels {
+                action: action.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        self.generation.set(generation as i64);
+    }
+
+    /// Set a burn-rate window's gauges (done just before each scrape).
+    pub fn burn_rate(&self, pipeline: &str, window: String, rate: f64) {
+        self.burn_rate
+            .get_or_create(&WindowLabels {
+                pipeline: pipeline.to_owned(),
+                window,
+            })
+            .set(rate);
+    }
+
+    /// Set whether an alert is firing.
+    pub fn alert_firing(&self, pipeline: &str, window: String, firing: bool) {
+        self.alert_firing
+            .get_or_create(&WindowLabels {
+                pipeline: pipeline.to_owned(),
+                window,
+            })
+            .set(i64::from(firing));
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
