@@ -16,6 +16,8 @@ const GUESTS: &[(&str, &str)] = &[
     ("normalise", "plugins/normalise"),
     ("redact", "plugins/redact"),
     ("rules", "plugins/rules"),
+    ("answer-bank", "plugins/answer-bank"),
+    ("generate", "plugins/generate"),
     ("misbehave", "tests/components/misbehave"),
     ("scripted", "tests/components/scripted"),
     ("reads-file", "tests/components/reads-file"),

@@ -121,9 +121,9 @@ fn metrics(app: &App) -> Response {
             metrics.alert_firing(name, windows, alert.firing);
         }
     }
-    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
-        app.metrics.encode(),
-    )));
+    let mut response = http::Response::new(http_body_util::BodyExt::boxed(
+        http_body_util::Full::new(bytes::Bytes::from(app.metrics.encode())),
+    ));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(

@@ -27,7 +27,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -39,7 +40,7 @@ use crate::server::App;
 use crate::store::{NewTicket, RequestRecord, RequestState, StoreError, Ticket, TicketFilter};
 
 /// The response type of every route.
-pub type Response = http::Response<Full<Bytes>>;
+pub type Response = http::Response<BoxBody<Bytes, std::convert::Infallible>>;
 
 /// Default and largest page of `GET /v1/tickets`.
 const DEFAULT_TICKET_PAGE: u32 = 100;
@@ -159,6 +160,8 @@ enum Route<'a> {
     Ticket(&'a str),
     Claim(&'a str),
     Resolve(&'a str),
+    Feedback,
+    FeedbackExport,
 }
 
 impl<'a> Route<'a> {
@@ -173,13 +176,17 @@ impl<'a> Route<'a> {
             ["v1", "tickets", id] => Route::Ticket(id),
             ["v1", "tickets", id, "claim"] => Route::Claim(id),
             ["v1", "tickets", id, "resolve"] => Route::Resolve(id),
+            ["v1", "feedback"] => Route::Feedback,
+            ["v1", "feedback", "export"] => Route::FeedbackExport,
             _ => return None,
         })
     }
 
     fn method(&self) -> (Method, &'static str) {
         match self {
-            Route::Pipeline(_) | Route::Claim(_) | Route::Resolve(_) => (Method::POST, "POST"),
+            Route::Pipeline(_) | Route::Claim(_) | Route::Resolve(_) | Route::Feedback => {
+                (Method::POST, "POST")
+            }
             _ => (Method::GET, "GET"),
         }
     }
@@ -187,7 +194,10 @@ impl<'a> Route<'a> {
     fn role(&self) -> Option<Role> {
         match self {
             Route::Health => None,
-            Route::Pipelines | Route::Pipeline(_) | Route::Request(_) => Some(Role::Client),
+            Route::Pipelines | Route::Pipeline(_) | Route::Request(_) | Route::Feedback => {
+                Some(Role::Client)
+            }
+            Route::FeedbackExport => Some(Role::Reviewer),
             Route::Tickets | Route::Ticket(_) | Route::Claim(_) | Route::Resolve(_) => {
                 Some(Role::Reviewer)
             }
@@ -236,6 +246,8 @@ async fn dispatch(
             let ticket = app.store.claim(id, check_reviewer(body.reviewer)?).await?;
             Ok(json_response(StatusCode::OK, &ticket_view(&ticket)))
         }
+        Route::Feedback => feedback(app, request).await,
+        Route::FeedbackExport => Ok(export_feedback(app)),
         Route::Resolve(id) => {
             let id = parse_ticket_id(id)?;
             let body: ResolveBody = read_json(app, request).await?;
@@ -244,6 +256,10 @@ async fn dispatch(
                 return Err(ApiError::bad_request("\"answer\" must not be empty"));
             }
             let ticket = app.store.resolve(id, reviewer, body.answer).await?;
+            // The store made it durable; the bank serves it from now on.
+            if let (Some(key), Some(answer)) = (&ticket.remember_key, &ticket.resolution) {
+                bank_of(app, &ticket.pipeline).approve(key.clone(), answer.clone(), "human");
+            }
             if let Some(resolved_at) = ticket.resolved_at {
                 let waited = (resolved_at - ticket.created_at).max(0) as f64 / 1000.0;
                 app.metrics.answered(&ticket.pipeline, "human", waited);
@@ -297,6 +313,23 @@ struct RunBody {
 #[serde(deny_unknown_fields)]
 struct ClaimBody {
     reviewer: String,
+}
+
+/// The body of `POST /v1/feedback`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    request_id: String,
+    rating: Rating,
+    #[serde(default)]
+    correction: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Rating {
+    Good,
+    Bad,
 }
 
 #[derive(Deserialize)]
@@ -388,6 +421,107 @@ async fn run_pipeline(
     Ok(json_response(status, &view))
 }
 
+/// A pipeline's answer bank, with the settings of the serving generation
+/// (or the defaults, for a pipeline no longer served).
+fn bank_of(app: &App, pipeline: &str) -> Arc<crate::bank::Bank> {
+    let generation = app.current.load();
+    let spec = generation
+        .pipelines
+        .get(pipeline)
+        .map(|p| p.answer_bank.clone())
+        .unwrap_or_default();
+    app.run.banks.bank(pipeline, &spec)
+}
+
+/// Rate an answer, optionally correcting it. A correction becomes the
+/// approved answer under the request's answer-bank key, so the next
+/// identical request gets it; a bad rating without one drops the
+/// unapproved answer there, so the next one is answered afresh.
+async fn feedback(app: &App, request: http::Request<Incoming>) -> Result<Response, ApiError> {
+    let caller = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .map(|_| "client")
+        .unwrap_or("anonymous")
+        .to_owned();
+    let body: FeedbackBody = read_json(app, request).await?;
+    let correction = match body.correction {
+        Some(text) if text.trim().is_empty() => {
+            return Err(ApiError::bad_request("\"correction\" must not be empty"));
+        }
+        other => other,
+    };
+    if correction.is_some() && body.rating == Rating::Good {
+        return Err(ApiError::bad_request(
+            "a correction comes with \"rating\": \"bad\"",
+        ));
+    }
+    let rating = match body.rating {
+        Rating::Good => "good",
+        Rating::Bad => "bad",
+    };
+    let record = app
+        .store
+        .feedback(
+            body.request_id.clone(),
+            Some(rating.to_owned()),
+            correction.clone(),
+            caller,
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound(_) => ApiError::not_found(
+                "unknown_request",
+                format!("no request with id \"{}\"", body.request_id),
+            ),
+            other => other.into(),
+        })?;
+    app.metrics.rated(&record.pipeline, rating, record.cost_usd);
+    let bank = match (&record.remember_key, &correction) {
+        (None, _) => "unchanged: the request has no answer-bank key",
+        (Some(key), Some(text)) => {
+            bank_of(app, &record.pipeline).approve(key.clone(), text.clone(), "correction");
+            "corrected: the next identical request gets the correction"
+        }
+        (Some(key), None) if rating == "bad" => {
+            if bank_of(app, &record.pipeline).forget_unapproved(key) {
+                "dropped: the next identical request is answered afresh"
+            } else {
+                "unchanged: nothing unapproved was stored under the key"
+            }
+        }
+        (Some(_), None) => "unchanged",
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"request_id": record.id, "rating": rating, "answer_bank": bank}),
+    ))
+}
+
+/// The feedback dataset as JSON lines, streamed.
+fn export_feedback(app: &App) -> Response {
+    let (lines, receiver) = tokio::sync::mpsc::channel::<String>(64);
+    app.store.export_feedback(lines);
+    let stream = futures_stream(receiver);
+    let mut response = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+/// A receiver of lines as a stream of body frames.
+fn futures_stream(
+    mut receiver: tokio::sync::mpsc::Receiver<String>,
+) -> impl futures_core::Stream<Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> {
+    futures_util::stream::poll_fn(move |cx| {
+        receiver
+            .poll_recv(cx)
+            .map(|line| line.map(|l| Ok(hyper::body::Frame::data(Bytes::from(l)))))
+    })
+}
+
 /// The client's own request id, if it sent one.
 fn request_id_header<B>(request: &http::Request<B>) -> Result<Option<String>, ApiError> {
     let Some(value) = request.headers().get("x-request-id") else {
@@ -425,6 +559,12 @@ fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
             if let Some(kind) = run.failure {
                 entry["failure"] = json!(kind);
             }
+            if run.cache_hits + run.cache_misses > 0 {
+                entry["cache"] = json!({"hits": run.cache_hits, "misses": run.cache_misses});
+            }
+            if !run.model_calls.is_empty() {
+                entry["model"] = json!(run.model_calls);
+            }
             entry
         })
         .collect();
@@ -443,6 +583,8 @@ fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
         message: None,
         trace: Value::Array(trace).to_string(),
         created_at,
+        remember_key: execution.remember_key.clone(),
+        cost_usd: execution.cost_usd(),
     };
     let by = match &execution.verdict {
         Verdict::Answered {
@@ -478,6 +620,14 @@ fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
 
 /// The JSON a client sees for a request, fresh or looked up later.
 fn request_view(record: &RequestRecord, ticket: Option<&Ticket>) -> Value {
+    let stages = serde_json::from_str::<Value>(&record.trace).unwrap_or(Value::Null);
+    let calls: Vec<&Value> = stages
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|stage| stage["model"].as_array())
+        .flatten()
+        .collect();
     let mut view = json!({
         "request_id": record.id,
         "pipeline": record.pipeline,
@@ -485,8 +635,20 @@ fn request_view(record: &RequestRecord, ticket: Option<&Ticket>) -> Value {
         "generation": record.generation,
         "stage": record.stage,
         "layer": record.layer,
-        "stages": serde_json::from_str::<Value>(&record.trace).unwrap_or(Value::Null),
     });
+    if !calls.is_empty() {
+        let sum = |field: &str| calls.iter().filter_map(|c| c[field].as_u64()).sum::<u64>();
+        let answered_by = calls.iter().rev().find(|c| c["ok"] == true);
+        view["model"] = json!({
+            "tier": answered_by.map(|c| c["tier"].clone()),
+            "model": answered_by.map(|c| c["model"].clone()),
+            "input_tokens": sum("input_tokens"),
+            "output_tokens": sum("output_tokens"),
+            "calls": calls.len(),
+        });
+    }
+    view["cost_usd"] = json!(record.cost_usd);
+    view["stages"] = stages;
     match record.status {
         "answered" => {
             view["output"] = json!(record.output);
@@ -691,9 +853,12 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
 }
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut response = http::Response::new(Full::new(Bytes::from(
-        serde_json::to_vec(body).expect("a JSON value serializes"),
-    )));
+    let mut response = http::Response::new(
+        Full::new(Bytes::from(
+            serde_json::to_vec(body).expect("a JSON value serializes"),
+        ))
+        .boxed(),
+    );
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -54,6 +54,8 @@ pub struct Manifest {
     pub admin: AdminSettings,
     /// Live reloading.
     pub reload: ReloadSettings,
+    /// Model providers and tiers.
+    pub models: ModelsSpec,
     /// The pipelines, by name.
     pub pipelines: BTreeMap<String, PipelineSpec>,
     /// Hex SHA-256 of the manifest text.
@@ -161,8 +163,93 @@ pub struct PipelineSpec {
     pub fallthrough: Fallthrough,
     /// The service-level objective its error budget is measured against.
     pub slo: SloSpec,
+    /// Its answer bank.
+    pub answer_bank: AnswerBankSpec,
     /// The stages, in the order requests go through them.
     pub stages: Vec<StageSpec>,
+}
+
+/// A pipeline's answer bank (`[pipelines.NAME.answer_bank]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerBankSpec {
+    /// How many unapproved answers are kept in memory; the least used go
+    /// first. Approved answers are kept regardless.
+    #[serde(default = "default_bank_capacity")]
+    pub capacity: u64,
+    /// How long an unapproved answer is kept, in seconds, unless the stage
+    /// that stores it says otherwise.
+    #[serde(default = "default_bank_ttl_s")]
+    pub ttl_s: u64,
+    /// The layers whose final answers are stored under the key a stage named
+    /// with `remember-as` (human answers are always stored, as approved).
+    #[serde(default)]
+    pub remember: Vec<String>,
+}
+
+impl Default for AnswerBankSpec {
+    fn default() -> Self {
+        Self {
+            capacity: default_bank_capacity(),
+            ttl_s: default_bank_ttl_s(),
+            remember: Vec::new(),
+        }
+    }
+}
+
+/// Model providers and tiers (`[models]`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsSpec {
+    /// Providers, by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSpec>,
+    /// Tiers, by name: what a stage asks for.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierSpec>,
+}
+
+/// A model provider. Only the OpenAI-compatible chat-completions protocol
+/// is spoken (OpenAI, vLLM, Ollama, llama.cpp's server, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// The API root, e.g. `https://api.openai.com/v1`; requests go to
+    /// `{base_url}/chat/completions`.
+    pub base_url: String,
+    /// The environment variable holding the API key, if the provider needs
+    /// one. The key is read by the host and never reaches a stage.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+}
+
+/// A model tier.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSpec {
+    /// The provider serving it.
+    pub provider: String,
+    /// The provider's model name.
+    pub model: String,
+    /// Per-attempt timeout.
+    #[serde(default = "default_tier_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts after the first, on errors, timeouts and 429s.
+    #[serde(default = "default_tier_retries")]
+    pub retries: u32,
+    /// The first back-off; it doubles per attempt (a 429's `Retry-After`
+    /// wins when given).
+    #[serde(default = "default_tier_backoff_ms")]
+    pub backoff_ms: u64,
+    /// The tier to try when this one gives up.
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// Price of a million prompt tokens, in US dollars.
+    #[serde(default)]
+    pub input_usd_per_mtok: f64,
+    /// Price of a million answer tokens, in US dollars.
+    #[serde(default)]
+    pub output_usd_per_mtok: f64,
 }
 
 /// A pipeline's service-level objective (`[pipelines.NAME.slo]`).
@@ -341,17 +428,23 @@ pub enum Grant {
     Log,
     /// `strata:pipeline/config`: read the stage's own config table.
     Config,
+    /// `strata:pipeline/cache`: the pipeline's answer bank.
+    Cache,
+    /// `strata:pipeline/model`: completions from the manifest's model tiers.
+    Model,
 }
 
 impl Grant {
     /// Every grant, in the order they are documented.
-    pub const ALL: [Grant; 2] = [Grant::Log, Grant::Config];
+    pub const ALL: [Grant; 4] = [Grant::Log, Grant::Config, Grant::Cache, Grant::Model];
 
     /// The name used in manifests.
     pub fn as_str(self) -> &'static str {
         match self {
             Grant::Log => "log",
             Grant::Config => "config",
+            Grant::Cache => "cache",
+            Grant::Model => "model",
         }
     }
 
@@ -646,6 +739,8 @@ struct RawManifest {
     #[serde(default)]
     reload: ReloadSettings,
     #[serde(default)]
+    models: ModelsSpec,
+    #[serde(default)]
     pipelines: toml::Table,
 }
 
@@ -658,6 +753,8 @@ struct RawPipeline {
     fallthrough: Option<Fallthrough>,
     #[serde(default)]
     slo: Option<SloSpec>,
+    #[serde(default)]
+    answer_bank: Option<AnswerBankSpec>,
     #[serde(default)]
     stages: Vec<toml::Table>,
 }
@@ -783,6 +880,7 @@ impl Parser<'_> {
                 )),
             ));
         }
+        self.check_models(&raw.models)?;
         Ok(Manifest {
             path: self.file.to_owned(),
             listen,
@@ -791,6 +889,7 @@ impl Parser<'_> {
             runtime: raw.runtime,
             admin: raw.admin,
             reload: raw.reload,
+            models: raw.models,
             pipelines,
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
         })
@@ -890,11 +989,22 @@ impl Parser<'_> {
         }
         let slo = raw.slo.unwrap_or_default();
         self.check_slo(&slo, &here)?;
+        let answer_bank = raw.answer_bank.unwrap_or_default();
+        if answer_bank.capacity == 0 || answer_bank.ttl_s == 0 {
+            return Err(self.error(
+                Location {
+                    key: Some("answer_bank".to_owned()),
+                    ..here
+                },
+                ManifestErrorKind::Invalid("capacity and ttl_s must be greater than 0".to_owned()),
+            ));
+        }
         Ok(PipelineSpec {
             name,
             min_confidence,
             fallthrough: raw.fallthrough.unwrap_or(Fallthrough::Escalate),
             slo,
+            answer_bank,
             stages,
         })
     }
@@ -1032,6 +1142,68 @@ impl Parser<'_> {
                 ManifestErrorKind::Invalid(format!("cannot be represented as JSON: {e}")),
             )),
         }
+    }
+
+    fn check_models(&self, models: &ModelsSpec) -> Result<(), ManifestError> {
+        let invalid = |key: String, msg: String| {
+            self.error(key_location(&key), ManifestErrorKind::Invalid(msg))
+        };
+        for (name, provider) in &models.providers {
+            let url = provider.base_url.as_str();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    format!("models.providers.{name}.base_url"),
+                    format!("\"{url}\" is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        for (name, tier) in &models.tiers {
+            let key = |k: &str| format!("models.tiers.{name}.{k}");
+            if !models.providers.contains_key(&tier.provider) {
+                let known: Vec<&str> = models.providers.keys().map(String::as_str).collect();
+                return Err(invalid(
+                    key("provider"),
+                    format!(
+                        "no provider named \"{}\"; the manifest defines: {}",
+                        tier.provider,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+            if let Some(fallback) = &tier.fallback
+                && !models.tiers.contains_key(fallback)
+            {
+                return Err(invalid(
+                    key("fallback"),
+                    format!("no tier named \"{fallback}\""),
+                ));
+            }
+            if !(1..=600_000).contains(&tier.timeout_ms) {
+                return Err(invalid(
+                    key("timeout_ms"),
+                    format!("{} is outside 1..=600000", tier.timeout_ms),
+                ));
+            }
+            if tier.retries > 10 {
+                return Err(invalid(
+                    key("retries"),
+                    format!("{} is more than 10", tier.retries),
+                ));
+            }
+            for (k, price) in [
+                ("input_usd_per_mtok", tier.input_usd_per_mtok),
+                ("output_usd_per_mtok", tier.output_usd_per_mtok),
+            ] {
+                if !(price >= 0.0 && price.is_finite()) {
+                    return Err(invalid(key(k), format!("{price} is not a price")));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check_slo(&self, slo: &SloSpec, here: &Location) -> Result<(), ManifestError> {
@@ -1238,6 +1410,21 @@ fn default_admin_listen() -> SocketAddr {
 }
 fn default_debounce_ms() -> u64 {
     500
+}
+fn default_bank_capacity() -> u64 {
+    10_000
+}
+fn default_bank_ttl_s() -> u64 {
+    86_400
+}
+fn default_tier_timeout_ms() -> u64 {
+    30_000
+}
+fn default_tier_retries() -> u32 {
+    2
+}
+fn default_tier_backoff_ms() -> u64 {
+    200
 }
 fn default_slo_target() -> f64 {
     0.99

@@ -14,6 +14,13 @@
 //! | `strata_generation` | | the serving generation |
 //! | `strata_slo_burn_rate` | pipeline, window | error-budget burn rate per alert window (`long:3600s`, `short:300s`, ...) |
 //! | `strata_slo_alert_firing` | pipeline, window | 1 when both windows of an alert burn past its threshold |
+//! | `strata_cache_lookups_total` | pipeline, result | answer-bank hits and misses |
+//! | `strata_model_calls_total` | pipeline, tier, result | provider attempts |
+//! | `strata_model_tokens_total` | pipeline, tier, direction | tokens providers reported, input and output |
+//! | `strata_model_cost_usd_total` | pipeline, tier | cost from reported usage and tier prices |
+//! | `strata_request_cost_usd_total` | pipeline, layer, status | cost of finished requests: over `strata_answers_total`, the cost per answered request |
+//! | `strata_ratings_total` | pipeline, rating | feedback ratings |
+//! | `strata_rated_cost_usd_total` | pipeline, rating | cost of rated requests: over good ratings, the cost per good outcome |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -89,6 +96,66 @@ pub struct StageResultLabels {
     pub result: String,
 }
 
+/// Labels of a rating.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RatingLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// good or bad.
+    pub rating: String,
+}
+
+/// Labels of a model tier.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The tier.
+    pub tier: String,
+}
+
+/// Labels of token counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The tier.
+    pub tier: String,
+    /// input or output.
+    pub direction: String,
+}
+
+/// Labels of a model call's result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The tier.
+    pub tier: String,
+    /// ok or failed.
+    pub result: String,
+}
+
+/// Labels of an answer-bank lookup.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// hit or miss.
+    pub result: String,
+}
+
+/// Labels of the cost of requests by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The deciding layer.
+    pub layer: String,
+    /// The outcome.
+    pub status: String,
+}
+
 /// Labels of an operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
@@ -134,6 +201,13 @@ pub struct Metrics {
     generation: Gauge,
     burn_rate: Family<WindowLabels, Gauge<f64, AtomicU64>>,
     alert_firing: Family<WindowLabels, Gauge>,
+    ratings: Family<RatingLabels, Counter>,
+    rated_cost: Family<RatingLabels, Counter<f64, AtomicU64>>,
+    model_calls: Family<CallLabels, Counter>,
+    model_tokens: Family<TokenLabels, Counter>,
+    model_cost: Family<TierLabels, Counter<f64, AtomicU64>>,
+    request_cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    cache_lookups: Family<LookupLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -212,7 +286,55 @@ impl Metrics {
             "1 when both windows of a burn-rate alert are past its threshold",
             alert_firing.clone(),
         );
+        let ratings = Family::default();
+        registry.register("ratings", "Feedback ratings", ratings.clone());
+        let rated_cost = Family::default();
+        registry.register_with_unit(
+            "rated_cost",
+            "Model cost of rated requests, by rating: divided by the good ratings, the cost per good outcome",
+            Unit::Other("usd".to_owned()),
+            rated_cost.clone(),
+        );
+        let model_calls = Family::default();
+        registry.register(
+            "model_calls",
+            "Model tier calls (retries included)",
+            model_calls.clone(),
+        );
+        let model_tokens = Family::default();
+        registry.register(
+            "model_tokens",
+            "Tokens reported by providers",
+            model_tokens.clone(),
+        );
+        let model_cost = Family::default();
+        registry.register_with_unit(
+            "model_cost",
+            "Model cost from reported usage and tier prices",
+            Unit::Other("usd".to_owned()),
+            model_cost.clone(),
+        );
+        let request_cost = Family::default();
+        registry.register_with_unit(
+            "request_cost",
+            "Model cost of finished requests, by deciding layer and outcome: divided by the answers, the cost per answered request",
+            Unit::Other("usd".to_owned()),
+            request_cost.clone(),
+        );
+        let cache_lookups = Family::default();
+        registry.register(
+            "cache_lookups",
+            "Answer-bank lookups",
+            cache_lookups.clone(),
+        );
         Metrics {
+            ratings,
+            rated_cost,
+            model_calls,
+            model_tokens,
+            model_cost,
+            request_cost,
+            cache_lookups,
             registry,
             requests,
             answers,
@@ -254,7 +376,54 @@ impl Metrics {
         if status == "answered" {
             self.answered(pipeline, layer, seconds);
         }
+        let cost = execution.cost_usd();
+        self.request_cost
+            .get_or_create(&CostLabels {
+                pipeline: pipeline.to_owned(),
+                layer: layer.to_owned(),
+                status: status.to_owned(),
+            })
+            .inc_by(cost);
         for run in &execution.trace {
+            for call in &run.model_calls {
+                let tier = |extra: &str| (pipeline.to_owned(), call.tier.clone(), extra.to_owned());
+                let (p, t, r) = tier(if call.ok { "ok" } else { "failed" });
+                self.model_calls
+                    .get_or_create(&CallLabels {
+                        pipeline: p,
+                        tier: t,
+                        result: r,
+                    })
+                    .inc_by(u64::from(call.attempts));
+                for (direction, tokens) in
+                    [("input", call.input_tokens), ("output", call.output_tokens)]
+                {
+                    let (p, t, d) = tier(direction);
+                    self.model_tokens
+                        .get_or_create(&TokenLabels {
+                            pipeline: p,
+                            tier: t,
+                            direction: d,
+                        })
+                        .inc_by(tokens);
+                }
+                self.model_cost
+                    .get_or_create(&TierLabels {
+                        pipeline: pipeline.to_owned(),
+                        tier: call.tier.clone(),
+                    })
+                    .inc_by(call.cost_usd);
+            }
+            for (result, count) in [("hit", run.cache_hits), ("miss", run.cache_misses)] {
+                if count > 0 {
+                    self.cache_lookups
+                        .get_or_create(&LookupLabels {
+                            pipeline: pipeline.to_owned(),
+                            result: result.to_owned(),
+                        })
+                        .inc_by(u64::from(count));
+                }
+            }
             self.stage_duration
                 .get_or_create(&StageLabels {
                     pipeline: pipeline.to_owned(),
@@ -340,6 +509,16 @@ impl Metrics {
                 window,
             })
             .set(i64::from(firing));
+    }
+
+    /// Count a rating, with the cost of the rated request.
+    pub fn rated(&self, pipeline: &str, rating: &str, cost_usd: f64) {
+        let labels = RatingLabels {
+            pipeline: pipeline.to_owned(),
+            rating: rating.to_owned(),
+        };
+        self.ratings.get_or_create(&labels).inc();
+        self.rated_cost.get_or_create(&labels).inc_by(cost_usd);
     }
 
     /// The text exposition format.

@@ -30,9 +30,13 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::manifest::{Fallthrough, Manifest, ManifestError, OnError, RolloutMode, SloSpec};
+use crate::bank::Banks;
+use crate::manifest::{
+    AnswerBankSpec, Fallthrough, Manifest, ManifestError, OnError, RolloutMode, SloSpec,
+};
+use crate::model::{ModelCall, ModelRouter};
 use crate::request::{Outcome, Request};
-use crate::runtime::{LoadedStage, LogTag, Runtime, StageFailure};
+use crate::runtime::{LoadedStage, LogTag, Runtime, Services, StageFailure};
 
 /// Every pipeline of one manifest, loaded and ready to serve.
 pub struct Generation {
@@ -54,6 +58,18 @@ impl Generation {
         runtime: &Runtime,
         number: u64,
     ) -> Result<Generation, ManifestError> {
+        let models = Arc::new(
+            ModelRouter::new(&manifest.models, runtime.http().clone()).map_err(|message| {
+                ManifestError {
+                    file: manifest.path.clone(),
+                    location: Box::new(crate::manifest::Location {
+                        key: Some("models".to_owned()),
+                        ..Default::default()
+                    }),
+                    kind: Box::new(crate::manifest::ManifestErrorKind::Invalid(message)),
+                }
+            })?,
+        );
         let mut pipelines = BTreeMap::new();
         for (name, spec) in &manifest.pipelines {
             let mut stages = Vec::with_capacity(spec.stages.len());
@@ -92,6 +108,8 @@ impl Generation {
                     min_confidence: spec.min_confidence,
                     fallthrough: spec.fallthrough,
                     slo: spec.slo.clone(),
+                    answer_bank: spec.answer_bank.clone(),
+                    models: models.clone(),
                     stages,
                 }),
             );
@@ -126,6 +144,10 @@ pub struct Pipeline {
     pub fallthrough: Fallthrough,
     /// Its objective.
     pub slo: SloSpec,
+    /// Its answer bank's settings.
+    pub answer_bank: AnswerBankSpec,
+    /// The generation's model tiers.
+    pub models: Arc<ModelRouter>,
     /// The stages in order.
     pub stages: Vec<Stage>,
 }
@@ -255,6 +277,12 @@ pub struct StageRun {
     pub failure: Option<&'static str>,
     /// Wall-clock time of the invocation.
     pub elapsed: Duration,
+    /// Model calls the stage made.
+    pub model_calls: Vec<ModelCall>,
+    /// Answer-bank lookups that found an answer.
+    pub cache_hits: u32,
+    /// Answer-bank lookups that found nothing.
+    pub cache_misses: u32,
 }
 
 /// The result of running a pipeline on a request.
@@ -269,9 +297,19 @@ pub struct Execution {
     pub trace: Vec<StageRun>,
     /// The generation that served it.
     pub generation: u64,
+    /// The answer-bank key a stage named for this request's answer.
+    pub remember_key: Option<String>,
 }
 
 impl Execution {
+    /// What the request's model calls cost, in US dollars.
+    pub fn cost_usd(&self) -> f64 {
+        self.trace
+            .iter()
+            .flat_map(|run| &run.model_calls)
+            .fold(0.0, |total, call| total + call.cost_usd)
+    }
+
     /// Whether any stage failed on this request (even if the failure was
     /// skipped or escalated).
     pub fn had_failure(&self) -> bool {
@@ -335,6 +373,8 @@ pub struct RunContext {
     /// Bounds shadow runs in flight; a shadow run that finds no permit is
     /// skipped, so shadows never queue up behind live traffic.
     pub shadow_slots: Arc<Semaphore>,
+    /// Every pipeline's answer bank.
+    pub banks: Arc<Banks>,
 }
 
 impl RunContext {
@@ -348,6 +388,7 @@ impl RunContext {
             runtime,
             observer,
             shadow_slots: Arc::new(Semaphore::new(shadow_slots)),
+            banks: Arc::new(Banks::default()),
         }
     }
 }
@@ -376,6 +417,12 @@ impl Pipeline {
         let mut trace = Vec::with_capacity(self.stages.len());
         let request_id: Arc<str> = request.id.as_str().into();
         let pipeline: Arc<str> = self.name.as_str().into();
+        let services = Services {
+            bank: Some(ctx.banks.bank(&self.name, &self.answer_bank)),
+            models: Some(self.models.clone()),
+            read_only_bank: false,
+        };
+        let mut remember_key = None;
 
         for stage in &self.stages {
             let canary = stage
@@ -403,8 +450,13 @@ impl Pipeline {
             let shadow_input = shadow.map(|_| request.clone());
 
             let started = Instant::now();
-            let result = ctx.runtime.invoke(version, &request, &tag).await;
+            let invocation = ctx.runtime.invoke(version, &request, &tag, &services).await;
             let elapsed = started.elapsed();
+            let result = invocation.outcome;
+            let effects = invocation.effects;
+            if effects.remember_key.is_some() {
+                remember_key = effects.remember_key;
+            }
             trace.push(StageRun {
                 stage: by.stage.clone(),
                 layer: by.layer.clone(),
@@ -420,13 +472,21 @@ impl Pipeline {
                 },
                 failure: result.as_ref().err().map(StageFailure::kind),
                 elapsed,
+                model_calls: effects.model_calls,
+                cache_hits: effects.cache_hits,
+                cache_misses: effects.cache_misses,
             });
             if let Some(candidate) = canary {
                 ctx.observer
                     .candidate_served(self, candidate, result.is_err());
             }
             if let (Some(candidate), Some(input)) = (shadow, shadow_input) {
-                self.spawn_shadow(ctx, candidate, &stage.live, input, summarize(&result), tag);
+                let services = Services {
+                    read_only_bank: true,
+                    ..services.clone()
+                };
+                let live = summarize(&result);
+                self.spawn_shadow(ctx, candidate, &stage.live, input, live, tag, services);
             }
 
             let verdict = match result {
@@ -485,12 +545,7 @@ impl Pipeline {
                     }
                 }
             };
-            return Execution {
-                request,
-                verdict,
-                trace,
-                generation,
-            };
+            return self.finish(&services, request, verdict, trace, generation, remember_key);
         }
 
         let verdict = match self.fallthrough {
@@ -505,14 +560,42 @@ impl Pipeline {
                 by: None,
             },
         };
+        self.finish(&services, request, verdict, trace, generation, remember_key)
+    }
+
+    /// Remember the answer in the bank when a stage asked for it and the
+    /// answering layer is one the pipeline remembers.
+    fn finish(
+        &self,
+        services: &Services,
+        request: Request,
+        verdict: Verdict,
+        trace: Vec<StageRun>,
+        generation: u64,
+        remember_key: Option<String>,
+    ) -> Execution {
+        if let (Some(bank), Some(key), Verdict::Answered { output, by, .. }) =
+            (&services.bank, &remember_key, &verdict)
+            && self.answer_bank.remember.contains(&by.layer)
+        {
+            let answering = trace.iter().rev().find(|run| run.stage == by.stage);
+            let source = if answering.is_some_and(|run| !run.model_calls.is_empty()) {
+                "model"
+            } else {
+                "stage"
+            };
+            bank.put(key.clone(), output.clone(), source, Duration::ZERO);
+        }
         Execution {
             request,
             verdict,
             trace,
             generation,
+            remember_key,
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn spawn_shadow(
         &self,
         ctx: &RunContext,
@@ -521,6 +604,7 @@ impl Pipeline {
         input: Request,
         live_outcome: Value,
         tag: LogTag,
+        services: Services,
     ) {
         let Ok(permit) = ctx.shadow_slots.clone().try_acquire_owned() else {
             tracing::debug!(stage = %tag.stage, "no shadow slot free; shadow run skipped");
@@ -532,7 +616,10 @@ impl Pipeline {
         let pipeline = self.name.clone();
         let live_digest = live.digest.clone();
         tokio::spawn(async move {
-            let result = runtime.invoke(&shadow, &input, &tag).await;
+            let result = runtime
+                .invoke(&shadow, &input, &tag, &services)
+                .await
+                .outcome;
             drop(permit);
             observer.shadow_compared(ShadowComparison {
                 request_id: input.id,

@@ -185,7 +185,25 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         tokens,
         metrics,
     });
-    app.ops.started(&app.current.load()).await;
+    // Approved answers (human resolutions, corrections) outlive the process.
+    let approved = app
+        .store
+        .approved_answers()
+        .await
+        .context("cannot read the approved answers")?;
+    let generation = app.current.load_full();
+    for (pipeline, key, answer, source) in approved {
+        let spec = generation
+            .pipelines
+            .get(&pipeline)
+            .map(|p| p.answer_bank.clone())
+            .unwrap_or_default();
+        app.run
+            .banks
+            .bank(&pipeline, &spec)
+            .approve(key, answer, &source);
+    }
+    app.ops.started(&generation).await;
     for role in Role::ALL {
         if !app.tokens.configured(role) {
             match role {

@@ -83,6 +83,10 @@ pub struct RequestRecord {
     pub trace: String,
     /// When the request arrived (Unix milliseconds).
     pub created_at: i64,
+    /// The answer-bank key a stage named for the request's answer.
+    pub remember_key: Option<String>,
+    /// What its model calls cost, in US dollars.
+    pub cost_usd: f64,
 }
 
 /// A ticket to open for an escalated request.
@@ -127,6 +131,9 @@ pub struct Ticket {
     pub resolved_at: Option<i64>,
     /// When it was opened.
     pub created_at: i64,
+    /// The answer-bank key a stage named for the request's answer; the
+    /// resolution is approved there.
+    pub remember_key: Option<String>,
 }
 
 /// A request's current state, as `GET /v1/requests/{id}` shows it.
@@ -138,6 +145,70 @@ pub struct RequestState {
     pub completed_at: Option<i64>,
     /// Its ticket, if it was escalated.
     pub ticket: Option<Ticket>,
+}
+
+/// One rating, correction or resolution, as kept in the dataset.
+#[derive(Debug, Clone)]
+pub struct FeedbackEvent {
+    /// `rating`, `correction` or `resolution`.
+    pub kind: String,
+    /// The request.
+    pub request_id: String,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// Its answer-bank key.
+    pub key: Option<String>,
+    /// The input (after redaction).
+    pub input: String,
+    /// The answer given (or the draft a reviewer saw).
+    pub answer: Option<String>,
+    /// `good` or `bad`.
+    pub rating: Option<String>,
+    /// The corrected or reviewer's answer.
+    pub correction: Option<String>,
+    /// Who gave it.
+    pub actor: String,
+}
+
+fn insert_feedback(conn: &Connection, event: &FeedbackEvent) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO feedback (at, kind, request_id, pipeline, key, input, answer, rating,
+                               correction, actor)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        now_millis(),
+        event.kind,
+        event.request_id,
+        event.pipeline,
+        event.key,
+        event.input,
+        event.answer,
+        event.rating,
+        event.correction,
+        event.actor
+    ])?;
+    Ok(())
+}
+
+fn upsert_approved(
+    conn: &Connection,
+    pipeline: &str,
+    key: &str,
+    answer: &str,
+    source: &str,
+    actor: &str,
+    request_id: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO answer_bank (pipeline, key, answer, source, approved_by, request_id, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (pipeline, key) DO UPDATE SET answer = excluded.answer,
+             source = excluded.source, approved_by = excluded.approved_by,
+             request_id = excluded.request_id, updated_at = excluded.updated_at",
+    )?
+    .execute(params![pipeline, key, answer, source, actor, request_id, now_millis()])?;
+    Ok(())
 }
 
 /// One entry of the reload audit log.
@@ -345,8 +416,36 @@ impl Store {
                  WHERE id = (SELECT request_id FROM tickets WHERE id = ?1)",
                 params![ticket, answer, now],
             )?;
-            read_ticket(conn, ticket)?
-                .ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))
+            let resolved = read_ticket(conn, ticket)?
+                .ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))?;
+            // The resolution is part of the training set, and the approved
+            // answer of the request's answer-bank key.
+            insert_feedback(
+                conn,
+                &FeedbackEvent {
+                    kind: "resolution".to_owned(),
+                    request_id: resolved.request_id.clone(),
+                    pipeline: resolved.pipeline.clone(),
+                    key: resolved.remember_key.clone(),
+                    input: resolved.input.clone(),
+                    answer: resolved.draft.clone(),
+                    rating: None,
+                    correction: Some(answer.clone()),
+                    actor: reviewer.clone(),
+                },
+            )?;
+            if let Some(key) = &resolved.remember_key {
+                upsert_approved(
+                    conn,
+                    &resolved.pipeline,
+                    key,
+                    &answer,
+                    "human",
+                    &reviewer,
+                    &resolved.request_id,
+                )?;
+            }
+            Ok(resolved)
         })
         .await
     }
@@ -354,36 +453,7 @@ impl Store {
     /// A request's state, or `None` if no such request was recorded.
     pub async fn request(&self, id: String) -> Result<Option<RequestState>, StoreError> {
         self.read(move |conn| {
-            let found = conn
-                .query_row(
-                    "SELECT id, pipeline, generation, status, input, attributes, output,
-                            confidence, stage, layer, code, message, trace, created_at,
-                            completed_at
-                     FROM requests WHERE id = ?1",
-                    params![id],
-                    |row| {
-                        Ok((
-                            RequestRecord {
-                                id: row.get(0)?,
-                                pipeline: row.get(1)?,
-                                generation: row.get::<_, i64>(2)? as u64,
-                                status: status_name(&row.get::<_, String>(3)?),
-                                input: row.get(4)?,
-                                attributes: row.get(5)?,
-                                output: row.get(6)?,
-                                confidence: row.get(7)?,
-                                stage: row.get(8)?,
-                                layer: row.get(9)?,
-                                code: row.get(10)?,
-                                message: row.get(11)?,
-                                trace: row.get(12)?,
-                                created_at: row.get(13)?,
-                            },
-                            row.get::<_, Option<i64>>(14)?,
-                        ))
-                    },
-                )
-                .optional()?;
+            let found = read_request(conn, &id)?;
             let Some((record, completed_at)) = found else {
                 return Ok(None);
             };
@@ -432,6 +502,115 @@ impl Store {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
+    }
+
+    /// Every approved answer: `(pipeline, key, answer, source)`.
+    pub async fn approved_answers(
+        &self,
+    ) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT pipeline, key, answer, source FROM answer_bank ORDER BY rowid",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Record feedback on a request; with a correction, the correction
+    /// becomes the approved answer of the request's answer-bank key (if it
+    /// has one). Returns the request as recorded.
+    pub async fn feedback(
+        &self,
+        request_id: String,
+        rating: Option<String>,
+        correction: Option<String>,
+        actor: String,
+    ) -> Result<RequestRecord, StoreError> {
+        // Looked up inside the write: the record of a request answered a
+        // moment ago may still be queued, and queued writes come first.
+        self.write(move |conn| {
+            let (record, _) = read_request(conn, &request_id)?
+                .ok_or_else(|| StoreError::NotFound(format!("request \"{request_id}\"")))?;
+            insert_feedback(
+                conn,
+                &FeedbackEvent {
+                    kind: if correction.is_some() {
+                        "correction"
+                    } else {
+                        "rating"
+                    }
+                    .to_owned(),
+                    request_id: record.id.clone(),
+                    pipeline: record.pipeline.clone(),
+                    key: record.remember_key.clone(),
+                    input: record.input.clone(),
+                    answer: record.output.clone(),
+                    rating,
+                    correction: correction.clone(),
+                    actor: actor.clone(),
+                },
+            )?;
+            if let (Some(key), Some(correction)) = (&record.remember_key, &correction) {
+                upsert_approved(
+                    conn,
+                    &record.pipeline,
+                    key,
+                    correction,
+                    "correction",
+                    &actor,
+                    &record.id,
+                )?;
+            }
+            Ok(record)
+        })
+        .await
+    }
+
+    /// Stream the feedback dataset as JSON lines, oldest first, into `lines`
+    /// (one `String` per line, newline included). Stops early if the
+    /// receiver goes away.
+    pub fn export_feedback(&self, lines: mpsc::Sender<String>) {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut after = 0i64;
+            loop {
+                let page: rusqlite::Result<Vec<(i64, String)>> = conn
+                    .prepare_cached(
+                        "SELECT id, json_object(
+                            'id', id, 'at', at, 'kind', kind, 'request_id', request_id,
+                            'pipeline', pipeline, 'key', key, 'input', input, 'answer', answer,
+                            'rating', rating, 'correction', correction, 'actor', actor)
+                         FROM feedback WHERE id > ?1 ORDER BY id LIMIT 500",
+                    )
+                    .and_then(|mut s| {
+                        s.query_map(params![after], |row| Ok((row.get(0)?, row.get(1)?)))?
+                            .collect()
+                    });
+                let page = match page {
+                    Ok(page) => page,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot read the feedback dataset");
+                        return;
+                    }
+                };
+                let Some((last, _)) = page.last() else {
+                    return;
+                };
+                after = *last;
+                for (_, line) in page {
+                    if lines.blocking_send(format!("{line}\n")).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Append an entry to the audit log; returns once it is durable.
@@ -714,6 +893,32 @@ const MIGRATIONS: &[&str] = &["
         candidate        TEXT NOT NULL
     );
     CREATE INDEX shadow_runs_by_stage ON shadow_runs (pipeline, stage, candidate_digest, id);
+", "
+    ALTER TABLE requests ADD COLUMN remember_key TEXT;
+    ALTER TABLE requests ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+    CREATE TABLE answer_bank (
+        pipeline    TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        answer      TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        approved_by TEXT NOT NULL,
+        request_id  TEXT,
+        updated_at  INTEGER NOT NULL,
+        PRIMARY KEY (pipeline, key)
+    );
+    CREATE TABLE feedback (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at         INTEGER NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('rating', 'correction', 'resolution')),
+        request_id TEXT NOT NULL,
+        pipeline   TEXT NOT NULL,
+        key        TEXT,
+        input      TEXT NOT NULL,
+        answer     TEXT,
+        rating     TEXT CHECK (rating IN ('good', 'bad')),
+        correction TEXT,
+        actor      TEXT NOT NULL
+    );
 "];
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -833,13 +1038,52 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
     }
 }
 
+/// A request's record and when it completed.
+fn read_request(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<(RequestRecord, Option<i64>)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT id, pipeline, generation, status, input, attributes, output,
+                            confidence, stage, layer, code, message, trace, created_at,
+                            completed_at, remember_key, cost_usd
+                     FROM requests WHERE id = ?1",
+            params![id],
+            |row| {
+                Ok((
+                    RequestRecord {
+                        id: row.get(0)?,
+                        pipeline: row.get(1)?,
+                        generation: row.get::<_, i64>(2)? as u64,
+                        status: status_name(&row.get::<_, String>(3)?),
+                        input: row.get(4)?,
+                        attributes: row.get(5)?,
+                        output: row.get(6)?,
+                        confidence: row.get(7)?,
+                        stage: row.get(8)?,
+                        layer: row.get(9)?,
+                        code: row.get(10)?,
+                        message: row.get(11)?,
+                        trace: row.get(12)?,
+                        created_at: row.get(13)?,
+                        remember_key: row.get(15)?,
+                        cost_usd: row.get(16)?,
+                    },
+                    row.get::<_, Option<i64>>(14)?,
+                ))
+            },
+        )
+        .optional()?)
+}
+
 fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(), StoreError> {
     let completed_at = (r.status != "escalated").then(now_millis);
     conn.prepare_cached(
         "INSERT INTO requests (id, pipeline, generation, status, input, attributes, output,
                                confidence, stage, layer, code, message, trace, created_at,
-                               completed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                               completed_at, remember_key, cost_usd)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
          ON CONFLICT (id) DO NOTHING",
     )?
     .execute(params![
@@ -857,7 +1101,9 @@ fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(), StoreError
         r.message,
         r.trace,
         r.created_at,
-        completed_at
+        completed_at,
+        r.remember_key,
+        r.cost_usd
     ])?;
     Ok(())
 }
@@ -865,7 +1111,7 @@ fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(), StoreError
 const TICKET_SELECT: &str = "
     SELECT t.id, t.request_id, t.pipeline, t.stage, t.reason, t.draft, r.input, r.attributes,
            t.state, t.claimed_by, t.claimed_at, t.resolution, t.resolved_by, t.resolved_at,
-           t.created_at
+           t.created_at, r.remember_key
     FROM tickets t JOIN requests r ON r.id = t.request_id";
 
 fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
@@ -885,6 +1131,7 @@ fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
         resolution: row.get(11)?,
         resolved_by: row.get(12)?,
         resolved_at: row.get(13)?,
+        remember_key: row.get(15)?,
         created_at: row.get(14)?,
     })
 }

@@ -26,6 +26,26 @@ pub fn demo_manifest() -> PathBuf {
     workspace_root().join("examples/support-desk/strata.toml")
 }
 
+/// The demo manifest, copied into `dir` with its plugin paths made absolute
+/// and its model provider at `provider` (a URL such as a `local_llm`'s
+/// `base_url()`, or a closed port to make the provider unreachable).
+pub fn demo_manifest_in(dir: &Path, provider: &str) -> PathBuf {
+    let text = std::fs::read_to_string(demo_manifest()).expect("the demo manifest exists");
+    let guests = workspace_root().join("target/guests/wasm32-wasip2/release");
+    let text = text
+        .replace(
+            "../../target/guests/wasm32-wasip2/release",
+            &guests.display().to_string(),
+        )
+        .replace("http://127.0.0.1:8000/v1", provider);
+    let path = dir.join("strata.toml");
+    std::fs::write(&path, text).expect("cannot write the manifest");
+    path
+}
+
+/// A provider URL nothing listens on (the discard port).
+pub const UNREACHABLE_PROVIDER: &str = "http://127.0.0.1:9/v1";
+
 /// `path` as a TOML string literal, for building manifests with `format!`.
 pub fn toml_str(path: &str) -> String {
     toml::Value::String(path.to_owned()).to_string()

@@ -22,7 +22,7 @@ fn check_prints_every_stage_with_digest_imports_and_grants() {
     let manifest = demo_manifest();
     let (code, stdout, stderr) = strata(&["check", manifest.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("ok (1 pipeline, 4 stages)"), "{stdout}");
+    assert!(stdout.contains("ok (1 pipeline, 6 stages)"), "{stdout}");
     for stage in [
         "1. normalise (layer rules)",
         "2. redact",

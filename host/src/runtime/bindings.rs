@@ -6,6 +6,7 @@ use crate::request::{Outcome, Request};
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
+    imports: { "strata:pipeline/model": async },
     exports: { default: async },
 });
 

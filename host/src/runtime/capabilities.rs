@@ -31,6 +31,8 @@ impl ImportRule {
             "strata:pipeline/types" => ImportRule::Types,
             "strata:pipeline/log" => ImportRule::Grant(Grant::Log),
             "strata:pipeline/config" => ImportRule::Grant(Grant::Config),
+            "strata:pipeline/cache" => ImportRule::Grant(Grant::Cache),
+            "strata:pipeline/model" => ImportRule::Grant(Grant::Model),
             _ if BASELINE_PACKAGES.iter().any(|p| interface.starts_with(p)) => ImportRule::Baseline,
             _ => ImportRule::Denied,
         }

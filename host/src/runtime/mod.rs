@@ -58,6 +58,8 @@ pub struct Runtime {
     /// Compiled components by SHA-256, so one plugin used by several stages
     /// (or by several generations) is compiled once.
     compiled: Mutex<HashMap<String, Component>>,
+    /// Shared by host services that call out (model providers).
+    http: reqwest::Client,
 }
 
 impl Runtime {
@@ -86,8 +88,10 @@ impl Runtime {
             .epoch_interruption(true)
             .consume_fuel(settings.fuel_metering);
         if let Some(dir) = cache_dir {
+            let dir = std::path::absolute(dir)
+                .with_context(|| format!("cannot resolve {}", dir.display()))?;
             let mut cache = CacheConfig::new();
-            cache.with_directory(dir);
+            cache.with_directory(&dir);
             let cache = Cache::new(cache)
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("cannot use {} as the compile cache", dir.display()))?;
@@ -112,6 +116,9 @@ impl Runtime {
             settings: settings.clone(),
             slots: Arc::new(Semaphore::new(instances as usize)),
             compiled: Mutex::new(HashMap::new()),
+            http: reqwest::Client::builder()
+                .build()
+                .context("cannot build the HTTP client for model providers")?,
         })
     }
 
@@ -273,7 +280,8 @@ impl Runtime {
         stage: &LoadedStage,
         request: &Request,
         tag: &LogTag,
-    ) -> Result<Outcome, StageFailure> {
+        services: &Services,
+    ) -> Invocation {
         let limits = stage.spec.limits;
         let _slot = self
             .slots
@@ -289,6 +297,8 @@ impl Runtime {
                 limiter: StageLimiter::new(limits.memory_mib),
                 context: stage.context.clone(),
                 tag: tag.clone(),
+                services: services.clone(),
+                effects: Effects::default(),
                 timed_out: false,
                 log_lines: 0,
                 log_lines_dropped: 0,
@@ -322,15 +332,10 @@ impl Runtime {
         };
         // The epoch deadline only fires while guest code runs; this bounds
         // time the guest spends waiting on the host (a WASI poll, say).
-        let result = match tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await {
-            Ok(result) => result,
-            Err(_) => {
-                return Err(StageFailure::Timeout {
-                    ms: limits.timeout_ms,
-                });
-            }
-        };
-
+        let result = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
+        // What the stage did before it finished (or was stopped) still
+        // counts: a model call it made was paid for.
+        let effects = std::mem::take(&mut store.data_mut().effects);
         let state = store.data();
         if state.log_lines_dropped > 0 {
             tracing::warn!(
@@ -341,11 +346,52 @@ impl Runtime {
                 crate::imports::log::MAX_LINES
             );
         }
-        match result {
-            Ok(outcome) => check_outcome(outcome.into(), &limits),
-            Err(error) => Err(classify(error, state, &limits)),
-        }
+        let outcome = match result {
+            Err(_) => Err(StageFailure::Timeout {
+                ms: limits.timeout_ms,
+            }),
+            Ok(Ok(outcome)) => check_outcome(outcome.into(), &limits),
+            Ok(Err(error)) => Err(classify(error, state, &limits)),
+        };
+        Invocation { outcome, effects }
     }
+
+    /// The HTTP client host services (model providers) share.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// Host services an invocation may use, as its grants allow.
+#[derive(Clone, Default)]
+pub struct Services {
+    /// The pipeline's answer bank.
+    pub bank: Option<Arc<crate::bank::Bank>>,
+    /// The generation's model tiers.
+    pub models: Option<Arc<crate::model::ModelRouter>>,
+    /// A shadow run reads the bank but must not change it.
+    pub read_only_bank: bool,
+}
+
+/// What an invocation did besides deciding.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    /// The key the stage asked its request's final answer be kept under.
+    pub remember_key: Option<String>,
+    /// Model calls it made.
+    pub model_calls: Vec<crate::model::ModelCall>,
+    /// Answer-bank lookups that found an answer.
+    pub cache_hits: u32,
+    /// Answer-bank lookups that found nothing.
+    pub cache_misses: u32,
+}
+
+/// The result of one invocation.
+pub struct Invocation {
+    /// The stage's decision, or why it failed.
+    pub outcome: Result<Outcome, StageFailure>,
+    /// What it did on the way.
+    pub effects: Effects,
 }
 
 /// Advance the engine's epoch every tick for as long as the engine lives.
@@ -568,6 +614,8 @@ pub(crate) struct StageState {
     limiter: StageLimiter,
     pub(crate) context: Arc<StageContext>,
     pub(crate) tag: LogTag,
+    pub(crate) services: Services,
+    pub(crate) effects: Effects,
     timed_out: bool,
     pub(crate) log_lines: u32,
     pub(crate) log_lines_dropped: u32,

@@ -155,3 +155,74 @@ pub mod config {
         serde_json::from_str(&config::get_json()).map_err(|e| format!("invalid stage config: {e}"))
     }
 }
+
+/// The pipeline's answer bank (needs the `cache` grant).
+pub mod cache {
+    use crate::bindings::strata::pipeline::cache;
+    pub use crate::bindings::strata::pipeline::cache::Entry;
+
+    /// The answer remembered under `key`.
+    pub fn get(key: &str) -> Option<Entry> {
+        cache::get(key)
+    }
+
+    /// Remember `answer` under `key` for `ttl_seconds` (0: the pipeline's
+    /// default).
+    pub fn put(key: &str, answer: &str, ttl_seconds: u32) {
+        cache::put(key, answer, ttl_seconds);
+    }
+
+    /// Ask the host to remember this request's final answer under `key`
+    /// when a later layer (or a reviewer) answers it.
+    pub fn remember_as(key: &str) {
+        cache::remember_as(key);
+    }
+}
+
+/// Model completions by tier (needs the `model` grant).
+pub mod model {
+    use crate::bindings::strata::pipeline::model;
+    pub use crate::bindings::strata::pipeline::model::{
+        Completion, CompletionRequest, Message, ModelError,
+    };
+
+    /// Ask tier `tier` to answer `prompt`, after `system` instructions.
+    pub fn ask(
+        tier: &str,
+        system: Option<&str>,
+        prompt: &str,
+        max_tokens: Option<u32>,
+    ) -> Result<Completion, ModelError> {
+        let mut messages = Vec::new();
+        if let Some(system) = system {
+            messages.push(Message {
+                role: "system".to_owned(),
+                content: system.to_owned(),
+            });
+        }
+        messages.push(Message {
+            role: "user".to_owned(),
+            content: prompt.to_owned(),
+        });
+        model::complete(&CompletionRequest {
+            tier: tier.to_owned(),
+            messages,
+            max_tokens,
+            temperature: None,
+        })
+    }
+
+    /// Send a full request.
+    pub fn complete(request: &CompletionRequest) -> Result<Completion, ModelError> {
+        model::complete(request)
+    }
+
+    /// A one-line description of `error`, for logs and panics.
+    pub fn explain(error: &ModelError) -> String {
+        match error {
+            ModelError::UnknownTier(tier) => format!("no model tier named \"{tier}\""),
+            ModelError::Unavailable(why) => format!("model unavailable: {why}"),
+            ModelError::Rejected(why) => format!("model request rejected: {why}"),
+        }
+    }
+}

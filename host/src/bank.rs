@@ -1,0 +1,237 @@
+//! The answer banks: one per pipeline, what the `cache` interface reads and
+//! writes, and where human answers and corrections land.
+//!
+//! Unapproved answers (stored by stages, or remembered from a model's
+//! answer) live in a bounded in-memory cache (moka) with a time to live.
+//! Approved answers (a reviewer's resolution, a correction sent as feedback)
+//! are kept apart, never evicted, never replaced by an unapproved one, and
+//! written to the store so they survive a restart. Banks belong to the
+//! process, not to a generation: a reload keeps every answer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+
+use crate::manifest::AnswerBankSpec;
+
+/// A remembered answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// The answer text.
+    pub answer: String,
+    /// `stage`, `model`, `human` or `correction`.
+    pub source: String,
+    /// Whether a person approved it.
+    pub approved: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Expiring {
+    entry: Entry,
+    expires: Instant,
+}
+
+/// One pipeline's bank.
+pub struct Bank {
+    spec: AnswerBankSpec,
+    unapproved: Cache<String, Expiring>,
+    approved: RwLock<HashMap<String, Entry>>,
+}
+
+impl Bank {
+    fn new(spec: AnswerBankSpec) -> Bank {
+        Bank {
+            unapproved: Cache::builder()
+                .max_capacity(spec.capacity)
+                .time_to_live(Duration::from_secs(spec.ttl_s))
+                .build(),
+            approved: RwLock::new(HashMap::new()),
+            spec,
+        }
+    }
+
+    /// The answer under `key`: an approved one first.
+    pub fn get(&self, key: &str) -> Option<Entry> {
+        if let Some(entry) = self
+            .approved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+        {
+            return Some(entry.clone());
+        }
+        let found = self.unapproved.get(key)?;
+        if found.expires <= Instant::now() {
+            self.unapproved.invalidate(key);
+            return None;
+        }
+        Some(found.entry)
+    }
+
+    /// Remember an unapproved answer; `ttl` of zero means the bank's default.
+    /// An approved answer under the same key stays.
+    pub fn put(&self, key: String, answer: String, source: &str, ttl: Duration) {
+        if self
+            .approved
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&key)
+        {
+            return;
+        }
+        let ttl = if ttl.is_zero() {
+            Duration::from_secs(self.spec.ttl_s)
+        } else {
+            ttl.min(Duration::from_secs(self.spec.ttl_s))
+        };
+        self.unapproved.insert(
+            key,
+            Expiring {
+                entry: Entry {
+                    answer,
+                    source: source.to_owned(),
+                    approved: false,
+                },
+                expires: Instant::now() + ttl,
+            },
+        );
+    }
+
+    /// Keep an approved answer (the caller has made it durable).
+    pub fn approve(&self, key: String, answer: String, source: &str) {
+        self.unapproved.invalidate(&key);
+        self.approved
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                key,
+                Entry {
+                    answer,
+                    source: source.to_owned(),
+                    approved: true,
+                },
+            );
+    }
+
+    /// Forget an unapproved answer (it was rated bad). Approved answers are
+    /// only replaced, by a correction.
+    pub fn forget_unapproved(&self, key: &str) -> bool {
+        let had = self.unapproved.contains_key(key);
+        self.unapproved.invalidate(key);
+        had
+    }
+
+    /// The bank's settings.
+    pub fn spec(&self) -> &AnswerBankSpec {
+        &self.spec
+    }
+
+    /// Entries held: (unapproved, approved).
+    pub fn sizes(&self) -> (u64, usize) {
+        self.unapproved.run_pending_tasks();
+        (
+            self.unapproved.entry_count(),
+            self.approved
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .len(),
+        )
+    }
+}
+
+/// Every pipeline's bank.
+#[derive(Default)]
+pub struct Banks {
+    banks: RwLock<HashMap<String, Arc<Bank>>>,
+}
+
+impl Banks {
+    /// The bank of `pipeline`, created with `spec` if new. A bank whose
+    /// settings changed is rebuilt keeping its approved answers (unapproved
+    /// ones are cheap to get again and may not fit the new bounds).
+    pub fn bank(&self, pipeline: &str, spec: &AnswerBankSpec) -> Arc<Bank> {
+        if let Some(bank) = self
+            .banks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pipeline)
+            && bank.spec == *spec
+        {
+            return bank.clone();
+        }
+        let mut banks = self.banks.write().unwrap_or_else(|e| e.into_inner());
+        let fresh = Arc::new(Bank::new(spec.clone()));
+        if let Some(old) = banks.get(pipeline) {
+            if old.spec == *spec {
+                return old.clone();
+            }
+            let approved = old
+                .approved
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            *fresh.approved.write().unwrap_or_else(|e| e.into_inner()) = approved;
+        }
+        banks.insert(pipeline.to_owned(), fresh.clone());
+        fresh
+    }
+
+    /// The bank of `pipeline` if one exists.
+    pub fn existing(&self, pipeline: &str) -> Option<Arc<Bank>> {
+        self.banks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pipeline)
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> AnswerBankSpec {
+        AnswerBankSpec {
+            capacity: 100,
+            ttl_s: 60,
+            remember: vec![],
+        }
+    }
+
+    #[test]
+    fn approved_answers_win_and_stay() {
+        let bank = Bank::new(spec());
+        bank.put("k".into(), "model says".into(), "model", Duration::ZERO);
+        assert_eq!(bank.get("k").unwrap().source, "model");
+        bank.approve("k".into(), "human says".into(), "human");
+        bank.put("k".into(), "model again".into(), "model", Duration::ZERO);
+        let entry = bank.get("k").unwrap();
+        assert_eq!(
+            (entry.answer.as_str(), entry.approved),
+            ("human says", true)
+        );
+        assert!(!bank.forget_unapproved("k"));
+        assert!(bank.get("k").is_some());
+    }
+
+    #[test]
+    fn unapproved_answers_expire() {
+        let bank = Bank::new(spec());
+        bank.put("k".into(), "a".into(), "stage", Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(bank.get("k").is_none());
+    }
+
+    #[test]
+    fn changed_settings_keep_approved_answers() {
+        let banks = Banks::default();
+        banks
+            .bank("p", &spec())
+            .approve("k".into(), "a".into(), "human");
+        let mut bigger = spec();
+        bigger.capacity = 1000;
+        assert!(banks.bank("p", &bigger).get("k").is_some());
+    }
+}

@@ -1,0 +1,61 @@
+//! `strata:pipeline/cache`: the pipeline's answer bank (see [`crate::bank`]).
+
+use std::time::Duration;
+
+use crate::runtime::StageState;
+use crate::runtime::bindings::strata::pipeline::cache::{Entry, Host};
+
+/// The longest key a stage may use.
+const MAX_KEY_BYTES: usize = 1024;
+/// The longest answer a stage may store.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+impl Host for StageState {
+    fn get(&mut self, key: String) -> Option<Entry> {
+        let bank = self.services.bank.as_ref()?;
+        match bank.get(&key) {
+            Some(entry) => {
+                self.effects.cache_hits += 1;
+                Some(Entry {
+                    answer: entry.answer,
+                    source: entry.source,
+                    approved: entry.approved,
+                })
+            }
+            None => {
+                self.effects.cache_misses += 1;
+                None
+            }
+        }
+    }
+
+    fn put(&mut self, key: String, answer: String, ttl_seconds: u32) {
+        if key.len() > MAX_KEY_BYTES || answer.len() > MAX_ANSWER_BYTES {
+            tracing::warn!(
+                request_id = %self.tag.request_id, stage = %self.tag.stage,
+                "answer-bank entry over {MAX_KEY_BYTES} key bytes or {MAX_ANSWER_BYTES} answer \
+                 bytes was not stored"
+            );
+            return;
+        }
+        if let Some(bank) = self
+            .services
+            .bank
+            .as_ref()
+            .filter(|_| !self.services.read_only_bank)
+        {
+            bank.put(
+                key,
+                answer,
+                "stage",
+                Duration::from_secs(u64::from(ttl_seconds)),
+            );
+        }
+    }
+
+    fn remember_as(&mut self, key: String) {
+        if key.len() <= MAX_KEY_BYTES {
+            self.effects.remember_key = Some(key);
+        }
+    }
+}
