@@ -194,13 +194,27 @@ pub fn http(method: &str, addr: &str, path: &str, body: &str) -> anyhow::Result<
     Ok((status, body))
 }
 
-/// Drive `url` with wrk and read its figures.
+/// Drive `url` with wrk, POSTing [`BODY`], and read its figures.
 pub fn wrk(load: &Load, url: &str) -> anyhow::Result<Figures> {
+    wrk_json(load, url, BODY)
+}
+
+/// Drive `url` with wrk, POSTing `{"input": input}`.
+pub fn wrk_body(load: &Load, url: &str, input: &str) -> anyhow::Result<Figures> {
+    wrk_json(
+        load,
+        url,
+        &serde_json::json!({ "input": input }).to_string(),
+    )
+}
+
+fn wrk_json(load: &Load, url: &str, body: &str) -> anyhow::Result<Figures> {
     let script = std::env::temp_dir().join(format!("strata-bench-{}.lua", std::process::id()));
+    let lua_body = body.replace('\\', "\\\\").replace('\'', "\\'");
     std::fs::write(
         &script,
         format!(
-            "wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \
+            "wrk.method = \"POST\"\nwrk.body = '{lua_body}'\nwrk.headers[\"Content-Type\"] = \
              \"application/json\"\n"
         ),
     )?;

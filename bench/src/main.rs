@@ -6,12 +6,15 @@
 //!   bare hyper echo server;
 //! - `reload`: the same host in steady state against itself reloading every
 //!   100 ms, the time a reload takes to serve, and restart times with and
-//!   without the compile cache.
+//!   without the compile cache;
+//! - `layers`: a cache hit against bare hyper, and a Banking77-drawn trace
+//!   through the layered pipeline against sending everything to the model.
 //!
 //! Run it through `scripts/bench`, which builds what it needs first.
 
 mod foundation;
 mod harness;
+mod layers;
 mod reload;
 
 use std::path::{Path, PathBuf};
@@ -25,7 +28,7 @@ use crate::harness::Load;
 #[derive(Debug, Parser)]
 struct Args {
     /// Which scenarios to run.
-    #[arg(long, value_enum, default_values_t = [Scenario::Foundation, Scenario::Reload])]
+    #[arg(long, value_enum, default_values_t = [Scenario::Foundation, Scenario::Reload, Scenario::Layers])]
     scenario: Vec<Scenario>,
     /// Seconds of load per measurement.
     #[arg(long, default_value_t = 10)]
@@ -36,6 +39,18 @@ struct Args {
     /// wrk threads.
     #[arg(long, default_value_t = 1)]
     threads: u32,
+    /// The Banking77 training split the `layers` trace is drawn from.
+    #[arg(long, default_value = "../shared/data/banking77/train.csv")]
+    trace_source: PathBuf,
+    /// Requests in the `layers` trace.
+    #[arg(long, default_value_t = 5000)]
+    trace_length: usize,
+    /// Zipf exponent of question popularity in the trace.
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// Seed of the trace.
+    #[arg(long, default_value_t = 77)]
+    seed: u64,
     /// The file whose sections are rewritten.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
@@ -48,6 +63,8 @@ enum Scenario {
     Foundation,
     /// Reloading under load, reload latency, restart with the compile cache.
     Reload,
+    /// A cache hit against bare hyper; the layers' economics on a trace.
+    Layers,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +83,15 @@ fn main() -> anyhow::Result<()> {
         let (name, report) = match scenario {
             Scenario::Foundation => ("foundation", foundation::run(&root, &load)?),
             Scenario::Reload => ("reload", reload::run(&root, &load)?),
+            Scenario::Layers => {
+                let trace = layers::Trace {
+                    source: root.join(&args.trace_source),
+                    length: args.trace_length,
+                    zipf: args.zipf,
+                    seed: args.seed,
+                };
+                ("layers", layers::run(&root, &load, &trace)?)
+            }
         };
         println!("{report}");
         harness::write_section(&out, name, &report)?;
