@@ -59,7 +59,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         message,
         "$DIR/strata.toml: unknown field `lisen`, expected one of `listen`, `data_dir`, `server`, \
-         `runtime`, `admin`, `reload`, `pipelines`"
+         `runtime`, `admin`, `reload`, `models`, `pipelines`"
     );
 }
 
@@ -94,7 +94,7 @@ fn unknown_pipeline_key() {
     assert_eq!(
         message,
         "$DIR/strata.toml: pipeline \"support\": unknown field `min_confidenc`, expected one of \
-         `min_confidence`, `fallthrough`, `slo`, `stages`"
+         `min_confidence`, `fallthrough`, `slo`, `answer_bank`, `stages`"
     );
 }
 
@@ -291,7 +291,7 @@ fn invalid_values() {
         (
             stage("grants = [\"network\"]"),
             "pipeline \"support\", stage \"only\", key \"grants\": unknown grant \"network\"; \
-             known grants: log, config",
+             known grants: log, config, cache, model",
         ),
         (
             stage("grants = [\"log\", \"log\"]"),
