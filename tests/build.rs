@@ -24,6 +24,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("not-a-stage", "tests/components/not-a-stage"),
     ("version-one", "tests/components/version-one"),
     ("version-two", "tests/components/version-two"),
+    ("clockwork", "tests/components/clockwork"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -14,8 +14,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
 use crate::audit::{AuditReport, Policy};
+use crate::cases::{CaseFile, FileReport};
 use crate::manifest::Manifest;
 use crate::pipeline::{Generation, RunContext, Unobserved};
+use crate::replay::Replayer;
 use crate::request::Request;
 use crate::runtime::Runtime;
 use crate::runtime::capabilities::ImportRule;
@@ -83,6 +85,32 @@ pub enum Command {
         #[arg(long, value_enum)]
         deny: Vec<Policy>,
     },
+    /// Run golden cases against the exact compiled artifacts: the files
+    /// given, or every cases file the manifest lists. Exits 1 if any fails.
+    Test {
+        /// The manifest file.
+        manifest: PathBuf,
+        /// Cases files; each names its `pipeline` (and `stage`).
+        cases: Vec<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay recorded traffic (a pipeline's `record` log) through the
+    /// manifest's deterministic stages and report what changed: against the
+    /// recording, or against another manifest.
+    Replay {
+        /// The manifest file.
+        manifest: PathBuf,
+        /// The traffic log (`DATA_DIR/traffic/PIPELINE.jsonl`).
+        log: PathBuf,
+        /// Compare the manifest with this one instead of the recording.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one request through a pipeline, without a server or a store, and
     /// print the result as JSON.
     Run {
@@ -108,7 +136,13 @@ fn parse_attribute(text: &str) -> Result<(String, String), String> {
 /// Parse the process arguments, run the command, and report errors on stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // A server logs what it does; the one-shot commands print their report
+    // and log only errors (a golden case that traps on purpose is not news).
+    let default = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "error",
+    };
+    init_tracing(cli.log_format, default);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -174,6 +208,65 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Test {
+            manifest,
+            cases,
+            json,
+        } => {
+            let (manifest, runtime, generation) = load(&manifest, false).await?;
+            let reports = run_cases(&manifest, Arc::new(runtime), &generation, &cases).await?;
+            let failed = reports.iter().any(|r| !r.failures.is_empty());
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&reports)?)?;
+            } else {
+                for report in &reports {
+                    write!(out, "{}", report.render())?;
+                }
+                let cases: usize = reports.iter().map(|r| r.passed + r.failures.len()).sum();
+                let failures: usize = reports.iter().map(|r| r.failures.len()).sum();
+                writeln!(
+                    out,
+                    "\n{cases} case{} in {} file{}: {}",
+                    plural(cases),
+                    reports.len(),
+                    plural(reports.len()),
+                    if failed {
+                        format!("{failures} FAILED")
+                    } else {
+                        "all passed".to_owned()
+                    }
+                )?;
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Replay {
+            manifest,
+            log,
+            against,
+            json,
+        } => {
+            let (_, runtime, generation) = load(&manifest, false).await?;
+            let current = Replayer::new(Arc::new(runtime), generation);
+            let other = match against {
+                Some(path) => {
+                    let (_, runtime, generation) = load(&path, false).await?;
+                    Some(Replayer::new(Arc::new(runtime), generation))
+                }
+                None => None,
+            };
+            let lines = crate::replay::read_log(&log)?;
+            let report = crate::replay::replay(lines, &current, other.as_ref()).await;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                write!(out, "{}", report.render())?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Check { manifest } => {
             let (manifest, _runtime, generation) = load(&manifest, false).await?;
@@ -343,6 +436,81 @@ fn write_check_report(
     Ok(())
 }
 
+/// Run the given cases files, or every one the manifest lists (stage cases
+/// against each stage's live version and candidate).
+async fn run_cases(
+    manifest: &Manifest,
+    runtime: Arc<Runtime>,
+    generation: &Generation,
+    files: &[PathBuf],
+) -> anyhow::Result<Vec<FileReport>> {
+    let mut loaded = Vec::new();
+    if files.is_empty() {
+        for (name, pipeline) in &manifest.pipelines {
+            if let Some(path) = &pipeline.cases {
+                loaded.push(CaseFile::load(path, Some((name, None))).map_err(anyhow::Error::msg)?);
+            }
+            for stage in &pipeline.stages {
+                if let Some(path) = &stage.cases {
+                    loaded.push(
+                        CaseFile::load(path, Some((name, Some(&stage.name))))
+                            .map_err(anyhow::Error::msg)?,
+                    );
+                }
+            }
+        }
+        if loaded.is_empty() {
+            anyhow::bail!(
+                "{} lists no cases files; name them (`cases = \"...\"` on a pipeline or stage) or \
+                 pass them on the command line",
+                manifest.path.display()
+            );
+        }
+    } else {
+        for path in files {
+            loaded.push(CaseFile::load(path, None).map_err(anyhow::Error::msg)?);
+        }
+    }
+    let mut reports = Vec::new();
+    for file in &loaded {
+        let pipeline = generation.pipelines.get(&file.pipeline).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: the manifest has no pipeline \"{}\"",
+                file.path.display(),
+                file.pipeline
+            )
+        })?;
+        match &file.stage {
+            None => reports.push(
+                crate::cases::run_pipeline(runtime.clone(), generation, pipeline, file).await,
+            ),
+            Some(name) => {
+                let stage = pipeline
+                    .stages
+                    .iter()
+                    .find(|s| s.name() == name)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: pipeline \"{}\" has no stage \"{name}\"",
+                            file.path.display(),
+                            file.pipeline
+                        )
+                    })?;
+                reports.push(
+                    crate::cases::run_stage(&runtime, &stage.live, file, file.target()).await,
+                );
+                if let Some(candidate) = &stage.candidate {
+                    let target = format!("{} (candidate)", file.target());
+                    reports.push(
+                        crate::cases::run_stage(&runtime, &candidate.stage, file, target).await,
+                    );
+                }
+            }
+        }
+    }
+    Ok(reports)
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
@@ -376,11 +544,11 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Set up logging on stderr. `STRATA_LOG` takes a tracing filter
-/// (default `info`).
-pub fn init_tracing(format: LogFormat) {
+/// Set up logging on stderr. `STRATA_LOG` takes a tracing filter; without
+/// it, `default` applies.
+pub fn init_tracing(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -12,6 +12,8 @@
 //! - [`bank`]: per-pipeline answer banks (the `cache` interface);
 //! - [`model`]: model tiers over the OpenAI-compatible protocol;
 //! - [`pipeline`]: generations and the chaining semantics of a pipeline;
+//! - [`record`]: traffic recording for `strata replay`;
+//! - [`replay`]: `strata replay`, recorded traffic against a manifest;
 //! - [`reload`]: reloads, rollbacks, candidate rollouts, file watch, SIGHUP;
 //! - [`server`]: start-up, the HTTP listeners, graceful shutdown;
 //! - [`api`]: HTTP routes, bodies and error mapping;
@@ -21,6 +23,7 @@
 //! - [`metrics`]: Prometheus metrics by pipeline, layer and stage;
 //! - [`store`]: durable request records and review tickets in SQLite;
 //! - [`audit`]: `strata audit`, what every stage may do;
+//! - [`cases`]: golden cases, and the reload gate they make;
 //! - [`cli`]: the `strata` command line.
 
 pub mod admin;
@@ -28,13 +31,16 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod bank;
+pub mod cases;
 pub mod cli;
 mod imports;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+pub mod record;
 pub mod reload;
+pub mod replay;
 pub mod request;
 pub mod runtime;
 pub mod server;

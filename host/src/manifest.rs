@@ -165,8 +165,28 @@ pub struct PipelineSpec {
     pub slo: SloSpec,
     /// Its answer bank.
     pub answer_bank: AnswerBankSpec,
+    /// Traffic recording, when turned on.
+    pub record: Option<RecordSpec>,
+    /// Golden cases of the whole pipeline (run by `strata test`).
+    pub cases: Option<PathBuf>,
     /// The stages, in the order requests go through them.
     pub stages: Vec<StageSpec>,
+}
+
+/// Traffic recording (`[pipelines.NAME.record]`): requests as they leave
+/// stage `after` (so redaction has run), with how the pipeline decided them,
+/// for `strata replay`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordSpec {
+    /// The stage after which requests are recorded.
+    pub after: String,
+    /// The size of one log file, in MiB, before it is rotated.
+    #[serde(default = "default_record_mib")]
+    pub max_mib: u64,
+    /// How many rotated files are kept besides the current one.
+    #[serde(default = "default_record_files")]
+    pub keep: u32,
 }
 
 /// A pipeline's answer bank (`[pipelines.NAME.answer_bank]`).
@@ -316,6 +336,12 @@ pub struct StageSpec {
     pub config: serde_json::Map<String, serde_json::Value>,
     /// A new version being rolled out, if any.
     pub candidate: Option<CandidateSpec>,
+    /// Golden cases every version of this stage must pass before it serves
+    /// (resolved against the manifest's directory).
+    pub cases: Option<PathBuf>,
+    /// A fixed clock and seeded randomness, so the stage's decisions can be
+    /// replayed: `Some(seed)` when the stage is deterministic.
+    pub deterministic: Option<u64>,
 }
 
 /// A candidate version of a stage (`[pipelines.P.stages.candidate]`): it
@@ -756,6 +782,10 @@ struct RawPipeline {
     #[serde(default)]
     answer_bank: Option<AnswerBankSpec>,
     #[serde(default)]
+    record: Option<RecordSpec>,
+    #[serde(default)]
+    cases: Option<PathBuf>,
+    #[serde(default)]
     stages: Vec<toml::Table>,
 }
 
@@ -777,6 +807,12 @@ struct RawStage {
     config: Option<toml::Table>,
     #[serde(default)]
     candidate: Option<RawCandidate>,
+    #[serde(default)]
+    cases: Option<PathBuf>,
+    #[serde(default)]
+    deterministic: Option<bool>,
+    #[serde(default)]
+    seed: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -999,12 +1035,56 @@ impl Parser<'_> {
                 ManifestErrorKind::Invalid("capacity and ttl_s must be greater than 0".to_owned()),
             ));
         }
+        if let Some(record) = &raw.record {
+            let at = |key: &str| Location {
+                key: Some(format!("record.{key}")),
+                ..here.clone()
+            };
+            if !stages.iter().any(|s| s.name == record.after) {
+                return Err(self.error(
+                    at("after"),
+                    ManifestErrorKind::Invalid(format!(
+                        "the pipeline has no stage \"{}\"",
+                        record.after
+                    )),
+                ));
+            }
+            if !(1..=4096).contains(&record.max_mib) || record.keep > 100 {
+                return Err(self.error(
+                    at("max_mib"),
+                    ManifestErrorKind::Invalid(
+                        "max_mib must be in 1..=4096 and keep at most 100".to_owned(),
+                    ),
+                ));
+            }
+        }
+        let cases = match raw.cases {
+            None => None,
+            Some(path) => {
+                let resolved = self.base.join(&path);
+                if !resolved.is_file() {
+                    return Err(self.error(
+                        Location {
+                            key: Some("cases".to_owned()),
+                            ..here
+                        },
+                        ManifestErrorKind::Invalid(format!(
+                            "no cases file at {}",
+                            resolved.display()
+                        )),
+                    ));
+                }
+                Some(std::fs::canonicalize(&resolved).unwrap_or(resolved))
+            }
+        };
         Ok(PipelineSpec {
             name,
             min_confidence,
             fallthrough: raw.fallthrough.unwrap_or(Fallthrough::Escalate),
             slo,
             answer_bank,
+            record: raw.record,
+            cases,
             stages,
         })
     }
@@ -1052,6 +1132,34 @@ impl Parser<'_> {
             None => None,
             Some(candidate) => Some(self.candidate(candidate, &grants, &config, &at)?),
         };
+        let deterministic = match (raw.deterministic, raw.seed) {
+            (Some(true), seed) => Some(seed.unwrap_or(0)),
+            (_, Some(_)) => {
+                return Err(self.error(
+                    at("seed"),
+                    ManifestErrorKind::Invalid(
+                        "a seed only applies to a stage with deterministic = true".to_owned(),
+                    ),
+                ));
+            }
+            _ => None,
+        };
+        let cases = match raw.cases {
+            None => None,
+            Some(path) => {
+                let resolved = self.base.join(&path);
+                if !resolved.is_file() {
+                    return Err(self.error(
+                        at("cases"),
+                        ManifestErrorKind::Invalid(format!(
+                            "no cases file at {}",
+                            resolved.display()
+                        )),
+                    ));
+                }
+                Some(std::fs::canonicalize(&resolved).unwrap_or(resolved))
+            }
+        };
         Ok(StageSpec {
             name: raw.name,
             layer: Layer(raw.layer),
@@ -1062,6 +1170,8 @@ impl Parser<'_> {
             on_error: raw.on_error.unwrap_or(OnError::Escalate),
             config,
             candidate,
+            cases,
+            deterministic,
         })
     }
 
@@ -1410,6 +1520,12 @@ fn default_admin_listen() -> SocketAddr {
 }
 fn default_debounce_ms() -> u64 {
     500
+}
+fn default_record_mib() -> u64 {
+    64
+}
+fn default_record_files() -> u32 {
+    4
 }
 fn default_bank_capacity() -> u64 {
     10_000

@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 use crate::bank::Banks;
 use crate::manifest::{
-    AnswerBankSpec, Fallthrough, Manifest, ManifestError, OnError, RolloutMode, SloSpec,
+    AnswerBankSpec, Fallthrough, Manifest, ManifestError, OnError, RecordSpec, RolloutMode, SloSpec,
 };
 use crate::model::{ModelCall, ModelRouter};
 use crate::request::{Outcome, Request};
@@ -109,6 +109,7 @@ impl Generation {
                     fallthrough: spec.fallthrough,
                     slo: spec.slo.clone(),
                     answer_bank: spec.answer_bank.clone(),
+                    record: spec.record.clone(),
                     models: models.clone(),
                     stages,
                 }),
@@ -146,6 +147,8 @@ pub struct Pipeline {
     pub slo: SloSpec,
     /// Its answer bank's settings.
     pub answer_bank: AnswerBankSpec,
+    /// Traffic recording, when on.
+    pub record: Option<RecordSpec>,
     /// The generation's model tiers.
     pub models: Arc<ModelRouter>,
     /// The stages in order.
@@ -192,7 +195,7 @@ impl Candidate {
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
 /// 64-bit FNV-1a: stable across builds and platforms, unlike std's hasher.
-fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
     for &byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
@@ -299,6 +302,9 @@ pub struct Execution {
     pub generation: u64,
     /// The answer-bank key a stage named for this request's answer.
     pub remember_key: Option<String>,
+    /// The request as it left the pipeline's recording point, when the
+    /// pipeline records traffic and the request got that far.
+    pub recorded: Option<Request>,
 }
 
 impl Execution {
@@ -315,6 +321,16 @@ impl Execution {
     pub fn had_failure(&self) -> bool {
         self.trace.iter().any(|run| run.failure.is_some())
     }
+}
+
+/// Where a run through some stages got to.
+struct Progress {
+    request: Request,
+    trace: Vec<StageRun>,
+    remember_key: Option<String>,
+    recorded: Option<Request>,
+    /// `None` when the request passed through every stage run.
+    verdict: Option<Verdict>,
 }
 
 /// A shadow candidate's outcome next to the live version's.
@@ -375,6 +391,8 @@ pub struct RunContext {
     pub shadow_slots: Arc<Semaphore>,
     /// Every pipeline's answer bank.
     pub banks: Arc<Banks>,
+    /// Whether stages may call models (off for golden cases and replays).
+    pub models: bool,
 }
 
 impl RunContext {
@@ -389,7 +407,15 @@ impl RunContext {
             observer,
             shadow_slots: Arc::new(Semaphore::new(shadow_slots)),
             banks: Arc::new(Banks::default()),
+            models: true,
         }
+    }
+
+    /// The same context with model calls turned off: a stage asking for a
+    /// model gets "unavailable".
+    pub fn without_models(mut self) -> RunContext {
+        self.models = false;
+        self
     }
 }
 
@@ -413,18 +439,74 @@ impl Pipeline {
     }
 
     async fn run_stages(&self, ctx: &RunContext, generation: u64, request: Request) -> Execution {
+        let (progress, services) = self
+            .advance(ctx, generation, request, 0..self.stages.len())
+            .await;
+        let verdict = progress
+            .verdict
+            .unwrap_or_else(|| self.fallthrough_verdict());
+        self.finish(
+            &services,
+            progress.request,
+            verdict,
+            progress.trace,
+            generation,
+            (progress.remember_key, progress.recorded),
+        )
+    }
+
+    /// Run only the stages in `range`, as `strata replay` does: the verdict
+    /// one of them reached, or `None` when the request passed through them
+    /// all (past the end of the pipeline, the fallthrough applies).
+    pub async fn run_range(
+        &self,
+        ctx: &RunContext,
+        generation: u64,
+        request: Request,
+        range: std::ops::Range<usize>,
+    ) -> Option<Verdict> {
+        let reaches_end = range.end >= self.stages.len();
+        let (progress, _) = self.advance(ctx, generation, request, range).await;
+        progress
+            .verdict
+            .or_else(|| reaches_end.then(|| self.fallthrough_verdict()))
+    }
+
+    fn fallthrough_verdict(&self) -> Verdict {
+        match self.fallthrough {
+            Fallthrough::Escalate => Verdict::Escalated {
+                reason: "no stage answered this request".to_owned(),
+                draft: None,
+                by: None,
+            },
+            Fallthrough::Reject => Verdict::Rejected {
+                code: "unanswered".to_owned(),
+                message: "no stage could answer this request".to_owned(),
+                by: None,
+            },
+        }
+    }
+
+    async fn advance(
+        &self,
+        ctx: &RunContext,
+        generation: u64,
+        request: Request,
+        range: std::ops::Range<usize>,
+    ) -> (Progress, Services) {
         let mut request = request;
         let mut trace = Vec::with_capacity(self.stages.len());
         let request_id: Arc<str> = request.id.as_str().into();
         let pipeline: Arc<str> = self.name.as_str().into();
         let services = Services {
             bank: Some(ctx.banks.bank(&self.name, &self.answer_bank)),
-            models: Some(self.models.clone()),
+            models: ctx.models.then(|| self.models.clone()),
             read_only_bank: false,
         };
         let mut remember_key = None;
+        let mut recorded = None;
 
-        for stage in &self.stages {
+        for stage in &self.stages[range] {
             let canary = stage
                 .candidate
                 .as_ref()
@@ -493,6 +575,9 @@ impl Pipeline {
                 Ok(Outcome::Next { input, attributes }) => {
                     request.input = input;
                     request.attributes = attributes;
+                    if self.record.as_ref().is_some_and(|r| r.after == by.stage) {
+                        recorded = Some(request.clone());
+                    }
                     continue;
                 }
                 Ok(Outcome::Respond { output, confidence }) => {
@@ -545,22 +630,27 @@ impl Pipeline {
                     }
                 }
             };
-            return self.finish(&services, request, verdict, trace, generation, remember_key);
+            return (
+                Progress {
+                    request,
+                    trace,
+                    remember_key,
+                    recorded,
+                    verdict: Some(verdict),
+                },
+                services,
+            );
         }
-
-        let verdict = match self.fallthrough {
-            Fallthrough::Escalate => Verdict::Escalated {
-                reason: "no stage answered this request".to_owned(),
-                draft: None,
-                by: None,
+        (
+            Progress {
+                request,
+                trace,
+                remember_key,
+                recorded,
+                verdict: None,
             },
-            Fallthrough::Reject => Verdict::Rejected {
-                code: "unanswered".to_owned(),
-                message: "no stage could answer this request".to_owned(),
-                by: None,
-            },
-        };
-        self.finish(&services, request, verdict, trace, generation, remember_key)
+            services,
+        )
     }
 
     /// Remember the answer in the bank when a stage asked for it and the
@@ -572,7 +662,7 @@ impl Pipeline {
         verdict: Verdict,
         trace: Vec<StageRun>,
         generation: u64,
-        remember_key: Option<String>,
+        (remember_key, recorded): (Option<String>, Option<Request>),
     ) -> Execution {
         if let (Some(bank), Some(key), Verdict::Answered { output, by, .. }) =
             (&services.bank, &remember_key, &verdict)
@@ -592,6 +682,7 @@ impl Pipeline {
             trace,
             generation,
             remember_key,
+            recorded,
         }
     }
 

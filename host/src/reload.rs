@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use crate::manifest::{Manifest, ManifestErrorKind, RolloutMode};
 use crate::metrics::Metrics;
 use crate::pipeline::{Candidate, Execution, Generation, Observer, Pipeline, ShadowComparison};
+use crate::record::{Line, Recorders};
 use crate::runtime::capabilities::ImportRule;
 use crate::server::App;
 use crate::slo::{Budgets, MIN_EVENTS_FOR_ROLLBACK, SeriesKey};
@@ -152,6 +153,7 @@ pub struct Operations {
     pub budgets: Budgets,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    recorders: Recorders,
     store: Store,
     manifest_path: PathBuf,
     state: tokio::sync::Mutex<State>,
@@ -163,11 +165,17 @@ pub struct Operations {
 
 impl Operations {
     /// Operations for the host serving `manifest` (already loaded).
-    pub fn new(store: Store, manifest: &Manifest, metrics: Arc<Metrics>) -> Operations {
+    pub fn new(
+        store: Store,
+        manifest: &Manifest,
+        metrics: Arc<Metrics>,
+        data_dir: &Path,
+    ) -> Operations {
         let (alarms, queue) = mpsc::unbounded_channel();
         let watched = manifest.watched_files();
         Operations {
             budgets: Budgets::default(),
+            recorders: Recorders::new(data_dir),
             metrics,
             store,
             manifest_path: manifest.path.clone(),
@@ -387,6 +395,11 @@ async fn reload_locked(
             return finish(report);
         }
     };
+    // Golden cases are the last check before anything changes.
+    if let Err(failures) = crate::cases::gate(&app.runtime, &generation).await {
+        report.error = Some(format!("golden cases failed:\n{failures}"));
+        return finish(report);
+    }
     report.changes = diff(Some(&current), &generation);
     state.watched = generation.manifest.watched_files();
     state.fingerprint = fingerprint(&state.watched);
@@ -903,6 +916,11 @@ impl Observer for Operations {
     fn request_finished(&self, pipeline: &Pipeline, execution: &Execution, elapsed: Duration) {
         self.metrics
             .request_finished(&pipeline.name, execution, elapsed.as_secs_f64());
+        if let Some(spec) = &pipeline.record
+            && let Some(line) = Line::of(execution, spec)
+        {
+            self.recorders.record(spec, &line);
+        }
         let bad =
             execution.had_failure() || elapsed > Duration::from_millis(pipeline.slo.latency_ms);
         self.budgets

@@ -143,10 +143,14 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     .await
     .context("start-up task failed")??;
 
+    crate::cases::gate(&runtime, &generation)
+        .await
+        .map_err(|failures| anyhow::anyhow!("golden cases failed:\n{failures}"))?;
     let data_dir = options
         .data_dir
         .unwrap_or_else(|| manifest.data_dir.clone());
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+    let store_dir = data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
         .await
         .context("store task failed")??;
 
@@ -171,7 +175,12 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
 
     let runtime = Arc::new(runtime);
     let metrics = Arc::new(Metrics::new());
-    let ops = Arc::new(Operations::new(store.clone(), &manifest, metrics.clone()));
+    let ops = Arc::new(Operations::new(
+        store.clone(),
+        &manifest,
+        metrics.clone(),
+        &data_dir,
+    ));
     // Shadows get a quarter of the instance slots at most.
     let shadow_slots = (manifest.runtime.instances as usize / 4).max(1);
     let app = Arc::new(App {

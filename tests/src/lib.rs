@@ -26,8 +26,8 @@ pub fn demo_manifest() -> PathBuf {
     workspace_root().join("examples/support-desk/strata.toml")
 }
 
-/// The demo manifest, copied into `dir` with its plugin paths made absolute
-/// and its model provider at `provider` (a URL such as a `local_llm`'s
+/// The demo manifest, copied into `dir` with its plugin and cases paths made
+/// absolute and its model provider at `provider` (a URL such as a `local_llm`'s
 /// `base_url()`, or a closed port to make the provider unreachable).
 pub fn demo_manifest_in(dir: &Path, provider: &str) -> PathBuf {
     let text = std::fs::read_to_string(demo_manifest()).expect("the demo manifest exists");
@@ -37,7 +37,20 @@ pub fn demo_manifest_in(dir: &Path, provider: &str) -> PathBuf {
             "../../target/guests/wasm32-wasip2/release",
             &guests.display().to_string(),
         )
-        .replace("http://127.0.0.1:8000/v1", provider);
+        .replace("http://127.0.0.1:8000/v1", provider)
+        .replace(
+            "cases = \"cases/",
+            &format!(
+                "cases = \"{}/",
+                workspace_root()
+                    .join("examples/support-desk/cases")
+                    .display()
+            ),
+        )
+        .replace(
+            "cases = \"../../plugins/",
+            &format!("cases = \"{}/", workspace_root().join("plugins").display()),
+        );
     let path = dir.join("strata.toml");
     std::fs::write(&path, text).expect("cannot write the manifest");
     path
@@ -209,6 +222,14 @@ impl TestHost {
         if let Some(host) = self.host.take() {
             host.shutdown().await;
         }
+    }
+
+    /// Stop the host gracefully and keep its directory (and data) alive.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(host) = self.host.take() {
+            host.shutdown().await;
+        }
+        self.dir
     }
 
     /// POST a JSON body; returns the status and the JSON response.

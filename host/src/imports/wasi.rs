@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use std::time::Duration;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder};
+use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
 
 use crate::imports::log::{MAX_LINE_BYTES, truncate};
 use crate::runtime::LogTag;
@@ -23,8 +24,10 @@ use crate::runtime::LogTag;
 /// The most bytes of stdout plus stderr logged per invocation.
 const MAX_OUTPUT_BYTES: usize = 16 * 1024;
 
-/// Build the WASI context of one invocation.
-pub(crate) fn locked_down(tag: &LogTag) -> WasiCtx {
+/// Build the WASI context of one invocation. With a `seed`, the stage is
+/// deterministic: its wall clock is fixed, its monotonic clock stands still,
+/// and its randomness is a stream drawn from the seed.
+pub(crate) fn locked_down(tag: &LogTag, seed: Option<u64>) -> WasiCtx {
     let budget = Arc::new(Mutex::new(OutputBudget::default()));
     let mut builder = WasiCtxBuilder::new();
     builder
@@ -37,7 +40,55 @@ pub(crate) fn locked_down(tag: &LogTag) -> WasiCtx {
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
+    if let Some(seed) = seed {
+        builder
+            .wall_clock(FixedClock)
+            .monotonic_clock(FixedClock)
+            .secure_random(Deterministic::new(seeded_bytes(seed)))
+            .insecure_random(Deterministic::new(seeded_bytes(seed ^ 0x5bd1_e995)))
+            .insecure_random_seed(u128::from(seed) << 64 | u128::from(seed.rotate_left(17)));
+    }
     builder.build()
+}
+
+/// The time a deterministic stage sees: 2024-01-01T00:00:00Z, always.
+pub const FIXED_TIME: Duration = Duration::from_secs(1_704_067_200);
+
+struct FixedClock;
+
+impl HostWallClock for FixedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn now(&self) -> Duration {
+        FIXED_TIME
+    }
+}
+
+impl HostMonotonicClock for FixedClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// 4 KiB of splitmix64 output: the byte stream a deterministic stage's
+/// randomness cycles through.
+fn seeded_bytes(seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    let mut bytes = Vec::with_capacity(4096);
+    while bytes.len() < 4096 {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        bytes.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    bytes
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -292,7 +292,14 @@ impl Runtime {
         let mut store = Store::new(
             &self.engine,
             StageState {
-                wasi: crate::imports::wasi::locked_down(tag),
+                wasi: crate::imports::wasi::locked_down(
+                    tag,
+                    stage.spec.deterministic.map(|seed| {
+                        // The same input meets the same randomness, whatever
+                        // the request id: a replay decides alike.
+                        crate::pipeline::fnv1a(request.input.as_bytes(), seed)
+                    }),
+                ),
                 table: ResourceTable::new(),
                 limiter: StageLimiter::new(limits.memory_mib),
                 context: stage.context.clone(),
