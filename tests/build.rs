@@ -25,6 +25,8 @@ const GUESTS: &[(&str, &str)] = &[
     ("version-one", "tests/components/version-one"),
     ("version-two", "tests/components/version-two"),
     ("clockwork", "tests/components/clockwork"),
+    ("counter", "tests/components/counter"),
+    ("dialer", "tests/components/dialer"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

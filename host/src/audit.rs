@@ -77,6 +77,13 @@ pub struct StageAudit {
     pub on_error: String,
     /// For a candidate: how it is rolled out.
     pub rollout: Option<serde_json::Value>,
+    /// What granted WASI families may reach: read-only directories
+    /// (host -> guest) and addresses.
+    pub wasi: serde_json::Value,
+    /// Instance reuse, when on: state carries over between requests.
+    pub reuse: Option<serde_json::Value>,
+    /// Whether the stage sees a fixed clock and seeded randomness.
+    pub deterministic: bool,
     /// What the audit found.
     pub flags: Vec<String>,
     /// Policies this stage breaks.
@@ -190,6 +197,20 @@ impl AuditReport {
             if let Some(rollout) = &s.rollout {
                 let _ = writeln!(out, "  rollout   {rollout}");
             }
+            if s.wasi["dirs"].as_array().is_some_and(|d| !d.is_empty())
+                || s.wasi["allow"].as_array().is_some_and(|a| !a.is_empty())
+            {
+                let _ = writeln!(out, "  wasi      {}", s.wasi);
+            }
+            if let Some(reuse) = &s.reuse {
+                let _ = writeln!(
+                    out,
+                    "  reuse     {reuse} (state in the instance carries over between requests)"
+                );
+            }
+            if s.deterministic {
+                let _ = writeln!(out, "  clock     fixed; randomness seeded (deterministic)");
+            }
             for (i, import) in s.imports.iter().enumerate() {
                 let _ = writeln!(
                     out,
@@ -275,6 +296,16 @@ fn audit_version(
         limits_set: spec.limits_set,
         on_error: spec.on_error.as_str().to_owned(),
         rollout,
+        wasi: serde_json::json!({
+            "dirs": spec.wasi.dirs.iter()
+                .map(|(host, guest)| serde_json::json!({"host": host, "guest": guest, "access": "read-only"}))
+                .collect::<Vec<_>>(),
+            "allow": spec.wasi.allow.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        }),
+        reuse: spec
+            .reuse
+            .map(|r| serde_json::json!({"max_uses": r.max_uses, "max_idle": r.max_idle})),
+        deterministic: spec.deterministic.is_some(),
         flags: Vec::new(),
         breaks: Vec::new(),
         broken: None,

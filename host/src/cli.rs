@@ -381,6 +381,29 @@ fn write_check_report(
                 limits.output_kib
             )?;
             writeln!(out, "     on_error  {}", spec.on_error.as_str())?;
+            for (host, guest) in &spec.wasi.dirs {
+                writeln!(
+                    out,
+                    "     directory {} as {guest} (read-only)",
+                    host.display()
+                )?;
+            }
+            for address in &spec.wasi.allow {
+                writeln!(out, "     may reach {address}")?;
+            }
+            if let Some(reuse) = spec.reuse {
+                writeln!(
+                    out,
+                    "     reuse     an instance serves up to {} requests ({} kept idle)",
+                    reuse.max_uses, reuse.max_idle
+                )?;
+            }
+            if spec.deterministic.is_some() {
+                writeln!(
+                    out,
+                    "     clock     fixed; randomness seeded (deterministic)"
+                )?;
+            }
             // Granted interfaces one per line; the locked-down WASI baseline
             // that every std-built guest imports on one.
             let (baseline, granted): (Vec<_>, Vec<_>) = stage

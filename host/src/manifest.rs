@@ -342,6 +342,49 @@ pub struct StageSpec {
     /// A fixed clock and seeded randomness, so the stage's decisions can be
     /// replayed: `Some(seed)` when the stage is deterministic.
     pub deterministic: Option<u64>,
+    /// What granted WASI families may reach.
+    pub wasi: WasiSpec,
+    /// Instance reuse, when the stage opts in.
+    pub reuse: Option<ReuseSpec>,
+}
+
+/// What a stage's granted WASI families may reach (`[...stages.wasi]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WasiSpec {
+    /// Read-only directories: (host directory, path the guest sees).
+    pub dirs: Vec<(PathBuf, String)>,
+    /// Addresses the stage may connect to or send to.
+    pub allow: Vec<SocketAddr>,
+}
+
+/// Instance reuse (`reuse = { max_uses = N, max_idle = M }`): an instance
+/// serves up to `max_uses` requests, one at a time, and is discarded after a
+/// failure of any kind. Anything the guest keeps in memory (globals, caches,
+/// a counter) carries over from one request to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReuseSpec {
+    /// Requests one instance serves before it is discarded.
+    pub max_uses: u32,
+    /// Idle instances kept ready; each holds a slot of the instance pool.
+    #[serde(default = "default_max_idle")]
+    pub max_idle: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWasi {
+    #[serde(default)]
+    dirs: Vec<RawDir>,
+    #[serde(default)]
+    allow: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDir {
+    host: PathBuf,
+    guest: String,
 }
 
 /// A candidate version of a stage (`[pipelines.P.stages.candidate]`): it
@@ -458,11 +501,24 @@ pub enum Grant {
     Cache,
     /// `strata:pipeline/model`: completions from the manifest's model tiers.
     Model,
+    /// `wasi:filesystem`: linked, but with no directory unless the stage's
+    /// `wasi.dirs` names one (read-only).
+    WasiFilesystem,
+    /// `wasi:sockets`: linked, but every address refused unless the stage's
+    /// `wasi.allow` lists it.
+    WasiSockets,
 }
 
 impl Grant {
     /// Every grant, in the order they are documented.
-    pub const ALL: [Grant; 4] = [Grant::Log, Grant::Config, Grant::Cache, Grant::Model];
+    pub const ALL: [Grant; 6] = [
+        Grant::Log,
+        Grant::Config,
+        Grant::Cache,
+        Grant::Model,
+        Grant::WasiFilesystem,
+        Grant::WasiSockets,
+    ];
 
     /// The name used in manifests.
     pub fn as_str(self) -> &'static str {
@@ -471,6 +527,8 @@ impl Grant {
             Grant::Config => "config",
             Grant::Cache => "cache",
             Grant::Model => "model",
+            Grant::WasiFilesystem => "wasi:filesystem",
+            Grant::WasiSockets => "wasi:sockets",
         }
     }
 
@@ -813,6 +871,10 @@ struct RawStage {
     deterministic: Option<bool>,
     #[serde(default)]
     seed: Option<u64>,
+    #[serde(default)]
+    wasi: Option<RawWasi>,
+    #[serde(default)]
+    reuse: Option<ReuseSpec>,
 }
 
 #[derive(Deserialize)]
@@ -1160,6 +1222,27 @@ impl Parser<'_> {
                 Some(std::fs::canonicalize(&resolved).unwrap_or(resolved))
             }
         };
+        let wasi = self.wasi(raw.wasi, &grants, &at)?;
+        if let Some(reuse) = &raw.reuse {
+            if reuse.max_uses < 1 || reuse.max_idle > 1_000 {
+                return Err(self.error(
+                    at("reuse"),
+                    ManifestErrorKind::Invalid(
+                        "max_uses must be at least 1 and max_idle at most 1000".to_owned(),
+                    ),
+                ));
+            }
+            if deterministic.is_some() {
+                return Err(self.error(
+                    at("reuse"),
+                    ManifestErrorKind::Invalid(
+                        "a deterministic stage cannot reuse instances: state kept between \
+                         requests would make its decisions depend on earlier ones"
+                            .to_owned(),
+                    ),
+                ));
+            }
+        }
         Ok(StageSpec {
             name: raw.name,
             layer: Layer(raw.layer),
@@ -1172,7 +1255,60 @@ impl Parser<'_> {
             candidate,
             cases,
             deterministic,
+            wasi,
+            reuse: raw.reuse,
         })
+    }
+
+    fn wasi(
+        &self,
+        raw: Option<RawWasi>,
+        grants: &BTreeSet<Grant>,
+        at: &dyn Fn(&str) -> Location,
+    ) -> Result<WasiSpec, ManifestError> {
+        let Some(raw) = raw else {
+            return Ok(WasiSpec::default());
+        };
+        let invalid = |key: &str, msg: String| self.error(at(key), ManifestErrorKind::Invalid(msg));
+        if !raw.dirs.is_empty() && !grants.contains(&Grant::WasiFilesystem) {
+            return Err(invalid(
+                "wasi.dirs",
+                "directories need the \"wasi:filesystem\" grant".to_owned(),
+            ));
+        }
+        if !raw.allow.is_empty() && !grants.contains(&Grant::WasiSockets) {
+            return Err(invalid(
+                "wasi.allow",
+                "addresses need the \"wasi:sockets\" grant".to_owned(),
+            ));
+        }
+        let mut dirs = Vec::new();
+        for dir in raw.dirs {
+            let host = self.base.join(&dir.host);
+            if !host.is_dir() {
+                return Err(invalid(
+                    "wasi.dirs",
+                    format!("{} is not a directory", host.display()),
+                ));
+            }
+            if !dir.guest.starts_with('/') {
+                return Err(invalid(
+                    "wasi.dirs",
+                    format!("the guest path \"{}\" must be absolute", dir.guest),
+                ));
+            }
+            dirs.push((std::fs::canonicalize(&host).unwrap_or(host), dir.guest));
+        }
+        let mut allow = Vec::new();
+        for address in raw.allow {
+            allow.push(address.parse().map_err(|_| {
+                invalid(
+                    "wasi.allow",
+                    format!("\"{address}\" is not an IP address and port such as 10.0.0.5:443"),
+                )
+            })?);
+        }
+        Ok(WasiSpec { dirs, allow })
     }
 
     fn candidate(
@@ -1520,6 +1656,9 @@ fn default_admin_listen() -> SocketAddr {
 }
 fn default_debounce_ms() -> u64 {
     500
+}
+fn default_max_idle() -> u32 {
+    4
 }
 fn default_record_mib() -> u64 {
     64

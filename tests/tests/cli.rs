@@ -61,7 +61,7 @@ fn check_fails_with_the_reason() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("wasi:filesystem/types@0.2.6 (not available to stages)"),
+        stderr.contains("wasi:filesystem/types@0.2.6 (needs grant \"wasi:filesystem\")"),
         "{stderr}"
     );
 }

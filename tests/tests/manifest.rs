@@ -70,7 +70,7 @@ fn unknown_stage_key() {
         message,
         "$DIR/strata.toml: pipeline \"support\", stage \"only\": unknown field `timeout_ms`, \
          expected one of `name`, `plugin`, `layer`, `sha256`, `grants`, `limits`, `on_error`, \
-         `config`, `candidate`"
+         `config`, `candidate`, `cases`, `deterministic`, `seed`, `wasi`, `reuse`"
     );
 }
 
@@ -94,7 +94,7 @@ fn unknown_pipeline_key() {
     assert_eq!(
         message,
         "$DIR/strata.toml: pipeline \"support\": unknown field `min_confidenc`, expected one of \
-         `min_confidence`, `fallthrough`, `slo`, `answer_bank`, `stages`"
+         `min_confidence`, `fallthrough`, `slo`, `answer_bank`, `record`, `cases`, `stages`"
     );
 }
 
@@ -219,8 +219,8 @@ fn file_that_is_not_a_component() {
 
 #[test]
 fn every_ungranted_import_is_listed() {
-    // reads-file uses the filesystem (never grantable here) and the log
-    // (grantable, but not granted): all three imports are named at once.
+    // reads-file uses the filesystem and the log, neither granted: all three
+    // imports are named at once.
     let (error, message) = refusal(&one_stage(components::READS_FILE, ""));
     let ManifestErrorKind::UngrantedImports { imports, .. } = &*error.kind else {
         panic!("unexpected {error}");
@@ -231,8 +231,8 @@ fn every_ungranted_import_is_listed() {
         "$DIR/strata.toml: pipeline \"support\", stage \"only\", key \"plugin\": \
          $GUESTS/reads_file.wasm imports what the stage is not granted: \
          strata:pipeline/log@0.1.0 (needs grant \"log\"), \
-         wasi:filesystem/types@0.2.6 (not available to stages), \
-         wasi:filesystem/preopens@0.2.6 (not available to stages)"
+         wasi:filesystem/types@0.2.6 (needs grant \"wasi:filesystem\"), \
+         wasi:filesystem/preopens@0.2.6 (needs grant \"wasi:filesystem\")"
     );
 }
 
@@ -291,7 +291,7 @@ fn invalid_values() {
         (
             stage("grants = [\"network\"]"),
             "pipeline \"support\", stage \"only\", key \"grants\": unknown grant \"network\"; \
-             known grants: log, config, cache, model",
+             known grants: log, config, cache, model, wasi:filesystem, wasi:sockets",
         ),
         (
             stage("grants = [\"log\", \"log\"]"),

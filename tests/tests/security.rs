@@ -291,7 +291,9 @@ plugin = {}
         "{text}"
     );
     assert!(
-        text.contains("! wasi:filesystem/preopens@0.2.6 (not available to stages)"),
+        text.contains(
+            "! wasi:filesystem/preopens@0.2.6 (needs grant \"wasi:filesystem\", not granted)"
+        ),
         "{text}"
     );
     assert!(

@@ -3,43 +3,123 @@
 //! Rust's standard library makes a guest import `wasi:cli` and `wasi:io` even
 //! if it never prints. Those imports are satisfied here with nothing behind
 //! them: no arguments, no environment, no preopened directory, no network
-//! (TCP, UDP and name lookup are all refused), stdin empty. Whatever the guest
-//! writes to stdout or stderr goes into the host log, one event per line,
-//! tagged with the stage and the request, and bounded per invocation.
+//! (TCP, UDP and name lookup are all refused), stdin empty. A stage granted
+//! `wasi:filesystem` sees only the directories its manifest entry names, read
+//! only; one granted `wasi:sockets` may reach only the addresses it lists.
+//! Whatever the guest writes to stdout or stderr goes into the host log, one
+//! event per line, tagged with the stage and the request, and bounded per
+//! invocation.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use std::time::Duration;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{
+    Deterministic, FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder,
+};
 
 use crate::imports::log::{MAX_LINE_BYTES, truncate};
+use crate::manifest::WasiSpec;
 use crate::runtime::LogTag;
 
 /// The most bytes of stdout plus stderr logged per invocation.
 const MAX_OUTPUT_BYTES: usize = 16 * 1024;
 
-/// Build the WASI context of one invocation. With a `seed`, the stage is
+/// Who is writing, and how much they wrote, for one instance's stdout and
+/// stderr. A reused instance gets a new tag and a fresh budget per request.
+#[derive(Clone)]
+pub(crate) struct GuestLogs(Arc<Mutex<LogState>>);
+
+struct LogState {
+    tag: LogTag,
+    logged: usize,
+    dropped: usize,
+}
+
+impl GuestLogs {
+    pub(crate) fn new(tag: LogTag) -> GuestLogs {
+        GuestLogs(Arc::new(Mutex::new(LogState {
+            tag,
+            logged: 0,
+            dropped: 0,
+        })))
+    }
+
+    /// Start a new invocation: a new tag, a fresh budget. Reports what the
+    /// last one dropped.
+    pub(crate) fn restart(&self, tag: LogTag) {
+        let mut state = self.lock();
+        report_dropped(&state);
+        *state = LogState {
+            tag,
+            logged: 0,
+            dropped: 0,
+        };
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for LogState {
+    fn drop(&mut self) {
+        report_dropped(self);
+    }
+}
+
+fn report_dropped(state: &LogState) {
+    if state.dropped > 0 {
+        let tag = &state.tag;
+        tracing::warn!(
+            request_id = %tag.request_id, pipeline = %tag.pipeline,
+            generation = tag.generation, stage = %tag.stage, digest = %tag.digest,
+            dropped_bytes = state.dropped,
+            "stage output over the {MAX_OUTPUT_BYTES}-byte log budget was dropped"
+        );
+    }
+}
+
+/// Build the WASI context of one instance. With a `seed`, the stage is
 /// deterministic: its wall clock is fixed, its monotonic clock stands still,
 /// and its randomness is a stream drawn from the seed.
-pub(crate) fn locked_down(tag: &LogTag, seed: Option<u64>) -> WasiCtx {
-    let budget = Arc::new(Mutex::new(OutputBudget::default()));
+pub(crate) fn locked_down(logs: &GuestLogs, seed: Option<u64>, wasi: &WasiSpec) -> WasiCtx {
     let mut builder = WasiCtxBuilder::new();
     builder
-        .stdout(GuestOutput::new(
-            tag.clone(),
-            Channel::Stdout,
-            budget.clone(),
-        ))
-        .stderr(GuestOutput::new(tag.clone(), Channel::Stderr, budget))
-        .allow_tcp(false)
-        .allow_udp(false)
+        .stdout(GuestOutput::new(logs.clone(), Channel::Stdout))
+        .stderr(GuestOutput::new(logs.clone(), Channel::Stderr))
         .allow_ip_name_lookup(false);
+    for (host, guest) in &wasi.dirs {
+        // Checked when the manifest was read; a directory removed since is
+        // simply not there for the guest.
+        if let Err(error) = builder.preopened_dir(host, guest, FsPerms::ReadOnly) {
+            tracing::warn!(directory = %host.display(), %error, "cannot open a stage's directory");
+        }
+    }
+    if wasi.allow.is_empty() {
+        builder.allow_tcp(false).allow_udp(false);
+    } else {
+        let allowed = Arc::new(wasi.allow.clone());
+        builder.allow_tcp(true).allow_udp(true);
+        builder.socket_addr_check(move |address, usage| {
+            let permitted = match usage {
+                // Connecting binds implicitly to the wildcard address; that
+                // is allowed, binding to anything else (or listening) is not.
+                SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+                    address.ip().is_unspecified() && address.port() == 0
+                }
+                SocketAddrUse::TcpListen => false,
+                _ => allowed.contains(&address),
+            };
+            Box::pin(async move { permitted })
+        });
+    }
     if let Some(seed) = seed {
         builder
             .wall_clock(FixedClock)
@@ -97,13 +177,6 @@ enum Channel {
     Stderr,
 }
 
-/// Bytes logged so far by one invocation, shared by its stdout and stderr.
-#[derive(Debug, Default)]
-struct OutputBudget {
-    logged: usize,
-    dropped: usize,
-}
-
 /// One of a guest's output streams. Cloned for each stream handle the guest
 /// opens; the line buffer is shared, and the last clone to go flushes it.
 #[derive(Clone)]
@@ -112,13 +185,12 @@ struct GuestOutput {
 }
 
 impl GuestOutput {
-    fn new(tag: LogTag, channel: Channel, budget: Arc<Mutex<OutputBudget>>) -> Self {
+    fn new(logs: GuestLogs, channel: Channel) -> Self {
         GuestOutput {
             lines: Arc::new(Mutex::new(LineBuffer {
-                tag,
+                logs,
                 channel,
                 pending: Vec::new(),
-                budget,
             })),
         }
     }
@@ -126,16 +198,15 @@ impl GuestOutput {
     fn accept(&self, bytes: &[u8]) {
         self.lines
             .lock()
-            .expect("guest output lock is never poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .push(bytes);
     }
 }
 
 struct LineBuffer {
-    tag: LogTag,
+    logs: GuestLogs,
     channel: Channel,
     pending: Vec<u8>,
-    budget: Arc<Mutex<OutputBudget>>,
 }
 
 impl LineBuffer {
@@ -155,16 +226,16 @@ impl LineBuffer {
 
     fn emit(&mut self) {
         let line = std::mem::take(&mut self.pending);
-        let mut budget = self.budget.lock().expect("budget lock is never poisoned");
-        if budget.logged + line.len() > MAX_OUTPUT_BYTES {
-            budget.dropped += line.len() + 1;
+        let mut state = self.logs.lock();
+        if state.logged + line.len() > MAX_OUTPUT_BYTES {
+            state.dropped += line.len() + 1;
             return;
         }
-        budget.logged += line.len() + 1;
-        drop(budget);
+        state.logged += line.len() + 1;
+        let tag = state.tag.clone();
+        drop(state);
         let text = String::from_utf8_lossy(&line);
         let text = truncate(&text, MAX_LINE_BYTES);
-        let tag = &self.tag;
         match self.channel {
             Channel::Stdout => tracing::info!(
                 target: "strata::guest::stdout",
@@ -186,18 +257,6 @@ impl Drop for LineBuffer {
     fn drop(&mut self) {
         if !self.pending.is_empty() {
             self.emit();
-        }
-        // The stdout buffer drops after the stderr one or the other way
-        // round; whichever goes last reports what the budget dropped.
-        let budget = self.budget.lock().expect("budget lock is never poisoned");
-        if budget.dropped > 0 && Arc::strong_count(&self.budget) == 1 {
-            let tag = &self.tag;
-            tracing::warn!(
-                request_id = %tag.request_id, pipeline = %tag.pipeline,
-                generation = tag.generation, stage = %tag.stage, digest = %tag.digest,
-                dropped_bytes = budget.dropped,
-                "stage output over the {MAX_OUTPUT_BYTES}-byte log budget was dropped"
-            );
         }
     }
 }

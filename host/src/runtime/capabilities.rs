@@ -3,8 +3,10 @@
 //! Every import of a component is classified here. Types-only interfaces and
 //! the WASI interfaces that Rust's standard library pulls in (I/O streams,
 //! CLI environment and stdio, clocks, randomness) are always satisfied, by a
-//! locked-down WASI context. Host interfaces need their grant. Anything else
-//! (the filesystem, sockets, unknown packages) is refused. The check runs on
+//! locked-down WASI context. Host interfaces need their grant, and so do the
+//! WASI filesystem and sockets, which are linked confined (no directory, no
+//! address, unless the stage's `wasi` table names some). Anything else
+//! (`wasi:http`, unknown packages) is refused. The check runs on
 //! the component's declared imports before linking, so a refusal names every
 //! offending import rather than only the first one the linker trips over.
 
@@ -33,6 +35,10 @@ impl ImportRule {
             "strata:pipeline/config" => ImportRule::Grant(Grant::Config),
             "strata:pipeline/cache" => ImportRule::Grant(Grant::Cache),
             "strata:pipeline/model" => ImportRule::Grant(Grant::Model),
+            _ if interface.starts_with("wasi:filesystem/") => {
+                ImportRule::Grant(Grant::WasiFilesystem)
+            }
+            _ if interface.starts_with("wasi:sockets/") => ImportRule::Grant(Grant::WasiSockets),
             _ if BASELINE_PACKAGES.iter().any(|p| interface.starts_with(p)) => ImportRule::Baseline,
             _ => ImportRule::Denied,
         }
@@ -70,8 +76,14 @@ mod tests {
             ("wasi:cli/stdout@0.2.6", ImportRule::Baseline),
             ("wasi:io/streams@0.2.0", ImportRule::Baseline),
             ("wasi:random/insecure-seed@0.2.6", ImportRule::Baseline),
-            ("wasi:filesystem/preopens@0.2.6", ImportRule::Denied),
-            ("wasi:sockets/tcp@0.2.6", ImportRule::Denied),
+            (
+                "wasi:filesystem/preopens@0.2.6",
+                ImportRule::Grant(Grant::WasiFilesystem),
+            ),
+            (
+                "wasi:sockets/tcp@0.2.6",
+                ImportRule::Grant(Grant::WasiSockets),
+            ),
             ("wasi:http/outgoing-handler@0.2.6", ImportRule::Denied),
             ("example:other/thing", ImportRule::Denied),
         ];

@@ -228,6 +228,10 @@ impl Runtime {
             imports,
             exports,
             pre,
+            reuse: spec.reuse.map(|spec| ReusePool {
+                spec,
+                idle: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -271,10 +275,10 @@ impl Runtime {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Run one stage on one request in a fresh instance.
+    /// Run one stage on one request: in a fresh instance, or, for a stage
+    /// that opts into reuse, in an idle instance of its own if one waits.
     ///
-    /// This is the one place that gets an instance for a stage: a future
-    /// per-stage instance-reuse option belongs here and nowhere else.
+    /// This is the one place that gets an instance for a stage.
     pub async fn invoke(
         &self,
         stage: &LoadedStage,
@@ -283,59 +287,41 @@ impl Runtime {
         services: &Services,
     ) -> Invocation {
         let limits = stage.spec.limits;
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .expect("the slot semaphore is never closed");
-
-        let mut store = Store::new(
-            &self.engine,
-            StageState {
-                wasi: crate::imports::wasi::locked_down(
-                    tag,
-                    stage.spec.deterministic.map(|seed| {
-                        // The same input meets the same randomness, whatever
-                        // the request id: a replay decides alike.
-                        crate::pipeline::fnv1a(request.input.as_bytes(), seed)
-                    }),
-                ),
-                table: ResourceTable::new(),
-                limiter: StageLimiter::new(limits.memory_mib),
-                context: stage.context.clone(),
-                tag: tag.clone(),
-                services: services.clone(),
-                effects: Effects::default(),
-                timed_out: false,
-                log_lines: 0,
-                log_lines_dropped: 0,
-            },
-        );
-        store.limiter(|state| &mut state.limiter);
-        if self.settings.fuel_metering {
-            store
-                .set_fuel(limits.fuel.unwrap_or(u64::MAX))
-                .expect("fuel metering is enabled on this engine");
-        }
-        let timeout = Duration::from_millis(limits.timeout_ms);
-        let deadline = Instant::now() + timeout;
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |mut ctx| {
-            if Instant::now() >= deadline {
-                ctx.data_mut().timed_out = true;
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                // Let other requests run, then come back for another tick.
-                Ok(UpdateDeadline::Yield(1))
+        let idle = stage
+            .reuse
+            .as_ref()
+            .and_then(|pool| pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop());
+        let (mut store, instance, slot, uses) = match idle {
+            Some(idle) => (idle.store, Some(idle.instance), idle.slot, idle.uses),
+            None => {
+                let slot = self
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the slot semaphore is never closed");
+                (self.new_store(stage, request, tag), None, slot, 0)
             }
-        });
+        };
+        prepare(
+            &mut store,
+            stage,
+            tag,
+            services,
+            self.settings.fuel_metering,
+        );
 
+        let timeout = Duration::from_millis(limits.timeout_ms);
         let call = async {
-            let instance = stage.pre.instantiate_async(&mut store).await?;
-            instance
+            let instance = match instance {
+                Some(instance) => instance,
+                None => stage.pre.instantiate_async(&mut store).await?,
+            };
+            let outcome = instance
                 .strata_pipeline_stage()
                 .call_handle(&mut store, &request.into())
-                .await
+                .await?;
+            wasmtime::Result::Ok((instance, outcome))
         };
         // The epoch deadline only fires while guest code runs; this bounds
         // time the guest spends waiting on the host (a WASI poll, say).
@@ -353,14 +339,60 @@ impl Runtime {
                 crate::imports::log::MAX_LINES
             );
         }
-        let outcome = match result {
-            Err(_) => Err(StageFailure::Timeout {
-                ms: limits.timeout_ms,
-            }),
-            Ok(Ok(outcome)) => check_outcome(outcome.into(), &limits),
-            Ok(Err(error)) => Err(classify(error, state, &limits)),
+        let (outcome, instance) = match result {
+            Err(_) => (
+                Err(StageFailure::Timeout {
+                    ms: limits.timeout_ms,
+                }),
+                None,
+            ),
+            Ok(Ok((instance, outcome))) => (check_outcome(outcome.into(), &limits), Some(instance)),
+            Ok(Err(error)) => (Err(classify(error, state, &limits)), None),
         };
+        // A reusable instance goes back only after a clean call: a trap, a
+        // limit or an invalid outcome may have left it in any state.
+        if let (Some(pool), Some(instance), Ok(_)) = (&stage.reuse, instance, &outcome) {
+            let uses = uses + 1;
+            if uses < pool.spec.max_uses {
+                let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < pool.spec.max_idle as usize {
+                    idle.push(Idle {
+                        store,
+                        instance,
+                        slot,
+                        uses,
+                    });
+                }
+            }
+        }
         Invocation { outcome, effects }
+    }
+
+    fn new_store(&self, stage: &LoadedStage, request: &Request, tag: &LogTag) -> Store<StageState> {
+        let logs = crate::imports::wasi::GuestLogs::new(tag.clone());
+        let seed = stage.spec.deterministic.map(|seed| {
+            // The same input meets the same randomness, whatever the request
+            // id: a replay decides alike.
+            crate::pipeline::fnv1a(request.input.as_bytes(), seed)
+        });
+        let mut store = Store::new(
+            &self.engine,
+            StageState {
+                wasi: crate::imports::wasi::locked_down(&logs, seed, &stage.spec.wasi),
+                table: ResourceTable::new(),
+                limiter: StageLimiter::new(stage.spec.limits.memory_mib),
+                context: stage.context.clone(),
+                tag: tag.clone(),
+                logs,
+                services: Services::default(),
+                effects: Effects::default(),
+                timed_out: false,
+                log_lines: 0,
+                log_lines_dropped: 0,
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        store
     }
 
     /// The HTTP client host services (model providers) share.
@@ -399,6 +431,59 @@ pub struct Invocation {
     pub outcome: Result<Outcome, StageFailure>,
     /// What it did on the way.
     pub effects: Effects,
+}
+
+/// Set a store up for one invocation: who it serves, what it may use, and
+/// its time and fuel (memory is capped for the instance's whole life).
+fn prepare(
+    store: &mut Store<StageState>,
+    stage: &LoadedStage,
+    tag: &LogTag,
+    services: &Services,
+    fuel_metering: bool,
+) {
+    let limits = stage.spec.limits;
+    let state = store.data_mut();
+    if state.tag.request_id != tag.request_id {
+        state.logs.restart(tag.clone());
+        state.tag = tag.clone();
+    }
+    state.services = services.clone();
+    state.effects = Effects::default();
+    state.timed_out = false;
+    state.log_lines = 0;
+    state.log_lines_dropped = 0;
+    if fuel_metering {
+        store
+            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+            .expect("fuel metering is enabled on this engine");
+    }
+    let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |mut ctx| {
+        if Instant::now() >= deadline {
+            ctx.data_mut().timed_out = true;
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            // Let other requests run, then come back for another tick.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+}
+
+/// An instance waiting for its next request, with its store and the pool
+/// slot it holds.
+struct Idle {
+    store: Store<StageState>,
+    instance: bindings::Plugin,
+    slot: tokio::sync::OwnedSemaphorePermit,
+    uses: u32,
+}
+
+/// The idle instances of a stage that reuses them.
+pub(crate) struct ReusePool {
+    spec: crate::manifest::ReuseSpec,
+    idle: Mutex<Vec<Idle>>,
 }
 
 /// Advance the engine's epoch every tick for as long as the engine lives.
@@ -535,6 +620,7 @@ pub struct LoadedStage {
     pub exports: Vec<String>,
     pre: PluginPre<StageState>,
     context: Arc<StageContext>,
+    reuse: Option<ReusePool>,
 }
 
 /// What a component exports and imports.
@@ -621,6 +707,7 @@ pub(crate) struct StageState {
     limiter: StageLimiter,
     pub(crate) context: Arc<StageContext>,
     pub(crate) tag: LogTag,
+    logs: crate::imports::wasi::GuestLogs,
     pub(crate) services: Services,
     pub(crate) effects: Effects,
     timed_out: bool,

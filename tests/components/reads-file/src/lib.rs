@@ -1,6 +1,7 @@
-//! Test component `reads-file`: a stage that reads a host file, so that it
-//! imports `wasi:filesystem` and must be refused at load time; it also logs,
-//! so that a stage granted nothing is refused for every import at once.
+//! Test component `reads-file`: reads the file named by the request input
+//! and answers with its contents (or the error), so that it imports
+//! `wasi:filesystem`; it also logs, so a stage granted nothing is refused for
+//! every import at once.
 
 use strata_sdk::{Outcome, Request, Stage, export_stage, log};
 
@@ -8,9 +9,11 @@ struct ReadsFile;
 
 impl Stage for ReadsFile {
     fn handle(request: Request) -> Outcome {
-        let secret = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-        log::info("read a file");
-        Outcome::respond(secret, 1.0 + request.input.len() as f64 * 0.0)
+        log::info("reading a file");
+        match std::fs::read_to_string(request.input.trim()) {
+            Ok(text) => Outcome::respond(text, 1.0),
+            Err(error) => Outcome::respond(format!("error: {error}"), 1.0),
+        }
     }
 }
 
