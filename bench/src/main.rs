@@ -8,13 +8,16 @@
 //!   100 ms, the time a reload takes to serve, and restart times with and
 //!   without the compile cache;
 //! - `layers`: a cache hit against bare hyper, and a Banking77-drawn trace
-//!   through the layered pipeline against sending everything to the model.
+//!   through the layered pipeline against sending everything to the model;
+//! - `polyglot`: a stage's cost per request in Rust, Python and JavaScript,
+//!   fresh and reused, and four Rust stages with reuse against bare hyper.
 //!
 //! Run it through `scripts/bench`, which builds what it needs first.
 
 mod foundation;
 mod harness;
 mod layers;
+mod polyglot;
 mod reload;
 
 use std::path::{Path, PathBuf};
@@ -28,7 +31,7 @@ use crate::harness::Load;
 #[derive(Debug, Parser)]
 struct Args {
     /// Which scenarios to run.
-    #[arg(long, value_enum, default_values_t = [Scenario::Foundation, Scenario::Reload, Scenario::Layers])]
+    #[arg(long, value_enum, default_values_t = [Scenario::Foundation, Scenario::Reload, Scenario::Layers, Scenario::Polyglot])]
     scenario: Vec<Scenario>,
     /// Seconds of load per measurement.
     #[arg(long, default_value_t = 10)]
@@ -65,6 +68,8 @@ enum Scenario {
     Reload,
     /// A cache hit against bare hyper; the layers' economics on a trace.
     Layers,
+    /// Stage cost by language and instance mode; four stages reused.
+    Polyglot,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +97,7 @@ fn main() -> anyhow::Result<()> {
                 };
                 ("layers", layers::run(&root, &load, &trace)?)
             }
+            Scenario::Polyglot => ("polyglot", polyglot::run(&root, &load)?),
         };
         println!("{report}");
         harness::write_section(&out, name, &report)?;

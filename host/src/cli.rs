@@ -179,6 +179,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
                 admin_listen,
                 data_dir: data,
                 tokens: None,
+                compile_cache: None,
             })
             .await?;
             host.run_until(shutdown_signal()).await;

@@ -71,6 +71,9 @@ pub struct HostOptions {
     pub data_dir: Option<PathBuf>,
     /// Use these tokens instead of reading them from the environment.
     pub tokens: Option<Tokens>,
+    /// Keep compiled components here instead of `DATA_DIR/compile-cache`
+    /// (several hosts may share one).
+    pub compile_cache: Option<PathBuf>,
 }
 
 impl HostOptions {
@@ -82,6 +85,7 @@ impl HostOptions {
             admin_listen: None,
             data_dir: None,
             tokens: None,
+            compile_cache: None,
         }
     }
 }
@@ -132,11 +136,13 @@ impl RunningHost {
 pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     let manifest_path = options.manifest.clone();
     let data_override = options.data_dir.clone();
+    let cache_override = options.compile_cache.clone();
     // Reading plugins and compiling them is blocking, CPU-heavy work.
     let (manifest, runtime, generation) = tokio::task::spawn_blocking(move || {
         let manifest = Arc::new(Manifest::load(&manifest_path)?);
         let data_dir = data_override.unwrap_or_else(|| manifest.data_dir.clone());
-        let runtime = Runtime::new(&manifest.runtime, Some(&data_dir.join("compile-cache")))?;
+        let cache = cache_override.unwrap_or_else(|| data_dir.join("compile-cache"));
+        let runtime = Runtime::new(&manifest.runtime, Some(&cache))?;
         let generation = Generation::load(manifest.clone(), &runtime, 1)?;
         anyhow::Ok((manifest, runtime, generation))
     })

@@ -96,6 +96,9 @@ fn options(manifest: &Path, dir: &Path, tokens: Tokens) -> HostOptions {
     options.admin_listen = Some("127.0.0.1:0".parse().expect("a valid address"));
     options.data_dir = Some(dir.join("data"));
     options.tokens = Some(tokens);
+    // Compiled components are shared by every test host (and kept between
+    // runs): the Python and JavaScript ones take seconds to compile.
+    options.compile_cache = Some(workspace_root().join("target").join("test-compile-cache"));
     options
 }
 

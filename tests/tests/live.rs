@@ -661,23 +661,41 @@ async fn the_audit_log_records_capability_changes() {
 
 #[tokio::test]
 async fn compiled_components_are_cached_on_disk() {
+    // Started directly, with the default cache in the data directory.
     let dir = directory_with(components::VERSION_ONE);
-    let mut host = TestHost::start_in(
-        dir,
-        &versioned_manifest("", "watch = false"),
-        Tokens::default(),
-    )
-    .await;
-    let cache = host.dir().join("data").join("compile-cache");
+    let manifest = dir.path().join("strata.toml");
+    std::fs::write(&manifest, versioned_manifest("", "watch = false")).unwrap();
+    let mut options = strata::HostOptions::new(&manifest);
+    options.listen = Some("127.0.0.1:0".parse().unwrap());
+    options.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    options.data_dir = Some(dir.path().join("data"));
+    options.tokens = Some(Tokens::default());
+    let host = strata::start(options.clone()).await.unwrap();
+    host.shutdown().await;
+    let cache = dir.path().join("data").join("compile-cache");
     let files = walk(&cache);
     assert!(
         !files.is_empty(),
         "nothing was cached in {}",
         cache.display()
     );
-    host.restart().await;
-    let (_, body) = host.ask("p", "hi").await;
+    // A restart finds them (and serves as before).
+    let host = strata::start(options).await.unwrap();
+    let body: Value = reqwest::Client::new()
+        .post(format!("http://{}/v1/pipelines/p", host.addr()))
+        .json(&json!({"input": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["output"], "hi |v1 |v1");
+    assert_eq!(
+        walk(&cache).len(),
+        files.len(),
+        "nothing was compiled again"
+    );
     host.shutdown().await;
 }
 

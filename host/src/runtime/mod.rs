@@ -70,12 +70,14 @@ impl Runtime {
     pub fn new(settings: &RuntimeSettings, cache_dir: Option<&Path>) -> anyhow::Result<Runtime> {
         let instances = settings.instances;
         let mut pool = PoolingAllocationConfig::new();
-        // A component instance holds a few core instances (the guest and the
-        // shims wit-component adds), each with a memory and a table at most.
+        // A Rust stage is one core instance with a memory and a table; a
+        // Python one (componentize-py) is about 14 core instances and a
+        // dozen tables. The pool is sized so a full house of the larger
+        // kind fits; what it reserves is address space, not memory.
         pool.total_component_instances(instances)
-            .total_core_instances(instances * 4)
-            .total_memories(instances * 2)
-            .total_tables(instances * 4)
+            .total_core_instances(instances * 16)
+            .total_memories(instances * 4)
+            .total_tables(instances * 16)
             .total_stacks(instances)
             .max_memory_size((MAX_MEMORY_MIB as usize) << 20)
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
@@ -315,13 +317,18 @@ impl Runtime {
         let call = async {
             let instance = match instance {
                 Some(instance) => instance,
-                None => stage.pre.instantiate_async(&mut store).await?,
+                None => stage
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| (true, e))?,
             };
             let outcome = instance
                 .strata_pipeline_stage()
                 .call_handle(&mut store, &request.into())
-                .await?;
-            wasmtime::Result::Ok((instance, outcome))
+                .await
+                .map_err(|e| (false, e))?;
+            Ok((instance, outcome))
         };
         // The epoch deadline only fires while guest code runs; this bounds
         // time the guest spends waiting on the host (a WASI poll, say).
@@ -347,7 +354,18 @@ impl Runtime {
                 None,
             ),
             Ok(Ok((instance, outcome))) => (check_outcome(outcome.into(), &limits), Some(instance)),
-            Ok(Err(error)) => (Err(classify(error, state, &limits)), None),
+            Ok(Err((instantiating, error))) => {
+                let failure = classify(error, state, &limits);
+                // A trap while instantiating is the instance's own start-up
+                // code; anything else there is the host unable to make one.
+                let failure = match failure {
+                    StageFailure::Trap { detail } if instantiating => {
+                        StageFailure::Instantiate { detail }
+                    }
+                    other => other,
+                };
+                (Err(failure), None)
+            }
         };
         // A reusable instance goes back only after a clean call: a trap, a
         // limit or an invalid outcome may have left it in any state.
@@ -583,6 +601,13 @@ pub enum StageFailure {
     /// The outcome broke the contract (e.g. confidence outside 0..1).
     #[error("returned an invalid outcome: {0}")]
     InvalidOutcome(String),
+    /// No instance could be made: the instance pool is exhausted for this
+    /// component's shape, or its start-up code failed.
+    #[error("could not be instantiated")]
+    Instantiate {
+        /// The engine's description.
+        detail: String,
+    },
 }
 
 impl StageFailure {
@@ -595,13 +620,14 @@ impl StageFailure {
             StageFailure::Trap { .. } => "trap",
             StageFailure::OutputTooLarge { .. } => "output_too_large",
             StageFailure::InvalidOutcome(_) => "invalid_outcome",
+            StageFailure::Instantiate { .. } => "instantiate",
         }
     }
 
     /// Internals for the log, never for the client.
     pub fn detail(&self) -> Option<&str> {
         match self {
-            StageFailure::Trap { detail } => Some(detail),
+            StageFailure::Trap { detail } | StageFailure::Instantiate { detail } => Some(detail),
             _ => None,
         }
     }
