@@ -121,6 +121,7 @@ fn metrics(app: &App) -> Response {
             metrics.alert_firing(name, windows, alert.firing);
         }
     }
+    app.metrics.async_pending(app.jobs.pending());
     let mut response = http::Response::new(http_body_util::BodyExt::boxed(
         http_body_util::Full::new(bytes::Bytes::from(app.metrics.encode())),
     ));

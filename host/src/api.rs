@@ -4,7 +4,7 @@
 //! | --- | --- | --- | --- |
 //! | `/healthz` | GET | none | liveness and the serving generation |
 //! | `/v1/pipelines` | GET | client | the pipelines of the serving generation |
-//! | `/v1/pipelines/{name}` | POST | client | run a request: `{"input": "...", "attributes": {...}}` |
+//! | `/v1/pipelines/{name}` | POST | client | run a request: `{"input": "...", "attributes": {...}}`, optionally `"async": true` and `"callback": "https://..."` |
 //! | `/v1/requests/{id}` | GET | client | a request's state (an escalated one changes when resolved) |
 //! | `/v1/tickets?state=&limit=` | GET | reviewer | review tickets, oldest first (default: open and claimed) |
 //! | `/v1/tickets/{id}` | GET | reviewer | one ticket |
@@ -15,6 +15,12 @@
 //! letters, digits, `-`, `_`, `.` or `:`): canary routing hashes the id, so a
 //! retry with the same id meets the same versions, and an escalated retry
 //! gets the ticket it already has. See [`crate::auth`] for roles.
+//!
+//! An asynchronous request (`"async": true`, or a `Prefer: respond-async`
+//! header) is answered 202 with its id once it is durable, and runs in the
+//! background (see [`crate::jobs`]); 429 with `Retry-After` when the queue
+//! is full. Any request may name a `callback` URL on a host the manifest
+//! allows; its result is POSTed there when final (see [`crate::callbacks`]).
 //!
 //! Every error is a JSON body `{"error": {"code": "...", "message": "..."}}`
 //! with a 4xx or 5xx status; guest and engine internals stay in the log.
@@ -34,10 +40,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{Denied, Role};
+use crate::jobs::SubmitError;
 use crate::pipeline::{Execution, Verdict};
 use crate::request::Request;
 use crate::server::App;
-use crate::store::{NewTicket, RequestRecord, RequestState, StoreError, Ticket, TicketFilter};
+use crate::store::{Job, NewTicket, RequestRecord, RequestState, StoreError, Ticket, TicketFilter};
 
 /// The response type of every route.
 pub type Response = http::Response<BoxBody<Bytes, std::convert::Infallible>>;
@@ -53,6 +60,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     allow: Option<&'static str>,
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -62,6 +70,7 @@ impl ApiError {
             code,
             message: message.into(),
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -92,6 +101,11 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(ALLOW, http::HeaderValue::from_static(allow));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
@@ -307,6 +321,12 @@ struct RunBody {
     input: String,
     #[serde(default)]
     attributes: serde_json::Map<String, Value>,
+    /// Accept now, run in the background.
+    #[serde(default, rename = "async")]
+    background: bool,
+    /// Where to POST the result when it is final.
+    #[serde(default)]
+    callback: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -357,7 +377,13 @@ async fn run_pipeline(
         ));
     };
     let client_id = request_id_header(&request)?;
+    let prefer_async = prefers_async(&request);
     let body: RunBody = read_json(app, request).await?;
+    if let Some(url) = &body.callback {
+        app.callbacks
+            .check(url)
+            .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "callback_refused", why))?;
+    }
     let attributes = body
         .attributes
         .into_iter()
@@ -377,8 +403,12 @@ async fn run_pipeline(
         input: body.input,
         attributes,
     };
+    if body.background || prefer_async {
+        return accept(app, request, body.callback, created_at).await;
+    }
     let execution = pipeline.run(&app.run, generation.number, request).await;
-    let record = record_of(&execution, created_at);
+    let mut record = record_of(&execution, created_at);
+    record.callback = body.callback;
 
     let (status, ticket) = match &execution.verdict {
         Verdict::Escalated { reason, draft, .. } => {
@@ -405,6 +435,8 @@ async fn run_pipeline(
         verdict => {
             if let Err(error) = app.store.record(record.clone()).await {
                 tracing::error!(request_id = %record.id, %error, "cannot queue the request record");
+            } else if record.callback.is_some() {
+                app.callbacks.due.notify_one();
             }
             let status = match verdict {
                 Verdict::Answered { .. } => StatusCode::OK,
@@ -419,6 +451,83 @@ async fn run_pipeline(
         view["ticket"] = json!({"id": id, "state": "open", "reason": record.message});
     }
     Ok(json_response(status, &view))
+}
+
+/// Whether the client asked for an asynchronous answer with
+/// `Prefer: respond-async` (RFC 7240).
+fn prefers_async<B>(request: &http::Request<B>) -> bool {
+    request
+        .headers()
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|preference| {
+            preference
+                .split(';')
+                .next()
+                .is_some_and(|token| token.trim().eq_ignore_ascii_case("respond-async"))
+        })
+}
+
+/// Accept an asynchronous request: 202 once it is durable.
+async fn accept(
+    app: &App,
+    request: Request,
+    callback: Option<String>,
+    created_at: i64,
+) -> Result<Response, ApiError> {
+    let job = Job {
+        id: request.id.clone(),
+        pipeline: request.pipeline.clone(),
+        input: request.input,
+        attributes: serde_json::to_string(&request.attributes).expect("a string map serializes"),
+        callback,
+        created_at,
+    };
+    match crate::jobs::submit(app, job).await {
+        Ok(()) => {
+            let link = format!("/v1/requests/{}", request.id);
+            let mut response = json_response(
+                StatusCode::ACCEPTED,
+                &json!({
+                    "request_id": request.id,
+                    "pipeline": request.pipeline,
+                    "status": "accepted",
+                    "links": {"self": link},
+                }),
+            );
+            if let Ok(location) = http::HeaderValue::from_str(&link) {
+                response
+                    .headers_mut()
+                    .insert(http::header::LOCATION, location);
+            }
+            Ok(response)
+        }
+        Err(SubmitError::Full) => {
+            app.metrics.async_refused(&request.pipeline);
+            let mut error = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                format!(
+                    "the queue of asynchronous requests is full ({} waiting or running); \
+                     retry later",
+                    app.jobs.pending()
+                ),
+            );
+            error.retry_after = Some(1);
+            Err(error)
+        }
+        Err(SubmitError::Store(StoreError::Conflict(_))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "duplicate_request",
+            format!(
+                "request \"{0}\" was already accepted; GET /v1/requests/{0} for its state",
+                request.id
+            ),
+        )),
+        Err(SubmitError::Store(error)) => Err(error.into()),
+    }
 }
 
 /// A pipeline's answer bank, with the settings of the serving generation
@@ -542,7 +651,7 @@ fn request_id_header<B>(request: &http::Request<B>) -> Result<Option<String>, Ap
 }
 
 /// The durable record of a finished pipeline run.
-fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
+pub(crate) fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
     let request = &execution.request;
     let trace: Vec<Value> = execution
         .trace
@@ -585,6 +694,7 @@ fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
         created_at,
         remember_key: execution.remember_key.clone(),
         cost_usd: execution.cost_usd(),
+        callback: None,
     };
     let by = match &execution.verdict {
         Verdict::Answered {
@@ -676,23 +786,85 @@ fn request_view(record: &RequestRecord, ticket: Option<&Ticket>) -> Value {
 }
 
 async fn get_request(app: &App, id: &str) -> Result<Response, ApiError> {
-    let Some(RequestState {
-        record,
-        completed_at,
-        ticket,
-    }) = app.store.request(id.to_owned()).await?
-    else {
-        return Err(ApiError::not_found(
+    match stored_view(app, id).await? {
+        Some(view) => Ok(json_response(StatusCode::OK, &view)),
+        None => Err(ApiError::not_found(
             "unknown_request",
             format!("no request with id \"{id}\""),
-        ));
-    };
-    let mut view = request_view(&record, ticket.as_ref());
-    view["created_at"] = json!(timestamp(record.created_at));
-    if let Some(at) = completed_at {
-        view["completed_at"] = json!(timestamp(at));
+        )),
     }
-    Ok(json_response(StatusCode::OK, &view))
+}
+
+/// A request as `GET /v1/requests/{id}` shows it: its record (and ticket)
+/// once it ran, its job's state while it waits or runs, and its callback's
+/// deliveries when it named one.
+pub(crate) async fn stored_view(app: &App, id: &str) -> Result<Option<Value>, StoreError> {
+    let job = app.store.job_state(id.to_owned()).await?;
+    let mut view = match (app.store.request(id.to_owned()).await?, &job) {
+        (
+            Some(RequestState {
+                record,
+                completed_at,
+                ticket,
+            }),
+            _,
+        ) => {
+            let mut view = request_view(&record, ticket.as_ref());
+            view["created_at"] = json!(timestamp(record.created_at));
+            if let Some(at) = completed_at {
+                view["completed_at"] = json!(timestamp(at));
+            }
+            view
+        }
+        (None, Some(job)) => json!({
+            "request_id": id,
+            "pipeline": job.pipeline,
+            // "queued" until a worker takes it.
+            "status": if job.state == "running" { "running" } else { "accepted" },
+            "created_at": timestamp(job.created_at),
+        }),
+        (None, None) => return Ok(None),
+    };
+    if let Some(job) = job {
+        view["async"] = json!({"runs": job.runs});
+    }
+    if let Some(mut callback) = app.store.callback(id.to_owned()).await? {
+        for delivery in callback["deliveries"].as_array_mut().into_iter().flatten() {
+            if let Some(at) = delivery["at"].as_i64() {
+                delivery["at"] = json!(timestamp(at));
+            }
+        }
+        view["callback"] = callback;
+    }
+    Ok(Some(view))
+}
+
+/// The record of an asynchronous request whose pipeline a reload removed
+/// before it ran.
+pub(crate) fn unknown_pipeline_record(job: &Job, generation: u64) -> RequestRecord {
+    RequestRecord {
+        id: job.id.clone(),
+        pipeline: job.pipeline.clone(),
+        generation,
+        status: "failed",
+        input: job.input.clone(),
+        attributes: job.attributes.clone(),
+        output: None,
+        confidence: None,
+        stage: None,
+        layer: None,
+        code: Some("unknown_pipeline".to_owned()),
+        message: Some(format!(
+            "pipeline \"{}\" is no longer served: a reload removed it after the request \
+             was accepted",
+            job.pipeline
+        )),
+        trace: "[]".to_owned(),
+        created_at: job.created_at,
+        remember_key: None,
+        cost_usd: 0.0,
+        callback: job.callback.clone(),
+    }
 }
 
 async fn list_tickets(app: &App, query: Option<&str>) -> Result<Response, ApiError> {

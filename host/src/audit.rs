@@ -99,6 +99,9 @@ pub struct AuditReport {
     pub manifest: PathBuf,
     /// Its digest.
     pub sha256: String,
+    /// Where the host itself sends data, outside any stage: model
+    /// providers and callback hosts.
+    pub egress: serde_json::Value,
     /// Every stage version.
     pub stages: Vec<StageAudit>,
 }
@@ -132,9 +135,22 @@ impl AuditReport {
                 ));
             }
         }
+        let providers: serde_json::Map<String, serde_json::Value> = manifest
+            .models
+            .providers
+            .iter()
+            .map(|(name, p)| (name.clone(), serde_json::json!(p.base_url)))
+            .collect();
         AuditReport {
             manifest: manifest.path.clone(),
             sha256: manifest.sha256.clone(),
+            egress: serde_json::json!({
+                "model_providers": providers,
+                "callbacks": {
+                    "allow": manifest.callbacks.allow,
+                    "secret_env": manifest.callbacks.secret_env,
+                },
+            }),
             stages,
         }
     }
@@ -156,6 +172,37 @@ impl AuditReport {
             "audit of {} (sha256 {})",
             self.manifest.display(),
             self.sha256
+        );
+        let _ = writeln!(out, "\nhost egress (outside any stage)");
+        let providers = self.egress["model_providers"]
+            .as_object()
+            .map(|p| {
+                p.iter()
+                    .map(|(name, url)| format!("{name} {}", url.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(out, "  models    {}", list(&providers));
+        let hosts: Vec<String> = self.egress["callbacks"]["allow"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.as_str().map(str::to_owned))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  callbacks {}{}",
+            list(&hosts),
+            if hosts.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (signed with the key in {})",
+                    self.egress["callbacks"]["secret_env"]
+                        .as_str()
+                        .unwrap_or_default()
+                )
+            }
         );
         for s in &self.stages {
             let _ = writeln!(

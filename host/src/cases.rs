@@ -255,6 +255,7 @@ fn isolated(pipeline: &str) -> Services {
         bank: Some(Banks::default().bank(pipeline, &Default::default())),
         models: None,
         read_only_bank: false,
+        batch: false,
     }
 }
 

@@ -174,12 +174,10 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             data,
         } => {
             let host = start(HostOptions {
-                manifest,
                 listen,
                 admin_listen,
                 data_dir: data,
-                tokens: None,
-                compile_cache: None,
+                ..HostOptions::new(manifest)
             })
             .await?;
             host.run_until(shutdown_signal()).await;

@@ -56,6 +56,10 @@ pub struct Manifest {
     pub reload: ReloadSettings,
     /// Model providers and tiers.
     pub models: ModelsSpec,
+    /// Asynchronous requests (`[async]`).
+    pub background: AsyncSettings,
+    /// Completion callbacks (`[callbacks]`).
+    pub callbacks: CallbackSettings,
     /// The pipelines, by name.
     pub pipelines: BTreeMap<String, PipelineSpec>,
     /// Hex SHA-256 of the manifest text.
@@ -217,6 +221,61 @@ impl Default for AnswerBankSpec {
     }
 }
 
+/// Asynchronous requests (`[async]`): accepted at once, run in the
+/// background from a durable, bounded queue.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsyncSettings {
+    /// Accepted requests waiting or running at most; beyond, 429.
+    #[serde(default = "default_async_queue")]
+    pub queue: u32,
+    /// Requests run at once in the background. Real-time requests are never
+    /// queued behind them. A worker waiting for a model holds its stage's
+    /// instance; batches fill only up to the number of workers.
+    #[serde(default = "default_async_workers")]
+    pub workers: u32,
+}
+
+impl Default for AsyncSettings {
+    fn default() -> Self {
+        Self {
+            queue: default_async_queue(),
+            workers: default_async_workers(),
+        }
+    }
+}
+
+/// Completion callbacks (`[callbacks]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackSettings {
+    /// Hosts a callback may go to: `host` or `host:port`. Anything else is
+    /// refused when the request is submitted.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// The environment variable holding the HMAC key deliveries are signed
+    /// with.
+    #[serde(default = "default_callback_secret_env")]
+    pub secret_env: String,
+    /// Delivery attempts before giving up.
+    #[serde(default = "default_callback_attempts")]
+    pub max_attempts: u32,
+    /// The first wait between attempts; it doubles each time.
+    #[serde(default = "default_callback_backoff_ms")]
+    pub backoff_ms: u64,
+}
+
+impl Default for CallbackSettings {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            secret_env: default_callback_secret_env(),
+            max_attempts: default_callback_attempts(),
+            backoff_ms: default_callback_backoff_ms(),
+        }
+    }
+}
+
 /// Model providers and tiers (`[models]`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,13 +288,14 @@ pub struct ModelsSpec {
     pub tiers: BTreeMap<String, TierSpec>,
 }
 
-/// A model provider. Only the OpenAI-compatible chat-completions protocol
-/// is spoken (OpenAI, vLLM, Ollama, llama.cpp's server, ...).
+/// A model provider. Only the OpenAI-compatible protocol is spoken
+/// (OpenAI, vLLM, Ollama, llama.cpp's server, ...): chat completions, and
+/// completions for batches.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
     /// The API root, e.g. `https://api.openai.com/v1`; requests go to
-    /// `{base_url}/chat/completions`.
+    /// `{base_url}/chat/completions` (batches to `{base_url}/completions`).
     pub base_url: String,
     /// The environment variable holding the API key, if the provider needs
     /// one. The key is read by the host and never reaches a stage.
@@ -270,6 +330,23 @@ pub struct TierSpec {
     /// Price of a million answer tokens, in US dollars.
     #[serde(default)]
     pub output_usd_per_mtok: f64,
+    /// Batch the calls of asynchronous requests to this tier.
+    #[serde(default)]
+    pub batch: Option<BatchSpec>,
+}
+
+/// Batching of a tier's calls from asynchronous requests: up to `max_size`
+/// prompts, gathered for at most `max_wait_ms`, go to the provider in one
+/// `POST {base_url}/completions` with a list of prompts. Real-time requests
+/// are never batched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Prompts per provider call.
+    pub max_size: u32,
+    /// How long the first prompt of a batch waits for company.
+    #[serde(default = "default_batch_wait_ms")]
+    pub max_wait_ms: u64,
 }
 
 /// A pipeline's service-level objective (`[pipelines.NAME.slo]`).
@@ -824,6 +901,10 @@ struct RawManifest {
     reload: ReloadSettings,
     #[serde(default)]
     models: ModelsSpec,
+    #[serde(default, rename = "async")]
+    background: AsyncSettings,
+    #[serde(default)]
+    callbacks: CallbackSettings,
     #[serde(default)]
     pipelines: toml::Table,
 }
@@ -969,6 +1050,47 @@ impl Parser<'_> {
             let pipeline = self.pipeline(name.clone(), value, &raw.runtime)?;
             pipelines.insert(name, pipeline);
         }
+        if !(1..=1_000_000).contains(&raw.background.queue)
+            || !(1..=1_000).contains(&raw.background.workers)
+        {
+            return Err(self.error(
+                key_location("async"),
+                ManifestErrorKind::Invalid(
+                    "queue must be in 1..=1000000 and workers in 1..=1000".to_owned(),
+                ),
+            ));
+        }
+        if let Some(entry) = raw.callbacks.allow.iter().find(|entry| {
+            entry.is_empty()
+                || entry.contains(['/', '?', '#', '@'])
+                || entry.contains(char::is_whitespace)
+        }) {
+            return Err(self.error(
+                key_location("callbacks.allow"),
+                ManifestErrorKind::Invalid(format!(
+                    "\"{entry}\" is not a host or host:port (write \"hooks.example.com\" or \
+                     \"127.0.0.1:9000\", without a scheme or path)"
+                )),
+            ));
+        }
+        if !(1..=3_600_000).contains(&raw.callbacks.backoff_ms) {
+            return Err(self.error(
+                key_location("callbacks.backoff_ms"),
+                ManifestErrorKind::Invalid(format!(
+                    "{} is outside 1..=3600000",
+                    raw.callbacks.backoff_ms
+                )),
+            ));
+        }
+        if !(1..=100).contains(&raw.callbacks.max_attempts) {
+            return Err(self.error(
+                key_location("callbacks.max_attempts"),
+                ManifestErrorKind::Invalid(format!(
+                    "{} is outside 1..=100",
+                    raw.callbacks.max_attempts
+                )),
+            ));
+        }
         if raw.reload.debounce_ms > 60_000 {
             return Err(self.error(
                 key_location("reload.debounce_ms"),
@@ -988,6 +1110,8 @@ impl Parser<'_> {
             admin: raw.admin,
             reload: raw.reload,
             models: raw.models,
+            background: raw.background,
+            callbacks: raw.callbacks,
             pipelines,
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
         })
@@ -1434,6 +1558,14 @@ impl Parser<'_> {
                     format!("{} is outside 1..=600000", tier.timeout_ms),
                 ));
             }
+            if let Some(batch) = &tier.batch
+                && (!(1..=256).contains(&batch.max_size) || batch.max_wait_ms > 60_000)
+            {
+                return Err(invalid(
+                    key("batch"),
+                    "max_size must be in 1..=256 and max_wait_ms at most 60000".to_owned(),
+                ));
+            }
             if tier.retries > 10 {
                 return Err(invalid(
                     key("retries"),
@@ -1656,6 +1788,24 @@ fn default_admin_listen() -> SocketAddr {
 }
 fn default_debounce_ms() -> u64 {
     500
+}
+fn default_async_queue() -> u32 {
+    1_000
+}
+fn default_async_workers() -> u32 {
+    16
+}
+fn default_callback_secret_env() -> String {
+    "STRATA_CALLBACK_SECRET".to_owned()
+}
+fn default_callback_attempts() -> u32 {
+    5
+}
+fn default_callback_backoff_ms() -> u64 {
+    500
+}
+fn default_batch_wait_ms() -> u64 {
+    50
 }
 fn default_max_idle() -> u32 {
     4

@@ -105,6 +105,20 @@ pub struct RatingLabels {
     pub rating: String,
 }
 
+/// Labels of a pipeline alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabels {
+    /// The pipeline.
+    pub pipeline: String,
+}
+
+/// Labels of a callback delivery attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// delivered, retrying or failed.
+    pub result: String,
+}
+
 /// Labels of a model tier.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
@@ -208,6 +222,9 @@ pub struct Metrics {
     model_cost: Family<TierLabels, Counter<f64, AtomicU64>>,
     request_cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     cache_lookups: Family<LookupLabels, Counter>,
+    async_pending: Gauge,
+    async_refused: Family<PipelineLabels, Counter>,
+    callback_deliveries: Family<DeliveryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -327,7 +344,28 @@ impl Metrics {
             "Answer-bank lookups",
             cache_lookups.clone(),
         );
+        let async_pending = Gauge::default();
+        registry.register(
+            "async_pending",
+            "Asynchronous requests accepted and not yet completed",
+            async_pending.clone(),
+        );
+        let async_refused = Family::default();
+        registry.register(
+            "async_refused",
+            "Asynchronous requests refused with 429 because the queue was full",
+            async_refused.clone(),
+        );
+        let callback_deliveries = Family::default();
+        registry.register(
+            "callback_deliveries",
+            "Callback delivery attempts, by what came of them",
+            callback_deliveries.clone(),
+        );
         Metrics {
+            async_pending,
+            async_refused,
+            callback_deliveries,
             ratings,
             rated_cost,
             model_calls,
@@ -519,6 +557,30 @@ impl Metrics {
         };
         self.ratings.get_or_create(&labels).inc();
         self.rated_cost.get_or_create(&labels).inc_by(cost_usd);
+    }
+
+    /// Note how many asynchronous requests are pending (just before each
+    /// scrape).
+    pub fn async_pending(&self, pending: usize) {
+        self.async_pending.set(pending as i64);
+    }
+
+    /// Count an asynchronous request refused for a full queue.
+    pub fn async_refused(&self, pipeline: &str) {
+        self.async_refused
+            .get_or_create(&PipelineLabels {
+                pipeline: pipeline.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Count a callback delivery attempt: `delivered`, `retrying` or `failed`.
+    pub fn callback_delivery(&self, result: &str) {
+        self.callback_deliveries
+            .get_or_create(&DeliveryLabels {
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition format.

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::manifest::{ModelsSpec, TierSpec};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::manifest::{BatchSpec, ModelsSpec, TierSpec};
 
 /// The longest `Retry-After` honoured; longer ones count as giving up.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -92,12 +94,16 @@ pub struct ModelCall {
     pub ms: f64,
     /// The last error, when it failed.
     pub error: Option<String>,
+    /// Whether the call went to the provider in a batch with others (its
+    /// tokens are then its share of the batch's).
+    pub batched: bool,
 }
 
 #[derive(Debug, Clone)]
 struct Tier {
     spec: TierSpec,
     url: String,
+    completions_url: String,
     api_key: Option<String>,
 }
 
@@ -105,6 +111,8 @@ struct Tier {
 pub struct ModelRouter {
     tiers: HashMap<String, Tier>,
     client: reqwest::Client,
+    /// One collector per batching tier, started on first use.
+    batchers: std::sync::Mutex<HashMap<String, mpsc::Sender<BatchItem>>>,
 }
 
 impl ModelRouter {
@@ -132,18 +140,30 @@ impl ModelRouter {
                         "{}/chat/completions",
                         provider.base_url.trim_end_matches('/')
                     ),
+                    completions_url: format!(
+                        "{}/completions",
+                        provider.base_url.trim_end_matches('/')
+                    ),
                     api_key,
                 },
             );
         }
-        Ok(ModelRouter { tiers, client })
+        Ok(ModelRouter {
+            tiers,
+            client,
+            batchers: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     /// Ask `request.tier`, falling back as the manifest says. Returns the
     /// answer (or why none came) and every tier's call record.
+    /// A `batched` call (from an asynchronous request) to a tier with
+    /// `batch` settings joins a batch; if the batch call fails, it is made
+    /// on its own, with the tier's retries and fallback.
     pub async fn complete(
         &self,
         request: &CompletionRequest,
+        batched: bool,
     ) -> (Result<Completion, ModelError>, Vec<ModelCall>) {
         let mut calls = Vec::new();
         let mut tried = BTreeSet::new();
@@ -154,6 +174,17 @@ impl ModelRouter {
                 return (Err(ModelError::UnknownTier(name)), calls);
             };
             tried.insert(name.clone());
+            if batched && let Some(batch) = tier.spec.batch {
+                match self.call_batched(&name, tier, batch, request).await {
+                    Ok((completion, call)) => {
+                        calls.push(call);
+                        return (Ok(completion), calls);
+                    }
+                    Err(error) => {
+                        tracing::warn!(tier = %name, %error, "batch call failed; calling alone");
+                    }
+                }
+            }
             let (result, call) = self.call_tier(&name, tier, request).await;
             calls.push(call);
             match result {
@@ -168,6 +199,68 @@ impl ModelRouter {
                 _ => return (Err(ModelError::Unavailable(failures.join("; "))), calls),
             }
         }
+    }
+
+    async fn call_batched(
+        &self,
+        name: &str,
+        tier: &Tier,
+        batch: BatchSpec,
+        request: &CompletionRequest,
+    ) -> Result<(Completion, ModelCall), String> {
+        let started = Instant::now();
+        let sender = {
+            let mut batchers = self.batchers.lock().unwrap_or_else(|e| e.into_inner());
+            batchers
+                .entry(name.to_owned())
+                .or_insert_with(|| {
+                    let (sender, receiver) = mpsc::channel(batch.max_size as usize * 4);
+                    tokio::spawn(collect_batches(
+                        self.client.clone(),
+                        tier.clone(),
+                        batch,
+                        receiver,
+                    ));
+                    sender
+                })
+                .clone()
+        };
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(BatchItem {
+                prompt: prompt_of(&request.messages),
+                max_tokens: request.max_tokens,
+                reply,
+            })
+            .await
+            .map_err(|_| "the batch collector stopped".to_owned())?;
+        let (text, model, input, output) = answer
+            .await
+            .map_err(|_| "the batch collector dropped the call".to_owned())??;
+        let cost = input as f64 * tier.spec.input_usd_per_mtok / 1e6
+            + output as f64 * tier.spec.output_usd_per_mtok / 1e6;
+        Ok((
+            Completion {
+                text,
+                tier: name.to_owned(),
+                model: model.clone(),
+                input_tokens: u32::try_from(input).unwrap_or(u32::MAX),
+                output_tokens: u32::try_from(output).unwrap_or(u32::MAX),
+                cost_usd: cost,
+            },
+            ModelCall {
+                tier: name.to_owned(),
+                model,
+                ok: true,
+                attempts: 1,
+                input_tokens: input,
+                output_tokens: output,
+                cost_usd: cost,
+                ms: started.elapsed().as_secs_f64() * 1000.0,
+                error: None,
+                batched: true,
+            },
+        ))
     }
 
     async fn call_tier(
@@ -187,6 +280,7 @@ impl ModelRouter {
             cost_usd: 0.0,
             ms: 0.0,
             error: None,
+            batched: false,
         };
         let mut body = json!({
             "model": tier.spec.model,
@@ -327,6 +421,155 @@ impl ModelRouter {
     }
 }
 
+/// One call waiting in a batch, with where its answer goes:
+/// `(text, model, prompt tokens, answer tokens)`.
+struct BatchItem {
+    prompt: String,
+    max_tokens: Option<u32>,
+    reply: oneshot::Sender<Result<(String, String, u64, u64), String>>,
+}
+
+/// The chat messages as one completion prompt.
+fn prompt_of(messages: &[(String, String)]) -> String {
+    let mut prompt = String::new();
+    for (role, content) in messages {
+        prompt.push_str(&format!("{role}: {content}\n\n"));
+    }
+    prompt.push_str("assistant:");
+    prompt
+}
+
+/// Gather calls for one tier: a batch is sent when it is full or when its
+/// first call has waited `max_wait_ms`.
+async fn collect_batches(
+    client: reqwest::Client,
+    tier: Tier,
+    batch: BatchSpec,
+    mut calls: mpsc::Receiver<BatchItem>,
+) {
+    while let Some(first) = calls.recv().await {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(batch.max_wait_ms);
+        let mut items = vec![first];
+        while items.len() < batch.max_size as usize {
+            match tokio::time::timeout_at(deadline, calls.recv()).await {
+                Ok(Some(item)) => items.push(item),
+                _ => break,
+            }
+        }
+        let client = client.clone();
+        let tier = tier.clone();
+        // Sent while the next batch gathers.
+        tokio::spawn(async move {
+            let prompts: Vec<&str> = items.iter().map(|i| i.prompt.as_str()).collect();
+            let max_tokens = items.iter().filter_map(|i| i.max_tokens).max();
+            match send_batch(&client, &tier, &prompts, max_tokens).await {
+                Ok(answers) => {
+                    for (item, answer) in items.into_iter().zip(answers) {
+                        let _ = item.reply.send(Ok(answer));
+                    }
+                }
+                Err(error) => {
+                    for item in items {
+                        let _ = item.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One `POST /completions` with a list of prompts. The provider reports
+/// usage for the whole batch; each answer is charged its share, in
+/// proportion to the length of its prompt (input) and of its text (output).
+async fn send_batch(
+    client: &reqwest::Client,
+    tier: &Tier,
+    prompts: &[&str],
+    max_tokens: Option<u32>,
+) -> Result<Vec<(String, String, u64, u64)>, String> {
+    let mut body = json!({"model": tier.spec.model, "prompt": prompts});
+    if let Some(max) = max_tokens {
+        body["max_tokens"] = json!(max);
+    }
+    let mut request = client
+        .post(&tier.completions_url)
+        .timeout(Duration::from_millis(tier.spec.timeout_ms))
+        .json(&body);
+    if let Some(key) = &tier.api_key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.map_err(|e| without_url(&e))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|e| without_url(&e))?;
+    if !status.is_success() {
+        return Err(format!(
+            "the provider answered {status}: {}",
+            snippet(&text)
+        ));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|_| format!("not JSON: {}", snippet(&text)))?;
+    let model = value["model"]
+        .as_str()
+        .unwrap_or(&tier.spec.model)
+        .to_owned();
+    let mut texts = vec![None; prompts.len()];
+    for choice in value["choices"].as_array().into_iter().flatten() {
+        let index = choice["index"].as_u64().unwrap_or(u64::MAX);
+        if let Some(slot) = usize::try_from(index).ok().and_then(|i| texts.get_mut(i)) {
+            *slot = choice["text"].as_str().map(str::to_owned);
+        }
+    }
+    let texts: Vec<String> = texts
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or_else(|| "the provider did not answer every prompt of the batch".to_owned())?;
+    let inputs = shares(
+        value["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+        prompts.iter().map(|p| p.len() as u64),
+    );
+    let outputs = shares(
+        value["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+        texts.iter().map(|t| t.len() as u64),
+    );
+    Ok(texts
+        .into_iter()
+        .zip(inputs.into_iter().zip(outputs))
+        .map(|(text, (input, output))| (text, model.clone(), input, output))
+        .collect())
+}
+
+/// `total` split in proportion to `weights`, in whole units that add up to
+/// `total` exactly (the units left by rounding down go to the largest
+/// remainders).
+fn shares(total: u64, weights: impl Iterator<Item = u64>) -> Vec<u64> {
+    let weights: Vec<u128> = weights.map(|w| u128::from(w.max(1))).collect();
+    let sum: u128 = weights.iter().sum();
+    if sum == 0 {
+        return Vec::new();
+    }
+    let total = u128::from(total);
+    let mut parts: Vec<(usize, u128, u128)> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (i, total * w / sum, total * w % sum))
+        .collect();
+    let mut left = total - parts.iter().map(|p| p.1).sum::<u128>();
+    let mut by_remainder: Vec<usize> = (0..parts.len()).collect();
+    by_remainder.sort_by(|a, b| parts[*b].2.cmp(&parts[*a].2).then(a.cmp(b)));
+    for i in by_remainder {
+        if left == 0 {
+            break;
+        }
+        parts[i].1 += 1;
+        left -= 1;
+    }
+    parts
+        .into_iter()
+        .map(|(_, share, _)| share as u64)
+        .collect()
+}
+
 enum Attempt {
     /// (text, model, prompt tokens, answer tokens)
     Answered((String, String, u64, u64)),
@@ -383,5 +626,18 @@ mod tests {
             Some(("hi".to_owned(), "m-1".to_owned(), 12, 3))
         );
         assert_eq!(parse_completion(r#"{"error":"nope"}"#), None);
+    }
+
+    #[test]
+    fn batch_usage_is_shared_in_proportion_and_adds_up() {
+        assert_eq!(shares(10, [1, 1].into_iter()), vec![5, 5]);
+        assert_eq!(shares(10, [1, 3].into_iter()), vec![3, 7]);
+        let split = shares(100, [3, 3, 3].into_iter());
+        assert_eq!(split.iter().sum::<u64>(), 100);
+        assert_eq!(split, vec![34, 33, 33]);
+        // Empty texts still get a (small) share; nothing is lost or made up.
+        assert_eq!(shares(7, [0, 0, 5].into_iter()).iter().sum::<u64>(), 7);
+        assert_eq!(shares(0, [4, 2].into_iter()), vec![0, 0]);
+        assert!(shares(5, std::iter::empty()).is_empty());
     }
 }

@@ -393,6 +393,8 @@ pub struct RunContext {
     pub banks: Arc<Banks>,
     /// Whether stages may call models (off for golden cases and replays).
     pub models: bool,
+    /// Whether model calls may be batched (asynchronous requests).
+    pub batch: bool,
 }
 
 impl RunContext {
@@ -408,7 +410,15 @@ impl RunContext {
             shadow_slots: Arc::new(Semaphore::new(shadow_slots)),
             banks: Arc::new(Banks::default()),
             models: true,
+            batch: false,
         }
+    }
+
+    /// The same context for asynchronous requests: model calls to tiers
+    /// that batch may wait to join a batch.
+    pub fn batched(mut self) -> RunContext {
+        self.batch = true;
+        self
     }
 
     /// The same context with model calls turned off: a stage asking for a
@@ -502,6 +512,7 @@ impl Pipeline {
             bank: Some(ctx.banks.bank(&self.name, &self.answer_bank)),
             models: ctx.models.then(|| self.models.clone()),
             read_only_bank: false,
+            batch: ctx.batch,
         };
         let mut remember_key = None;
         let mut recorded = None;

@@ -735,6 +735,12 @@ fn restart_only_changes(old: &Manifest, new: &Manifest) -> Option<String> {
     if old.server.max_body_kib != new.server.max_body_kib {
         keys.push("[server]");
     }
+    if old.background != new.background {
+        keys.push("[async]");
+    }
+    if old.callbacks != new.callbacks {
+        keys.push("[callbacks]");
+    }
     (!keys.is_empty()).then(|| {
         format!(
             "{} changed; these take effect when the host restarts",

@@ -25,6 +25,8 @@ use tokio::task::JoinHandle;
 
 use crate::api::Response;
 use crate::auth::{Role, Tokens};
+use crate::callbacks::Callbacks;
+use crate::jobs::Jobs;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::pipeline::{Generation, RunContext};
@@ -55,6 +57,13 @@ pub struct App {
     pub tokens: Tokens,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The context asynchronous requests run in: `run`, with model calls
+    /// allowed to join batches.
+    pub background: RunContext,
+    /// Accepted asynchronous requests.
+    pub jobs: Jobs,
+    /// Who may be called back, and the signing secret.
+    pub callbacks: Callbacks,
 }
 
 /// How to start a host. Set fields override the manifest (and, for
@@ -74,6 +83,9 @@ pub struct HostOptions {
     /// Keep compiled components here instead of `DATA_DIR/compile-cache`
     /// (several hosts may share one).
     pub compile_cache: Option<PathBuf>,
+    /// Sign callbacks with this secret instead of the one in the
+    /// environment variable `[callbacks] secret_env` names.
+    pub callback_secret: Option<String>,
 }
 
 impl HostOptions {
@@ -86,6 +98,7 @@ impl HostOptions {
             data_dir: None,
             tokens: None,
             compile_cache: None,
+            callback_secret: None,
         }
     }
 }
@@ -189,8 +202,16 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     ));
     // Shadows get a quarter of the instance slots at most.
     let shadow_slots = (manifest.runtime.instances as usize / 4).max(1);
+    let run = RunContext::new(runtime.clone(), ops.clone(), shadow_slots);
+    let callbacks = match options.callback_secret {
+        Some(secret) => Callbacks::with_secret(&manifest.callbacks, Some(secret)),
+        None => Callbacks::new(&manifest.callbacks),
+    };
     let app = Arc::new(App {
-        run: RunContext::new(runtime.clone(), ops.clone(), shadow_slots),
+        background: run.clone().batched(),
+        run,
+        jobs: Jobs::new(&manifest.background),
+        callbacks,
         runtime,
         current: ArcSwap::from_pointee(generation),
         store,
@@ -234,16 +255,6 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
             }
         }
     }
-    tracing::info!(
-        %addr,
-        %admin_addr,
-        manifest = %manifest.path.display(),
-        generation = 1,
-        pipelines = manifest.pipelines.len(),
-        database = %app.store.path().display(),
-        "strata is serving"
-    );
-
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
     let handler_app = app.clone();
@@ -271,7 +282,25 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         )
         .context("cannot watch the manifest and plugin files")?;
     }
+    // Workers finish the request in hand before shutdown completes; what is
+    // still queued runs at the next start.
+    tasks.extend(
+        crate::jobs::start(app.clone(), stopped.clone())
+            .await
+            .context("cannot resume the asynchronous requests")?,
+    );
+    crate::callbacks::spawn_worker(app.clone(), stopped.clone());
     spawn_signal_reloads(app.clone(), stopped);
+    // Said last: whoever waits for this line may send requests and signals.
+    tracing::info!(
+        %addr,
+        %admin_addr,
+        manifest = %manifest.path.display(),
+        generation = 1,
+        pipelines = manifest.pipelines.len(),
+        database = %app.store.path().display(),
+        "strata is serving"
+    );
     Ok(RunningHost {
         addr,
         admin_addr,
@@ -285,10 +314,11 @@ async fn shutdown_on(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stop| *stop).await;
 }
 
-/// Reload on SIGHUP.
+/// Reload on SIGHUP. The handler is in place when this returns, so a
+/// SIGHUP sent after "strata is serving" reloads rather than kills.
 fn spawn_signal_reloads(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hangups = match signal(SignalKind::hangup()) {
             Ok(signal) => signal,
@@ -297,15 +327,17 @@ fn spawn_signal_reloads(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
                 return;
             }
         };
-        loop {
-            tokio::select! {
-                Some(()) = hangups.recv() => {
-                    crate::reload::reload(&app, Trigger::host("signal")).await;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = hangups.recv() => {
+                        crate::reload::reload(&app, Trigger::host("signal")).await;
+                    }
+                    _ = stopped.changed() => return,
                 }
-                _ = stopped.changed() => return,
             }
-        }
-    });
+        });
+    }
     #[cfg(not(unix))]
     let _ = (app, stopped);
 }

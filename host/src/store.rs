@@ -87,6 +87,8 @@ pub struct RequestRecord {
     pub remember_key: Option<String>,
     /// What its model calls cost, in US dollars.
     pub cost_usd: f64,
+    /// Where to POST the result when the request completes.
+    pub callback: Option<String>,
 }
 
 /// A ticket to open for an escalated request.
@@ -145,6 +147,63 @@ pub struct RequestState {
     pub completed_at: Option<i64>,
     /// Its ticket, if it was escalated.
     pub ticket: Option<Ticket>,
+}
+
+/// Open the ticket of an escalated request. A retried request (same id)
+/// that escalates again gets the ticket it already has.
+fn open_ticket(
+    conn: &Connection,
+    record: &RequestRecord,
+    ticket: &NewTicket,
+) -> Result<i64, StoreError> {
+    conn.execute(
+        "INSERT INTO tickets (request_id, pipeline, stage, reason, draft, state, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6)
+         ON CONFLICT (request_id) DO NOTHING",
+        params![
+            record.id,
+            record.pipeline,
+            record.stage,
+            ticket.reason,
+            ticket.draft,
+            record.created_at
+        ],
+    )?;
+    Ok(conn.query_row(
+        "SELECT id FROM tickets WHERE request_id = ?1",
+        params![record.id],
+        |row| row.get(0),
+    )?)
+}
+
+/// An accepted asynchronous request.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Its request id.
+    pub id: String,
+    /// The pipeline.
+    pub pipeline: String,
+    /// The input.
+    pub input: String,
+    /// The attributes, as JSON.
+    pub attributes: String,
+    /// Where to POST the result.
+    pub callback: Option<String>,
+    /// When it was accepted (Unix milliseconds).
+    pub created_at: i64,
+}
+
+/// Where an asynchronous request's job stands.
+#[derive(Debug, Clone)]
+pub struct JobState {
+    /// The pipeline.
+    pub pipeline: String,
+    /// `queued`, `running` or `done`.
+    pub state: String,
+    /// How many times it started running (more than once after a crash).
+    pub runs: i64,
+    /// When it was accepted (Unix milliseconds).
+    pub created_at: i64,
 }
 
 /// One rating, correction or resolution, as kept in the dataset.
@@ -269,13 +328,13 @@ pub enum TicketFilter {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+type WriteOp = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
 
 /// What the writer thread receives.
 enum Message {
     /// A write to commit. A durable one is committed with a full sync of
     /// the log, so it survives power loss and not only a crash of the process.
-    Job { job: Job, durable: bool },
+    Job { job: WriteOp, durable: bool },
     /// Commit what is queued before this, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -319,7 +378,7 @@ impl Store {
     /// Queue a request record. Returns once queued, not once committed.
     pub async fn record(&self, record: RequestRecord) -> Result<(), StoreError> {
         let id = record.id.clone();
-        let job: Job = Box::new(move |conn| {
+        let job: WriteOp = Box::new(move |conn| {
             let result = insert_request(conn, &record);
             let failed = result.is_err();
             let completion: Completion = Box::new(move |commit| {
@@ -347,26 +406,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         self.write(move |conn| {
             insert_request(conn, &record)?;
-            // A retried request (same id) that escalates again gets the
-            // ticket it already has.
-            conn.execute(
-                "INSERT INTO tickets (request_id, pipeline, stage, reason, draft, state, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6)
-                 ON CONFLICT (request_id) DO NOTHING",
-                params![
-                    record.id,
-                    record.pipeline,
-                    record.stage,
-                    ticket.reason,
-                    ticket.draft,
-                    record.created_at
-                ],
-            )?;
-            Ok(conn.query_row(
-                "SELECT id FROM tickets WHERE request_id = ?1",
-                params![record.id],
-                |row| row.get(0),
-            )?)
+            open_ticket(conn, &record, &ticket)
         })
         .await
     }
@@ -418,6 +458,12 @@ impl Store {
             )?;
             let resolved = read_ticket(conn, ticket)?
                 .ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))?;
+            // The request is final now: a waiting callback becomes due.
+            conn.execute(
+                "UPDATE callbacks SET state = 'pending', next_at = ?2
+                 WHERE request_id = ?1 AND state = 'waiting'",
+                params![resolved.request_id, now],
+            )?;
             // The resolution is part of the training set, and the approved
             // answer of the request's answer-bank key.
             insert_feedback(
@@ -500,6 +546,236 @@ impl Store {
                 Some(state) => statement.query_map(params![limit, state], ticket_from_row)?,
             };
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Accept an asynchronous request: durable before the client hears 202.
+    pub async fn enqueue(&self, job: Job) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let known: Option<i64> = conn
+                .query_row(
+                    "SELECT 1 FROM requests WHERE id = ?1",
+                    params![job.id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if known.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "request \"{}\" already ran",
+                    job.id
+                )));
+            }
+            conn.execute(
+                "INSERT INTO jobs (id, pipeline, input, attributes, callback, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+                params![
+                    job.id,
+                    job.pipeline,
+                    job.input,
+                    job.attributes,
+                    job.callback,
+                    job.created_at
+                ],
+            )
+            .map_err(|e| match e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    StoreError::Conflict(format!("request \"{}\" was already accepted", job.id))
+                }
+                other => other.into(),
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Accepted requests not yet completed (queued, or running when the
+    /// host stopped), oldest first.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, pipeline, input, attributes, callback, created_at FROM jobs
+                 WHERE state != 'done' ORDER BY created_at, id",
+            )?;
+            let rows = statement.query_map([], |row| {
+                Ok(Job {
+                    id: row.get(0)?,
+                    pipeline: row.get(1)?,
+                    input: row.get(2)?,
+                    attributes: row.get(3)?,
+                    callback: row.get(4)?,
+                    created_at: row.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Mark a job running (counting its runs).
+    pub async fn start_job(&self, id: String) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE jobs SET state = 'running', runs = runs + 1 WHERE id = ?1",
+                params![id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Complete a job: its request record (and ticket, if escalated) and
+    /// the job's end, in one transaction, so a job completes exactly once
+    /// even if it ran twice around a crash. Returns the ticket number.
+    pub async fn complete_job(
+        &self,
+        record: RequestRecord,
+        ticket: Option<NewTicket>,
+    ) -> Result<Option<i64>, StoreError> {
+        self.write(move |conn| {
+            let done: Option<String> = conn
+                .query_row(
+                    "SELECT state FROM jobs WHERE id = ?1",
+                    params![record.id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if done.as_deref() == Some("done") {
+                return Ok(None);
+            }
+            insert_request(conn, &record)?;
+            let ticket = match ticket {
+                None => None,
+                Some(ticket) => Some(open_ticket(conn, &record, &ticket)?),
+            };
+            conn.execute(
+                "UPDATE jobs SET state = 'done', done_at = ?2 WHERE id = ?1",
+                params![record.id, now_millis()],
+            )?;
+            Ok(ticket)
+        })
+        .await
+    }
+
+    /// An asynchronous request's job, whatever its state.
+    pub async fn job_state(&self, id: String) -> Result<Option<JobState>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT pipeline, state, runs, created_at FROM jobs WHERE id = ?1",
+                    params![id],
+                    |row| {
+                        Ok(JobState {
+                            pipeline: row.get(0)?,
+                            state: row.get(1)?,
+                            runs: row.get(2)?,
+                            created_at: row.get(3)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Callbacks due for delivery at `now`: `(request_id, url, attempts)`.
+    pub async fn due_callbacks(&self, now: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT request_id, url, attempts FROM callbacks
+                 WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at LIMIT 100",
+            )?;
+            let rows = statement.query_map(params![now], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The earliest time a callback is due, if any is pending.
+    pub async fn next_callback_at(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT MIN(next_at) FROM callbacks WHERE state = 'pending'",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Record one delivery attempt and what comes next: delivered, another
+    /// attempt at `retry_at`, or failed for good.
+    pub async fn record_delivery(
+        &self,
+        request_id: String,
+        attempt: i64,
+        status: Option<u16>,
+        error: Option<String>,
+        retry_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let ok = error.is_none();
+            conn.execute(
+                "INSERT INTO deliveries (request_id, attempt, at, status, error, ok)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![request_id, attempt, now_millis(), status, error, ok],
+            )?;
+            let (state, next_at) = match (ok, retry_at) {
+                (true, _) => ("delivered", None),
+                (false, Some(at)) => ("pending", Some(at)),
+                (false, None) => ("failed", None),
+            };
+            conn.execute(
+                "UPDATE callbacks SET state = ?2, attempts = ?3, next_at = ?4
+                 WHERE request_id = ?1",
+                params![request_id, state, attempt, next_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A request's callback and its delivery attempts.
+    pub async fn callback(
+        &self,
+        request_id: String,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        self.read(move |conn| {
+            let found: Option<(String, String, i64)> = conn
+                .query_row(
+                    "SELECT url, state, attempts FROM callbacks WHERE request_id = ?1",
+                    params![request_id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?;
+            let Some((url, state, attempts)) = found else {
+                return Ok(None);
+            };
+            let mut statement = conn.prepare_cached(
+                "SELECT attempt, at, status, error, ok FROM deliveries
+                 WHERE request_id = ?1 ORDER BY id",
+            )?;
+            let deliveries = statement
+                .query_map(params![request_id], |row| {
+                    Ok(serde_json::json!({
+                        "attempt": row.get::<_, i64>(0)?,
+                        "at": row.get::<_, i64>(1)?,
+                        "status": row.get::<_, Option<i64>>(2)?,
+                        "error": row.get::<_, Option<String>>(3)?,
+                        "ok": row.get::<_, bool>(4)?,
+                    }))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(serde_json::json!({
+                "url": url,
+                "state": state,
+                "attempts": attempts,
+                "deliveries": deliveries,
+            })))
         })
         .await
     }
@@ -671,7 +947,7 @@ impl Store {
     /// observations, not promises: when the queue is full one is dropped
     /// (and logged) rather than slowing live traffic.
     pub fn record_shadow(&self, run: ShadowRecord) {
-        let job: Job = Box::new(move |conn| {
+        let job: WriteOp = Box::new(move |conn| {
             let result = conn
                 .prepare_cached(
                     "INSERT INTO shadow_runs (at, request_id, pipeline, stage, live_digest,
@@ -785,7 +1061,7 @@ impl Store {
         op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (done, result) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let job: WriteOp = Box::new(move |conn| {
             let outcome = op(conn);
             let failed = outcome.is_err();
             let completion: Completion = Box::new(move |commit| {
@@ -919,6 +1195,38 @@ const MIGRATIONS: &[&str] = &["
         correction TEXT,
         actor      TEXT NOT NULL
     );
+", "
+    CREATE TABLE jobs (
+        id         TEXT PRIMARY KEY,
+        pipeline   TEXT NOT NULL,
+        input      TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        callback   TEXT,
+        state      TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done')),
+        runs       INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        done_at    INTEGER
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, created_at);
+    CREATE TABLE callbacks (
+        request_id TEXT PRIMARY KEY,
+        url        TEXT NOT NULL,
+        state      TEXT NOT NULL CHECK (state IN ('waiting', 'pending', 'delivered', 'failed')),
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        next_at    INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX callbacks_due ON callbacks (state, next_at);
+    CREATE TABLE deliveries (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL,
+        attempt    INTEGER NOT NULL,
+        at         INTEGER NOT NULL,
+        status     INTEGER,
+        error      TEXT,
+        ok         INTEGER NOT NULL
+    );
+    CREATE INDEX deliveries_by_request ON deliveries (request_id, id);
 "];
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -1003,7 +1311,7 @@ impl Synchronous {
     }
 }
 
-fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
+fn commit_batch(conn: &Connection, batch: &mut Vec<WriteOp>) {
     if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
         // Dropping the jobs drops their reply channels: every waiting caller
         // learns that its write was not committed.
@@ -1069,6 +1377,8 @@ fn read_request(
                         created_at: row.get(13)?,
                         remember_key: row.get(15)?,
                         cost_usd: row.get(16)?,
+                        // Kept in the callbacks table, shown from there.
+                        callback: None,
                     },
                     row.get::<_, Option<i64>>(14)?,
                 ))
@@ -1079,6 +1389,23 @@ fn read_request(
 
 fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(), StoreError> {
     let completed_at = (r.status != "escalated").then(now_millis);
+    if let Some(url) = &r.callback {
+        // Delivered once the request is final: now, or when a reviewer
+        // resolves its ticket.
+        let state = if r.status == "escalated" {
+            "waiting"
+        } else {
+            "pending"
+        };
+        conn.prepare_cached(
+            "INSERT INTO callbacks (request_id, url, state, next_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (request_id) DO UPDATE SET state = excluded.state,
+                 next_at = excluded.next_at
+             WHERE callbacks.state = 'waiting'",
+        )?
+        .execute(params![r.id, url, state, now_millis()])?;
+    }
     conn.prepare_cached(
         "INSERT INTO requests (id, pipeline, generation, status, input, attributes, output,
                                confidence, stage, layer, code, message, trace, created_at,

@@ -64,6 +64,9 @@ pub fn toml_str(path: &str) -> String {
     toml::Value::String(path.to_owned()).to_string()
 }
 
+/// The secret test hosts sign callbacks with.
+pub const CALLBACK_SECRET: &str = "test-callback-secret";
+
 /// A manifest header small enough for tests: few pooled instances.
 pub const SMALL_RUNTIME: &str = "[runtime]\ninstances = 16\n";
 
@@ -96,6 +99,7 @@ fn options(manifest: &Path, dir: &Path, tokens: Tokens) -> HostOptions {
     options.admin_listen = Some("127.0.0.1:0".parse().expect("a valid address"));
     options.data_dir = Some(dir.join("data"));
     options.tokens = Some(tokens);
+    options.callback_secret = Some(CALLBACK_SECRET.to_owned());
     // Compiled components are shared by every test host (and kept between
     // runs): the Python and JavaScript ones take seconds to compile.
     options.compile_cache = Some(workspace_root().join("target").join("test-compile-cache"));
@@ -286,5 +290,95 @@ impl TestHost {
             serde_json::json!({ "input": input }),
         )
         .await
+    }
+}
+
+/// `strata serve` running as a real process (so that a test can kill it
+/// without a shutdown), logging JSON lines that the test can wait for.
+pub struct HostProcess {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<Value>,
+    base: String,
+}
+
+impl HostProcess {
+    /// Run `binary` (a test's `env!("CARGO_BIN_EXE_strata-under-test")`)
+    /// as `serve manifest` on free loopback ports; `configure` adds
+    /// arguments (`--data`) or environment variables. Returns once the host
+    /// logs that it is serving.
+    pub fn serve(
+        binary: &str,
+        manifest: &Path,
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> HostProcess {
+        use std::io::{BufRead, BufReader};
+
+        let mut command = std::process::Command::new(binary);
+        command
+            .args(["--log-format", "json", "serve"])
+            .arg(manifest)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().expect("cannot start the host process");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (sender, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                    let _ = sender.send(event);
+                }
+            }
+        });
+        let mut process = HostProcess {
+            child,
+            events,
+            base: String::new(),
+        };
+        let serving = process.next_event(|e| e["message"] == "strata is serving");
+        process.base = format!("http://{}", serving["addr"].as_str().unwrap_or_default());
+        process
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next log event `wanted` accepts (earlier ones are dropped).
+    /// Panics when the host is quiet for a minute.
+    pub fn next_event(&mut self, wanted: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let event = self
+                .events
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the host process went quiet (or exited)");
+            if wanted(&event) {
+                return event;
+            }
+        }
+    }
+
+    /// The next log event whose message contains `text`.
+    pub fn next_message(&mut self, text: &str) -> Value {
+        self.next_event(|e| e["message"].as_str().is_some_and(|m| m.contains(text)))
+    }
+
+    /// Kill the process at once (SIGKILL: no shutdown, nothing flushed).
+    pub fn kill(self) {
+        drop(self);
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -62,7 +62,7 @@ async fn malformed_bodies_are_refused_with_the_reason() {
         (
             "{\"input\": \"x\", \"atributes\": {}}",
             "invalid_json",
-            "unknown field `atributes`, expected `input` or `attributes`",
+            "unknown field `atributes`, expected one of `input`, `attributes`, `async`, `callback`",
         ),
         (
             "{\"input\": \"x\", \"attributes\": [1]}",

@@ -2,13 +2,11 @@
 //! model tiers cost what their usage says, fall back on errors and timeouts,
 //! and every correction or human answer improves the bank at once.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use local_llm::{LocalLlm, Options};
 use serde_json::{Value, json};
-use strata_tests::{SMALL_RUNTIME, TestHost, components, toml_str};
+use strata_tests::{HostProcess, SMALL_RUNTIME, TestHost, components, toml_str};
 
 /// rules (a canned answer for "hello") -> answer-bank -> generate, with
 /// tiers `small` (model `small_model`, falling back to `large`) and `large`.
@@ -362,28 +360,15 @@ async fn the_api_key_goes_from_the_environment_to_the_provider() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
-        .args(["--log-format", "json", "serve"])
-        .arg(&manifest_path)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .env("STRATA_TEST_PROVIDER_KEY", "sk-test-secret")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (found, address) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<Value>(&line)
-                && event["message"] == "strata is serving"
-            {
-                let _ = found.send(event["addr"].as_str().unwrap().to_owned());
-            }
-        }
-    });
-    let addr = address.recv_timeout(Duration::from_secs(60)).unwrap();
+    let host = HostProcess::serve(
+        env!("CARGO_BIN_EXE_strata-under-test"),
+        &manifest_path,
+        |command| {
+            command.env("STRATA_TEST_PROVIDER_KEY", "sk-test-secret");
+        },
+    );
     let body: Value = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/pipelines/p"))
+        .post(format!("{}/v1/pipelines/p", host.base()))
         .json(&json!({"input": "What is the exchange rate?"}))
         .send()
         .await
@@ -397,8 +382,7 @@ async fn the_api_key_goes_from_the_environment_to_the_provider() {
         vec![Some("Bearer sk-test-secret".to_owned())]
     );
     assert!(!body.to_string().contains("sk-test-secret"));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    host.kill();
 
     // Without the variable, the manifest is refused with the reason.
     let output = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use strata::auth::Tokens;
-use strata_tests::{SMALL_RUNTIME, TestHost, components};
+use strata_tests::{HostProcess, SMALL_RUNTIME, TestHost, components};
 
 /// Copy `from` over `to` the way a careful deploy does: write aside, rename.
 fn install(from: &str, to: &Path) {
@@ -718,50 +718,19 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 #[cfg(unix)]
 #[test]
 fn sighup_reloads() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let dir = directory_with(components::VERSION_ONE);
     let manifest = dir.path().join("strata.toml");
     std::fs::write(&manifest, versioned_manifest("", "watch = false")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
-        .args(["--log-format", "json", "serve"])
-        .arg(&manifest)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (events, received) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                let _ = events.send(event);
-            }
-        }
-    });
-    let next = |message: &str| loop {
-        let event = received
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the host went quiet");
-        if event["message"]
-            .as_str()
-            .is_some_and(|m| m.contains(message))
-        {
-            break event;
-        }
-    };
-    next("strata is serving");
+    let mut host = HostProcess::serve(env!("CARGO_BIN_EXE_strata-under-test"), &manifest, |_| {});
 
     install(components::VERSION_TWO, &dir.path().join("stage.wasm"));
-    let status = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &host.pid().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let event = next("reload applied");
+    let event = host.next_message("reload applied");
     assert_eq!(event["trigger"], "signal");
     assert_eq!(event["generation"], 2);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    host.kill();
 }

@@ -59,7 +59,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         message,
         "$DIR/strata.toml: unknown field `lisen`, expected one of `listen`, `data_dir`, `server`, \
-         `runtime`, `admin`, `reload`, `models`, `pipelines`"
+         `runtime`, `admin`, `reload`, `models`, `async`, `callbacks`, `pipelines`"
     );
 }
 
@@ -333,6 +333,37 @@ fn invalid_values() {
         (
             "[server]\nmax_body_kib = 0\n".to_owned() + &stage(""),
             "key \"server.max_body_kib\": 0 is outside 1..=16384",
+        ),
+        (
+            "[async]\nworkers = 0\n".to_owned() + &stage(""),
+            "key \"async\": queue must be in 1..=1000000 and workers in 1..=1000",
+        ),
+        (
+            "[async]\nqueue = 10\nthreads = 2\n".to_owned() + &stage(""),
+            "unknown field `threads`, expected `queue` or `workers`",
+        ),
+        (
+            "[callbacks]\nallow = [\"https://hooks.example.com/x\"]\n".to_owned() + &stage(""),
+            "key \"callbacks.allow\": \"https://hooks.example.com/x\" is not a host or \
+             host:port (write \"hooks.example.com\" or \"127.0.0.1:9000\", without a scheme or \
+             path)",
+        ),
+        (
+            "[callbacks]\nmax_attempts = 0\n".to_owned() + &stage(""),
+            "key \"callbacks.max_attempts\": 0 is outside 1..=100",
+        ),
+        (
+            "[callbacks]\nbackoff_ms = 0\n".to_owned() + &stage(""),
+            "key \"callbacks.backoff_ms\": 0 is outside 1..=3600000",
+        ),
+        (
+            "[models.providers.p]\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+             [models.tiers.t]\nprovider = \"p\"\nmodel = \"m\"\n\
+             batch = { max_size = 0 }\n"
+                .to_owned()
+                + &stage(""),
+            "key \"models.tiers.t.batch\": max_size must be in 1..=256 and max_wait_ms at most \
+             60000",
         ),
         (
             "this is = not toml".to_owned(),

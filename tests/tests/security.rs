@@ -1,13 +1,11 @@
 //! Observability and access: roles on every route, Prometheus metrics,
 //! structured logs, and `strata audit`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use serde_json::{Value, json};
 use strata::auth::Tokens;
-use strata_tests::{SMALL_RUNTIME, TestHost, components, toml_str};
+use strata_tests::{HostProcess, SMALL_RUNTIME, TestHost, components, toml_str};
 
 fn manifest() -> String {
     format!(
@@ -158,39 +156,15 @@ fn log_lines_about_a_request_carry_its_id_pipeline_generation_stage_and_digest()
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("strata.toml");
     std::fs::write(&manifest, self::manifest()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
-        .args(["--log-format", "json", "serve"])
-        .arg(&manifest)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (events, received) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                let _ = events.send(event);
-            }
-        }
-    });
-    let next = |wanted: &dyn Fn(&Value) -> bool| loop {
-        let event = received
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the host went quiet");
-        if wanted(&event) {
-            break event;
-        }
-    };
-    let serving = next(&|e| e["message"] == "strata is serving");
-    let addr = serving["addr"].as_str().unwrap().to_owned();
+    let mut host = HostProcess::serve(env!("CARGO_BIN_EXE_strata-under-test"), &manifest, |_| {});
+    let addr = host.base().to_owned();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let body: Value = runtime.block_on(async {
         reqwest::Client::new()
-            .post(format!("http://{addr}/v1/pipelines/desk"))
+            .post(format!("{addr}/v1/pipelines/desk"))
             .json(&json!({"input": "hi"}))
             .send()
             .await
@@ -199,7 +173,7 @@ fn log_lines_about_a_request_carry_its_id_pipeline_generation_stage_and_digest()
             .await
             .unwrap()
     });
-    let guest = next(&|e| e["message"] == "triage ran");
+    let guest = host.next_event(|e| e["message"] == "triage ran");
     assert_eq!(guest["request_id"], body["request_id"], "{guest}");
     assert_eq!(guest["pipeline"], "desk");
     assert_eq!(guest["generation"], 1);
@@ -209,13 +183,13 @@ fn log_lines_about_a_request_carry_its_id_pipeline_generation_stage_and_digest()
 
     runtime.block_on(async {
         reqwest::Client::new()
-            .post(format!("http://{addr}/v1/pipelines/crash"))
+            .post(format!("{addr}/v1/pipelines/crash"))
             .json(&json!({"input": "hi"}))
             .send()
             .await
             .unwrap();
     });
-    let failure = next(&|e| e["kind"] == "trap");
+    let failure = host.next_event(|e| e["kind"] == "trap");
     assert_eq!(failure["stage"], "broken", "{failure}");
     assert!(failure["digest"].as_str().unwrap().starts_with("sha256:"));
     // The request's span names the request, pipeline and generation.
@@ -223,8 +197,7 @@ fn log_lines_about_a_request_carry_its_id_pipeline_generation_stage_and_digest()
     assert_eq!(span["pipeline"], "crash", "{failure}");
     assert_eq!(span["generation"], 1);
     assert!(span["request_id"].is_string());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    host.kill();
 }
 
 fn strata(args: &[&str]) -> (i32, String, String) {
@@ -352,5 +325,31 @@ plugin = {}
     assert!(
         text.contains("BROKEN    does not export strata:pipeline/stage@0.1.0"),
         "{text}"
+    );
+}
+
+#[test]
+fn audit_names_where_the_host_itself_sends_data() {
+    let demo = strata_tests::demo_manifest();
+    let (code, text, stderr) = strata(&["audit", demo.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(text.contains("host egress (outside any stage)"), "{text}");
+    assert!(
+        text.contains("  models    local http://127.0.0.1:8000/v1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  callbacks 127.0.0.1:9000 (signed with the key in STRATA_CALLBACK_SECRET)"),
+        "{text}"
+    );
+    let (_, json, _) = strata(&["audit", demo.to_str().unwrap(), "--json"]);
+    let report: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        report["egress"]["callbacks"]["allow"],
+        json!(["127.0.0.1:9000"])
+    );
+    assert_eq!(
+        report["egress"]["model_providers"]["local"],
+        "http://127.0.0.1:8000/v1"
     );
 }

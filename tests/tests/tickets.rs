@@ -2,12 +2,8 @@
 //! resolve them, the resolution becomes the request's answer, and nothing is
 //! lost across a restart or a crash.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
 use serde_json::{Value, json};
-use strata_tests::{SMALL_RUNTIME, TestHost, components, toml_str};
+use strata_tests::{HostProcess, SMALL_RUNTIME, TestHost, components, toml_str};
 
 fn manifest() -> String {
     format!(
@@ -152,7 +148,8 @@ async fn an_acknowledged_ticket_survives_a_crash() {
     std::fs::write(&manifest_path, manifest()).unwrap();
     let data = dir.path().join("data");
 
-    let (mut child, base) = spawn_host(&manifest_path, &data);
+    let host = spawn_host(&manifest_path, &data);
+    let base = host.base().to_owned();
     let client = reqwest::Client::new();
     let mut acknowledged = Vec::new();
     for i in 0..20 {
@@ -166,10 +163,10 @@ async fn an_acknowledged_ticket_survives_a_crash() {
         let body: Value = response.json().await.unwrap();
         acknowledged.push(body["request_id"].as_str().unwrap().to_owned());
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    host.kill();
 
-    let (mut child, base) = spawn_host(&manifest_path, &data);
+    let host = spawn_host(&manifest_path, &data);
+    let base = host.base();
     for id in &acknowledged {
         let response = client
             .get(format!("{base}/v1/requests/{id}"))
@@ -181,41 +178,16 @@ async fn an_acknowledged_ticket_survives_a_crash() {
         assert_eq!(body["status"], "escalated");
         assert_eq!(body["ticket"]["state"], "open");
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    host.kill();
 }
 
-/// Start `strata serve` as a process on a free port and wait until it says
-/// where it listens.
-fn spawn_host(manifest: &std::path::Path, data: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
-        .args(["--log-format", "json", "serve"])
-        .arg(manifest)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data",
-        ])
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start the host process");
-    let stderr = child.stderr.take().unwrap();
-    let (found, address) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<Value>(&line)
-                && event["message"] == "strata is serving"
-            {
-                let _ = found.send(event["addr"].as_str().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let addr = address
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the host process did not start serving");
-    (child, format!("http://{addr}"))
+/// `strata serve` as a process, with its state in `data`.
+fn spawn_host(manifest: &std::path::Path, data: &std::path::Path) -> HostProcess {
+    HostProcess::serve(
+        env!("CARGO_BIN_EXE_strata-under-test"),
+        manifest,
+        |command| {
+            command.arg("--data").arg(data);
+        },
+    )
 }

@@ -24,7 +24,7 @@ impl Host for StageState {
             max_tokens: request.max_tokens,
             temperature: request.temperature,
         };
-        let (result, calls) = models.complete(&request).await;
+        let (result, calls) = models.complete(&request, self.services.batch).await;
         self.effects.model_calls.extend(calls);
         match result {
             Ok(answer) => Ok(Completion {

@@ -428,6 +428,8 @@ pub struct Services {
     pub models: Option<Arc<crate::model::ModelRouter>>,
     /// A shadow run reads the bank but must not change it.
     pub read_only_bank: bool,
+    /// Model calls may wait to join a batch (asynchronous requests only).
+    pub batch: bool,
 }
 
 /// What an invocation did besides deciding.

@@ -1,7 +1,10 @@
 //! A local stand-in for a model provider. It speaks the OpenAI-compatible
 //! `POST /v1/chat/completions` protocol (request: `model`, `messages`,
-//! `max_tokens`; answer: `choices[0].message.content` and `usage`), so the
-//! host talks to it exactly as to OpenAI, vLLM, Ollama or llama.cpp's server.
+//! `max_tokens`; answer: `choices[0].message.content` and `usage`), and the
+//! batch-capable `POST /v1/completions` (request: `prompt` as a string or a
+//! list of strings; answer: one `choices[i].text` per prompt and `usage`
+//! for them all), so the host talks to it exactly as to OpenAI, vLLM,
+//! Ollama or llama.cpp's server.
 //! These machines cannot reach a real provider; this one lets the tests, the
 //! demo and the benchmarks run the generation layer for real, over HTTP.
 //!
@@ -15,8 +18,10 @@
 //! - `bad-request-*`: answers 400;
 //! - anything else: answers at once.
 //!
-//! `GET /stats` returns `{"calls": {model: count}, "requests": n}`: what
-//! reached the provider, counted here where a test can check it.
+//! `GET /stats` returns `{"calls": {model: count}, "requests": n,
+//! "batches": n, "batched_prompts": n}`: what reached the provider (one
+//! request per HTTP call, whatever it held), counted here where a test can
+//! check it.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -45,6 +50,8 @@ pub struct Options {
 struct State {
     calls: BTreeMap<String, u64>,
     requests: u64,
+    batches: u64,
+    batched_prompts: u64,
     authorizations: Vec<Option<String>>,
 }
 
@@ -104,9 +111,19 @@ impl LocalLlm {
         self.lock().calls.get(model).copied().unwrap_or(0)
     }
 
-    /// Chat-completion calls received in all.
+    /// Calls received in all, chat and batch.
     pub fn requests(&self) -> u64 {
         self.lock().requests
+    }
+
+    /// `POST /v1/completions` calls received.
+    pub fn batches(&self) -> u64 {
+        self.lock().batches
+    }
+
+    /// Prompts received in `POST /v1/completions` calls.
+    pub fn batched_prompts(&self) -> u64 {
+        self.lock().batched_prompts
     }
 
     /// The `Authorization` header of every call, in order.
@@ -135,10 +152,16 @@ async fn handle(
         let state = state.lock().unwrap_or_else(|e| e.into_inner());
         return reply(
             StatusCode::OK,
-            json!({"calls": state.calls, "requests": state.requests}),
+            json!({
+                "calls": state.calls,
+                "requests": state.requests,
+                "batches": state.batches,
+                "batched_prompts": state.batched_prompts,
+            }),
         );
     }
-    if path != "/v1/chat/completions" || request.method() != hyper::Method::POST {
+    let batch = path == "/v1/completions";
+    if !(batch || path == "/v1/chat/completions") || request.method() != hyper::Method::POST {
         return reply(
             StatusCode::NOT_FOUND,
             json!({"error": {"message": format!("no route {path}"), "type": "invalid_request_error"}}),
@@ -165,9 +188,21 @@ async fn handle(
         );
     };
     let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let prompts: Vec<String> = match &body["prompt"] {
+        Value::String(one) => vec![one.clone()],
+        Value::Array(many) => many
+            .iter()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
     let count = {
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
         state.requests += 1;
+        if batch {
+            state.batches += 1;
+            state.batched_prompts += prompts.len() as u64;
+        }
         state.authorizations.push(authorization.clone());
         let count = state.calls.entry(model.clone()).or_default();
         *count += 1;
@@ -181,11 +216,43 @@ async fn handle(
             json!({"error": {"message": "invalid API key", "type": "invalid_request_error"}}),
         );
     }
-    let Some(messages) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            json!({"error": {"message": "messages must be a non-empty array"}}),
-        );
+    // What each prompt asks, and how long its prompt is.
+    let questions: Vec<(String, usize)> = if batch {
+        let well_formed = match &body["prompt"] {
+            Value::String(_) => true,
+            Value::Array(many) => !many.is_empty() && many.iter().all(Value::is_string),
+            _ => false,
+        };
+        if !well_formed {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": {"message": "prompt must be a string or a non-empty array of strings"}}),
+            );
+        }
+        prompts
+            .iter()
+            .map(|prompt| (last_user_turn(prompt).to_owned(), prompt.len()))
+            .collect()
+    } else {
+        let Some(messages) = body["messages"].as_array().filter(|m| !m.is_empty()) else {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": {"message": "messages must be a non-empty array"}}),
+            );
+        };
+        let question = messages
+            .iter()
+            .rev()
+            .find(|m| m["role"] == "user")
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let prompt_chars = messages
+            .iter()
+            .filter_map(|m| m["content"].as_str())
+            .map(str::len)
+            .sum();
+        vec![(question, prompt_chars)]
     };
 
     if model.starts_with("fail-") {
@@ -217,26 +284,55 @@ async fn handle(
         tokio::time::sleep(delay).await;
     }
 
-    let question = messages
+    let max_tokens = body["max_tokens"].as_u64();
+    let answers: Vec<(String, u64, u64)> = questions
         .iter()
-        .rev()
-        .find(|m| m["role"] == "user")
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or_default();
-    let quoted: String = question.chars().take(120).collect();
-    let answer = format!(
-        "Thank you for asking about \"{quoted}\". (This is a canned answer from the local \
-         stand-in model {model}; point the manifest at a real provider for real answers.)"
-    );
-    let prompt_chars: usize = messages
-        .iter()
-        .filter_map(|m| m["content"].as_str())
-        .map(str::len)
-        .sum();
-    let mut completion_tokens = tokens(answer.len());
-    if let Some(max) = body["max_tokens"].as_u64() {
-        completion_tokens = completion_tokens.min(max);
+        .map(|(question, prompt_chars)| {
+            let quoted: String = question.chars().take(120).collect();
+            let answer = format!(
+                "Thank you for asking about \"{quoted}\". (This is a canned answer from the \
+                 local stand-in model {model}; point the manifest at a real provider for real \
+                 answers.)"
+            );
+            let mut completion_tokens = tokens(answer.len());
+            if let Some(max) = max_tokens {
+                completion_tokens = completion_tokens.min(max);
+            }
+            let prompt_tokens = tokens(*prompt_chars);
+            (answer, prompt_tokens, completion_tokens)
+        })
+        .collect();
+    let prompt_tokens: u64 = answers.iter().map(|a| a.1).sum();
+    let completion_tokens: u64 = answers.iter().map(|a| a.2).sum();
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    if batch {
+        let choices: Vec<Value> = answers
+            .into_iter()
+            .enumerate()
+            .map(|(index, (text, _, _))| {
+                json!({"index": index, "text": text, "finish_reason": "stop", "logprobs": null})
+            })
+            .collect();
+        return reply(
+            StatusCode::OK,
+            json!({
+                "id": format!("cmpl-local-{count}"),
+                "object": "text_completion",
+                "created": 0,
+                "model": model,
+                "choices": choices,
+                "usage": usage,
+            }),
+        );
     }
+    let (answer, _, _) = answers
+        .into_iter()
+        .next()
+        .expect("a chat call has one question");
     reply(
         StatusCode::OK,
         json!({
@@ -249,13 +345,21 @@ async fn handle(
                 "message": {"role": "assistant", "content": answer},
                 "finish_reason": "stop",
             }],
-            "usage": {
-                "prompt_tokens": tokens(prompt_chars),
-                "completion_tokens": completion_tokens,
-                "total_tokens": tokens(prompt_chars) + completion_tokens,
-            },
+            "usage": usage,
         }),
     )
+}
+
+/// The last `user:` turn of a prompt the host made from chat messages
+/// (`role: content` blocks), or the whole prompt.
+fn last_user_turn(prompt: &str) -> &str {
+    match prompt.rfind("user: ") {
+        Some(at) => {
+            let turn = &prompt[at + "user: ".len()..];
+            turn.split("\n\n").next().unwrap_or(turn)
+        }
+        None => prompt.trim(),
+    }
 }
 
 /// The number after `prefix` in `model` (`slow-250-x` → 250).

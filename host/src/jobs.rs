@@ -1,0 +1,181 @@
+//! Asynchronous requests: accepted at once, run in the background.
+//!
+//! A client marks a request asynchronous (`"async": true` in the body, or
+//! `Prefer: respond-async`) and gets 202 with its id as soon as the request
+//! is durable in the store. A fixed number of workers (`[async] workers`)
+//! take accepted requests in order and run them on the serving generation,
+//! with model calls allowed to join batches (see [`crate::model`]);
+//! real-time requests never wait for them. When the queue holds
+//! `[async] queue` requests, new ones get 429 with `Retry-After`.
+//!
+//! A request completes exactly once: its record (and ticket) and the end of
+//! its job are committed together. After a crash, requests accepted but not
+//! completed run again at start-up; one that was running when the host died
+//! runs a second time (so a model may be asked twice), but completes once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::manifest::AsyncSettings;
+use crate::pipeline::Verdict;
+use crate::request::Request;
+use crate::server::App;
+use crate::store::{Job, NewTicket, StoreError};
+
+/// The queue of accepted asynchronous requests.
+pub struct Jobs {
+    sender: mpsc::UnboundedSender<Job>,
+    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    /// Accepted and not yet completed.
+    pending: AtomicUsize,
+    capacity: usize,
+    workers: usize,
+}
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue is full.
+    #[error("the queue of asynchronous requests is full")]
+    Full,
+    /// The store refused it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Jobs {
+    /// An empty queue with the manifest's bounds.
+    pub fn new(settings: &AsyncSettings) -> Jobs {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Jobs {
+            sender,
+            receiver: Arc::new(Mutex::new(receiver)),
+            pending: AtomicUsize::new(0),
+            capacity: settings.queue as usize,
+            workers: settings.workers as usize,
+        }
+    }
+
+    /// Accepted requests not yet completed.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    fn reserve(&self) -> bool {
+        self.pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Accept `job`: durable before this returns.
+pub async fn submit(app: &App, job: Job) -> Result<(), SubmitError> {
+    if !app.jobs.reserve() {
+        return Err(SubmitError::Full);
+    }
+    if let Err(error) = app.store.enqueue(job.clone()).await {
+        app.jobs.release();
+        return Err(error.into());
+    }
+    // The receiver lives as long as the app; a send cannot fail before.
+    let _ = app.jobs.sender.send(job);
+    Ok(())
+}
+
+/// Queue the requests a previous run accepted and did not complete, and
+/// start the workers.
+pub async fn start(
+    app: Arc<App>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, StoreError> {
+    let unfinished = app.store.unfinished_jobs().await?;
+    if !unfinished.is_empty() {
+        tracing::info!(
+            count = unfinished.len(),
+            "resuming asynchronous requests accepted before the last stop"
+        );
+    }
+    for job in unfinished {
+        app.jobs.pending.fetch_add(1, Ordering::AcqRel);
+        let _ = app.jobs.sender.send(job);
+    }
+    let mut workers = Vec::new();
+    for _ in 0..app.jobs.workers {
+        let app = app.clone();
+        let mut stopped = stopped.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                // A stopping host takes no new job: what is queued runs at
+                // the next start.
+                if *stopped.borrow() {
+                    return;
+                }
+                let job = tokio::select! {
+                    biased;
+                    _ = stopped.changed() => return,
+                    job = async { app.jobs.receiver.lock().await.recv().await } => job,
+                };
+                let Some(job) = job else { return };
+                run(&app, job).await;
+                app.jobs.release();
+            }
+        }));
+    }
+    Ok(workers)
+}
+
+async fn run(app: &App, job: Job) {
+    let id = job.id.clone();
+    if let Err(error) = app.store.start_job(id.clone()).await {
+        tracing::error!(request_id = %id, %error, "cannot mark an asynchronous request running");
+    }
+    let generation = app.current.load_full();
+    let attributes = serde_json::from_str(&job.attributes).unwrap_or_default();
+    let Some(pipeline) = generation.pipelines.get(&job.pipeline).cloned() else {
+        // The pipeline went away in a reload since the request was accepted.
+        let record = crate::api::unknown_pipeline_record(&job, generation.number);
+        if let Err(error) = app.store.complete_job(record, None).await {
+            tracing::error!(request_id = %id, %error, "cannot complete an asynchronous request");
+        }
+        return;
+    };
+    let request = Request {
+        id: job.id.clone(),
+        pipeline: job.pipeline.clone(),
+        input: job.input.clone(),
+        attributes,
+    };
+    let execution = pipeline
+        .run(&app.background, generation.number, request)
+        .await;
+    let mut record = crate::api::record_of(&execution, job.created_at);
+    record.callback = job.callback.clone();
+    let ticket = match &execution.verdict {
+        Verdict::Escalated { reason, draft, .. } => Some(NewTicket {
+            reason: reason.clone(),
+            draft: draft.clone(),
+        }),
+        _ => None,
+    };
+    let final_now = ticket.is_none();
+    match app.store.complete_job(record, ticket).await {
+        Ok(_) => {
+            if job.callback.is_some() && final_now {
+                app.callbacks.due.notify_one();
+            }
+        }
+        // The job stays unfinished and runs again at the next start.
+        Err(error) => {
+            tracing::error!(request_id = %id, %error, "cannot complete an asynchronous request")
+        }
+    }
+}
