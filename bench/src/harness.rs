@@ -61,6 +61,20 @@ impl Figures {
 pub const TABLE_HEADER: &str = "| target | requests/s | p50 ms | p99 ms | requests | errors |\n\
                                 | --- | ---: | ---: | ---: | ---: | ---: |";
 
+/// The demo manifest's text with every relative path (plugins, cases) made
+/// absolute, so that a copy works from any directory.
+pub fn demo_manifest(root: &Path) -> anyhow::Result<String> {
+    let demo = root.join("examples/support-desk");
+    let text = std::fs::read_to_string(demo.join("strata.toml"))
+        .context("cannot read the demo manifest")?;
+    Ok(text
+        .replace("\"../../", &format!("\"{}/", root.display()))
+        .replace(
+            "cases = \"cases/",
+            &format!("cases = \"{}/", demo.join("cases").display()),
+        ))
+}
+
 /// A fresh scratch directory.
 pub fn scratch(name: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("strata-bench-{}-{name}", std::process::id()));
@@ -335,6 +349,24 @@ mod tests {
         assert!((f.p50_ms - 0.29).abs() < 1e-9);
         assert!((f.p99_ms - 1.2).abs() < 1e-9);
         assert_eq!((f.requests, f.errors), (1000450, 3));
+    }
+
+    #[test]
+    fn the_demo_manifest_copy_names_absolute_paths_only() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let text = demo_manifest(root).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        let stages = table["pipelines"]["support"]["stages"].as_array().unwrap();
+        for stage in stages {
+            for key in ["plugin", "cases"] {
+                if let Some(path) = stage.get(key).and_then(|v| v.as_str()) {
+                    assert!(Path::new(path).is_absolute(), "{key} = {path}");
+                }
+            }
+            if let Some(cases) = stage.get("cases").and_then(|v| v.as_str()) {
+                assert!(Path::new(cases).exists(), "{cases}");
+            }
+        }
     }
 
     #[test]

@@ -100,14 +100,9 @@ pub fn run(root: &Path, load: &Load, trace: &Trace) -> anyhow::Result<String> {
 
 /// The demo manifest, with absolute plugin paths, the provider at
 /// `llm_addr`, and a second pipeline that sends everything to the model.
-fn write_manifest(root: &Path, path: &Path, llm_addr: &str) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(root.join("examples/support-desk/strata.toml"))?;
+pub(crate) fn write_manifest(root: &Path, path: &Path, llm_addr: &str) -> anyhow::Result<()> {
     let guests = root.join("target/guests/wasm32-wasip2/release");
-    let text = text
-        .replace(
-            "../../target/guests/wasm32-wasip2/release",
-            &guests.display().to_string(),
-        )
+    let text = harness::demo_manifest(root)?
         .replace("http://127.0.0.1:8000/v1", &format!("http://{llm_addr}/v1"));
     if !text.contains(&format!("http://{llm_addr}/v1")) {
         bail!("the demo manifest no longer points at http://127.0.0.1:8000/v1");
@@ -136,7 +131,7 @@ confidence = {{ small = 0.75, large = 0.85 }}
     Ok(())
 }
 
-fn read_questions(path: &Path) -> anyhow::Result<Vec<String>> {
+pub(crate) fn read_questions(path: &Path) -> anyhow::Result<Vec<String>> {
     let mut reader = csv::Reader::from_path(path).with_context(|| {
         format!(
             "cannot read the Banking77 training split at {}; pass --trace-source",
@@ -178,7 +173,7 @@ impl SplitMix {
 /// Draw a trace: questions ranked in a seeded random order, the one at rank
 /// `k` drawn with probability proportional to `1 / k^zipf`, as the
 /// popularity of real support questions falls off.
-fn draw(questions: &[String], trace: &Trace) -> Vec<String> {
+pub(crate) fn draw(questions: &[String], trace: &Trace) -> Vec<String> {
     let mut rng = SplitMix(trace.seed);
     let mut ranked: Vec<&String> = questions.iter().collect();
     for i in (1..ranked.len()).rev() {

@@ -10,10 +10,13 @@
 //! - `layers`: a cache hit against bare hyper, and a Banking77-drawn trace
 //!   through the layered pipeline against sending everything to the model;
 //! - `polyglot`: a stage's cost per request in Rust, Python and JavaScript,
-//!   fresh and reused, and four Rust stages with reuse against bare hyper.
+//!   fresh and reused, and four Rust stages with reuse against bare hyper;
+//! - `async`: the same requests real-time and asynchronous (provider calls
+//!   with batching, time to finish), and real-time latency beside a backlog.
 //!
 //! Run it through `scripts/bench`, which builds what it needs first.
 
+mod background;
 mod foundation;
 mod harness;
 mod layers;
@@ -31,7 +34,7 @@ use crate::harness::Load;
 #[derive(Debug, Parser)]
 struct Args {
     /// Which scenarios to run.
-    #[arg(long, value_enum, default_values_t = [Scenario::Foundation, Scenario::Reload, Scenario::Layers, Scenario::Polyglot])]
+    #[arg(long, value_enum, default_values_t = [Scenario::Foundation, Scenario::Reload, Scenario::Layers, Scenario::Polyglot, Scenario::Async])]
     scenario: Vec<Scenario>,
     /// Seconds of load per measurement.
     #[arg(long, default_value_t = 10)]
@@ -54,6 +57,12 @@ struct Args {
     /// Seed of the trace.
     #[arg(long, default_value_t = 77)]
     seed: u64,
+    /// Requests sent each way in the `async` scenario.
+    #[arg(long, default_value_t = 2000)]
+    async_requests: usize,
+    /// The stand-in provider's latency per call in the `async` scenario.
+    #[arg(long, default_value_t = 200)]
+    provider_latency_ms: u64,
     /// The file whose sections are rewritten.
     #[arg(long, default_value = "BENCHMARKS.md")]
     out: PathBuf,
@@ -70,6 +79,8 @@ enum Scenario {
     Layers,
     /// Stage cost by language and instance mode; four stages reused.
     Polyglot,
+    /// Real-time against asynchronous with batching; latency beside a backlog.
+    Async,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,6 +109,18 @@ fn main() -> anyhow::Result<()> {
                 ("layers", layers::run(&root, &load, &trace)?)
             }
             Scenario::Polyglot => ("polyglot", polyglot::run(&root, &load)?),
+            Scenario::Async => {
+                let settings = background::Settings {
+                    trace: layers::Trace {
+                        source: root.join(&args.trace_source),
+                        length: args.async_requests,
+                        zipf: args.zipf,
+                        seed: args.seed,
+                    },
+                    provider_latency: std::time::Duration::from_millis(args.provider_latency_ms),
+                };
+                ("async", background::run(&root, &load, &settings)?)
+            }
         };
         println!("{report}");
         harness::write_section(&out, name, &report)?;

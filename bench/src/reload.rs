@@ -21,14 +21,7 @@ const RELOAD_EVERY: Duration = Duration::from_millis(100);
 
 /// A copy of the demo manifest with absolute plugin paths.
 fn manifest_copy(root: &Path, dir: &Path) -> anyhow::Result<(PathBuf, String)> {
-    let text = std::fs::read_to_string(root.join("examples/support-desk/strata.toml"))?;
-    let guests = root.join("target/guests/wasm32-wasip2/release");
-    let text = text
-        .replace(
-            "../../target/guests/wasm32-wasip2/release",
-            &guests.display().to_string(),
-        )
-        .replace("[reload]\n", "");
+    let text = harness::demo_manifest(root)?.replace("[reload]\n", "");
     // Only explicit reloads in this scenario.
     let text = format!("{text}\n[reload]\nwatch = false\n");
     let path = dir.join("strata.toml");
