@@ -223,24 +223,69 @@ impl Default for AnswerBankSpec {
 
 /// Asynchronous requests (`[async]`): accepted at once, run in the
 /// background from a durable, bounded queue.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AsyncSettings {
     /// Accepted requests waiting or running at most; beyond, 429.
-    #[serde(default = "default_async_queue")]
     pub queue: u32,
-    /// Requests run at once in the background. Real-time requests are never
-    /// queued behind them. A worker waiting for a model holds its stage's
-    /// instance; batches fill only up to the number of workers.
-    #[serde(default = "default_async_workers")]
+    /// Requests run at once in the background. A worker waiting for a model
+    /// holds its stage's instance, so workers are at most half of
+    /// `[runtime] instances`: real-time requests always find one free.
+    /// Batches fill only up to the number of workers.
     pub workers: u32,
 }
 
 impl Default for AsyncSettings {
     fn default() -> Self {
-        Self {
+        Self::resolve(RawAsync::default(), DEFAULT_INSTANCES)
+            .expect("the default settings are valid")
+    }
+}
+
+impl AsyncSettings {
+    /// The settings as written, checked against the instance pool; an
+    /// unset `workers` is 16, or half the pool if that is smaller. An error
+    /// names the key at fault and why.
+    fn resolve(raw: RawAsync, instances: u32) -> Result<AsyncSettings, (&'static str, String)> {
+        let most = (instances / 2).max(1);
+        let workers = raw.workers.unwrap_or(most.min(16));
+        if !(1..=1_000_000).contains(&raw.queue) {
+            return Err((
+                "async.queue",
+                format!("{} is outside 1..=1000000", raw.queue),
+            ));
+        }
+        if workers == 0 || workers > most {
+            return Err((
+                "async.workers",
+                format!(
+                    "{workers} is outside 1..={most}: at most half of [runtime] instances \
+                     ({instances}) may run in the background, so that real-time requests always \
+                     find a free instance"
+                ),
+            ));
+        }
+        Ok(AsyncSettings {
+            queue: raw.queue,
+            workers,
+        })
+    }
+}
+
+/// `[async]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAsync {
+    #[serde(default = "default_async_queue")]
+    queue: u32,
+    #[serde(default)]
+    workers: Option<u32>,
+}
+
+impl Default for RawAsync {
+    fn default() -> Self {
+        RawAsync {
             queue: default_async_queue(),
-            workers: default_async_workers(),
+            workers: None,
         }
     }
 }
@@ -902,7 +947,7 @@ struct RawManifest {
     #[serde(default)]
     models: ModelsSpec,
     #[serde(default, rename = "async")]
-    background: AsyncSettings,
+    background: RawAsync,
     #[serde(default)]
     callbacks: CallbackSettings,
     #[serde(default)]
@@ -1050,16 +1095,8 @@ impl Parser<'_> {
             let pipeline = self.pipeline(name.clone(), value, &raw.runtime)?;
             pipelines.insert(name, pipeline);
         }
-        if !(1..=1_000_000).contains(&raw.background.queue)
-            || !(1..=1_000).contains(&raw.background.workers)
-        {
-            return Err(self.error(
-                key_location("async"),
-                ManifestErrorKind::Invalid(
-                    "queue must be in 1..=1000000 and workers in 1..=1000".to_owned(),
-                ),
-            ));
-        }
+        let background = AsyncSettings::resolve(raw.background, raw.runtime.instances)
+            .map_err(|(key, why)| self.error(key_location(key), ManifestErrorKind::Invalid(why)))?;
         if let Some(entry) = raw.callbacks.allow.iter().find(|entry| {
             entry.is_empty()
                 || entry.contains(['/', '?', '#', '@'])
@@ -1110,7 +1147,7 @@ impl Parser<'_> {
             admin: raw.admin,
             reload: raw.reload,
             models: raw.models,
-            background: raw.background,
+            background,
             callbacks: raw.callbacks,
             pipelines,
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
@@ -1791,9 +1828,6 @@ fn default_debounce_ms() -> u64 {
 }
 fn default_async_queue() -> u32 {
     1_000
-}
-fn default_async_workers() -> u32 {
-    16
 }
 fn default_callback_secret_env() -> String {
     "STRATA_CALLBACK_SECRET".to_owned()

@@ -336,7 +336,19 @@ fn invalid_values() {
         ),
         (
             "[async]\nworkers = 0\n".to_owned() + &stage(""),
-            "key \"async\": queue must be in 1..=1000000 and workers in 1..=1000",
+            "key \"async.workers\": 0 is outside 1..=128: at most half of [runtime] instances \
+             (256) may run in the background, so that real-time requests always find a free \
+             instance",
+        ),
+        (
+            "[runtime]\ninstances = 16\n[async]\nworkers = 9\n".to_owned() + &stage(""),
+            "key \"async.workers\": 9 is outside 1..=8: at most half of [runtime] instances \
+             (16) may run in the background, so that real-time requests always find a free \
+             instance",
+        ),
+        (
+            "[async]\nqueue = 0\n".to_owned() + &stage(""),
+            "key \"async.queue\": 0 is outside 1..=1000000",
         ),
         (
             "[async]\nqueue = 10\nthreads = 2\n".to_owned() + &stage(""),
