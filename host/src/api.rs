@@ -244,9 +244,10 @@ async fn dispatch(
     if request.method() != method {
         return Err(ApiError::method_not_allowed(request.method(), &path, allow));
     }
-    if let Some(role) = route.role() {
-        authorize(app, &request, role, peer)?;
-    }
+    let caller = match route.role() {
+        Some(role) => authorize(app, &request, role, peer)?.0,
+        None => "anonymous".to_owned(),
+    };
     match route {
         Route::Health => Ok(health(app)),
         Route::Pipelines => Ok(pipelines(app)),
@@ -260,7 +261,7 @@ async fn dispatch(
             let ticket = app.store.claim(id, check_reviewer(body.reviewer)?).await?;
             Ok(json_response(StatusCode::OK, &ticket_view(&ticket)))
         }
-        Route::Feedback => feedback(app, request).await,
+        Route::Feedback => feedback(app, request, caller).await,
         Route::FeedbackExport => Ok(export_feedback(app)),
         Route::Resolve(id) => {
             let id = parse_ticket_id(id)?;
@@ -435,8 +436,6 @@ async fn run_pipeline(
         verdict => {
             if let Err(error) = app.store.record(record.clone()).await {
                 tracing::error!(request_id = %record.id, %error, "cannot queue the request record");
-            } else if record.callback.is_some() {
-                app.callbacks.due.notify_one();
             }
             let status = match verdict {
                 Verdict::Answered { .. } => StatusCode::OK,
@@ -532,7 +531,7 @@ async fn accept(
 
 /// A pipeline's answer bank, with the settings of the serving generation
 /// (or the defaults, for a pipeline no longer served).
-fn bank_of(app: &App, pipeline: &str) -> Arc<crate::bank::Bank> {
+pub(crate) fn bank_of(app: &App, pipeline: &str) -> Arc<crate::bank::Bank> {
     let generation = app.current.load();
     let spec = generation
         .pipelines
@@ -546,13 +545,11 @@ fn bank_of(app: &App, pipeline: &str) -> Arc<crate::bank::Bank> {
 /// approved answer under the request's answer-bank key, so the next
 /// identical request gets it; a bad rating without one drops the
 /// unapproved answer there, so the next one is answered afresh.
-async fn feedback(app: &App, request: http::Request<Incoming>) -> Result<Response, ApiError> {
-    let caller = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .map(|_| "client")
-        .unwrap_or("anonymous")
-        .to_owned();
+async fn feedback(
+    app: &App,
+    request: http::Request<Incoming>,
+    caller: String,
+) -> Result<Response, ApiError> {
     let body: FeedbackBody = read_json(app, request).await?;
     let correction = match body.correction {
         Some(text) if text.trim().is_empty() => {

@@ -122,23 +122,6 @@ impl Bank {
         self.unapproved.invalidate(key);
         had
     }
-
-    /// The bank's settings.
-    pub fn spec(&self) -> &AnswerBankSpec {
-        &self.spec
-    }
-
-    /// Entries held: (unapproved, approved).
-    pub fn sizes(&self) -> (u64, usize) {
-        self.unapproved.run_pending_tasks();
-        (
-            self.unapproved.entry_count(),
-            self.approved
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .len(),
-        )
-    }
 }
 
 /// Every pipeline's bank.
@@ -148,24 +131,36 @@ pub struct Banks {
 }
 
 impl Banks {
-    /// The bank of `pipeline`, created with `spec` if new. A bank whose
-    /// settings changed is rebuilt keeping its approved answers (unapproved
-    /// ones are cheap to get again and may not fit the new bounds).
+    /// The bank of `pipeline`, created with `spec` if it has none. Its
+    /// settings are the last ones [`Banks::configure`] applied: a request
+    /// still running on an older generation uses the bank as it is.
     pub fn bank(&self, pipeline: &str, spec: &AnswerBankSpec) -> Arc<Bank> {
         if let Some(bank) = self
             .banks
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(pipeline)
-            && bank.spec == *spec
         {
             return bank.clone();
         }
+        self.banks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pipeline.to_owned())
+            .or_insert_with(|| Arc::new(Bank::new(spec.clone())))
+            .clone()
+    }
+
+    /// Give `pipeline`'s bank the settings of the generation being
+    /// published. A bank whose settings changed is rebuilt keeping its
+    /// approved answers (unapproved ones are cheap to get again and may not
+    /// fit the new bounds).
+    pub fn configure(&self, pipeline: &str, spec: &AnswerBankSpec) {
         let mut banks = self.banks.write().unwrap_or_else(|e| e.into_inner());
-        let fresh = Arc::new(Bank::new(spec.clone()));
+        let fresh = Bank::new(spec.clone());
         if let Some(old) = banks.get(pipeline) {
             if old.spec == *spec {
-                return old.clone();
+                return;
             }
             let approved = old
                 .approved
@@ -174,17 +169,7 @@ impl Banks {
                 .clone();
             *fresh.approved.write().unwrap_or_else(|e| e.into_inner()) = approved;
         }
-        banks.insert(pipeline.to_owned(), fresh.clone());
-        fresh
-    }
-
-    /// The bank of `pipeline` if one exists.
-    pub fn existing(&self, pipeline: &str) -> Option<Arc<Bank>> {
-        self.banks
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(pipeline)
-            .cloned()
+        banks.insert(pipeline.to_owned(), Arc::new(fresh));
     }
 }
 
@@ -232,6 +217,22 @@ mod tests {
             .approve("k".into(), "a".into(), "human");
         let mut bigger = spec();
         bigger.capacity = 1000;
+        banks.configure("p", &bigger);
+        assert!(banks.bank("p", &bigger).get("k").is_some());
+        assert_eq!(banks.bank("p", &spec()).spec, bigger);
+    }
+
+    #[test]
+    fn a_lookup_with_older_settings_does_not_rebuild_the_bank() {
+        let banks = Banks::default();
+        let mut bigger = spec();
+        bigger.capacity = 1000;
+        banks.configure("p", &bigger);
+        banks
+            .bank("p", &bigger)
+            .put("k".into(), "a".into(), "model", Duration::ZERO);
+        // A request still running on the previous generation.
+        assert!(banks.bank("p", &spec()).get("k").is_some());
         assert!(banks.bank("p", &bigger).get("k").is_some());
     }
 }

@@ -30,7 +30,6 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::sync::Notify;
 
 use crate::manifest::CallbackSettings;
 use crate::server::App;
@@ -48,8 +47,6 @@ pub struct Callbacks {
     secret_env: String,
     max_attempts: u32,
     backoff: Duration,
-    /// Woken when a callback becomes due.
-    pub due: Notify,
 }
 
 impl Callbacks {
@@ -81,7 +78,6 @@ impl Callbacks {
             secret_env: settings.secret_env.clone(),
             max_attempts: settings.max_attempts,
             backoff: Duration::from_millis(settings.backoff_ms),
-            due: Notify::new(),
         }
     }
 
@@ -166,7 +162,7 @@ pub fn spawn_worker(app: Arc<App>, mut stopped: tokio::sync::watch::Receiver<boo
             }
             .clamp(Duration::from_millis(20), Duration::from_secs(1));
             tokio::select! {
-                () = app.callbacks.due.notified() => {}
+                () = app.store.callbacks_due().notified() => {}
                 () = tokio::time::sleep(wait) => {}
                 _ = stopped.changed() => return,
             }

@@ -318,7 +318,7 @@ pub async fn run_pipeline(
         passed: 0,
         failures: Vec::new(),
     };
-    let context = RunContext::new(runtime, Arc::new(Unobserved), 1).without_models();
+    let context = RunContext::new(runtime, Arc::new(Unobserved), 0).without_models();
     for (index, case) in file.cases.iter().enumerate() {
         let request = Request {
             id: format!("case-{}", index + 1),

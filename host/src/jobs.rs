@@ -28,7 +28,7 @@ use crate::store::{Job, NewTicket, StoreError};
 /// The queue of accepted asynchronous requests.
 pub struct Jobs {
     sender: mpsc::UnboundedSender<Job>,
-    receiver: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>,
+    receiver: Mutex<mpsc::UnboundedReceiver<Job>>,
     /// Accepted and not yet completed.
     pending: AtomicUsize,
     capacity: usize,
@@ -52,7 +52,7 @@ impl Jobs {
         let (sender, receiver) = mpsc::unbounded_channel();
         Jobs {
             sender,
-            receiver: Arc::new(Mutex::new(receiver)),
+            receiver: Mutex::new(receiver),
             pending: AtomicUsize::new(0),
             capacity: settings.queue as usize,
             workers: settings.workers as usize,
@@ -166,16 +166,19 @@ async fn run(app: &App, job: Job) {
         }),
         _ => None,
     };
-    let final_now = ticket.is_none();
+    let answered_by = (record.status == "answered").then(|| record.layer.clone());
     match app.store.complete_job(record, ticket).await {
+        // Time to value runs from acceptance, the wait in the queue included.
         Ok(_) => {
-            if job.callback.is_some() && final_now {
-                app.callbacks.due.notify_one();
+            if let Some(layer) = answered_by {
+                let waited = (crate::store::now_millis() - job.created_at).max(0) as f64 / 1000.0;
+                let layer = layer.as_deref().unwrap_or("-");
+                app.metrics.answered(&job.pipeline, layer, waited);
             }
         }
         // The job stays unfinished and runs again at the next start.
         Err(error) => {
-            tracing::error!(request_id = %id, %error, "cannot complete an asynchronous request")
+            tracing::error!(request_id = %id, %error, "cannot complete an asynchronous request");
         }
     }
 }

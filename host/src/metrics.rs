@@ -389,8 +389,17 @@ impl Metrics {
         }
     }
 
-    /// Count a finished pipeline run.
-    pub fn request_finished(&self, pipeline: &str, execution: &Execution, seconds: f64) {
+    /// Count a finished pipeline run that took `seconds`. For a
+    /// `background` (asynchronous) run the client did not wait: no response
+    /// time is observed, and its time to value, which includes its wait in
+    /// the queue, is counted by [`Metrics::answered`] when it completes.
+    pub fn request_finished(
+        &self,
+        pipeline: &str,
+        execution: &Execution,
+        seconds: f64,
+        background: bool,
+    ) {
         let status = execution.verdict.status();
         let by = match &execution.verdict {
             Verdict::Answered { by, .. } | Verdict::Failed { by, .. } => Some(by),
@@ -405,14 +414,16 @@ impl Metrics {
                 stage: stage.to_owned(),
             })
             .inc();
-        self.request_duration
-            .get_or_create(&StatusLabels {
-                pipeline: pipeline.to_owned(),
-                status: status.to_owned(),
-            })
-            .observe(seconds);
-        if status == "answered" {
-            self.answered(pipeline, layer, seconds);
+        if !background {
+            self.request_duration
+                .get_or_create(&StatusLabels {
+                    pipeline: pipeline.to_owned(),
+                    status: status.to_owned(),
+                })
+                .observe(seconds);
+            if status == "answered" {
+                self.answered(pipeline, layer, seconds);
+            }
         }
         let cost = execution.cost_usd();
         self.request_cost

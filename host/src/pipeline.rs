@@ -366,8 +366,15 @@ pub trait Observer: Send + Sync {
     fn candidate_served(&self, pipeline: &Pipeline, candidate: &Candidate, failed: bool);
     /// A shadow candidate ran on a copy of a request.
     fn shadow_compared(&self, comparison: ShadowComparison);
-    /// A request finished.
-    fn request_finished(&self, pipeline: &Pipeline, execution: &Execution, elapsed: Duration);
+    /// A request finished, after `elapsed`; `background` for an
+    /// asynchronous one.
+    fn request_finished(
+        &self,
+        pipeline: &Pipeline,
+        execution: &Execution,
+        elapsed: Duration,
+        background: bool,
+    );
 }
 
 /// An observer that keeps nothing (`strata run`).
@@ -376,7 +383,7 @@ pub struct Unobserved;
 impl Observer for Unobserved {
     fn candidate_served(&self, _: &Pipeline, _: &Candidate, _: bool) {}
     fn shadow_compared(&self, _: ShadowComparison) {}
-    fn request_finished(&self, _: &Pipeline, _: &Execution, _: Duration) {}
+    fn request_finished(&self, _: &Pipeline, _: &Execution, _: Duration, _: bool) {}
 }
 
 /// What a run needs besides the pipeline.
@@ -393,12 +400,15 @@ pub struct RunContext {
     pub banks: Arc<Banks>,
     /// Whether stages may call models (off for golden cases and replays).
     pub models: bool,
-    /// Whether model calls may be batched (asynchronous requests).
-    pub batch: bool,
+    /// Asynchronous requests: model calls may join batches, and runs are
+    /// not real-time traffic (no response time, no latency objective).
+    pub background: bool,
 }
 
 impl RunContext {
-    /// A context with shadow runs bounded to `shadow_slots` at a time.
+    /// A context with shadow runs bounded to `shadow_slots` at a time; 0
+    /// runs none (tools that run a pipeline once and exit: nothing would
+    /// observe the comparisons).
     pub fn new(
         runtime: Arc<Runtime>,
         observer: Arc<dyn Observer>,
@@ -410,14 +420,14 @@ impl RunContext {
             shadow_slots: Arc::new(Semaphore::new(shadow_slots)),
             banks: Arc::new(Banks::default()),
             models: true,
-            batch: false,
+            background: false,
         }
     }
 
     /// The same context for asynchronous requests: model calls to tiers
     /// that batch may wait to join a batch.
     pub fn batched(mut self) -> RunContext {
-        self.batch = true;
+        self.background = true;
         self
     }
 
@@ -444,7 +454,7 @@ impl Pipeline {
             .instrument(span)
             .await;
         ctx.observer
-            .request_finished(self, &execution, started.elapsed());
+            .request_finished(self, &execution, started.elapsed(), ctx.background);
         execution
     }
 
@@ -512,7 +522,7 @@ impl Pipeline {
             bank: Some(ctx.banks.bank(&self.name, &self.answer_bank)),
             models: ctx.models.then(|| self.models.clone()),
             read_only_bank: false,
-            batch: ctx.batch,
+            batch: ctx.background,
         };
         let mut remember_key = None;
         let mut recorded = None;

@@ -99,16 +99,27 @@ impl Recorders {
         }
     }
 
-    /// Queue `line` for `pipeline`'s log, started (or restarted, when its
-    /// settings changed) on first use. Never blocks: when the writer is
-    /// behind, the line is dropped and a warning logged.
+    /// Stop `pipeline`'s writer when the generation being published records
+    /// it differently (`spec`) or not at all (`None`); the next line starts
+    /// one with the new settings.
+    pub fn configure(&self, pipeline: &str, spec: Option<&RecordSpec>) {
+        let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        if logs.get(pipeline).is_some_and(|(s, _)| Some(s) != spec) {
+            // Dropping the sender ends the writer once it has written what
+            // is queued.
+            logs.remove(pipeline);
+        }
+    }
+
+    /// Queue `line` for `pipeline`'s log, started with `spec` on first use
+    /// (and after [`Recorders::configure`] stopped it). Never blocks: when
+    /// the writer is behind, the line is dropped and a warning logged.
     pub fn record(&self, spec: &RecordSpec, line: &Line) {
         let Ok(text) = serde_json::to_string(line) else {
             return;
         };
         let mut logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
-        let stale = logs.get(&line.pipeline).is_none_or(|(s, _)| s != spec);
-        if stale {
+        if !logs.contains_key(&line.pipeline) {
             match RotatingLog::open(&self.directory, &line.pipeline, spec) {
                 Ok(log) => {
                     let (sender, queue) = sync_channel::<String>(QUEUE);

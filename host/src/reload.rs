@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::bank::Banks;
 use crate::manifest::{Manifest, ManifestErrorKind, RolloutMode};
 use crate::metrics::Metrics;
 use crate::pipeline::{Candidate, Execution, Generation, Observer, Pipeline, ShadowComparison};
@@ -136,7 +137,7 @@ struct BurnAlarm {
 }
 
 /// Size of one file, and when it last changed: enough to notice a change.
-type Fingerprint = Vec<(PathBuf, Option<(u64, SystemTime)>)>;
+type Fingerprint = BTreeMap<PathBuf, Option<(u64, SystemTime)>>;
 
 struct State {
     /// The generation before the serving one, for one-call rollback.
@@ -199,6 +200,27 @@ impl Operations {
     /// The files the watcher should watch.
     pub async fn watched_files(&self) -> Vec<PathBuf> {
         self.state.lock().await.watched.clone()
+    }
+
+    /// Apply `generation`'s settings to what outlives generations (answer
+    /// banks, error budgets, traffic recorders), once, as it is published.
+    /// Lookups on the request path never change them, so requests still
+    /// running on the previous generation do not undo this.
+    pub fn adopt(&self, generation: &Generation, banks: &Banks) {
+        for (name, pipeline) in &generation.pipelines {
+            banks.configure(name, &pipeline.answer_bank);
+            self.recorders.configure(name, pipeline.record.as_ref());
+            self.budgets
+                .configure(SeriesKey::Pipeline(name.clone()), &pipeline.slo);
+            for candidate in pipeline.stages.iter().filter_map(|s| s.candidate.as_ref()) {
+                let key = SeriesKey::Candidate {
+                    pipeline: name.clone(),
+                    stage: candidate.stage.spec.name.clone(),
+                    digest: candidate.stage.digest.clone(),
+                };
+                self.budgets.configure(key, &pipeline.slo);
+            }
+        }
     }
 
     /// Record that the host started serving `generation`.
@@ -353,11 +375,14 @@ async fn reload_locked(
     };
     report.manifest_sha256 = Some(manifest.sha256.clone());
     // Watch what the new manifest names too, so fixing a broken plugin it
-    // points at is noticed.
-    let mut watched: BTreeSet<PathBuf> = state.watched.iter().cloned().collect();
-    watched.extend(manifest.watched_files());
-    state.watched = watched.into_iter().collect();
-    state.fingerprint = fingerprint(&state.watched);
+    // points at is noticed; those files as they were when it was read.
+    let added: Vec<PathBuf> = manifest
+        .watched_files()
+        .into_iter()
+        .filter(|path| !state.fingerprint.contains_key(path))
+        .collect();
+    state.fingerprint.extend(fingerprint(&added));
+    state.watched = state.fingerprint.keys().cloned().collect();
 
     if manifest.runtime != *app.runtime.settings() {
         report.error = Some(
@@ -401,8 +426,12 @@ async fn reload_locked(
         return finish(report);
     }
     report.changes = diff(Some(&current), &generation);
+    // Stop watching what the new manifest no longer names. The fingerprint
+    // stays the one taken before reading: a change made while this reload
+    // compiled is seen by the next check.
     state.watched = generation.manifest.watched_files();
-    state.fingerprint = fingerprint(&state.watched);
+    let watched: BTreeSet<&PathBuf> = state.watched.iter().collect();
+    state.fingerprint.retain(|path, _| watched.contains(path));
     publish(app, state, generation);
     report.result = "applied";
     report.to_generation = number;
@@ -412,6 +441,7 @@ async fn reload_locked(
 
 /// Publish `generation`; the one it replaces becomes the rollback target.
 fn publish(app: &App, state: &mut State, generation: Generation) {
+    app.ops.adopt(&generation, &app.run.banks);
     let replaced = app.current.swap(Arc::new(generation));
     state.previous = Some(replaced);
 }
@@ -919,16 +949,24 @@ impl Observer for Operations {
         });
     }
 
-    fn request_finished(&self, pipeline: &Pipeline, execution: &Execution, elapsed: Duration) {
+    fn request_finished(
+        &self,
+        pipeline: &Pipeline,
+        execution: &Execution,
+        elapsed: Duration,
+        background: bool,
+    ) {
         self.metrics
-            .request_finished(&pipeline.name, execution, elapsed.as_secs_f64());
+            .request_finished(&pipeline.name, execution, elapsed.as_secs_f64(), background);
         if let Some(spec) = &pipeline.record
             && let Some(line) = Line::of(execution, spec)
         {
             self.recorders.record(spec, &line);
         }
-        let bad =
-            execution.had_failure() || elapsed > Duration::from_millis(pipeline.slo.latency_ms);
+        // The latency objective is about clients waiting: an asynchronous
+        // run (which may wait for a batch on purpose) counts only failures.
+        let slow = !background && elapsed > Duration::from_millis(pipeline.slo.latency_ms);
+        let bad = execution.had_failure() || slow;
         self.budgets
             .series(SeriesKey::Pipeline(pipeline.name.clone()), &pipeline.slo)
             .lock()

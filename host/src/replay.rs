@@ -155,7 +155,7 @@ impl Replayer {
     /// Replay through `generation` (models off, a fresh bank).
     pub fn new(runtime: Arc<Runtime>, generation: Generation) -> Replayer {
         Replayer {
-            context: RunContext::new(runtime, Arc::new(Unobserved), 1).without_models(),
+            context: RunContext::new(runtime, Arc::new(Unobserved), 0).without_models(),
             generation,
         }
     }
@@ -174,7 +174,7 @@ impl Replayer {
         Some(start..end)
     }
 
-    async fn decide(&self, line: &Line, index: usize) -> Result<Decision, String> {
+    async fn decide(&self, line: &Line) -> Result<Decision, String> {
         let pipeline = self
             .generation
             .pipelines
@@ -186,8 +186,10 @@ impl Replayer {
                 line.pipeline, line.after
             )
         })?;
+        // The recorded id: canary routing hashes it, so the replay meets the
+        // versions the recorded request met.
         let request = Request {
-            id: format!("replay-{index}"),
+            id: line.request_id.clone(),
             pipeline: line.pipeline.clone(),
             input: line.input.clone(),
             attributes: line.attributes.clone(),
@@ -256,7 +258,7 @@ pub async fn replay(
             report.skipped_because.push(why);
         }
     };
-    for (index, line) in lines.into_iter().enumerate() {
+    for line in lines {
         let line = match line {
             Ok(line) => line,
             Err(why) => {
@@ -265,7 +267,7 @@ pub async fn replay(
             }
         };
         let (before, after) = match other {
-            None => match current.decide(&line, index).await {
+            None => match current.decide(&line).await {
                 Ok(after) => (current.recorded(&line), after),
                 Err(why) => {
                     skip(&mut report, why);
@@ -274,8 +276,8 @@ pub async fn replay(
             },
             Some(other) => {
                 match (
-                    current.decide(&line, index).await,
-                    other.decide(&line, index).await,
+                    current.decide(&line).await,
+                    other.decide(&line).await,
                 ) {
                     (Ok(before), Ok(after)) => (before, after),
                     (Err(why), _) | (_, Err(why)) => {

@@ -228,16 +228,9 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         .await
         .context("cannot read the approved answers")?;
     let generation = app.current.load_full();
+    app.ops.adopt(&generation, &app.run.banks);
     for (pipeline, key, answer, source) in approved {
-        let spec = generation
-            .pipelines
-            .get(&pipeline)
-            .map(|p| p.answer_bank.clone())
-            .unwrap_or_default();
-        app.run
-            .banks
-            .bank(&pipeline, &spec)
-            .approve(key, answer, &source);
+        crate::api::bank_of(&app, &pipeline).approve(key, answer, &source);
     }
     app.ops.started(&generation).await;
     for role in Role::ALL {

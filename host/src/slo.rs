@@ -222,18 +222,28 @@ pub struct Budgets {
 }
 
 impl Budgets {
-    /// The series for `key`, measured against `spec`. A series whose
-    /// objective changed starts over.
+    /// The series for `key`, created measuring against `spec` if new. Its
+    /// objective is the last one [`Budgets::configure`] applied: a request
+    /// still running on an older generation counts against it.
     pub fn series(&self, key: SeriesKey, spec: &SloSpec) -> Arc<Mutex<Series>> {
-        let mut all = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = all
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .entry(key)
-            .or_insert_with(|| Arc::new(Mutex::new(Series::new(spec.clone()))));
-        let stale = entry.lock().map(|s| s.spec() != spec).unwrap_or(true);
-        if stale {
-            *entry = Arc::new(Mutex::new(Series::new(spec.clone())));
+            .or_insert_with(|| Arc::new(Mutex::new(Series::new(spec.clone()))))
+            .clone()
+    }
+
+    /// Measure `key` against `spec` from now on (a generation is being
+    /// published). A series whose objective changed starts over.
+    pub fn configure(&self, key: SeriesKey, spec: &SloSpec) {
+        let mut all = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = all.get_mut(&key) {
+            let stale = entry.lock().map(|s| s.spec() != spec).unwrap_or(true);
+            if stale {
+                *entry = Arc::new(Mutex::new(Series::new(spec.clone())));
+            }
         }
-        entry.clone()
     }
 
     /// The series for `key` if it has recorded anything.

@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "strata.db";
@@ -345,6 +345,8 @@ pub struct Store {
     jobs: mpsc::Sender<Message>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Woken after a commit that may have made a callback due.
+    callbacks_due: Arc<Notify>,
 }
 
 impl Store {
@@ -367,6 +369,7 @@ impl Store {
             jobs,
             reader: Arc::new(Mutex::new(reader)),
             path,
+            callbacks_due: Arc::new(Notify::new()),
         })
     }
 
@@ -375,14 +378,31 @@ impl Store {
         &self.path
     }
 
+    /// Notified after a commit that may have made a callback due (a final
+    /// record that names one, or a resolution).
+    pub fn callbacks_due(&self) -> &Notify {
+        &self.callbacks_due
+    }
+
+    /// Whether committing `record` makes its callback due at once.
+    fn calls_back(record: &RequestRecord) -> bool {
+        record.callback.is_some() && record.status != "escalated"
+    }
+
     /// Queue a request record. Returns once queued, not once committed.
     pub async fn record(&self, record: RequestRecord) -> Result<(), StoreError> {
         let id = record.id.clone();
+        let due = Self::calls_back(&record).then(|| self.callbacks_due.clone());
         let job: WriteOp = Box::new(move |conn| {
             let result = insert_request(conn, &record);
             let failed = result.is_err();
-            let completion: Completion = Box::new(move |commit| {
-                if let Err(error) = commit.and(result) {
+            let completion: Completion = Box::new(move |commit| match commit.and(result) {
+                Ok(()) => {
+                    if let Some(due) = due {
+                        due.notify_one();
+                    }
+                }
+                Err(error) => {
                     tracing::error!(request_id = %id, %error, "cannot record the request");
                 }
             });
@@ -438,7 +458,7 @@ impl Store {
         reviewer: String,
         answer: String,
     ) -> Result<Ticket, StoreError> {
-        self.write(move |conn| {
+        let resolved = self.write(move |conn| {
             let now = now_millis();
             let changed = conn.execute(
                 "UPDATE tickets SET state = 'resolved', resolution = ?2, resolved_by = ?3,
@@ -493,7 +513,9 @@ impl Store {
             }
             Ok(resolved)
         })
-        .await
+        .await?;
+        self.callbacks_due.notify_one();
+        Ok(resolved)
     }
 
     /// A request's state, or `None` if no such request was recorded.
@@ -634,7 +656,8 @@ impl Store {
         record: RequestRecord,
         ticket: Option<NewTicket>,
     ) -> Result<Option<i64>, StoreError> {
-        self.write(move |conn| {
+        let due = Self::calls_back(&record);
+        let ticket = self.write(move |conn| {
             let done: Option<String> = conn
                 .query_row(
                     "SELECT state FROM jobs WHERE id = ?1",
@@ -656,7 +679,11 @@ impl Store {
             )?;
             Ok(ticket)
         })
-        .await
+        .await?;
+        if due {
+            self.callbacks_due.notify_one();
+        }
+        Ok(ticket)
     }
 
     /// An asynchronous request's job, whatever its state.
@@ -848,27 +875,28 @@ impl Store {
 
     /// Stream the feedback dataset as JSON lines, oldest first, into `lines`
     /// (one `String` per line, newline included). Stops early if the
-    /// receiver goes away.
+    /// receiver goes away. The reader is held for one page at a time, never
+    /// while the receiver is slow.
     pub fn export_feedback(&self, lines: mpsc::Sender<String>) {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let store = self.clone();
+        tokio::spawn(async move {
             let mut after = 0i64;
             loop {
-                let page: rusqlite::Result<Vec<(i64, String)>> = conn
-                    .prepare_cached(
-                        "SELECT id, json_object(
-                            'id', id, 'at', at, 'kind', kind, 'request_id', request_id,
-                            'pipeline', pipeline, 'key', key, 'input', input, 'answer', answer,
-                            'rating', rating, 'correction', correction, 'actor', actor)
-                         FROM feedback WHERE id > ?1 ORDER BY id LIMIT 500",
-                    )
-                    .and_then(|mut s| {
-                        s.query_map(params![after], |row| Ok((row.get(0)?, row.get(1)?)))?
-                            .collect()
-                    });
+                let page = store
+                    .read(move |conn| {
+                        let mut statement = conn.prepare_cached(
+                            "SELECT id, json_object(
+                                'id', id, 'at', at, 'kind', kind, 'request_id', request_id,
+                                'pipeline', pipeline, 'key', key, 'input', input,
+                                'answer', answer, 'rating', rating, 'correction', correction,
+                                'actor', actor)
+                             FROM feedback WHERE id > ?1 ORDER BY id LIMIT 500",
+                        )?;
+                        let rows = statement
+                            .query_map(params![after], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                        Ok(rows.collect::<Result<Vec<(i64, String)>, _>>()?)
+                    })
+                    .await;
                 let page = match page {
                     Ok(page) => page,
                     Err(error) => {
@@ -881,7 +909,7 @@ impl Store {
                 };
                 after = *last;
                 for (_, line) in page {
-                    if lines.blocking_send(format!("{line}\n")).is_err() {
+                    if lines.send(format!("{line}\n")).await.is_err() {
                         return;
                     }
                 }
