@@ -63,7 +63,7 @@ async fn dispatch(
     let caller = authorize(app, &request, Role::Admin, peer)?;
     let trigger = Trigger {
         source: "admin",
-        actor: caller.0,
+        actor: caller.id,
     };
     match segments.as_slice() {
         ["admin", "pipelines"] => Ok(json_response(StatusCode::OK, &pipelines(app))),

@@ -39,12 +39,15 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{Denied, Role};
+use crate::auth::{Caller, Denied, Role};
 use crate::jobs::SubmitError;
 use crate::pipeline::{Execution, Verdict};
 use crate::request::Request;
+use crate::runtime::StageFailure;
 use crate::server::App;
-use crate::store::{Job, NewTicket, RequestRecord, RequestState, StoreError, Ticket, TicketFilter};
+use crate::store::{
+    Job, NewTicket, RequestRecord, RequestState, StoreError, Ticket, TicketFilter, TicketKind,
+};
 
 /// The response type of every route.
 pub type Response = http::Response<BoxBody<Bytes, std::convert::Infallible>>;
@@ -174,6 +177,7 @@ enum Route<'a> {
     Ticket(&'a str),
     Claim(&'a str),
     Resolve(&'a str),
+    Reject(&'a str),
     Feedback,
     FeedbackExport,
 }
@@ -190,6 +194,7 @@ impl<'a> Route<'a> {
             ["v1", "tickets", id] => Route::Ticket(id),
             ["v1", "tickets", id, "claim"] => Route::Claim(id),
             ["v1", "tickets", id, "resolve"] => Route::Resolve(id),
+            ["v1", "tickets", id, "reject"] => Route::Reject(id),
             ["v1", "feedback"] => Route::Feedback,
             ["v1", "feedback", "export"] => Route::FeedbackExport,
             _ => return None,
@@ -198,9 +203,11 @@ impl<'a> Route<'a> {
 
     fn method(&self) -> (Method, &'static str) {
         match self {
-            Route::Pipeline(_) | Route::Claim(_) | Route::Resolve(_) | Route::Feedback => {
-                (Method::POST, "POST")
-            }
+            Route::Pipeline(_)
+            | Route::Claim(_)
+            | Route::Resolve(_)
+            | Route::Reject(_)
+            | Route::Feedback => (Method::POST, "POST"),
             _ => (Method::GET, "GET"),
         }
     }
@@ -212,9 +219,11 @@ impl<'a> Route<'a> {
                 Some(Role::Client)
             }
             Route::FeedbackExport => Some(Role::Reviewer),
-            Route::Tickets | Route::Ticket(_) | Route::Claim(_) | Route::Resolve(_) => {
-                Some(Role::Reviewer)
-            }
+            Route::Tickets
+            | Route::Ticket(_)
+            | Route::Claim(_)
+            | Route::Resolve(_)
+            | Route::Reject(_) => Some(Role::Reviewer),
         }
     }
 }
@@ -244,9 +253,10 @@ async fn dispatch(
     if request.method() != method {
         return Err(ApiError::method_not_allowed(request.method(), &path, allow));
     }
-    let caller = match route.role() {
-        Some(role) => authorize(app, &request, role, peer)?.0,
-        None => "anonymous".to_owned(),
+    let caller = match (&route, route.role()) {
+        (Route::Feedback, _) => authorize_feedback(app, &request, peer)?,
+        (_, Some(role)) => authorize(app, &request, role, peer)?,
+        (_, None) => Caller::anonymous(),
     };
     match route {
         Route::Health => Ok(health(app)),
@@ -258,7 +268,17 @@ async fn dispatch(
         Route::Claim(id) => {
             let id = parse_ticket_id(id)?;
             let body: ClaimBody = read_json(app, request).await?;
-            let ticket = app.store.claim(id, check_reviewer(body.reviewer)?).await?;
+            let ticket = app
+                .store
+                .claim(id, reviewer_of(&caller, body.reviewer)?)
+                .await?;
+            Ok(json_response(StatusCode::OK, &ticket_view(&ticket)))
+        }
+        Route::Reject(id) => {
+            let id = parse_ticket_id(id)?;
+            let body: RejectBody = read_json(app, request).await?;
+            let reviewer = reviewer_of(&caller, body.reviewer)?;
+            let ticket = app.store.reject_correction(id, reviewer, body.note).await?;
             Ok(json_response(StatusCode::OK, &ticket_view(&ticket)))
         }
         Route::Feedback => feedback(app, request, caller).await,
@@ -266,16 +286,20 @@ async fn dispatch(
         Route::Resolve(id) => {
             let id = parse_ticket_id(id)?;
             let body: ResolveBody = read_json(app, request).await?;
-            let reviewer = check_reviewer(body.reviewer)?;
+            let reviewer = reviewer_of(&caller, body.reviewer)?;
             if body.answer.trim().is_empty() {
                 return Err(ApiError::bad_request("\"answer\" must not be empty"));
             }
             let ticket = app.store.resolve(id, reviewer, body.answer).await?;
+            let source = match ticket.kind {
+                TicketKind::Escalation => "human",
+                TicketKind::Correction => "correction",
+            };
             // The store made it durable; the bank serves it from now on.
             if let (Some(key), Some(answer)) = (&ticket.remember_key, &ticket.resolution) {
-                bank_of(app, &ticket.pipeline).approve(key.clone(), answer.clone(), "human");
+                bank_of(app, &ticket.pipeline).approve(key.clone(), answer.clone(), source);
             }
-            if let Some(resolved_at) = ticket.resolved_at {
+            if let (TicketKind::Escalation, Some(resolved_at)) = (ticket.kind, ticket.resolved_at) {
                 let waited = (resolved_at - ticket.created_at).max(0) as f64 / 1000.0;
                 app.metrics.answered(&ticket.pipeline, "human", waited);
             }
@@ -330,10 +354,24 @@ struct RunBody {
     callback: Option<String>,
 }
 
+/// The body of a claim. `reviewer` names the reviewer only where no
+/// token does (the loopback fallback); with a token it must match it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClaimBody {
-    reviewer: String,
+    #[serde(default)]
+    reviewer: Option<String>,
+}
+
+/// The body of `POST /v1/tickets/{id}/reject`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectBody {
+    #[serde(default)]
+    reviewer: Option<String>,
+    /// Why, for the record.
+    #[serde(default)]
+    note: Option<String>,
 }
 
 /// The body of `POST /v1/feedback`.
@@ -356,7 +394,8 @@ enum Rating {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResolveBody {
-    reviewer: String,
+    #[serde(default)]
+    reviewer: Option<String>,
     answer: String,
 }
 
@@ -378,6 +417,7 @@ async fn run_pipeline(
         ));
     };
     let client_id = request_id_header(&request)?;
+    let client_id_given = client_id.is_some();
     let prefer_async = prefers_async(&request);
     let body: RunBody = read_json(app, request).await?;
     if let Some(url) = &body.callback {
@@ -407,6 +447,19 @@ async fn run_pipeline(
     if body.background || prefer_async {
         return accept(app, request, body.callback, created_at).await;
     }
+    if client_id_given && app.store.job_state(request.id.clone()).await?.is_some() {
+        // Running it now would record an answer the accepted job then could
+        // not complete: it would complete twice, or never.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "duplicate_request",
+            format!(
+                "request \"{0}\" was already accepted as an asynchronous request; \
+                 GET /v1/requests/{0} for its state",
+                request.id
+            ),
+        ));
+    }
     let execution = pipeline.run(&app.run, generation.number, request).await;
     let mut record = record_of(&execution, created_at);
     record.callback = body.callback;
@@ -433,23 +486,53 @@ async fn run_pipeline(
                 })?;
             (StatusCode::ACCEPTED, Some(id))
         }
+        verdict if record.callback.is_some() => {
+            // The client is told its callback will come only once the
+            // callback is durable: a crash after this response loses nothing.
+            app.store
+                .record_durably(record.clone())
+                .await
+                .map_err(|e| {
+                    tracing::error!(request_id = %record.id, error = %e, "cannot save a callback");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        "the request ran but its callback could not be saved; retry later",
+                    )
+                })?;
+            (final_status(verdict), None)
+        }
         verdict => {
             if let Err(error) = app.store.record(record.clone()).await {
                 tracing::error!(request_id = %record.id, %error, "cannot queue the request record");
             }
-            let status = match verdict {
-                Verdict::Answered { .. } => StatusCode::OK,
-                Verdict::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            (status, None)
+            (final_status(verdict), None)
         }
     };
     let mut view = request_view(&record, None);
     if let Some(id) = ticket {
         view["ticket"] = json!({"id": id, "state": "open", "reason": record.message});
     }
-    Ok(json_response(status, &view))
+    let mut response = json_response(status, &view);
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1));
+    }
+    Ok(response)
+}
+
+/// The status of a response to a run that ended without a ticket.
+fn final_status(verdict: &Verdict) -> StatusCode {
+    match verdict {
+        Verdict::Answered { .. } => StatusCode::OK,
+        Verdict::Rejected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Verdict::Failed {
+            failure: StageFailure::Overloaded { .. },
+            ..
+        } => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_GATEWAY,
+    }
 }
 
 /// Whether the client asked for an asynchronous answer with
@@ -548,7 +631,7 @@ pub(crate) fn bank_of(app: &App, pipeline: &str) -> Arc<crate::bank::Bank> {
 async fn feedback(
     app: &App,
     request: http::Request<Incoming>,
-    caller: String,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
     let body: FeedbackBody = read_json(app, request).await?;
     let correction = match body.correction {
@@ -566,22 +649,42 @@ async fn feedback(
         Rating::Good => "good",
         Rating::Bad => "bad",
     };
+    let unknown = |e: StoreError| match e {
+        StoreError::NotFound(_) => ApiError::not_found(
+            "unknown_request",
+            format!("no request with id \"{}\"", body.request_id),
+        ),
+        other => other.into(),
+    };
+    if let Some(text) = correction.clone().filter(|_| !caller.is_reviewer()) {
+        // A client's correction is a proposal: it opens a review item and
+        // changes no answer until a reviewer accepts it.
+        let (ticket, record) = app
+            .store
+            .propose_correction(body.request_id.clone(), text, caller.id)
+            .await
+            .map_err(unknown)?;
+        app.metrics.rated(&record.pipeline, rating, record.cost_usd);
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({
+                "request_id": record.id,
+                "rating": rating,
+                "answer_bank": "unchanged: the correction waits for a reviewer",
+                "ticket": {"id": ticket.id, "kind": ticket.kind, "state": ticket.state},
+            }),
+        ));
+    }
     let record = app
         .store
         .feedback(
             body.request_id.clone(),
             Some(rating.to_owned()),
             correction.clone(),
-            caller,
+            caller.id,
         )
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound(_) => ApiError::not_found(
-                "unknown_request",
-                format!("no request with id \"{}\"", body.request_id),
-            ),
-            other => other.into(),
-        })?;
+        .map_err(unknown)?;
     app.metrics.rated(&record.pipeline, rating, record.cost_usd);
     let bank = match (&record.remember_key, &correction) {
         (None, _) => "unchanged: the request has no answer-bank key",
@@ -712,6 +815,17 @@ pub(crate) fn record_of(execution: &Execution, created_at: i64) -> RequestRecord
             record.message = Some(message.clone());
             by.as_ref()
         }
+        Verdict::Failed {
+            by,
+            failure: failure @ StageFailure::Overloaded { .. },
+        } => {
+            record.code = Some("overloaded".to_owned());
+            record.message = Some(format!(
+                "the host is overloaded: stage \"{}\" {failure}; retry later",
+                by.stage
+            ));
+            Some(by)
+        }
         Verdict::Failed { by, failure } => {
             record.code = Some("stage_failed".to_owned());
             record.message = Some(format!("stage \"{}\" {failure}", by.stage));
@@ -823,7 +937,10 @@ pub(crate) async fn stored_view(app: &App, id: &str) -> Result<Option<Value>, St
         (None, None) => return Ok(None),
     };
     if let Some(job) = job {
-        view["async"] = json!({"runs": job.runs});
+        view["async"] = json!({"runs": job.runs, "state": job.state});
+        if let Some(reason) = job.reason {
+            view["async"]["reason"] = json!(reason);
+        }
     }
     if let Some(mut callback) = app.store.callback(id.to_owned()).await? {
         for delivery in callback["deliveries"].as_array_mut().into_iter().flatten() {
@@ -939,6 +1056,53 @@ fn parse_ticket_id(text: &str) -> Result<i64, ApiError> {
             format!("\"{text}\" is not a ticket number"),
         )
     })
+}
+
+/// Who acts on a ticket: the caller's token says so. Only a caller let in
+/// without a token (the loopback fallback) may name itself in the body; a
+/// body naming someone other than the token's holder is refused, so nobody
+/// acts on a ticket another reviewer claimed by sending their name.
+fn reviewer_of(caller: &Caller, named: Option<String>) -> Result<String, ApiError> {
+    if caller.token.is_none() {
+        return match named {
+            Some(name) => check_reviewer(name),
+            None => Ok(caller.id.clone()),
+        };
+    }
+    match named {
+        Some(name)
+            if name.trim() != caller.id
+                && caller.id.strip_prefix("reviewer:") != Some(name.trim()) =>
+        {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this token acts as {}; it cannot act for \"{}\" (leave \"reviewer\" out)",
+                    caller.id,
+                    name.trim()
+                ),
+            ))
+        }
+        _ => Ok(caller.id.clone()),
+    }
+}
+
+/// The caller of `POST /v1/feedback`: a reviewer (or admin) when the
+/// request carries such a token, whose corrections apply at once; otherwise
+/// a client, whose corrections are proposals.
+fn authorize_feedback<B>(
+    app: &App,
+    request: &http::Request<B>,
+    peer: SocketAddr,
+) -> Result<Caller, ApiError> {
+    if request.headers().contains_key(http::header::AUTHORIZATION)
+        && let Ok(caller) = authorize(app, request, Role::Reviewer, peer)
+        && caller.is_reviewer()
+    {
+        return Ok(caller);
+    }
+    authorize(app, request, Role::Client, peer)
 }
 
 fn check_reviewer(reviewer: String) -> Result<String, ApiError> {

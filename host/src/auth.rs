@@ -4,13 +4,19 @@
 //! | role | routes | token variable |
 //! | --- | --- | --- |
 //! | client | `POST /v1/pipelines/{name}`, `GET /v1/requests/{id}`, `GET /v1/pipelines` | `STRATA_CLIENT_TOKEN` |
-//! | reviewer | `/v1/tickets...` | `STRATA_REVIEWER_TOKEN` |
+//! | reviewer | `/v1/tickets...`, `GET /v1/feedback/export`; a correction sent to `/v1/feedback` with a reviewer token applies at once | `STRATA_REVIEWER_TOKEN`, or named ones in `STRATA_REVIEWER_TOKENS` (`sam=TOKEN,alex=TOKEN`) |
 //! | admin | the admin listener; also accepted on every other route | `STRATA_ADMIN_TOKEN` |
 //!
 //! `/healthz` is open. A role without a configured token is open to
 //! everyone for the client role, and to loopback callers only for the
 //! reviewer and admin roles. A missing or unknown token is a 401; a valid
 //! token of the wrong role is a 403.
+//!
+//! Who a caller is comes from the token, never from a request body: a named
+//! reviewer token (`STRATA_REVIEWER_TOKENS`) is its name (`reviewer:sam`),
+//! any other token its role and a fingerprint (`client:1a2b3c4d`). Only a
+//! caller let in by the loopback fallback, with no token at all, is trusted
+//! to say who it is.
 
 use std::net::IpAddr;
 
@@ -81,6 +87,8 @@ pub struct Tokens {
     client: Option<Secret>,
     reviewer: Option<Secret>,
     admin: Option<Secret>,
+    /// Reviewer tokens that carry their holder's name.
+    named_reviewers: Vec<(String, Secret)>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -89,13 +97,44 @@ impl std::fmt::Debug for Tokens {
             .field("client", &self.client.is_some())
             .field("reviewer", &self.reviewer.is_some())
             .field("admin", &self.admin.is_some())
+            .field(
+                "named_reviewers",
+                &self
+                    .named_reviewers
+                    .iter()
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
 
-/// Who made a call, for logs and the audit log.
+/// Who made a call, for logs, tickets and the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller(pub String);
+pub struct Caller {
+    /// `reviewer:sam` (a named token), `admin:1a2b3c4d` (a token's role and
+    /// fingerprint), `loopback-reviewer` or `anonymous` (no token).
+    pub id: String,
+    /// The role whose token the caller presented; `None` when no token was
+    /// needed (the client role without a token, or the loopback fallback).
+    pub token: Option<Role>,
+}
+
+impl Caller {
+    fn open(id: String) -> Caller {
+        Caller { id, token: None }
+    }
+
+    /// A caller of a route that needs no role.
+    pub fn anonymous() -> Caller {
+        Caller::open("anonymous".to_owned())
+    }
+
+    /// Whether the caller proved a reviewer's (or an admin's) token.
+    pub fn is_reviewer(&self) -> bool {
+        matches!(self.token, Some(Role::Reviewer | Role::Admin))
+    }
+}
 
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,15 +146,29 @@ pub enum Denied {
 }
 
 impl Tokens {
-    /// Tokens from `STRATA_CLIENT_TOKEN`, `STRATA_REVIEWER_TOKEN` and
-    /// `STRATA_ADMIN_TOKEN`; an empty variable counts as unset.
-    pub fn from_env() -> Tokens {
+    /// Tokens from `STRATA_CLIENT_TOKEN`, `STRATA_REVIEWER_TOKEN`,
+    /// `STRATA_REVIEWER_TOKENS` and `STRATA_ADMIN_TOKEN`; an empty variable
+    /// counts as unset. A malformed `STRATA_REVIEWER_TOKENS` is an error.
+    pub fn from_env() -> Result<Tokens, String> {
         let read = |role: Role| {
             std::env::var(role.token_variable())
                 .ok()
                 .filter(|t| !t.is_empty())
         };
-        Tokens::new(read(Role::Client), read(Role::Reviewer), read(Role::Admin))
+        let mut tokens = Tokens::new(read(Role::Client), read(Role::Reviewer), read(Role::Admin));
+        if let Ok(named) = std::env::var(NAMED_REVIEWERS) {
+            tokens = tokens.with_named_reviewers(parse_named(&named)?);
+        }
+        Ok(tokens)
+    }
+
+    /// Add reviewer tokens that carry their holder's name.
+    pub fn with_named_reviewers(mut self, named: Vec<(String, String)>) -> Tokens {
+        self.named_reviewers = named
+            .into_iter()
+            .map(|(name, token)| (name, Secret::new(&token)))
+            .collect();
+        self
     }
 
     /// Tokens given directly (tests, embedding).
@@ -124,6 +177,7 @@ impl Tokens {
             client: client.as_deref().map(Secret::new),
             reviewer: reviewer.as_deref().map(Secret::new),
             admin: admin.as_deref().map(Secret::new),
+            named_reviewers: Vec::new(),
         }
     }
 
@@ -137,7 +191,7 @@ impl Tokens {
 
     /// Whether `role` has a token.
     pub fn configured(&self, role: Role) -> bool {
-        self.secret(role).is_some()
+        self.secret(role).is_some() || (role == Role::Reviewer && !self.named_reviewers.is_empty())
     }
 
     /// Decide whether a call needing `role`, with this `Authorization`
@@ -155,12 +209,12 @@ impl Tokens {
                 .map(|token| -> [u8; 32] { Sha256::digest(token.trim().as_bytes()).into() })
         });
         let Some(presented) = presented else {
-            return match self.secret(role) {
-                Some(_) => Err(Denied::Unauthenticated(format!(
+            return match self.configured(role) {
+                true => Err(Denied::Unauthenticated(format!(
                     "this route needs the {} bearer token",
                     role.as_str()
                 ))),
-                None => self.open(role, peer),
+                false => self.open(role, peer),
             };
         };
         let Some(digest) = presented else {
@@ -168,19 +222,38 @@ impl Tokens {
                 "the Authorization header must be `Bearer <token>`".to_owned(),
             ));
         };
-        // Check every role, so that time does not tell which one matched.
-        let matched: Vec<Role> = Role::ALL
+        // Check every token, so that time does not tell which one matched.
+        let mut matched: Vec<Role> = Role::ALL
             .into_iter()
             .filter(|r| self.secret(*r).is_some_and(|s| s.matches(&digest)))
             .collect();
+        let mut reviewer_name = None;
+        for (name, secret) in &self.named_reviewers {
+            if secret.matches(&digest) {
+                reviewer_name = Some(name.clone());
+            }
+        }
+        if reviewer_name.is_some() && !matched.contains(&Role::Reviewer) {
+            matched.push(Role::Reviewer);
+        }
         if matched.contains(&role) || matched.contains(&Role::Admin) {
             let by = if matched.contains(&role) {
                 role
             } else {
                 Role::Admin
             };
-            let fingerprint = self.secret(by).map(Secret::fingerprint).unwrap_or_default();
-            return Ok(Caller(format!("{}:{fingerprint}", by.as_str())));
+            let id = match (&reviewer_name, by) {
+                (Some(name), Role::Reviewer) => format!("reviewer:{name}"),
+                _ => format!(
+                    "{}:{}",
+                    by.as_str(),
+                    self.secret(by).map(Secret::fingerprint).unwrap_or_default()
+                ),
+            };
+            return Ok(Caller {
+                id,
+                token: Some(by),
+            });
         }
         match matched.first() {
             Some(other) => Err(Denied::Forbidden(format!(
@@ -188,7 +261,7 @@ impl Tokens {
                 other.as_str(),
                 role.as_str()
             ))),
-            None if self.secret(role).is_none() && authorization.is_some() => {
+            None if !self.configured(role) && authorization.is_some() => {
                 // A token nobody configured, on a route with no token: treat
                 // it as no token at all rather than guess.
                 self.open(role, peer)
@@ -201,8 +274,8 @@ impl Tokens {
 
     fn open(&self, role: Role, peer: IpAddr) -> Result<Caller, Denied> {
         match role {
-            Role::Client => Ok(Caller("anonymous".to_owned())),
-            _ if peer.is_loopback() => Ok(Caller(format!("loopback-{}", role.as_str()))),
+            Role::Client => Ok(Caller::open("anonymous".to_owned())),
+            _ if peer.is_loopback() => Ok(Caller::open(format!("loopback-{}", role.as_str()))),
             _ => Err(Denied::Forbidden(format!(
                 "{} routes only accept callers on this machine until {} is set",
                 role.as_str(),
@@ -210,6 +283,42 @@ impl Tokens {
             ))),
         }
     }
+}
+
+/// The environment variable holding named reviewer tokens.
+pub const NAMED_REVIEWERS: &str = "STRATA_REVIEWER_TOKENS";
+
+/// Parse `name=token` pairs separated by commas or white space.
+pub fn parse_named(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut named = Vec::new();
+    for entry in text.split([',', ' ', '\n', '\t']).filter(|e| !e.is_empty()) {
+        let Some((name, token)) = entry.split_once('=') else {
+            return Err(format!(
+                "an entry has no '=' (entries are name=token); entry {} of {}",
+                named.len() + 1,
+                NAMED_REVIEWERS
+            ));
+        };
+        let valid_name = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid_name {
+            return Err(format!(
+                "reviewer name \"{name}\" must be 1 to 64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if token.len() < 8 {
+            return Err(format!(
+                "the token of reviewer \"{name}\" is shorter than 8 characters"
+            ));
+        }
+        if named.iter().any(|(n, _): &(String, String)| n == name) {
+            return Err(format!("reviewer \"{name}\" is named twice"));
+        }
+        named.push((name.to_owned(), token.to_owned()));
+    }
+    Ok(named)
 }
 
 #[cfg(test)]
@@ -233,7 +342,7 @@ mod tests {
         assert!(check(Role::Admin, Some(bearer("a"))).is_ok());
         // The admin token is accepted everywhere.
         assert_eq!(
-            check(Role::Reviewer, Some(bearer("a"))).unwrap().0,
+            check(Role::Reviewer, Some(bearer("a"))).unwrap().id,
             format!("admin:{}", Secret::new("a").fingerprint())
         );
         assert!(matches!(
@@ -272,5 +381,42 @@ mod tests {
             tokens.authorize(Role::Admin, None, REMOTE),
             Err(Denied::Forbidden(_))
         ));
+    }
+
+    #[test]
+    fn a_named_reviewer_token_carries_its_name() {
+        let tokens = Tokens::new(None, None, Some("admin-token".into()))
+            .with_named_reviewers(parse_named("sam=token-of-sam, alex=token-of-alex").unwrap());
+        let caller = tokens
+            .authorize(Role::Reviewer, Some(&bearer("token-of-alex")), REMOTE)
+            .unwrap();
+        assert_eq!(caller.id, "reviewer:alex");
+        assert!(caller.is_reviewer());
+        // A reviewer role with only named tokens is not open on loopback.
+        assert!(matches!(
+            tokens.authorize(Role::Reviewer, None, LOOPBACK),
+            Err(Denied::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            tokens.authorize(Role::Admin, Some(&bearer("token-of-sam")), REMOTE),
+            Err(Denied::Forbidden(_))
+        ));
+        let open = Tokens::default()
+            .authorize(Role::Reviewer, None, LOOPBACK)
+            .unwrap();
+        assert!(!open.is_reviewer(), "the loopback fallback proves nothing");
+    }
+
+    #[test]
+    fn named_reviewer_tokens_are_checked() {
+        assert!(parse_named("sam").unwrap_err().contains("no '='"));
+        assert!(parse_named("s am=12345678").is_err());
+        assert!(parse_named("sam=short").unwrap_err().contains("shorter"));
+        assert!(
+            parse_named("sam=12345678,sam=87654321")
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert_eq!(parse_named("").unwrap(), vec![]);
     }
 }

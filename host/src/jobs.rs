@@ -12,6 +12,9 @@
 //! its job are committed together. After a crash, requests accepted but not
 //! completed run again at start-up; one that was running when the host died
 //! runs a second time (so a model may be asked twice), but completes once.
+//! One that has started `[async] max_runs` times without completing (it
+//! crashes the host, say) is dead: it fails with code `dead_letter`, and its
+//! reason shows at `GET /v1/requests/{id}`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +26,7 @@ use crate::manifest::AsyncSettings;
 use crate::pipeline::Verdict;
 use crate::request::Request;
 use crate::server::App;
-use crate::store::{Job, NewTicket, StoreError};
+use crate::store::{Job, JobStart, NewTicket, StoreError};
 
 /// The queue of accepted asynchronous requests.
 pub struct Jobs {
@@ -33,6 +36,8 @@ pub struct Jobs {
     pending: AtomicUsize,
     capacity: usize,
     workers: usize,
+    /// Starts after which a job that never completes is dead.
+    max_runs: u32,
 }
 
 /// Why a request was not accepted.
@@ -56,6 +61,7 @@ impl Jobs {
             pending: AtomicUsize::new(0),
             capacity: settings.queue as usize,
             workers: settings.workers as usize,
+            max_runs: settings.max_runs,
         }
     }
 
@@ -135,8 +141,20 @@ pub async fn start(
 
 async fn run(app: &App, job: Job) {
     let id = job.id.clone();
-    if let Err(error) = app.store.start_job(id.clone()).await {
-        tracing::error!(request_id = %id, %error, "cannot mark an asynchronous request running");
+    match app.store.start_job(id.clone(), app.jobs.max_runs).await {
+        Ok(JobStart::Run) => {}
+        Ok(JobStart::Finished) => return,
+        Ok(JobStart::Dead(reason)) => {
+            tracing::error!(request_id = %id, %reason, "an asynchronous request is dead");
+            app.store.callbacks_due().notify_one();
+            return;
+        }
+        // Not knowing whether it may run, it does not: it stays unfinished
+        // and is tried again at the next start.
+        Err(error) => {
+            tracing::error!(request_id = %id, %error, "cannot mark an asynchronous request running");
+            return;
+        }
     }
     let generation = app.current.load_full();
     let attributes = serde_json::from_str(&job.attributes).unwrap_or_default();

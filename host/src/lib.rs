@@ -24,6 +24,7 @@
 //! - [`slo`]: error budgets, multiwindow burn rates;
 //! - [`metrics`]: Prometheus metrics by pipeline, layer and stage;
 //! - [`store`]: durable request records and review tickets in SQLite;
+//! - [`retention`]: removing records older than `[retention]` keeps;
 //! - [`audit`]: `strata audit`, what every stage may do;
 //! - [`cases`]: golden cases, and the reload gate they make;
 //! - [`cli`]: the `strata` command line.
@@ -46,6 +47,7 @@ pub mod record;
 pub mod reload;
 pub mod replay;
 pub mod request;
+pub mod retention;
 pub mod runtime;
 pub mod server;
 pub mod slo;

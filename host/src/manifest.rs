@@ -60,6 +60,8 @@ pub struct Manifest {
     pub background: AsyncSettings,
     /// Completion callbacks (`[callbacks]`).
     pub callbacks: CallbackSettings,
+    /// How long durable records are kept (`[retention]`).
+    pub retention: RetentionSettings,
     /// The pipelines, by name.
     pub pipelines: BTreeMap<String, PipelineSpec>,
     /// Hex SHA-256 of the manifest text.
@@ -138,9 +140,14 @@ impl Default for ServerSettings {
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSettings {
     /// How many stage instances may exist at once. Requests beyond this wait
-    /// for a slot rather than fail.
+    /// for a slot, up to `slot_wait_ms`.
     #[serde(default = "default_instances")]
     pub instances: u32,
+    /// How long a real-time request waits for a free instance slot before
+    /// it is refused with 503 `overloaded` (asynchronous requests wait as
+    /// long as it takes).
+    #[serde(default = "default_slot_wait_ms")]
+    pub slot_wait_ms: u64,
     /// Whether the engine meters fuel. Needed for any stage `fuel` limit;
     /// costs some throughput on compute-heavy stages.
     #[serde(default = "default_true")]
@@ -151,9 +158,14 @@ impl Default for RuntimeSettings {
     fn default() -> Self {
         Self {
             instances: DEFAULT_INSTANCES,
+            slot_wait_ms: default_slot_wait_ms(),
             fuel_metering: true,
         }
     }
+}
+
+fn default_slot_wait_ms() -> u64 {
+    1000
 }
 
 /// One pipeline: stages run in order, cheapest layer first.
@@ -232,6 +244,9 @@ pub struct AsyncSettings {
     /// `[runtime] instances`: real-time requests always find one free.
     /// Batches fill only up to the number of workers.
     pub workers: u32,
+    /// Starts after which a request that never completes (the host stops
+    /// while it runs, each time) is dead rather than run again.
+    pub max_runs: u32,
 }
 
 impl Default for AsyncSettings {
@@ -264,9 +279,16 @@ impl AsyncSettings {
                 ),
             ));
         }
+        if !(1..=100).contains(&raw.max_runs) {
+            return Err((
+                "async.max_runs",
+                format!("{} is outside 1..=100", raw.max_runs),
+            ));
+        }
         Ok(AsyncSettings {
             queue: raw.queue,
             workers,
+            max_runs: raw.max_runs,
         })
     }
 }
@@ -279,6 +301,12 @@ struct RawAsync {
     queue: u32,
     #[serde(default)]
     workers: Option<u32>,
+    #[serde(default = "default_async_max_runs")]
+    max_runs: u32,
+}
+
+fn default_async_max_runs() -> u32 {
+    3
 }
 
 impl Default for RawAsync {
@@ -286,6 +314,7 @@ impl Default for RawAsync {
         RawAsync {
             queue: default_async_queue(),
             workers: None,
+            max_runs: default_async_max_runs(),
         }
     }
 }
@@ -317,6 +346,51 @@ impl Default for CallbackSettings {
             secret_env: default_callback_secret_env(),
             max_attempts: default_callback_attempts(),
             backoff_ms: default_callback_backoff_ms(),
+        }
+    }
+}
+
+/// How long durable records are kept (`[retention]`), in days; 0 keeps
+/// them forever. Open tickets and their requests, unfinished asynchronous
+/// requests, pending callbacks, approved answers and the feedback dataset
+/// are never removed by age.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Finished request records, with their resolved tickets, finished
+    /// jobs and settled callbacks.
+    #[serde(default = "default_requests_days")]
+    pub requests_days: u32,
+    /// Callback delivery attempts.
+    #[serde(default = "default_requests_days")]
+    pub deliveries_days: u32,
+    /// Shadow comparisons.
+    #[serde(default = "default_shadow_days")]
+    pub shadow_runs_days: u32,
+    /// The audit log of reloads, rollbacks and promotions.
+    #[serde(default = "default_audit_days")]
+    pub audit_days: u32,
+}
+
+fn default_requests_days() -> u32 {
+    30
+}
+
+fn default_shadow_days() -> u32 {
+    7
+}
+
+fn default_audit_days() -> u32 {
+    365
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            requests_days: default_requests_days(),
+            deliveries_days: default_requests_days(),
+            shadow_runs_days: default_shadow_days(),
+            audit_days: default_audit_days(),
         }
     }
 }
@@ -951,6 +1025,8 @@ struct RawManifest {
     #[serde(default)]
     callbacks: CallbackSettings,
     #[serde(default)]
+    retention: RetentionSettings,
+    #[serde(default)]
     pipelines: toml::Table,
 }
 
@@ -1095,6 +1171,7 @@ impl Parser<'_> {
             let pipeline = self.pipeline(name.clone(), value, &raw.runtime)?;
             pipelines.insert(name, pipeline);
         }
+        self.check_idle_instances(&pipelines, raw.runtime.instances)?;
         let background = AsyncSettings::resolve(raw.background, raw.runtime.instances)
             .map_err(|(key, why)| self.error(key_location(key), ManifestErrorKind::Invalid(why)))?;
         if let Some(entry) = raw.callbacks.allow.iter().find(|entry| {
@@ -1128,6 +1205,21 @@ impl Parser<'_> {
                 )),
             ));
         }
+        for (key, days) in [
+            ("retention.requests_days", raw.retention.requests_days),
+            ("retention.deliveries_days", raw.retention.deliveries_days),
+            ("retention.shadow_runs_days", raw.retention.shadow_runs_days),
+            ("retention.audit_days", raw.retention.audit_days),
+        ] {
+            if days > 36_500 {
+                return Err(self.error(
+                    key_location(key),
+                    ManifestErrorKind::Invalid(format!(
+                        "{days} is outside 0..=36500 (0 keeps records forever)"
+                    )),
+                ));
+            }
+        }
         if raw.reload.debounce_ms > 60_000 {
             return Err(self.error(
                 key_location("reload.debounce_ms"),
@@ -1149,6 +1241,7 @@ impl Parser<'_> {
             models: raw.models,
             background,
             callbacks: raw.callbacks,
+            retention: raw.retention,
             pipelines,
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
         })
@@ -1180,6 +1273,59 @@ impl Parser<'_> {
             return Err(self.error(
                 key_location("runtime.instances"),
                 ManifestErrorKind::Invalid(format!("{} is outside 1..=10000", runtime.instances)),
+            ));
+        }
+        if !(1..=600_000).contains(&runtime.slot_wait_ms) {
+            return Err(self.error(
+                key_location("runtime.slot_wait_ms"),
+                ManifestErrorKind::Invalid(format!(
+                    "{} is outside 1..=600000",
+                    runtime.slot_wait_ms
+                )),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Idle reused instances each hold a slot of the instance pool; all of
+    /// them together may hold at most half of it, so that they never leave
+    /// the pool unable to serve.
+    fn check_idle_instances(
+        &self,
+        pipelines: &BTreeMap<String, PipelineSpec>,
+        instances: u32,
+    ) -> Result<(), ManifestError> {
+        let most = instances / 2;
+        let mut total = 0u64;
+        let mut holders = Vec::new();
+        for pipeline in pipelines.values() {
+            for stage in &pipeline.stages {
+                if let Some(reuse) = &stage.reuse {
+                    let versions = 1 + u64::from(stage.candidate.is_some());
+                    total += u64::from(reuse.max_idle) * versions;
+                    holders.push(format!(
+                        "{}.{} ({}{})",
+                        pipeline.name,
+                        stage.name,
+                        reuse.max_idle,
+                        if versions > 1 {
+                            " x2 with its candidate"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
+        }
+        if total > u64::from(most) {
+            return Err(self.error(
+                key_location("runtime.instances"),
+                ManifestErrorKind::Invalid(format!(
+                    "stages that reuse instances may keep {total} idle, more than half of the \
+                     {instances} instances ({most}); lower their reuse.max_idle or raise \
+                     [runtime] instances: {}",
+                    holders.join(", ")
+                )),
             ));
         }
         Ok(())

@@ -51,6 +51,30 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// Mark every stage version of this generation served or not (see
+    /// [`LoadedStage::set_serving`]).
+    pub fn set_serving(&self, serving: bool) {
+        for pipeline in self.pipelines.values() {
+            for stage in &pipeline.stages {
+                stage.live.set_serving(serving);
+                if let Some(candidate) = &stage.candidate {
+                    candidate.stage.set_serving(serving);
+                }
+            }
+        }
+    }
+
+    /// Idle reused instances the generation holds, each with a pool slot.
+    pub fn idle_instances(&self) -> usize {
+        self.pipelines
+            .values()
+            .flat_map(|p| p.stages.iter())
+            .map(|s| {
+                s.live.idle_instances()
+                    + s.candidate.as_ref().map_or(0, |c| c.stage.idle_instances())
+            })
+            .sum()
+    }
     /// Load every stage of `manifest` into `runtime`. Nothing is published:
     /// on error the caller still has whatever generation it had.
     pub fn load(
@@ -641,6 +665,12 @@ impl Pipeline {
                         by.stage
                     );
                     match spec.on_error {
+                        // An overloaded host is no fault of the stage's:
+                        // skipping it would change the answer, escalating
+                        // would flood reviewers. The client retries.
+                        _ if matches!(failure, StageFailure::Overloaded { .. }) => {
+                            Verdict::Failed { by, failure }
+                        }
                         OnError::Skip => continue,
                         OnError::Escalate => Verdict::Escalated {
                             reason: format!("stage \"{}\" {failure}", by.stage),

@@ -442,7 +442,13 @@ async fn reload_locked(
 /// Publish `generation`; the one it replaces becomes the rollback target.
 fn publish(app: &App, state: &mut State, generation: Generation) {
     app.ops.adopt(&generation, &app.run.banks);
-    let replaced = app.current.swap(Arc::new(generation));
+    let generation = Arc::new(generation);
+    let replaced = app.current.swap(generation.clone());
+    // Kept for rollback, the replaced generation must not keep idle
+    // instances (and their pool slots) meanwhile. Versions both share (an
+    // unchanged stage, or everything after a rollback) serve on.
+    replaced.set_serving(false);
+    generation.set_serving(true);
     state.previous = Some(replaced);
 }
 

@@ -274,18 +274,13 @@ pub async fn replay(
                     continue;
                 }
             },
-            Some(other) => {
-                match (
-                    current.decide(&line).await,
-                    other.decide(&line).await,
-                ) {
-                    (Ok(before), Ok(after)) => (before, after),
-                    (Err(why), _) | (_, Err(why)) => {
-                        skip(&mut report, why);
-                        continue;
-                    }
+            Some(other) => match (current.decide(&line).await, other.decide(&line).await) {
+                (Ok(before), Ok(after)) => (before, after),
+                (Err(why), _) | (_, Err(why)) => {
+                    skip(&mut report, why);
+                    continue;
                 }
-            }
+            },
         };
         report.replayed += 1;
         if before == after {

@@ -113,6 +113,11 @@ pub struct RunningHost {
 }
 
 impl RunningHost {
+    /// The host's durable store.
+    pub fn store(&self) -> &Store {
+        &self.app.store
+    }
+
     /// The address the API listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -173,7 +178,10 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         .await
         .context("store task failed")??;
 
-    let tokens = options.tokens.unwrap_or_else(Tokens::from_env);
+    let tokens = match options.tokens {
+        Some(tokens) => tokens,
+        None => Tokens::from_env().map_err(|why| anyhow::anyhow!("{why}"))?,
+    };
     let listen = options.listen.unwrap_or(manifest.listen);
     let admin_listen = options.admin_listen.unwrap_or(manifest.admin.listen);
     if !tokens.configured(Role::Admin) && !admin_listen.ip().is_loopback() {
@@ -250,6 +258,15 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     }
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
+    // Unfinished asynchronous requests are queued before the API accepts
+    // anything, so a request accepted now is never also read back as one
+    // left over from the last run. Workers finish the request in hand before
+    // shutdown completes; what is still queued runs at the next start.
+    tasks.extend(
+        crate::jobs::start(app.clone(), stopped.clone())
+            .await
+            .context("cannot resume the asynchronous requests")?,
+    );
     let handler_app = app.clone();
     let header_timeout = Duration::from_millis(manifest.server.header_timeout_ms);
     tasks.push(tokio::spawn(serve(
@@ -275,14 +292,12 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         )
         .context("cannot watch the manifest and plugin files")?;
     }
-    // Workers finish the request in hand before shutdown completes; what is
-    // still queued runs at the next start.
-    tasks.extend(
-        crate::jobs::start(app.clone(), stopped.clone())
-            .await
-            .context("cannot resume the asynchronous requests")?,
-    );
     crate::callbacks::spawn_worker(app.clone(), stopped.clone());
+    crate::retention::spawn(
+        app.store.clone(),
+        Arc::new(manifest.retention.clone()),
+        stopped.clone(),
+    );
     spawn_signal_reloads(app.clone(), stopped);
     // Said last: whoever waits for this line may send requests and signals.
     tracing::info!(

@@ -9,14 +9,16 @@
 //! awaited write commits with `synchronous = FULL`, so a committed ticket
 //! survives a crash of the process or of the machine, while a batch of plain
 //! records commits with `NORMAL` (safe against a process crash, not against
-//! power loss), which keeps the cost of recording every request low. Reads use their own connection on tokio's
-//! blocking pool, so neither reads nor writes ever block a runtime worker.
+//! power loss), which keeps the cost of recording every request low. Reads use a pool of read-only
+//! connections on tokio's blocking pool, so neither reads nor writes ever
+//! block a runtime worker, and one slow read does not hold up the others.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -100,12 +102,47 @@ pub struct NewTicket {
     pub draft: Option<String>,
 }
 
+/// What a ticket asks of a reviewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketKind {
+    /// Answer an escalated request.
+    Escalation,
+    /// Accept or reject a client's proposed correction of an answer.
+    Correction,
+}
+
+impl TicketKind {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketKind::Escalation => "escalation",
+            TicketKind::Correction => "correction",
+        }
+    }
+
+    fn parse(text: &str) -> rusqlite::Result<TicketKind> {
+        match text {
+            "escalation" => Ok(TicketKind::Escalation),
+            "correction" => Ok(TicketKind::Correction),
+            other => Err(rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("unknown ticket kind \"{other}\"").into(),
+            )),
+        }
+    }
+}
+
 /// A review ticket as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct Ticket {
     /// Ticket number.
     pub id: i64,
-    /// The escalated request.
+    /// What the reviewer is asked to do.
+    pub kind: TicketKind,
+    /// The escalated request, or the request whose answer a correction
+    /// proposes to change.
     pub request_id: String,
     /// Its pipeline.
     pub pipeline: String,
@@ -113,13 +150,16 @@ pub struct Ticket {
     pub stage: Option<String>,
     /// Why.
     pub reason: String,
-    /// The proposed answer.
+    /// The proposed answer (for a correction, the proposed text).
     pub draft: Option<String>,
+    /// Who proposed a correction (a client's token fingerprint, or
+    /// `anonymous`).
+    pub proposed_by: Option<String>,
     /// The request input as the reviewer should see it.
     pub input: String,
     /// The request attributes.
     pub attributes: serde_json::Value,
-    /// `open`, `claimed` or `resolved`.
+    /// `open`, `claimed`, `resolved`, or (a correction) `rejected`.
     pub state: String,
     /// The reviewer who claimed it.
     pub claimed_by: Option<String>,
@@ -159,7 +199,7 @@ fn open_ticket(
     conn.execute(
         "INSERT INTO tickets (request_id, pipeline, stage, reason, draft, state, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'open', ?6)
-         ON CONFLICT (request_id) DO NOTHING",
+         ON CONFLICT (request_id) WHERE kind = 'escalation' DO NOTHING",
         params![
             record.id,
             record.pipeline,
@@ -170,7 +210,7 @@ fn open_ticket(
         ],
     )?;
     Ok(conn.query_row(
-        "SELECT id FROM tickets WHERE request_id = ?1",
+        "SELECT id FROM tickets WHERE request_id = ?1 AND kind = 'escalation'",
         params![record.id],
         |row| row.get(0),
     )?)
@@ -193,13 +233,47 @@ pub struct Job {
     pub created_at: i64,
 }
 
+/// What [`Store::start_job`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobStart {
+    /// Run it.
+    Run,
+    /// It completed already (a duplicate in the queue): do nothing.
+    Finished,
+    /// It ran too often without completing; now dead, with this reason.
+    Dead(String),
+}
+
+/// A job from a row of `SELECT id, pipeline, input, attributes, callback,
+/// created_at FROM jobs`.
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: row.get(0)?,
+        pipeline: row.get(1)?,
+        input: row.get(2)?,
+        attributes: row.get(3)?,
+        callback: row.get(4)?,
+        created_at: row.get(5)?,
+    })
+}
+
+fn read_job(conn: &Connection, id: &str) -> Result<Job, StoreError> {
+    Ok(conn.query_row(
+        "SELECT id, pipeline, input, attributes, callback, created_at FROM jobs WHERE id = ?1",
+        params![id],
+        job_from_row,
+    )?)
+}
+
 /// Where an asynchronous request's job stands.
 #[derive(Debug, Clone)]
 pub struct JobState {
     /// The pipeline.
     pub pipeline: String,
-    /// `queued`, `running` or `done`.
+    /// `queued`, `running`, `done` or `dead`.
     pub state: String,
+    /// Why a dead job is dead.
+    pub reason: Option<String>,
     /// How many times it started running (more than once after a crash).
     pub runs: i64,
     /// When it was accepted (Unix milliseconds).
@@ -318,6 +392,19 @@ pub struct ShadowRecord {
     pub candidate: serde_json::Value,
 }
 
+/// Times before which records go (Unix milliseconds); `None` keeps them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cutoffs {
+    /// Finished requests, resolved tickets, finished jobs, settled callbacks.
+    pub requests: Option<i64>,
+    /// Delivery attempts.
+    pub deliveries: Option<i64>,
+    /// Shadow comparisons.
+    pub shadow_runs: Option<i64>,
+    /// Audit entries.
+    pub audit: Option<i64>,
+}
+
 /// Which tickets to list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TicketFilter {
@@ -343,7 +430,10 @@ enum Message {
 #[derive(Clone)]
 pub struct Store {
     jobs: mpsc::Sender<Message>,
-    reader: Arc<Mutex<Connection>>,
+    /// Read-only connections for reads, used on the blocking pool. A
+    /// connection is held only for one read, so a slow consumer of the
+    /// results never holds one.
+    readers: r2d2::Pool<SqliteConnectionManager>,
     path: PathBuf,
     /// Woken after a commit that may have made a callback due.
     callbacks_due: Arc<Notify>,
@@ -358,7 +448,7 @@ impl Store {
         let path = data_dir.join(DATABASE_FILE);
         let mut writer = open_connection(&path)?;
         migrate(&mut writer).with_context(|| format!("cannot migrate {}", path.display()))?;
-        let reader = open_connection(&path)?;
+        let readers = reader_pool(&path)?;
 
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
@@ -367,7 +457,7 @@ impl Store {
             .context("cannot start the store writer thread")?;
         Ok(Store {
             jobs,
-            reader: Arc::new(Mutex::new(reader)),
+            readers,
             path,
             callbacks_due: Arc::new(Notify::new()),
         })
@@ -417,6 +507,82 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
+    /// Remove one batch of records older than `cutoffs` (Unix
+    /// milliseconds; `None` keeps that kind). Returns how many rows went, so
+    /// the caller repeats until a batch removes nothing. What is still
+    /// waiting for someone (open tickets and their requests, unfinished jobs,
+    /// callbacks not yet settled) is never removed.
+    pub async fn prune(&self, cutoffs: Cutoffs) -> Result<usize, StoreError> {
+        const BATCH: i64 = 2000;
+        self.write_with(false, move |conn| {
+            let mut removed = 0;
+            if let Some(at) = cutoffs.deliveries {
+                removed += conn.execute(
+                    "DELETE FROM deliveries WHERE id IN
+                         (SELECT id FROM deliveries WHERE at < ?1 LIMIT ?2)",
+                    params![at, BATCH],
+                )?;
+            }
+            if let Some(at) = cutoffs.shadow_runs {
+                removed += conn.execute(
+                    "DELETE FROM shadow_runs WHERE id IN
+                         (SELECT id FROM shadow_runs WHERE at < ?1 LIMIT ?2)",
+                    params![at, BATCH],
+                )?;
+            }
+            if let Some(at) = cutoffs.audit {
+                removed += conn.execute(
+                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ?1 LIMIT ?2)",
+                    params![at, BATCH],
+                )?;
+            }
+            if let Some(at) = cutoffs.requests {
+                removed += conn.execute(
+                    "DELETE FROM tickets WHERE id IN
+                         (SELECT id FROM tickets WHERE state IN ('resolved', 'rejected')
+                              AND resolved_at < ?1 LIMIT ?2)",
+                    params![at, BATCH],
+                )?;
+                removed += conn.execute(
+                    "DELETE FROM jobs WHERE id IN
+                         (SELECT id FROM jobs WHERE state IN ('done', 'dead') AND done_at < ?1
+                          LIMIT ?2)",
+                    params![at, BATCH],
+                )?;
+                removed += conn.execute(
+                    "DELETE FROM callbacks WHERE request_id IN
+                         (SELECT request_id FROM callbacks
+                          WHERE state IN ('delivered', 'failed') AND created_at < ?1 LIMIT ?2)",
+                    params![at, BATCH],
+                )?;
+                removed += conn.execute(
+                    "DELETE FROM requests WHERE id IN
+                         (SELECT r.id FROM requests r
+                          WHERE r.completed_at < ?1
+                            AND NOT EXISTS (SELECT 1 FROM tickets t WHERE t.request_id = r.id)
+                            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = r.id)
+                            AND NOT EXISTS (SELECT 1 FROM callbacks c WHERE c.request_id = r.id)
+                          LIMIT ?2)",
+                    params![at, BATCH],
+                )?;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    /// Record a request and wait until the record (and its callback, if
+    /// it names one) is committed.
+    pub async fn record_durably(&self, record: RequestRecord) -> Result<(), StoreError> {
+        let due = Self::calls_back(&record);
+        self.write(move |conn| insert_request(conn, &record))
+            .await?;
+        if due {
+            self.callbacks_due.notify_one();
+        }
+        Ok(())
+    }
+
     /// Record an escalated request and open its ticket; returns the ticket
     /// number once both are committed.
     pub async fn escalate(
@@ -458,64 +624,154 @@ impl Store {
         reviewer: String,
         answer: String,
     ) -> Result<Ticket, StoreError> {
-        let resolved = self.write(move |conn| {
-            let now = now_millis();
-            let changed = conn.execute(
-                "UPDATE tickets SET state = 'resolved', resolution = ?2, resolved_by = ?3,
+        let resolved = self
+            .write(move |conn| {
+                let now = now_millis();
+                let changed = conn.execute(
+                    "UPDATE tickets SET state = 'resolved', resolution = ?2, resolved_by = ?3,
                         resolved_at = ?4,
                         claimed_by = COALESCE(claimed_by, ?3), claimed_at = COALESCE(claimed_at, ?4)
                  WHERE id = ?1 AND (state = 'open' OR (state = 'claimed' AND claimed_by = ?3))",
-                params![ticket, answer, reviewer, now],
+                    params![ticket, answer, reviewer, now],
+                )?;
+                if changed == 0 {
+                    return Err(explain_refusal(conn, ticket)?);
+                }
+                let resolved = read_ticket(conn, ticket)?
+                    .ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))?;
+                if resolved.kind == TicketKind::Correction {
+                    // An accepted correction changes the bank, not the request:
+                    // the client was answered long ago.
+                    accept_correction(conn, &resolved, &answer, &reviewer)?;
+                    return Ok(resolved);
+                }
+                conn.execute(
+                    "UPDATE requests SET status = 'answered', output = ?2, confidence = 1.0,
+                        stage = NULL, layer = 'human', completed_at = ?3
+                 WHERE id = (SELECT request_id FROM tickets WHERE id = ?1)",
+                    params![ticket, answer, now],
+                )?;
+                // The request is final now: a waiting callback becomes due.
+                conn.execute(
+                    "UPDATE callbacks SET state = 'pending', next_at = ?2
+                 WHERE request_id = ?1 AND state = 'waiting'",
+                    params![resolved.request_id, now],
+                )?;
+                // The resolution is part of the training set, and the approved
+                // answer of the request's answer-bank key.
+                insert_feedback(
+                    conn,
+                    &FeedbackEvent {
+                        kind: "resolution".to_owned(),
+                        request_id: resolved.request_id.clone(),
+                        pipeline: resolved.pipeline.clone(),
+                        key: resolved.remember_key.clone(),
+                        input: resolved.input.clone(),
+                        answer: resolved.draft.clone(),
+                        rating: None,
+                        correction: Some(answer.clone()),
+                        actor: reviewer.clone(),
+                    },
+                )?;
+                if let Some(key) = &resolved.remember_key {
+                    upsert_approved(
+                        conn,
+                        &resolved.pipeline,
+                        key,
+                        &answer,
+                        "human",
+                        &reviewer,
+                        &resolved.request_id,
+                    )?;
+                }
+                Ok(resolved)
+            })
+            .await?;
+        self.callbacks_due.notify_one();
+        Ok(resolved)
+    }
+
+    /// Open a correction ticket: a client's proposed answer for a request,
+    /// which changes nothing until a reviewer accepts it. Returns the ticket
+    /// and the request as recorded.
+    pub async fn propose_correction(
+        &self,
+        request_id: String,
+        correction: String,
+        actor: String,
+    ) -> Result<(Ticket, RequestRecord), StoreError> {
+        self.write(move |conn| {
+            let (record, _) = read_request(conn, &request_id)?
+                .ok_or_else(|| StoreError::NotFound(format!("request \"{request_id}\"")))?;
+            conn.execute(
+                "INSERT INTO tickets (request_id, kind, pipeline, stage, reason, draft, state,
+                                      created_at, proposed_by)
+                 VALUES (?1, 'correction', ?2, ?3, ?4, ?5, 'open', ?6, ?7)",
+                params![
+                    record.id,
+                    record.pipeline,
+                    record.stage,
+                    format!("{actor} proposes a correction of this answer"),
+                    correction,
+                    now_millis(),
+                    actor
+                ],
+            )?;
+            let id = conn.last_insert_rowid();
+            insert_feedback(
+                conn,
+                &FeedbackEvent {
+                    kind: "proposal".to_owned(),
+                    request_id: record.id.clone(),
+                    pipeline: record.pipeline.clone(),
+                    key: record.remember_key.clone(),
+                    input: record.input.clone(),
+                    answer: record.output.clone(),
+                    rating: Some("bad".to_owned()),
+                    correction: Some(correction),
+                    actor,
+                },
+            )?;
+            let ticket = read_ticket(conn, id)?
+                .ok_or_else(|| StoreError::NotFound(format!("ticket {id}")))?;
+            Ok((ticket, record))
+        })
+        .await
+    }
+
+    /// Reject a proposed correction: nothing changes but the ticket. Only
+    /// a correction ticket may be rejected, and a claimed one only by the
+    /// reviewer holding it.
+    pub async fn reject_correction(
+        &self,
+        ticket: i64,
+        reviewer: String,
+        note: Option<String>,
+    ) -> Result<Ticket, StoreError> {
+        self.write(move |conn| {
+            let kind = read_ticket(conn, ticket)?.map(|t| t.kind);
+            if kind == Some(TicketKind::Escalation) {
+                return Err(StoreError::Conflict(format!(
+                    "ticket {ticket} is an escalation: answer it with /resolve; only a proposed \
+                     correction can be rejected"
+                )));
+            }
+            let now = now_millis();
+            let changed = conn.execute(
+                "UPDATE tickets SET state = 'rejected', resolution = ?2, resolved_by = ?3,
+                        resolved_at = ?4,
+                        claimed_by = COALESCE(claimed_by, ?3), claimed_at = COALESCE(claimed_at, ?4)
+                 WHERE id = ?1 AND kind = 'correction'
+                   AND (state = 'open' OR (state = 'claimed' AND claimed_by = ?3))",
+                params![ticket, note, reviewer, now],
             )?;
             if changed == 0 {
                 return Err(explain_refusal(conn, ticket)?);
             }
-            conn.execute(
-                "UPDATE requests SET status = 'answered', output = ?2, confidence = 1.0,
-                        stage = NULL, layer = 'human', completed_at = ?3
-                 WHERE id = (SELECT request_id FROM tickets WHERE id = ?1)",
-                params![ticket, answer, now],
-            )?;
-            let resolved = read_ticket(conn, ticket)?
-                .ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))?;
-            // The request is final now: a waiting callback becomes due.
-            conn.execute(
-                "UPDATE callbacks SET state = 'pending', next_at = ?2
-                 WHERE request_id = ?1 AND state = 'waiting'",
-                params![resolved.request_id, now],
-            )?;
-            // The resolution is part of the training set, and the approved
-            // answer of the request's answer-bank key.
-            insert_feedback(
-                conn,
-                &FeedbackEvent {
-                    kind: "resolution".to_owned(),
-                    request_id: resolved.request_id.clone(),
-                    pipeline: resolved.pipeline.clone(),
-                    key: resolved.remember_key.clone(),
-                    input: resolved.input.clone(),
-                    answer: resolved.draft.clone(),
-                    rating: None,
-                    correction: Some(answer.clone()),
-                    actor: reviewer.clone(),
-                },
-            )?;
-            if let Some(key) = &resolved.remember_key {
-                upsert_approved(
-                    conn,
-                    &resolved.pipeline,
-                    key,
-                    &answer,
-                    "human",
-                    &reviewer,
-                    &resolved.request_id,
-                )?;
-            }
-            Ok(resolved)
+            read_ticket(conn, ticket)?
+                .ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))
         })
-        .await?;
-        self.callbacks_due.notify_one();
-        Ok(resolved)
+        .await
     }
 
     /// A request's state, or `None` if no such request was recorded.
@@ -527,7 +783,7 @@ impl Store {
             };
             let ticket_id: Option<i64> = conn
                 .query_row(
-                    "SELECT id FROM tickets WHERE request_id = ?1",
+                    "SELECT id FROM tickets WHERE request_id = ?1 AND kind = 'escalation'",
                     params![record.id],
                     |row| row.get(0),
                 )
@@ -619,31 +875,70 @@ impl Store {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT id, pipeline, input, attributes, callback, created_at FROM jobs
-                 WHERE state != 'done' ORDER BY created_at, id",
+                 WHERE state IN ('queued', 'running') ORDER BY created_at, id",
             )?;
-            let rows = statement.query_map([], |row| {
-                Ok(Job {
-                    id: row.get(0)?,
-                    pipeline: row.get(1)?,
-                    input: row.get(2)?,
-                    attributes: row.get(3)?,
-                    callback: row.get(4)?,
-                    created_at: row.get(5)?,
-                })
-            })?;
+            let rows = statement.query_map([], job_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
 
-    /// Mark a job running (counting its runs).
-    pub async fn start_job(&self, id: String) -> Result<(), StoreError> {
+    /// Mark a job running (counting its runs), unless it is done, or has
+    /// already started `max_runs` times: then it is dead, completed as a
+    /// failed request with code `dead_letter`, and never runs again.
+    pub async fn start_job(&self, id: String, max_runs: u32) -> Result<JobStart, StoreError> {
         self.write(move |conn| {
+            let found: Option<(String, i64, String)> = conn
+                .query_row(
+                    "SELECT state, runs, pipeline FROM jobs WHERE id = ?1",
+                    params![id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?;
+            let Some((state, runs, pipeline)) = found else {
+                return Err(StoreError::NotFound(format!("job \"{id}\"")));
+            };
+            if state == "done" || state == "dead" {
+                return Ok(JobStart::Finished);
+            }
+            if runs >= i64::from(max_runs) {
+                let reason = format!(
+                    "the request started {runs} times without completing (the host stopped \
+                     while it ran each time); [async] max_runs is {max_runs}"
+                );
+                conn.execute(
+                    "UPDATE jobs SET state = 'dead', reason = ?2, done_at = ?3 WHERE id = ?1",
+                    params![id, reason, now_millis()],
+                )?;
+                let job = read_job(conn, &id)?;
+                let record = RequestRecord {
+                    id: id.clone(),
+                    pipeline,
+                    generation: 0,
+                    status: "failed",
+                    input: job.input,
+                    attributes: job.attributes,
+                    output: None,
+                    confidence: None,
+                    stage: None,
+                    layer: None,
+                    code: Some("dead_letter".to_owned()),
+                    message: Some(reason.clone()),
+                    trace: "[]".to_owned(),
+                    created_at: job.created_at,
+                    remember_key: None,
+                    cost_usd: 0.0,
+                    callback: job.callback,
+                };
+                insert_request(conn, &record)?;
+                return Ok(JobStart::Dead(reason));
+            }
             conn.execute(
-                "UPDATE jobs SET state = 'running', runs = runs + 1 WHERE id = ?1",
+                "UPDATE jobs SET state = 'running', runs = runs + 1
+                 WHERE id = ?1 AND state IN ('queued', 'running')",
                 params![id],
             )?;
-            Ok(())
+            Ok(JobStart::Run)
         })
         .await
     }
@@ -657,29 +952,30 @@ impl Store {
         ticket: Option<NewTicket>,
     ) -> Result<Option<i64>, StoreError> {
         let due = Self::calls_back(&record);
-        let ticket = self.write(move |conn| {
-            let done: Option<String> = conn
-                .query_row(
-                    "SELECT state FROM jobs WHERE id = ?1",
-                    params![record.id],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if done.as_deref() == Some("done") {
-                return Ok(None);
-            }
-            insert_request(conn, &record)?;
-            let ticket = match ticket {
-                None => None,
-                Some(ticket) => Some(open_ticket(conn, &record, &ticket)?),
-            };
-            conn.execute(
-                "UPDATE jobs SET state = 'done', done_at = ?2 WHERE id = ?1",
-                params![record.id, now_millis()],
-            )?;
-            Ok(ticket)
-        })
-        .await?;
+        let ticket = self
+            .write(move |conn| {
+                let done: Option<String> = conn
+                    .query_row(
+                        "SELECT state FROM jobs WHERE id = ?1",
+                        params![record.id],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if matches!(done.as_deref(), Some("done" | "dead")) {
+                    return Ok(None);
+                }
+                insert_request(conn, &record)?;
+                let ticket = match ticket {
+                    None => None,
+                    Some(ticket) => Some(open_ticket(conn, &record, &ticket)?),
+                };
+                conn.execute(
+                    "UPDATE jobs SET state = 'done', done_at = ?2 WHERE id = ?1",
+                    params![record.id, now_millis()],
+                )?;
+                Ok(ticket)
+            })
+            .await?;
         if due {
             self.callbacks_due.notify_one();
         }
@@ -691,7 +987,7 @@ impl Store {
         self.read(move |conn| {
             Ok(conn
                 .query_row(
-                    "SELECT pipeline, state, runs, created_at FROM jobs WHERE id = ?1",
+                    "SELECT pipeline, state, runs, created_at, reason FROM jobs WHERE id = ?1",
                     params![id],
                     |row| {
                         Ok(JobState {
@@ -699,6 +995,7 @@ impl Store {
                             state: row.get(1)?,
                             runs: row.get(2)?,
                             created_at: row.get(3)?,
+                            reason: row.get(4)?,
                         })
                     },
                 )
@@ -1088,6 +1385,15 @@ impl Store {
         &self,
         op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.write_with(true, op).await
+    }
+
+    /// A write awaited until committed; `durable` ones are synced fully.
+    async fn write_with<T: Send + 'static>(
+        &self,
+        durable: bool,
+        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (done, result) = oneshot::channel();
         let job: WriteOp = Box::new(move |conn| {
             let outcome = op(conn);
@@ -1098,7 +1404,7 @@ impl Store {
             (failed, completion)
         });
         self.jobs
-            .send(Message::Job { job, durable: true })
+            .send(Message::Job { job, durable })
             .await
             .map_err(|_| StoreError::Closed)?;
         result
@@ -1110,11 +1416,11 @@ impl Store {
         &self,
         op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let reader = self.reader.clone();
+        let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = reader
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let conn = readers.get().map_err(|e| {
+                StoreError::Database(format!("no database connection free for a read: {e}"))
+            })?;
             op(&conn)
         })
         .await
@@ -1133,6 +1439,33 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     )
     .with_context(|| format!("cannot configure database {}", path.display()))?;
     Ok(conn)
+}
+
+/// How many reads may run at once, each on its own connection.
+const READERS: u32 = 8;
+
+/// How long a read waits for a free connection before it fails.
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A pool of read-only connections to the database at `path`. In WAL mode
+/// readers never block the writer or each other.
+fn reader_pool(path: &Path) -> anyhow::Result<r2d2::Pool<SqliteConnectionManager>> {
+    let manager = SqliteConnectionManager::file(path)
+        .with_flags(
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )
+        .with_init(|conn| {
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(())
+        });
+    r2d2::Pool::builder()
+        .max_size(READERS)
+        .min_idle(Some(1))
+        .connection_timeout(READER_WAIT)
+        .build(manager)
+        .with_context(|| format!("cannot open read connections to {}", path.display()))
 }
 
 /// Schema migrations, applied in order; `user_version` counts those applied.
@@ -1255,6 +1588,79 @@ const MIGRATIONS: &[&str] = &["
         ok         INTEGER NOT NULL
     );
     CREATE INDEX deliveries_by_request ON deliveries (request_id, id);
+", "
+    -- Tickets of a second kind: a client's proposed correction of an answer,
+    -- waiting for a reviewer to accept or reject it. A request has at most
+    -- one escalation ticket and any number of correction tickets.
+    CREATE TABLE tickets_v5 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id  TEXT NOT NULL REFERENCES requests (id),
+        kind        TEXT NOT NULL DEFAULT 'escalation'
+                    CHECK (kind IN ('escalation', 'correction')),
+        pipeline    TEXT NOT NULL,
+        stage       TEXT,
+        reason      TEXT NOT NULL,
+        draft       TEXT,
+        state       TEXT NOT NULL CHECK (state IN ('open', 'claimed', 'resolved', 'rejected')),
+        claimed_by  TEXT,
+        claimed_at  INTEGER,
+        resolution  TEXT,
+        resolved_by TEXT,
+        resolved_at INTEGER,
+        created_at  INTEGER NOT NULL,
+        proposed_by TEXT
+    );
+    INSERT INTO tickets_v5 (id, request_id, pipeline, stage, reason, draft, state, claimed_by,
+                            claimed_at, resolution, resolved_by, resolved_at, created_at)
+        SELECT id, request_id, pipeline, stage, reason, draft, state, claimed_by, claimed_at,
+               resolution, resolved_by, resolved_at, created_at FROM tickets;
+    DROP TABLE tickets;
+    ALTER TABLE tickets_v5 RENAME TO tickets;
+    CREATE UNIQUE INDEX tickets_escalation ON tickets (request_id) WHERE kind = 'escalation';
+    CREATE INDEX tickets_by_state ON tickets (state, id);
+    CREATE INDEX tickets_by_request ON tickets (request_id);
+    CREATE TABLE feedback_v5 (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at         INTEGER NOT NULL,
+        kind       TEXT NOT NULL
+                   CHECK (kind IN ('rating', 'correction', 'resolution', 'proposal')),
+        request_id TEXT NOT NULL,
+        pipeline   TEXT NOT NULL,
+        key        TEXT,
+        input      TEXT NOT NULL,
+        answer     TEXT,
+        rating     TEXT CHECK (rating IN ('good', 'bad')),
+        correction TEXT,
+        actor      TEXT NOT NULL
+    );
+    INSERT INTO feedback_v5 SELECT * FROM feedback;
+    DROP TABLE feedback;
+    ALTER TABLE feedback_v5 RENAME TO feedback;
+    -- A job that ran too often without completing is dead: kept, with why,
+    -- and never run again.
+    CREATE TABLE jobs_v5 (
+        id         TEXT PRIMARY KEY,
+        pipeline   TEXT NOT NULL,
+        input      TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        callback   TEXT,
+        state      TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'dead')),
+        runs       INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        done_at    INTEGER,
+        reason     TEXT
+    );
+    INSERT INTO jobs_v5 (id, pipeline, input, attributes, callback, state, runs, created_at,
+                         done_at)
+        SELECT id, pipeline, input, attributes, callback, state, runs, created_at, done_at
+        FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v5 RENAME TO jobs;
+    CREATE INDEX jobs_by_state ON jobs (state, created_at);
+    CREATE INDEX requests_by_completion ON requests (completed_at);
+    CREATE INDEX audit_by_time ON audit (at);
+    CREATE INDEX shadow_runs_by_time ON shadow_runs (at);
+    CREATE INDEX deliveries_by_time ON deliveries (at);
 "];
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -1466,13 +1872,15 @@ fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(), StoreError
 const TICKET_SELECT: &str = "
     SELECT t.id, t.request_id, t.pipeline, t.stage, t.reason, t.draft, r.input, r.attributes,
            t.state, t.claimed_by, t.claimed_at, t.resolution, t.resolved_by, t.resolved_at,
-           t.created_at, r.remember_key
+           t.created_at, r.remember_key, t.kind, t.proposed_by
     FROM tickets t JOIN requests r ON r.id = t.request_id";
 
 fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
     let attributes: String = row.get(7)?;
     Ok(Ticket {
         id: row.get(0)?,
+        kind: TicketKind::parse(&row.get::<_, String>(16)?)?,
+        proposed_by: row.get(17)?,
         request_id: row.get(1)?,
         pipeline: row.get(2)?,
         stage: row.get(3)?,
@@ -1498,6 +1906,47 @@ fn read_ticket(conn: &Connection, id: i64) -> Result<Option<Ticket>, StoreError>
         .optional()?)
 }
 
+/// Apply an accepted correction: the dataset gets it, and the request's
+/// answer-bank key (if any) gets it as its approved answer.
+fn accept_correction(
+    conn: &Connection,
+    ticket: &Ticket,
+    answer: &str,
+    reviewer: &str,
+) -> Result<(), StoreError> {
+    let output: Option<String> = conn.query_row(
+        "SELECT output FROM requests WHERE id = ?1",
+        params![ticket.request_id],
+        |row| row.get(0),
+    )?;
+    insert_feedback(
+        conn,
+        &FeedbackEvent {
+            kind: "correction".to_owned(),
+            request_id: ticket.request_id.clone(),
+            pipeline: ticket.pipeline.clone(),
+            key: ticket.remember_key.clone(),
+            input: ticket.input.clone(),
+            answer: output,
+            rating: Some("bad".to_owned()),
+            correction: Some(answer.to_owned()),
+            actor: reviewer.to_owned(),
+        },
+    )?;
+    if let Some(key) = &ticket.remember_key {
+        upsert_approved(
+            conn,
+            &ticket.pipeline,
+            key,
+            answer,
+            "correction",
+            reviewer,
+            &ticket.request_id,
+        )?;
+    }
+    Ok(())
+}
+
 /// Say why a claim or resolution changed nothing.
 fn explain_refusal(conn: &Connection, ticket: i64) -> Result<StoreError, StoreError> {
     let Some(current) = read_ticket(conn, ticket)? else {
@@ -1508,6 +1957,11 @@ fn explain_refusal(conn: &Connection, ticket: i64) -> Result<StoreError, StoreEr
             "ticket {ticket} is already resolved by {}",
             current.resolved_by.unwrap_or_default()
         )),
+        "rejected" => StoreError::Conflict(format!(
+            "ticket {ticket} was already rejected by {}",
+            current.resolved_by.unwrap_or_default()
+        )),
+
         _ => StoreError::Conflict(format!(
             "ticket {ticket} is claimed by {}",
             current.claimed_by.unwrap_or_default()

@@ -17,7 +17,7 @@ impl Host for StageState {
             return;
         }
         self.log_lines += 1;
-        let message = truncate(&message, MAX_LINE_BYTES);
+        let message = escape(truncate(&message, MAX_LINE_BYTES));
         let tag = &self.tag;
         macro_rules! emit {
             ($level:ident) => {
@@ -42,6 +42,24 @@ impl Host for StageState {
     }
 }
 
+/// `text` with control characters (line breaks, terminal escapes) written
+/// as escapes, so a guest's line is one line of the host's log and cannot
+/// forge another or repaint an operator's terminal.
+pub(crate) fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 /// Cut `text` to at most `max` bytes on a character boundary.
 pub(crate) fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
@@ -52,4 +70,19 @@ pub(crate) fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn a_guest_line_cannot_forge_another() {
+        assert_eq!(
+            escape("ok\n2026-01-01T00:00:00Z  INFO strata: reload applied"),
+            "ok\\n2026-01-01T00:00:00Z  INFO strata: reload applied"
+        );
+        assert_eq!(escape("\u{1b}[2Jclear"), "\\u{1b}[2Jclear");
+        assert_eq!(escape("plain ünïcode"), "plain ünïcode");
+    }
 }

@@ -24,7 +24,7 @@ use wasmtime_wasi::{
     Deterministic, FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder,
 };
 
-use crate::imports::log::{MAX_LINE_BYTES, truncate};
+use crate::imports::log::{MAX_LINE_BYTES, escape, truncate};
 use crate::manifest::WasiSpec;
 use crate::runtime::LogTag;
 
@@ -235,7 +235,7 @@ impl LineBuffer {
         let tag = state.tag.clone();
         drop(state);
         let text = String::from_utf8_lossy(&line);
-        let text = truncate(&text, MAX_LINE_BYTES);
+        let text = escape(truncate(&text, MAX_LINE_BYTES));
         match self.channel {
             Channel::Stdout => tracing::info!(
                 target: "strata::guest::stdout",

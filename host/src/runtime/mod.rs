@@ -42,6 +42,17 @@ use crate::request::{Outcome, Request};
 /// and of yielding to other tasks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// One instance slot's share of the pool: core instances, memories and
+/// tables a single component may hold.
+const CORE_INSTANCES_PER_SLOT: u32 = 16;
+const MEMORIES_PER_SLOT: u32 = 4;
+const TABLES_PER_SLOT: u32 = 16;
+
+/// The most bytes a guest may pass to the host in one call (a log line, an
+/// answer to remember, a model prompt); more is a trap, not a host
+/// allocation of whatever size the guest asks for.
+const HOSTCALL_FUEL: usize = 4 << 20;
+
 /// Resident memory kept per pooled slot between instances; measured here to
 /// halve the cost of a fresh instance together with `pagemap_scan`.
 const KEEP_RESIDENT_BYTES: usize = 2 << 20;
@@ -73,11 +84,16 @@ impl Runtime {
         // A Rust stage is one core instance with a memory and a table; a
         // Python one (componentize-py) is about 14 core instances and a
         // dozen tables. The pool is sized so a full house of the larger
-        // kind fits; what it reserves is address space, not memory.
+        // kind fits; what it reserves is address space, not memory. Each
+        // component may use at most one slot's share, so however the slots
+        // are filled no component can exhaust the pool for the others.
         pool.total_component_instances(instances)
-            .total_core_instances(instances * 16)
-            .total_memories(instances * 4)
-            .total_tables(instances * 16)
+            .total_core_instances(instances * CORE_INSTANCES_PER_SLOT)
+            .total_memories(instances * MEMORIES_PER_SLOT)
+            .total_tables(instances * TABLES_PER_SLOT)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_SLOT)
+            .max_memories_per_component(MEMORIES_PER_SLOT)
+            .max_tables_per_component(TABLES_PER_SLOT)
             .total_stacks(instances)
             .max_memory_size((MAX_MEMORY_MIB as usize) << 20)
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
@@ -233,6 +249,7 @@ impl Runtime {
             reuse: spec.reuse.map(|spec| ReusePool {
                 spec,
                 idle: Mutex::new(Vec::new()),
+                serving: std::sync::atomic::AtomicBool::new(true),
             }),
         })
     }
@@ -296,12 +313,14 @@ impl Runtime {
         let (mut store, instance, slot, uses) = match idle {
             Some(idle) => (idle.store, Some(idle.instance), idle.slot, idle.uses),
             None => {
-                let slot = self
-                    .slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the slot semaphore is never closed");
+                let Some(slot) = self.slot(services.batch).await else {
+                    return Invocation {
+                        outcome: Err(StageFailure::Overloaded {
+                            waited_ms: self.settings.slot_wait_ms,
+                        }),
+                        effects: Effects::default(),
+                    };
+                };
                 (self.new_store(stage, request, tag), None, slot, 0)
             }
         };
@@ -371,7 +390,10 @@ impl Runtime {
         // limit or an invalid outcome may have left it in any state.
         if let (Some(pool), Some(instance), Ok(_)) = (&stage.reuse, instance, &outcome) {
             let uses = uses + 1;
-            if uses < pool.spec.max_uses {
+            // A pool of a generation no longer served keeps nothing: its
+            // idle instances would hold slots nobody can use.
+            if uses < pool.spec.max_uses && pool.serving.load(std::sync::atomic::Ordering::Acquire)
+            {
                 let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
                 if idle.len() < pool.spec.max_idle as usize {
                     idle.push(Idle {
@@ -384,6 +406,24 @@ impl Runtime {
             }
         }
         Invocation { outcome, effects }
+    }
+
+    /// A slot of the instance pool. Real-time requests wait at most
+    /// `[runtime] slot_wait_ms` (`None` then: the host is overloaded);
+    /// background ones (`patient`) as long as it takes.
+    async fn slot(&self, patient: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        let wait = self.slots.clone().acquire_owned();
+        let slot = if patient {
+            wait.await
+        } else {
+            tokio::time::timeout(Duration::from_millis(self.settings.slot_wait_ms), wait)
+                .await
+                .ok()?
+        };
+        Some(slot.expect("the slot semaphore is never closed"))
     }
 
     fn new_store(&self, stage: &LoadedStage, request: &Request, tag: &LogTag) -> Store<StageState> {
@@ -410,6 +450,7 @@ impl Runtime {
             },
         );
         store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(HOSTCALL_FUEL);
         store
     }
 
@@ -504,6 +545,33 @@ struct Idle {
 pub(crate) struct ReusePool {
     spec: crate::manifest::ReuseSpec,
     idle: Mutex<Vec<Idle>>,
+    /// False while the stage's generation is not the one served: instances
+    /// are then not kept idle.
+    serving: std::sync::atomic::AtomicBool,
+}
+
+impl LoadedStage {
+    /// Mark this version served or not. A version no longer served drops
+    /// its idle instances at once, releasing their pool slots, and keeps
+    /// none from then on; one served again (a rollback) keeps them again.
+    pub fn set_serving(&self, serving: bool) {
+        if let Some(pool) = &self.reuse {
+            pool.serving
+                .store(serving, std::sync::atomic::Ordering::Release);
+            if !serving {
+                let idle =
+                    std::mem::take(&mut *pool.idle.lock().unwrap_or_else(|e| e.into_inner()));
+                drop(idle);
+            }
+        }
+    }
+
+    /// Idle instances this version holds (and so pool slots).
+    pub fn idle_instances(&self) -> usize {
+        self.reuse.as_ref().map_or(0, |pool| {
+            pool.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        })
+    }
 }
 
 /// Advance the engine's epoch every tick for as long as the engine lives.
@@ -610,6 +678,13 @@ pub enum StageFailure {
         /// The engine's description.
         detail: String,
     },
+    /// No instance slot came free in time: the host is overloaded. Not the
+    /// stage's fault, so not subject to its `on_error`.
+    #[error("found no free instance within {waited_ms} ms")]
+    Overloaded {
+        /// How long the request waited.
+        waited_ms: u64,
+    },
 }
 
 impl StageFailure {
@@ -623,6 +698,7 @@ impl StageFailure {
             StageFailure::OutputTooLarge { .. } => "output_too_large",
             StageFailure::InvalidOutcome(_) => "invalid_outcome",
             StageFailure::Instantiate { .. } => "instantiate",
+            StageFailure::Overloaded { .. } => "overloaded",
         }
     }
 
