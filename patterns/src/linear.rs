@@ -19,7 +19,9 @@ pub struct TrainConfig {
     pub lambda: f32,
     /// Initial learning rate; it decays as `eta0 / (1 + eta0 · lambda · t)`.
     pub eta0: f32,
-    /// Passes over the examples.
+    /// Passes over the examples of one cross-validation fold. The final
+    /// model takes as many SGD steps as a fold model, not as many passes
+    /// (see [`crate::Model::fit`]).
     pub epochs: usize,
     /// Seed of the order in which examples are visited.
     pub seed: u64,
@@ -27,17 +29,25 @@ pub struct TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        // Chosen by five-fold cross-validation within the Banking77 training
-        // split (see the `banking77` example); the held-out fifth was never
-        // used to choose them.
+        // Chosen by five-fold cross-validation inside the Banking77
+        // training split (the `banking77` example's `--tune`), among
+        // settings that also keep calibration working when classes overlap
+        // (the overlap test). Weaker regularisation and larger steps give
+        // a sharper model that separates right from wrong answers better
+        // (calibrated coverage 80 % at lambda 1e-5, eta0 0.5, 8 epochs; 85 %
+        // here), but at lambda 1e-6, eta0 4 it memorises conflicting
+        // examples and is then confidently wrong on their neighbours.
         Self {
-            lambda: 1e-5,
-            eta0: 0.5,
-            epochs: 8,
+            lambda: 3e-6,
+            eta0: 2.0,
+            epochs: 6,
             seed: 1,
         }
     }
 }
+
+/// The largest gradient entry below which an SGD step is skipped.
+const SKIP_GRADIENT: f32 = 1e-3;
 
 /// A trained linear classifier.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,12 +61,14 @@ pub struct Linear {
 
 impl Linear {
     /// Trains on examples `xs` with class indices `ys` (each `< classes`)
-    /// over feature indices `< dim`.
+    /// over feature indices `< dim`, for `steps` SGD steps: whole shuffled
+    /// passes over the examples, the last one possibly cut short.
     pub fn train(
         xs: &[&SparseVec],
         ys: &[usize],
         classes: usize,
         dim: usize,
+        steps: usize,
         config: &TrainConfig,
     ) -> Self {
         assert_eq!(xs.len(), ys.len(), "one class per example");
@@ -70,9 +82,15 @@ impl Linear {
         let mut rng = SplitMix64::new(config.seed);
         let mut probs = vec![0.0f32; classes];
         let mut t = 0.0f32;
-        for _ in 0..config.epochs {
+        let passes = steps.div_ceil(xs.len().max(1));
+        for pass in 0..passes {
             rng.shuffle(&mut order);
-            for &i in &order {
+            let take = if pass + 1 == passes {
+                steps - pass * xs.len()
+            } else {
+                xs.len()
+            };
+            for &i in &order[..take] {
                 let eta = config.eta0 / (1.0 + config.eta0 * config.lambda * t);
                 t += 1.0;
                 let x = xs[i];
@@ -81,6 +99,16 @@ impl Linear {
                 // The gradient of the log loss for the scores is p − onehot.
                 probs[ys[i]] -= 1.0;
                 scale *= 1.0 - eta * config.lambda;
+                if scale < 1e-6 {
+                    weights.iter_mut().for_each(|w| *w *= scale);
+                    scale = 1.0;
+                }
+                // An example the model already gets right with near
+                // certainty would move no weight noticeably; skipping its
+                // update saves most of the work of the later epochs.
+                if probs.iter().all(|g| g.abs() < SKIP_GRADIENT) {
+                    continue;
+                }
                 for (f, v) in x.iter() {
                     let step = eta * v / scale;
                     let row = &mut weights[f * classes..(f + 1) * classes];
@@ -90,10 +118,6 @@ impl Linear {
                 }
                 for (b, g) in bias.iter_mut().zip(&probs) {
                     *b -= eta * g;
-                }
-                if scale < 1e-6 {
-                    weights.iter_mut().for_each(|w| *w *= scale);
-                    scale = 1.0;
                 }
             }
         }
@@ -186,7 +210,7 @@ mod tests {
     fn separable_classes_are_learned() {
         let data = [unit(&[0, 1]), unit(&[0, 2]), unit(&[3, 4]), unit(&[3, 5])];
         let xs: Vec<&SparseVec> = data.iter().collect();
-        let model = Linear::train(&xs, &[0, 0, 1, 1], 2, 6, &TrainConfig::default());
+        let model = Linear::train(&xs, &[0, 0, 1, 1], 2, 6, 40, &TrainConfig::default());
         let mut p = Vec::new();
         model.probabilities(&unit(&[0]), |_| true, &mut p);
         assert!(p[0] > 0.8, "{p:?}");

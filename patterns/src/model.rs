@@ -178,6 +178,13 @@ impl Model {
             Neighbour(Vec<Scored>),
         }
         let dim = vectoriser.dim();
+        // Every model, fold or final, takes the same number of SGD steps:
+        // `epochs` passes over an average fold's training part. With weak
+        // regularisation the weights, and so the scores, grow with the
+        // number of steps; a final model trained for more steps than the
+        // fold models would score more confidently than the thresholds
+        // calibrated on them assume, and trust answers it should not.
+        let steps = config.train.epochs * (trained.len() * (folds - 1)).div_ceil(folds);
         let train_on = |keep: &dyn Fn(usize) -> bool| {
             let mut fx = Vec::new();
             let mut fy = Vec::new();
@@ -187,7 +194,7 @@ impl Model {
                     fy.push(ys[j]);
                 }
             }
-            Linear::train(&fx, &fy, classes.len(), dim, &config.train)
+            Linear::train(&fx, &fy, classes.len(), dim, steps, &config.train)
         };
         let has_linear = !trained.is_empty();
         let jobs = if has_linear { folds + 2 } else { 1 };
