@@ -84,14 +84,16 @@ impl Vectoriser {
                 df.entry(hash).or_insert((0, word)).0 += 1;
             }
         }
-        // Indices are assigned in hash order so the same examples give the
-        // same vectors, whatever order the hash map iterates in.
+        // Indices go to the most frequent features first, so the weight
+        // rows that nearly every question touches sit together and stay in
+        // cache; ties are broken by hash so the same examples always give
+        // the same vectors, whatever order the hash map iterates in.
         let mut kept: Vec<(u64, u32, bool)> = df
             .into_iter()
             .filter(|&(_, (n, _))| n >= config.min_df.max(1))
             .map(|(hash, (n, word))| (hash, n, word))
             .collect();
-        kept.sort_unstable_by_key(|&(hash, _, _)| hash);
+        kept.sort_unstable_by_key(|&(hash, count, _)| (std::cmp::Reverse(count), hash));
         let n = f64::from(docs);
         let mut vocabulary = FxHashMap::default();
         vocabulary.reserve(kept.len());

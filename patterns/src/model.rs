@@ -153,8 +153,14 @@ impl Model {
         };
         let ys: Vec<usize> = trained.iter().map(|&i| class_of[&pattern_of[i]]).collect();
 
-        // Stratified folds: each class's examples are shuffled and dealt
-        // round-robin, so every fold sees every class it can.
+        // Stratified, grouped folds: within each class, examples with the
+        // same words (see `text::bag_key`) form a group; groups are
+        // shuffled and each goes whole to the fold that has the fewest of
+        // that class so far. Every fold sees every class it can, and no
+        // held-out example has its own near-copy in the training part,
+        // which would make the held-out scores, and so the thresholds, too
+        // optimistic.
+        let keys: Vec<u64> = texts.iter().map(|t| text::bag_key(t)).collect();
         let folds = config.calibration.folds.max(2);
         let mut fold_of = vec![0usize; trained.len()];
         let mut rng = SplitMix64::new(config.calibration.seed);
@@ -162,10 +168,24 @@ impl Model {
         for (j, &y) in ys.iter().enumerate() {
             by_class[y].push(j);
         }
-        for members in &mut by_class {
-            rng.shuffle(members);
-            for (pos, &j) in members.iter().enumerate() {
-                fold_of[j] = pos % folds;
+        for members in &by_class {
+            let mut groups: Vec<Vec<usize>> = Vec::new();
+            let mut group_of: FxHashMap<u64, usize> = FxHashMap::default();
+            for &j in members {
+                let g = *group_of.entry(keys[trained[j]]).or_insert_with(|| {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                });
+                groups[g].push(j);
+            }
+            rng.shuffle(&mut groups);
+            let mut sizes = vec![0usize; folds];
+            for group in groups {
+                let fold = (0..folds).min_by_key(|&f| sizes[f]).unwrap_or(0);
+                sizes[fold] += group.len();
+                for j in group {
+                    fold_of[j] = fold;
+                }
             }
         }
 
@@ -203,6 +223,7 @@ impl Model {
                 return Done::Neighbour(neighbour_held_out(
                     &xs,
                     &pattern_of,
+                    &keys,
                     config.calibration.neighbour_queries,
                     config.calibration.seed,
                 ));
@@ -429,20 +450,22 @@ fn argmax(values: &[f32]) -> Option<(usize, f32)> {
 }
 
 /// Leave-one-out nearest-neighbour predictions for a sample of examples:
-/// each sampled example is matched against a pool of others (itself left
-/// out) and scored by its cosine to the nearest. The pool is a sample of at
-/// most four times the query count, which bounds the cost on a large bank;
+/// each sampled example is matched against a pool of others (itself and
+/// examples with the same words left out, as in the folds) and scored by
+/// its cosine to the nearest. The pool is a sample of at
+/// most twice the query count, which bounds the cost on a large bank;
 /// the neighbour matcher in production holds few examples, so a pool of a
 /// few thousand is, if anything, the harder case.
 fn neighbour_held_out(
     xs: &[SparseVec],
     pattern_of: &[PatternId],
+    keys: &[u64],
     queries: usize,
     seed: u64,
 ) -> Vec<Scored> {
     let mut order: Vec<usize> = (0..xs.len()).collect();
     SplitMix64::new(seed ^ 0x6e65_6967_6862_6f75).shuffle(&mut order);
-    order.truncate(queries.saturating_mul(4));
+    order.truncate(queries.saturating_mul(2));
     let mut pool = Neighbours::new();
     for &i in &order {
         pool.insert(&xs[i], pattern_of[i]);
@@ -453,7 +476,12 @@ fn neighbour_held_out(
         .enumerate()
         .take(queries)
         .filter_map(|(slot, &i)| {
-            let (id, sim) = pool.nearest(&xs[i], |_| true, |other| other == slot, &mut scratch)?;
+            let (id, sim) = pool.nearest(
+                &xs[i],
+                |_| true,
+                |other| other == slot || keys[order[other]] == keys[i],
+                &mut scratch,
+            )?;
             Some(Scored {
                 score: sim.min(1.0),
                 correct: id == pattern_of[i],

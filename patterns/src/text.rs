@@ -107,6 +107,18 @@ fn fnv(tag: u8, parts: &[&[u8]]) -> u64 {
     hash
 }
 
+/// A key shared by questions with the same set of words, whatever their
+/// order or repetitions: "card my arrived" and "my card arrived" share
+/// one. Calibration keeps such near-duplicates on one side of every split,
+/// so a question is never judged by how well its own copy was learned.
+pub fn bag_key(normalised: &str) -> u64 {
+    let mut words: Vec<&str> = normalised.split(' ').filter(|w| !w.is_empty()).collect();
+    words.sort_unstable();
+    words.dedup();
+    let parts: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
+    fnv(b'k', &parts)
+}
+
 /// Calls `emit(block, hash)` for every feature occurrence of a normalised
 /// question (repeats included; the caller counts them).
 pub fn features(normalised: &str, config: &FeatureConfig, mut emit: impl FnMut(Block, u64)) {
@@ -168,6 +180,12 @@ mod tests {
         let cut = truncate(&long);
         assert!(cut.len() <= MAX_QUESTION_BYTES);
         assert!(cut.len() >= MAX_QUESTION_BYTES - 1);
+    }
+
+    #[test]
+    fn bag_key_ignores_order_and_repeats_only() {
+        assert_eq!(bag_key("my card arrived"), bag_key("card card my arrived"));
+        assert_ne!(bag_key("my card arrived"), bag_key("my card"));
     }
 
     #[test]
