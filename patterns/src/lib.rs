@@ -17,7 +17,29 @@
 //! - [`split`]: reproducible stratified train/held-out splits.
 //! - [`rng`]: the seeded generator all of the above share.
 //!
-//! # Use
+//! # Use from the host
+//! - Keep one [`Bank`] per pipeline behind a `Mutex`, rebuilt at start
+//!   from the store: [`Bank::add_pattern`], [`Bank::add_example`] and
+//!   [`Bank::set_strictness`] for each persisted row.
+//! - Publish an `Arc<Model>` through `ArcSwap`. Lookups call
+//!   [`Model::lookup`] on the loaded `Arc`; it takes `&self`, allocates a
+//!   little, never blocks, and the model is `Send + Sync`.
+//! - On every change (an example from a resolved ticket, a rating, a new
+//!   or replaced answer, a removal): change the bank, then publish
+//!   `current.refresh(&bank)`. This is the cheap online half: new examples
+//!   are matched at once by nearest neighbour, ratings and removals take
+//!   effect at once; it costs time in proportion to the examples added
+//!   since the last fit.
+//! - Off the request path (a background task, after N new examples or
+//!   every few minutes, and at start): clone the bank, run
+//!   [`Model::fit`] (which refits and recalibrates), then publish
+//!   `fitted.refresh(&bank_now)` so changes made during the fit are kept.
+//!   [`Stats::examples_since_fit`] says how far behind the fit is.
+//! - [`Match::trusted`] is the decision: answer from the bank if it is
+//!   true, otherwise pass the request on (the match is still a useful
+//!   suggestion for a reviewer).
+//!
+//! # Example
 //! ```
 //! use strata_patterns::{Bank, Config, Model, PatternId};
 //!

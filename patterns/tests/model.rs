@@ -377,3 +377,18 @@ fn a_fit_does_not_depend_on_the_thread_count() {
     let many = Model::fit(&intent_bank());
     assert_eq!(one.stats(), many.stats());
 }
+
+#[test]
+fn a_model_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync + 'static>(_: &T) {}
+    let model = std::sync::Arc::new(Model::fit(&intent_bank()));
+    shareable(&model);
+    let answers: Vec<_> = (0..2)
+        .map(|_| {
+            let model = std::sync::Arc::clone(&model);
+            std::thread::spawn(move || model.lookup("where is my card").map(|m| m.pattern))
+        })
+        .map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(answers, vec![Some(PatternId(1)); 2]);
+}
