@@ -173,6 +173,36 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             100.0 * row.accuracy
         );
     }
+    // The classifier only knows the 77 intents; a question about anything
+    // else still gets the likeliest of them. These show how often such a
+    // question would be trusted.
+    let off_topic = [
+        "What will the weather be like in Paris tomorrow?",
+        "Who won the football world cup in 2018?",
+        "Can you recommend a good pasta recipe?",
+        "How do I reset my wifi router?",
+        "Tell me a joke about cats",
+        "What is the capital of Australia?",
+        "My laptop screen is flickering, what should I do?",
+        "How many calories are in a banana?",
+        "Book me a table for two at eight tonight",
+        "What time does the train to Leeds leave?",
+        "Translate good morning into Spanish",
+        "Is it going to snow this weekend?",
+    ];
+    let trusted_off: Vec<&str> = off_topic
+        .iter()
+        .copied()
+        .filter(|q| model.lookup(q).is_some_and(|m| m.trusted))
+        .collect();
+    println!(
+        "
+off-topic questions trusted: {} of {} {:?}",
+        trusted_off.len(),
+        off_topic.len(),
+        trusted_off
+    );
+
     report_latency("lookup at 8k examples", &mut latencies);
     println!(
         "  model heap {:.1} MiB",
@@ -246,9 +276,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rows[split.held_out[0]].text,
         "lorem ipsum ".repeat(90_000)
     );
-    let start = Instant::now();
-    let _ = model.lookup(&huge);
-    println!("  a {} byte question: {:?}", huge.len(), start.elapsed());
+    let mut times: Vec<Duration> = (0..21)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = model.lookup(&huge);
+            start.elapsed()
+        })
+        .collect();
+    times.sort_unstable();
+    println!(
+        "  a {} byte question (read up to {} bytes): median {:?}, max {:?} over 21 lookups",
+        huge.len(),
+        strata_patterns::MAX_QUESTION_BYTES,
+        times[10],
+        times[20]
+    );
     Ok(())
 }
 
