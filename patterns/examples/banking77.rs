@@ -209,6 +209,21 @@ off-topic questions trusted: {} of {} {:?}",
         stats.heap_bytes as f64 / (1 << 20) as f64
     );
 
+    // What the host does when it seeds a bank from the whole file: one fit
+    // on every row (nothing is evaluated on this model).
+    let bank = build(
+        Config::default(),
+        &mut rows.iter().map(|r| (r.label.as_str(), r.text.clone())),
+    );
+    let start = Instant::now();
+    let _ = Model::fit(&bank);
+    println!(
+        "
+seeding: fit + calibrate on all {} rows: {:.2} s",
+        bank.examples(),
+        start.elapsed().as_secs_f64()
+    );
+
     if args.iter().any(|a| a == "--skip-scale") {
         return Ok(());
     }
