@@ -209,6 +209,44 @@ off-topic questions trusted: {} of {} {:?}",
         stats.heap_bytes as f64 / (1 << 20) as f64
     );
 
+    // A bank of one-example patterns, as one grown only from reviewers'
+    // answers might start: every training question its own pattern, so
+    // every lookup and every refresh goes through nearest neighbour.
+    let mut few = Bank::new(Config::default());
+    for (n, &i) in split.train.iter().enumerate() {
+        let id = PatternId(n as u64);
+        few.add_pattern(id, "answer", None, "human")
+            .expect("fresh id");
+        few.add_example(id, rows[i].text.clone())
+            .expect("a question");
+    }
+    let start = Instant::now();
+    let few_model = Model::fit(&few);
+    let few_fit = start.elapsed();
+    few.add_pattern(PatternId(u64::MAX), "answer", None, "human")?;
+    few.add_example(PatternId(u64::MAX), "a question added after the fit")?;
+    let start = Instant::now();
+    let few_model = few_model.refresh(&few);
+    let refresh = start.elapsed();
+    let mut latencies: Vec<Duration> = split
+        .held_out
+        .iter()
+        .map(|&i| {
+            let start = Instant::now();
+            let _ = few_model.lookup(&rows[i].text);
+            start.elapsed()
+        })
+        .collect();
+    println!(
+        "
+{} one-example patterns: fit {:.2} s, refresh after an add {:?}, model heap {}",
+        few.len(),
+        few_fit.as_secs_f64(),
+        refresh,
+        mib(few_model.heap_bytes())
+    );
+    report_latency("nearest-neighbour lookup over them", &mut latencies);
+
     // What the host does when it seeds a bank from the whole file: one fit
     // on every row (nothing is evaluated on this model).
     let bank = build(

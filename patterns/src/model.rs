@@ -110,6 +110,9 @@ pub struct Model {
     /// Whether each class's pattern is still in the bank.
     live: Arc<Vec<bool>>,
     neighbours: Arc<Neighbours<PatternId>>,
+    /// The vectors behind `neighbours`, by example serial, so a refresh
+    /// vectorises only the examples it has not seen.
+    vectors: Arc<FxHashMap<u64, SparseVec>>,
     strictness: Arc<FxHashMap<PatternId, f32>>,
     near_duplicate: f32,
     patterns: usize,
@@ -276,8 +279,13 @@ impl Model {
     /// A model from a fit (possibly a deserialised snapshot) and the
     /// current bank: patterns removed since are never answered, examples
     /// added since are matched by nearest neighbour, and ratings take
-    /// effect. Costs time in proportion to the examples added since the fit.
+    /// effect. Costs time in proportion to the examples added since the fit
+    /// and those of patterns too small for the classifier.
     pub fn from_fitted(fitted: Arc<Fitted>, bank: &Bank) -> Model {
+        Self::assemble(fitted, bank, &FxHashMap::default())
+    }
+
+    fn assemble(fitted: Arc<Fitted>, bank: &Bank, known: &FxHashMap<u64, SparseVec>) -> Model {
         let classes: FxHashSet<PatternId> = fitted.classes.iter().copied().collect();
         let live = fitted
             .classes
@@ -285,6 +293,7 @@ impl Model {
             .map(|&id| bank.pattern(id).is_some())
             .collect();
         let mut neighbours = Neighbours::new();
+        let mut vectors = FxHashMap::default();
         let mut examples_since_fit = 0;
         for pattern in bank.patterns() {
             let learned = classes.contains(&pattern.id());
@@ -292,7 +301,12 @@ impl Model {
                 let new = example.serial > fitted.fitted_upto;
                 examples_since_fit += usize::from(new);
                 if new || !learned {
-                    neighbours.insert(&fitted.vectoriser.vectorise(&example.text), pattern.id());
+                    let x = known
+                        .get(&example.serial)
+                        .cloned()
+                        .unwrap_or_else(|| fitted.vectoriser.vectorise(&example.text));
+                    neighbours.insert(&x, pattern.id());
+                    vectors.insert(example.serial, x);
                 }
             }
         }
@@ -305,6 +319,7 @@ impl Model {
             fitted,
             live: Arc::new(live),
             neighbours: Arc::new(neighbours),
+            vectors: Arc::new(vectors),
             strictness: Arc::new(strictness),
             near_duplicate: bank.config().near_duplicate,
             patterns: bank.len(),
@@ -317,7 +332,7 @@ impl Model {
     /// [`Model::from_fitted`]). Call it after every change to the bank;
     /// it is the cheap, online half of learning.
     pub fn refresh(&self, bank: &Bank) -> Model {
-        Model::from_fitted(Arc::clone(&self.fitted), bank)
+        Self::assemble(Arc::clone(&self.fitted), bank, &self.vectors)
     }
 
     /// The fit, to snapshot with serde.
@@ -432,6 +447,11 @@ impl Model {
             + fitted.linear.as_ref().map_or(0, Linear::heap_bytes)
             + fitted.held_out.capacity() * std::mem::size_of::<Scored>()
             + self.neighbours.heap_bytes()
+            + self
+                .vectors
+                .values()
+                .map(|x| x.idx.capacity() * 4 + x.val.capacity() * 4 + 8 + 48)
+                .sum::<usize>()
     }
 }
 
