@@ -14,6 +14,7 @@
 //! - [`linear`]: multinomial logistic regression trained by SGD.
 //! - [`neighbours`]: cosine nearest neighbour through an inverted index.
 //! - [`calibrate`]: thresholds from held-out predictions, risk–coverage.
+//! - [`folds`]: cross-validation folds that keep near-duplicates together.
 //! - [`split`]: reproducible stratified train/held-out splits.
 //! - [`rng`]: the seeded generator all of the above share.
 //!
@@ -55,6 +56,7 @@
 pub mod bank;
 pub mod calibrate;
 pub mod features;
+pub mod folds;
 pub mod linear;
 pub mod model;
 pub mod neighbours;

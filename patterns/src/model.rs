@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::bank::{Bank, PatternId};
 use crate::calibrate::{self, Calibrated, Scored};
 use crate::features::{SparseVec, Vectoriser};
+use crate::folds;
 use crate::linear::Linear;
 use crate::neighbours::Neighbours;
 use crate::rng::SplitMix64;
@@ -156,41 +157,12 @@ impl Model {
         };
         let ys: Vec<usize> = trained.iter().map(|&i| class_of[&pattern_of[i]]).collect();
 
-        // Stratified, grouped folds: within each class, examples with the
-        // same words (see `text::bag_key`) form a group; groups are
-        // shuffled and each goes whole to the fold that has the fewest of
-        // that class so far. Every fold sees every class it can, and no
-        // held-out example has its own near-copy in the training part,
-        // which would make the held-out scores, and so the thresholds, too
-        // optimistic.
-        let keys: Vec<u64> = texts.iter().map(|t| text::bag_key(t)).collect();
+        // Folds are stratified by pattern and keep near-duplicate
+        // questions together (see `folds::assign`).
+        let keys: Vec<Vec<u64>> = texts.iter().map(|t| text::near_keys(t)).collect();
         let folds = config.calibration.folds.max(2);
-        let mut fold_of = vec![0usize; trained.len()];
-        let mut rng = SplitMix64::new(config.calibration.seed);
-        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes.len()];
-        for (j, &y) in ys.iter().enumerate() {
-            by_class[y].push(j);
-        }
-        for members in &by_class {
-            let mut groups: Vec<Vec<usize>> = Vec::new();
-            let mut group_of: FxHashMap<u64, usize> = FxHashMap::default();
-            for &j in members {
-                let g = *group_of.entry(keys[trained[j]]).or_insert_with(|| {
-                    groups.push(Vec::new());
-                    groups.len() - 1
-                });
-                groups[g].push(j);
-            }
-            rng.shuffle(&mut groups);
-            let mut sizes = vec![0usize; folds];
-            for group in groups {
-                let fold = (0..folds).min_by_key(|&f| sizes[f]).unwrap_or(0);
-                sizes[fold] += group.len();
-                for j in group {
-                    fold_of[j] = fold;
-                }
-            }
-        }
+        let trained_keys: Vec<Vec<u64>> = trained.iter().map(|&i| keys[i].clone()).collect();
+        let fold_of = folds::assign(&ys, &trained_keys, folds, config.calibration.seed);
 
         // Jobs: one per fold, the final fit, and the neighbour calibration.
         // They are independent and run on up to `threads` threads; each is
@@ -479,7 +451,7 @@ fn argmax(values: &[f32]) -> Option<(usize, f32)> {
 fn neighbour_held_out(
     xs: &[SparseVec],
     pattern_of: &[PatternId],
-    keys: &[u64],
+    keys: &[Vec<u64>],
     queries: usize,
     seed: u64,
 ) -> Vec<Scored> {
@@ -499,7 +471,7 @@ fn neighbour_held_out(
             let (id, sim) = pool.nearest(
                 &xs[i],
                 |_| true,
-                |other| other == slot || keys[order[other]] == keys[i],
+                |other| other == slot || keys[order[other]].iter().any(|k| keys[i].contains(k)),
                 &mut scratch,
             )?;
             Some(Scored {

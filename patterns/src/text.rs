@@ -107,17 +107,43 @@ fn fnv(tag: u8, parts: &[&[u8]]) -> u64 {
     hash
 }
 
-/// A key shared by questions with the same set of words, whatever their
-/// order or repetitions: "card my arrived" and "my card arrived" share
-/// one. Calibration keeps such near-duplicates on one side of every split,
-/// so a question is never judged by how well its own copy was learned.
-pub fn bag_key(normalised: &str) -> u64 {
-    let mut words: Vec<&str> = normalised.split(' ').filter(|w| !w.is_empty()).collect();
+/// Keys that near-duplicate questions share: the key of the question's set
+/// of words (so order and repetition do not matter) and, for questions of
+/// at least [`NEAR_MIN_WORDS`] distinct words, the key of each set with one
+/// word left out (so a question with a word dropped, added or replaced
+/// shares a key with the original). Calibration keeps questions that share
+/// a key on one side of every split, so a question is never judged by how
+/// well its own near-copy was learned.
+pub fn near_keys(normalised: &str) -> Vec<u64> {
+    let mut words: Vec<&[u8]> = normalised
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(str::as_bytes)
+        .collect();
     words.sort_unstable();
     words.dedup();
-    let parts: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
-    fnv(b'k', &parts)
+    let mut keys = vec![fnv(b'k', &words)];
+    if words.len() >= NEAR_MIN_WORDS {
+        let mut rest = Vec::with_capacity(words.len() - 1);
+        for skip in 0..words.len() {
+            rest.clear();
+            rest.extend(
+                words
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| i != skip)
+                    .map(|(_, w)| *w),
+            );
+            keys.push(fnv(b'k', &rest));
+        }
+    }
+    keys
 }
+
+/// Questions shorter than this (in distinct words) are near-duplicates
+/// only when they have the same words: "my card" and "my pin" differ in a
+/// word but are different questions.
+pub const NEAR_MIN_WORDS: usize = 4;
 
 /// Calls `emit(block, hash)` for every feature occurrence of a normalised
 /// question (repeats included; the caller counts them).
@@ -183,9 +209,20 @@ mod tests {
     }
 
     #[test]
-    fn bag_key_ignores_order_and_repeats_only() {
-        assert_eq!(bag_key("my card arrived"), bag_key("card card my arrived"));
-        assert_ne!(bag_key("my card arrived"), bag_key("my card"));
+    fn near_keys_join_reorderings_and_one_word_edits_of_longer_questions() {
+        let shares = |a: &str, b: &str| near_keys(a).iter().any(|k| near_keys(b).contains(k));
+        assert!(shares("my card arrived", "card card my arrived"));
+        assert!(shares(
+            "my new card has not arrived",
+            "my card has not arrived"
+        ));
+        assert!(shares(
+            "my new card has not arrived",
+            "my old card has not arrived"
+        ));
+        assert!(!shares("my card", "my pin"));
+        assert!(!shares("my card arrived", "my card"));
+        assert!(!shares("where is my new card", "how do i top up"));
     }
 
     #[test]
