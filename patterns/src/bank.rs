@@ -61,6 +61,7 @@ pub struct Example {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pattern {
     id: PatternId,
+    created: u64,
     answer: String,
     label: Option<String>,
     source: String,
@@ -72,6 +73,12 @@ impl Pattern {
     /// The pattern's id.
     pub fn id(&self) -> PatternId {
         self.id
+    }
+    /// The serial drawn when the pattern was added (from the same counter
+    /// as examples'), so a model can tell a pattern re-added under a
+    /// removed id from the one it learned.
+    pub fn created(&self) -> u64 {
+        self.created
     }
     /// The approved answer.
     pub fn answer(&self) -> &str {
@@ -99,11 +106,17 @@ impl Pattern {
 
 /// Patterns by id, with the bookkeeping a [`crate::Model`] needs to refresh
 /// cheaply. Serialisable, so a caller may snapshot it whole.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Bank {
     config: Config,
     patterns: BTreeMap<PatternId, Pattern>,
     next_serial: u64,
+}
+
+impl Default for Bank {
+    fn default() -> Self {
+        Self::new(Config::default())
+    }
 }
 
 impl Bank {
@@ -132,10 +145,13 @@ impl Bank {
         if self.patterns.contains_key(&id) {
             return Err(BankError::Exists(id));
         }
+        let created = self.next_serial;
+        self.next_serial += 1;
         self.patterns.insert(
             id,
             Pattern {
                 id,
+                created,
                 answer: answer.into(),
                 label,
                 source: source.into(),
@@ -294,8 +310,8 @@ mod tests {
             bank.add_example(PatternId(1), " ?! ").unwrap_err(),
             BankError::EmptyExample(PatternId(1))
         );
-        assert_eq!(bank.add_example(PatternId(1), "first").unwrap(), 1);
-        assert_eq!(bank.add_example(PatternId(1), "second").unwrap(), 2);
+        assert_eq!(bank.add_example(PatternId(1), "first").unwrap(), 2);
+        assert_eq!(bank.add_example(PatternId(1), "second").unwrap(), 3);
         assert_eq!(bank.examples(), 2);
     }
 

@@ -53,6 +53,8 @@ pub struct Fitted {
     linear: Option<Linear>,
     /// The pattern of each class of `linear`.
     classes: Vec<PatternId>,
+    /// The creation serial of each class's pattern at fit time.
+    created: Vec<u64>,
     /// The highest example serial the fit saw.
     fitted_upto: u64,
     classifier: Calibrated,
@@ -241,6 +243,14 @@ impl Model {
                 calibration.z,
             ),
             linear,
+            created: if has_linear {
+                classes
+                    .iter()
+                    .map(|&id| bank.pattern(id).map_or(0, |p| p.created()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
             classes: if has_linear { classes } else { Vec::new() },
             fitted_upto: bank.last_serial(),
             held_out,
@@ -258,17 +268,25 @@ impl Model {
     }
 
     fn assemble(fitted: Arc<Fitted>, bank: &Bank, known: &FxHashMap<u64, SparseVec>) -> Model {
-        let classes: FxHashSet<PatternId> = fitted.classes.iter().copied().collect();
+        let classes: FxHashSet<(PatternId, u64)> = fitted
+            .classes
+            .iter()
+            .copied()
+            .zip(fitted.created.iter().copied())
+            .collect();
+        // A class stays live while its pattern is the one the fit learned:
+        // removed, or removed and re-added under the same id, it is not.
         let live = fitted
             .classes
             .iter()
-            .map(|&id| bank.pattern(id).is_some())
+            .zip(&fitted.created)
+            .map(|(&id, &created)| bank.pattern(id).is_some_and(|p| p.created() == created))
             .collect();
         let mut neighbours = Neighbours::new();
         let mut vectors = FxHashMap::default();
         let mut examples_since_fit = 0;
         for pattern in bank.patterns() {
-            let learned = classes.contains(&pattern.id());
+            let learned = classes.contains(&(pattern.id(), pattern.created()));
             for example in pattern.examples() {
                 let new = example.serial > fitted.fitted_upto;
                 examples_since_fit += usize::from(new);

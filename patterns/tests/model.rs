@@ -344,6 +344,23 @@ fn a_removed_pattern_is_never_answered() {
 }
 
 #[test]
+fn a_pattern_re_added_under_a_removed_id_is_not_answered_from_the_old_one() {
+    let mut bank = intent_bank();
+    let model = Model::fit(&bank);
+    bank.remove_pattern(PatternId(5)).unwrap();
+    bank.add_pattern(PatternId(5), "Our branches open at nine.", None, "human")
+        .unwrap();
+    bank.add_example(PatternId(5), "when do your branches open")
+        .unwrap();
+    let model = model.refresh(&bank);
+    if let Some(found) = model.lookup("how do i change my pin") {
+        assert_ne!(found.pattern, PatternId(5), "{found:?}");
+    }
+    let found = model.lookup("when do your branches open?").unwrap();
+    assert_eq!((found.pattern, found.via), (PatternId(5), Via::Neighbour));
+}
+
+#[test]
 fn a_snapshot_restores_the_same_answers() {
     let bank = intent_bank();
     let model = Model::fit(&bank);
