@@ -353,13 +353,8 @@ fn a_pattern_re_added_under_a_removed_id_is_not_answered_from_the_old_one() {
     bank.add_example(PatternId(5), "when do your branches open")
         .unwrap();
     let model = model.refresh(&bank);
-    // The classifier's class 5 is the old PIN pattern and must stay
-    // silent; the new pattern 5 may only come up as a weak, untrusted
-    // neighbour of an unrelated question.
-    if let Some(found) = model.lookup("how do i change my pin")
-        && found.pattern == PatternId(5)
-    {
-        assert!(found.via == Via::Neighbour && !found.trusted, "{found:?}");
+    if let Some(found) = model.lookup("how do i change my pin") {
+        assert_ne!(found.pattern, PatternId(5), "{found:?}");
     }
     let found = model.lookup("when do your branches open?").unwrap();
     assert_eq!((found.pattern, found.via), (PatternId(5), Via::Neighbour));
