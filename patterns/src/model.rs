@@ -445,6 +445,15 @@ impl Model {
     }
 }
 
+/// The most probable class and its probability.
+///
+/// The probability is the score thresholds apply to. Its lead over the
+/// runner-up was tried too: cross-validation inside the Banking77 training
+/// split trusted more answers with it (84.5 % against 83.1 %), but it also
+/// trusted an off-topic question ("Who won the football world cup in
+/// 2018?") that the probability refuses. Calibration only sees questions
+/// the bank can answer, so the score that is more cautious about the rest
+/// was kept.
 fn argmax(values: &[f32]) -> Option<(usize, f32)> {
     values
         .iter()
