@@ -13,7 +13,9 @@ use crate::rng::SplitMix64;
 /// transitively, but a group never grows beyond the class's share of one
 /// fold: a long chain of one-word edits must not carry most of a class into
 /// a single fold. Groups are shuffled and each goes whole to the fold with
-/// the fewest examples of that class so far.
+/// the fewest examples of that class so far, ties going to the fold with
+/// the fewest examples overall, so small classes do not all pile into the
+/// first fold.
 pub fn assign(classes: &[usize], keys: &[Vec<u64>], folds: usize, seed: u64) -> Vec<usize> {
     assert_eq!(classes.len(), keys.len(), "one key list per example");
     let folds = folds.max(1);
@@ -23,6 +25,7 @@ pub fn assign(classes: &[usize], keys: &[Vec<u64>], folds: usize, seed: u64) -> 
         members[c].push(i);
     }
     let mut fold_of = vec![0; classes.len()];
+    let mut totals = vec![0usize; folds];
     let mut rng = SplitMix64::new(seed);
     for list in &members {
         let cap = list.len().div_ceil(folds).max(1);
@@ -47,8 +50,11 @@ pub fn assign(classes: &[usize], keys: &[Vec<u64>], folds: usize, seed: u64) -> 
         rng.shuffle(&mut groups);
         let mut sizes = vec![0usize; folds];
         for group in groups {
-            let fold = (0..folds).min_by_key(|&f| sizes[f]).unwrap_or(0);
+            let fold = (0..folds)
+                .min_by_key(|&f| (sizes[f], totals[f]))
+                .unwrap_or(0);
             sizes[fold] += group.len();
+            totals[fold] += group.len();
             for i in group {
                 fold_of[i] = fold;
             }
@@ -123,6 +129,20 @@ mod tests {
         for f in 0..3 {
             let n = fold_of.iter().filter(|&&x| x == f).count();
             assert!((3..=4).contains(&n), "fold {f} has {n}: {fold_of:?}");
+        }
+    }
+
+    #[test]
+    fn small_classes_are_spread_over_all_folds() {
+        let classes: Vec<usize> = (0..30).map(|i| i / 3).collect();
+        let keys: Vec<Vec<u64>> = (0..30).map(|i| vec![i as u64]).collect();
+        let fold_of = assign(&classes, &keys, 5, 1);
+        for f in 0..5 {
+            assert_eq!(
+                fold_of.iter().filter(|&&x| x == f).count(),
+                6,
+                "{fold_of:?}"
+            );
         }
     }
 

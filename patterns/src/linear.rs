@@ -72,6 +72,16 @@ impl Linear {
         config: &TrainConfig,
     ) -> Self {
         assert_eq!(xs.len(), ys.len(), "one class per example");
+        if xs.is_empty() {
+            // Nothing to learn from: every score is zero and every class
+            // equally likely.
+            return Self {
+                classes,
+                dim,
+                weights: vec![0.0; dim * classes],
+                bias: vec![0.0; classes],
+            };
+        }
         let mut weights = vec![0.0f32; dim * classes];
         let mut bias = vec![0.0f32; classes];
         // The L2 shrinkage of every weight at every step is kept as one
@@ -204,6 +214,14 @@ mod tests {
             idx: idx.to_vec(),
             val: vec![v; idx.len()],
         }
+    }
+
+    #[test]
+    fn no_examples_give_a_uniform_model() {
+        let model = Linear::train(&[], &[], 3, 4, 10, &TrainConfig::default());
+        let mut p = Vec::new();
+        model.probabilities(&unit(&[1]), |_| true, &mut p);
+        assert_eq!(p, vec![1.0 / 3.0; 3]);
     }
 
     #[test]
