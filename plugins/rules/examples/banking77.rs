@@ -132,10 +132,11 @@ fn main() -> Result<()> {
     for (part, title) in [(0, "train"), (1, "held-out")] {
         println!("## {title}");
         println!(
-            "{:<8} {:<24} {:<9} {:>5} {:>5} {:>9} {:>9} {:>8}",
+            "{:<8} {:<36} {:<9} {:>5} {:>5} {:>9} {:>9} {:>8}",
             "stage", "rule", "action", "fired", "right", "precision", "wilson95", "recall"
         );
         let mut answered = Tally::default();
+        let mut escalated = 0;
         for report in &reports {
             let t = &report.tallies[part];
             let recall = if report.escalates {
@@ -144,7 +145,7 @@ fn main() -> Result<()> {
                 String::from("")
             };
             println!(
-                "{:<8} {:<24} {:<9} {:>5} {:>5} {:>9} {:>9} {:>8}",
+                "{:<8} {:<36} {:<9} {:>5} {:>5} {:>9} {:>9} {:>8}",
                 report.stage,
                 report.name,
                 if report.escalates {
@@ -158,16 +159,55 @@ fn main() -> Result<()> {
                 wilson_lower(t.right, t.fired),
                 recall
             );
-            if !report.escalates {
+            if report.escalates {
+                escalated += t.fired;
+            } else {
                 answered.fired += t.fired;
                 answered.right += t.right;
             }
         }
+        // The escalating intents overlap in Banking77's labels (a stolen
+        // wallet and then a withdrawal is labelled an unrecognised
+        // withdrawal), and any of them reaching a person is the point, so
+        // escalations are also scored as a family: right when the label is
+        // any escalating intent, caught when any escalating rule fired.
+        let family: Vec<&str> = reports
+            .iter()
+            .filter(|r| r.escalates)
+            .map(|r| r.name.as_str())
+            .collect();
+        // Escalated questions with a family label are both the precision's
+        // and the recall's numerator.
+        let rows = if part == 0 {
+            &split.train
+        } else {
+            &split.held_out
+        };
+        let mut family_rows = 0;
+        let mut family_caught = 0;
+        for &row in rows
+            .iter()
+            .filter(|&&r| family.contains(&labels[r].as_str()))
+        {
+            family_rows += 1;
+            let text = pipeline_input(&texts[row]);
+            if decide(&stages, &text)?.is_some_and(|(s, name)| reports[index[&(s, name)]].escalates)
+            {
+                family_caught += 1;
+            }
+        }
         println!(
-            "all answers: {} fired, {} right, precision {}\n",
+            "all answers: {} fired, {} right, precision {}",
             answered.fired,
             answered.right,
             ratio(answered.right, answered.fired)
+        );
+        println!(
+            "all escalations: {} fired, {family_caught} labelled with an escalating intent \
+             (precision {}), recall of those intents {}\n",
+            escalated,
+            ratio(family_caught, escalated),
+            ratio(family_caught, family_rows)
         );
     }
 
