@@ -2,18 +2,26 @@
 //! collapses runs of whitespace into one space, so that later stages (rules,
 //! the answer bank) see one spelling of the same question.
 
-use strata_sdk::{Outcome, Request, Stage, export_stage};
+// The component export exists only in the WebAssembly build. Natively the
+// crate is a plain library (its tests, the rules plugin's Banking77 harness):
+// there the export would collide with other stages' exports in one binary,
+// and its symbol names are not ones a native linker accepts.
+#[cfg(target_family = "wasm")]
+mod component {
+    use super::normalise;
+    use strata_sdk::{Outcome, Request, Stage, export_stage};
 
-struct Normalise;
+    struct Normalise;
 
-impl Stage for Normalise {
-    fn handle(mut request: Request) -> Outcome {
-        request.input = normalise(&request.input);
-        Outcome::Next(request)
+    impl Stage for Normalise {
+        fn handle(mut request: Request) -> Outcome {
+            request.input = normalise(&request.input);
+            Outcome::Next(request)
+        }
     }
-}
 
-export_stage!(Normalise);
+    export_stage!(Normalise);
+}
 
 /// Trim, lower-case (Unicode-aware) and collapse whitespace.
 pub fn normalise(text: &str) -> String {

@@ -11,6 +11,8 @@
 //! name = "card_arrival"
 //! keywords = ["card arrive", "card still hasn't arrived"]  # whole-word phrases
 //! patterns = ['when will .*card']                            # regular expressions
+//! unless = ["wrong", "refund"]                             # but not with these phrases
+//! unless_patterns = ['\bnever\b.*\barrived?\b']              # nor these expressions
 //! answer = "Cards arrive within 5 working days ..."          # respond with this
 //! confidence = 0.9                                           # default 0.9
 //!
@@ -20,14 +22,21 @@
 //! escalate = "possible fraud: a person must handle this"   # or hand to a human
 //! ```
 //!
-//! Intents are tried in order and the first match decides. A request no
-//! intent matches is passed on with nothing changed. Matching is
-//! case-insensitive.
+//! An intent matches when one of its `keywords` or `patterns` matches and
+//! none of its `unless` phrases or `unless_patterns` does: the exclusions
+//! keep a broad keyword from firing on another intent's question ("exchange
+//! rate" asked about, against an exchange rate complained about), which a
+//! regular expression without look-around cannot say. Both exclusion keys are
+//! optional. Intents are tried in order and the first match decides, so a
+//! request an intent's exclusions turn away can still match a later intent.
+//! A request no intent matches is passed on with nothing changed. Matching
+//! is case-insensitive.
 //!
 //! Every request gets a fresh instance, so nothing compiled survives from one
 //! request to the next: an intent's patterns are compiled only when a request
-//! reaches that intent and none of its keywords matched. Keywords are the
-//! cheap path; use patterns for what keywords cannot say.
+//! reaches that intent and none of its keywords matched, and its exclusion
+//! patterns only once it has matched and no `unless` phrase has. Keywords
+//! are the cheap path; use patterns for what keywords cannot say.
 //!
 //! An invalid config (including a pattern that does not compile, when a
 //! request reaches it) is a stage failure: the stage panics with the reason,
@@ -36,23 +45,34 @@
 
 use regex_lite::{Regex, RegexBuilder};
 use serde::Deserialize;
-use strata_sdk::{Outcome, Request, Stage, config, export_stage};
+use strata_sdk::{Outcome, Request};
 
-struct Rules;
+// The component export exists only in the WebAssembly build. Natively the
+// crate is a plain library (its tests, the rules plugin's Banking77 harness):
+// there the export would collide with other stages' exports in one binary,
+// and its symbol names are not ones a native linker accepts.
+#[cfg(target_family = "wasm")]
+mod component {
+    use strata_sdk::{Outcome, Request, Stage, config, export_stage};
 
-impl Stage for Rules {
-    fn handle(request: Request) -> Outcome {
-        match config::load::<RulesConfig>()
-            .and_then(Compiled::new)
-            .and_then(|rules| rules.decide(request))
-        {
-            Ok(outcome) => outcome,
-            Err(error) => panic!("{error}"),
+    use super::{Compiled, RulesConfig};
+
+    struct Rules;
+
+    impl Stage for Rules {
+        fn handle(request: Request) -> Outcome {
+            match config::load::<RulesConfig>()
+                .and_then(Compiled::new)
+                .and_then(|rules| rules.decide(request))
+            {
+                Ok(outcome) => outcome,
+                Err(error) => panic!("{error}"),
+            }
         }
     }
-}
 
-export_stage!(Rules);
+    export_stage!(Rules);
+}
 
 /// The stage's config table.
 #[derive(Debug, Deserialize)]
@@ -78,6 +98,12 @@ pub struct Intent {
     /// Regular expressions (case-insensitive).
     #[serde(default)]
     pub patterns: Vec<String>,
+    /// Phrases (whole words) that stop the intent matching.
+    #[serde(default)]
+    pub unless: Vec<String>,
+    /// Regular expressions (case-insensitive) that stop the intent matching.
+    #[serde(default)]
+    pub unless_patterns: Vec<String>,
     /// Respond with this text.
     #[serde(default)]
     pub answer: Option<String>,
@@ -102,15 +128,29 @@ struct CompiledIntent {
     name: String,
     keywords: Vec<String>,
     patterns: Vec<String>,
+    unless: Vec<String>,
+    unless_patterns: Vec<String>,
     action: Action,
 }
 
 impl CompiledIntent {
     fn matches(&self, text: &str) -> Result<bool, String> {
-        if self.keywords.iter().any(|k| contains_phrase(text, k)) {
+        // Exclusions are checked only after a match, so a request that no
+        // keyword or pattern matches compiles none of them.
+        Ok(self.any_match(text, &self.keywords, &self.patterns)?
+            && !self.any_match(text, &self.unless, &self.unless_patterns)?)
+    }
+
+    fn any_match(
+        &self,
+        text: &str,
+        phrases: &[String],
+        patterns: &[String],
+    ) -> Result<bool, String> {
+        if phrases.iter().any(|k| contains_phrase(text, k)) {
             return Ok(true);
         }
-        for pattern in &self.patterns {
+        for pattern in patterns {
             let regex = compile(pattern).map_err(|e| format!("intent \"{}\": {e}", self.name))?;
             if regex.is_match(text) {
                 return Ok(true);
@@ -156,6 +196,8 @@ impl Compiled {
                 Ok(CompiledIntent {
                     keywords: intent.keywords.iter().map(|k| k.to_lowercase()).collect(),
                     patterns: intent.patterns,
+                    unless: intent.unless.iter().map(|k| k.to_lowercase()).collect(),
+                    unless_patterns: intent.unless_patterns,
                     action,
                     name,
                 })
@@ -167,6 +209,26 @@ impl Compiled {
         })
     }
 
+    /// The intents' names in order, each with whether it escalates.
+    pub fn intents(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.intents
+            .iter()
+            .map(|i| (i.name.as_str(), matches!(i.action, Action::Escalate(_))))
+    }
+
+    /// The first intent that matches `input`, if any. Fails only on a
+    /// pattern that does not compile. The Banking77 harness measures the
+    /// rules through this, so it sees exactly what [`Compiled::decide`] does.
+    pub fn first_match(&self, input: &str) -> Result<Option<Matched<'_>>, String> {
+        let text = input.to_lowercase();
+        for intent in &self.intents {
+            if intent.matches(&text)? {
+                return Ok(Some(Matched { intent }));
+            }
+        }
+        Ok(None)
+    }
+
     /// Decide one request. Fails only on a pattern that does not compile.
     pub fn decide(&self, request: Request) -> Result<Outcome, String> {
         if self.reject_empty && request.input.trim().is_empty() {
@@ -175,23 +237,32 @@ impl Compiled {
                 "the request has no text to answer",
             ));
         }
-        let text = request.input.to_lowercase();
-        let mut matched = None;
-        for intent in &self.intents {
-            if intent.matches(&text)? {
-                matched = Some(intent);
-                break;
-            }
-        }
-        Ok(match matched {
+        Ok(match self.first_match(&request.input)? {
             None => Outcome::Next(request),
-            Some(intent) => match &intent.action {
+            Some(Matched { intent }) => match &intent.action {
                 Action::Answer(answer, confidence) => Outcome::respond(answer.clone(), *confidence),
                 Action::Escalate(reason) => {
                     Outcome::escalate(format!("{}: {reason}", intent.name), None)
                 }
             },
         })
+    }
+}
+
+/// The intent a request matched.
+pub struct Matched<'a> {
+    intent: &'a CompiledIntent,
+}
+
+impl Matched<'_> {
+    /// The intent's configured name.
+    pub fn name(&self) -> &str {
+        &self.intent.name
+    }
+
+    /// Whether the intent escalates (rather than answers).
+    pub fn escalates(&self) -> bool {
+        matches!(self.intent.action, Action::Escalate(_))
     }
 }
 
@@ -274,6 +345,43 @@ mod tests {
             compiled.decide(request("   ")),
             Ok(Outcome::Reject(_))
         ));
+    }
+
+    #[test]
+    fn exclusions_turn_an_intent_away() {
+        let compiled = rules(serde_json::json!({
+            "intents": [
+                {"name": "exchange_rate", "keywords": ["exchange rate"],
+                 "unless": ["wrong"], "unless_patterns": ["\\bat(m|ms)\\b"],
+                 "answer": "the rate"},
+                {"name": "complaint", "keywords": ["wrong"], "answer": "sorry"},
+            ]
+        }));
+        // (question, the answer or None when passed on)
+        let cases = [
+            ("what is your exchange rate?", Some("the rate")),
+            // An exclusion phrase sends the question on to the next intent.
+            ("the exchange rate was wrong", Some("sorry")),
+            ("exchange rate at atms", None),
+            // Exclusion phrases match whole words, like keywords.
+            ("exchange rate, wrongly?", Some("the rate")),
+            ("no match here", None),
+        ];
+        for (question, expected) in cases {
+            let answer = match compiled.decide(request(question)).unwrap() {
+                Outcome::Respond(a) => Some(a.output),
+                Outcome::Next(_) => None,
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(answer.as_deref(), expected, "{question:?}");
+        }
+        let names: Vec<_> = compiled.intents().collect();
+        assert_eq!(names, [("exchange_rate", false), ("complaint", false)]);
+        let matched = compiled.first_match("Exchange Rate?").unwrap().unwrap();
+        assert_eq!(
+            (matched.name(), matched.escalates()),
+            ("exchange_rate", false)
+        );
     }
 
     #[test]
