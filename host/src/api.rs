@@ -770,6 +770,9 @@ pub(crate) fn record_of(execution: &Execution, created_at: i64) -> RequestRecord
             }
             if run.cache_hits + run.cache_misses > 0 {
                 entry["cache"] = json!({"hits": run.cache_hits, "misses": run.cache_misses});
+                if let Some(pattern) = run.pattern {
+                    entry["cache"]["pattern"] = json!(pattern);
+                }
             }
             if !run.model_calls.is_empty() {
                 entry["model"] = json!(run.model_calls);
@@ -793,6 +796,7 @@ pub(crate) fn record_of(execution: &Execution, created_at: i64) -> RequestRecord
         trace: Value::Array(trace).to_string(),
         created_at,
         remember_key: execution.remember_key.clone(),
+        pattern: execution.pattern(),
         cost_usd: execution.cost_usd(),
         callback: None,
     };
@@ -978,6 +982,7 @@ pub(crate) fn unknown_pipeline_record(job: &Job, generation: u64) -> RequestReco
         remember_key: None,
         cost_usd: 0.0,
         callback: job.callback.clone(),
+        pattern: None,
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 
 use crate::manifest::AnswerBankSpec;
+pub use crate::patterns::{Lookup, Patterns, StoredPattern};
 
 /// A remembered answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,11 +39,14 @@ pub struct Bank {
     spec: AnswerBankSpec,
     unapproved: Cache<String, Expiring>,
     approved: RwLock<HashMap<String, Entry>>,
+    /// Approved answers with example questions, matched by similarity.
+    patterns: Arc<Patterns>,
 }
 
 impl Bank {
-    fn new(spec: AnswerBankSpec) -> Bank {
+    fn new(spec: AnswerBankSpec, patterns: Arc<Patterns>) -> Bank {
         Bank {
+            patterns,
             unapproved: Cache::builder()
                 .max_capacity(spec.capacity)
                 .time_to_live(Duration::from_secs(spec.ttl_s))
@@ -115,6 +119,17 @@ impl Bank {
             );
     }
 
+    /// The approved answer whose examples `question` is most like, and
+    /// whether the match is trusted under the pipeline's error budget.
+    pub fn lookup(&self, question: &str) -> Option<Lookup> {
+        self.patterns.lookup(question)
+    }
+
+    /// The learned half of the bank.
+    pub fn patterns(&self) -> &Arc<Patterns> {
+        &self.patterns
+    }
+
     /// Forget an unapproved answer (it was rated bad). Approved answers are
     /// only replaced, by a correction.
     pub fn forget_unapproved(&self, key: &str) -> bool {
@@ -125,9 +140,13 @@ impl Bank {
 }
 
 /// Every pipeline's bank.
+///
+/// Patterns are kept apart from the banks' settings: a bank rebuilt for new
+/// bounds keeps its pipeline's patterns.
 #[derive(Default)]
 pub struct Banks {
     banks: RwLock<HashMap<String, Arc<Bank>>>,
+    patterns: RwLock<HashMap<String, Arc<Patterns>>>,
 }
 
 impl Banks {
@@ -147,8 +166,37 @@ impl Banks {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(pipeline.to_owned())
-            .or_insert_with(|| Arc::new(Bank::new(spec.clone())))
+            .or_insert_with(|| Arc::new(Bank::new(spec.clone(), self.patterns_of(pipeline, spec))))
             .clone()
+    }
+
+    /// `pipeline`'s patterns, created empty if it has none yet.
+    fn patterns_of(&self, pipeline: &str, spec: &AnswerBankSpec) -> Arc<Patterns> {
+        self.patterns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(pipeline.to_owned())
+            .or_insert_with(|| Arc::new(Patterns::new(spec.max_error)))
+            .clone()
+    }
+
+    /// Serve `patterns` for `pipeline` from now on (loaded from the store
+    /// and fitted off the request path).
+    pub fn install_patterns(&self, pipeline: &str, patterns: Arc<Patterns>) {
+        self.patterns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pipeline.to_owned(), patterns.clone());
+        let mut banks = self.banks.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = banks.get(pipeline) {
+            let fresh = Bank::new(old.spec.clone(), patterns);
+            *fresh.approved.write().unwrap_or_else(|e| e.into_inner()) = old
+                .approved
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            banks.insert(pipeline.to_owned(), Arc::new(fresh));
+        }
     }
 
     /// Give `pipeline`'s bank the settings of the generation being
@@ -156,8 +204,10 @@ impl Banks {
     /// approved answers (unapproved ones are cheap to get again and may not
     /// fit the new bounds).
     pub fn configure(&self, pipeline: &str, spec: &AnswerBankSpec) {
+        let patterns = self.patterns_of(pipeline, spec);
+        patterns.retune(spec.max_error);
         let mut banks = self.banks.write().unwrap_or_else(|e| e.into_inner());
-        let fresh = Bank::new(spec.clone());
+        let fresh = Bank::new(spec.clone(), patterns);
         if let Some(old) = banks.get(pipeline) {
             if old.spec == *spec {
                 return;
@@ -182,12 +232,13 @@ mod tests {
             capacity: 100,
             ttl_s: 60,
             remember: vec![],
+            max_error: 0.05,
         }
     }
 
     #[test]
     fn approved_answers_win_and_stay() {
-        let bank = Bank::new(spec());
+        let bank = Bank::new(spec(), Arc::new(Patterns::new(0.05)));
         bank.put("k".into(), "model says".into(), "model", Duration::ZERO);
         assert_eq!(bank.get("k").unwrap().source, "model");
         bank.approve("k".into(), "human says".into(), "human");
@@ -203,7 +254,7 @@ mod tests {
 
     #[test]
     fn unapproved_answers_expire() {
-        let bank = Bank::new(spec());
+        let bank = Bank::new(spec(), Arc::new(Patterns::new(0.05)));
         bank.put("k".into(), "a".into(), "stage", Duration::from_millis(1));
         std::thread::sleep(Duration::from_millis(5));
         assert!(bank.get("k").is_none());

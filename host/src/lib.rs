@@ -10,6 +10,7 @@
 //! - `imports`: the host side of each interface a stage may import;
 //! - [`request`]: the request and outcome types passed between stages;
 //! - [`bank`]: per-pipeline answer banks (the `cache` interface);
+//! - [`patterns`]: approved answers with examples, matched by a learned model;
 //! - [`model`]: model tiers over the OpenAI-compatible protocol;
 //! - [`pipeline`]: generations and the chaining semantics of a pipeline;
 //! - [`record`]: traffic recording for `strata replay`;
@@ -42,6 +43,7 @@ pub mod jobs;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod patterns;
 pub mod pipeline;
 pub mod record;
 pub mod reload;

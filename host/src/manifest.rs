@@ -206,7 +206,7 @@ pub struct RecordSpec {
 }
 
 /// A pipeline's answer bank (`[pipelines.NAME.answer_bank]`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnswerBankSpec {
     /// How many unapproved answers are kept in memory; the least used go
@@ -221,6 +221,15 @@ pub struct AnswerBankSpec {
     /// with `remember-as` (human answers are always stored, as approved).
     #[serde(default)]
     pub remember: Vec<String>,
+    /// The error budget of answers the bank gives by similarity (`lookup`):
+    /// thresholds are calibrated on the approved examples so that at most
+    /// this share of trusted matches is expected to be wrong.
+    #[serde(default = "default_max_error")]
+    pub max_error: f64,
+}
+
+fn default_max_error() -> f64 {
+    0.05
 }
 
 impl Default for AnswerBankSpec {
@@ -229,6 +238,7 @@ impl Default for AnswerBankSpec {
             capacity: default_bank_capacity(),
             ttl_s: default_bank_ttl_s(),
             remember: Vec::new(),
+            max_error: default_max_error(),
         }
     }
 }
@@ -1402,6 +1412,18 @@ impl Parser<'_> {
                     ..here
                 },
                 ManifestErrorKind::Invalid("capacity and ttl_s must be greater than 0".to_owned()),
+            ));
+        }
+        if !(0.001..=0.5).contains(&answer_bank.max_error) {
+            return Err(self.error(
+                Location {
+                    key: Some("answer_bank.max_error".to_owned()),
+                    ..here.clone()
+                },
+                ManifestErrorKind::Invalid(format!(
+                    "{} is outside 0.001..=0.5 (0.05: at most 5 % of trusted answers wrong)",
+                    answer_bank.max_error
+                )),
             ));
         }
         if let Some(record) = &raw.record {

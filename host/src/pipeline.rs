@@ -310,6 +310,8 @@ pub struct StageRun {
     pub cache_hits: u32,
     /// Answer-bank lookups that found nothing.
     pub cache_misses: u32,
+    /// The answer-bank pattern a lookup in this stage matched, if any.
+    pub pattern: Option<i64>,
 }
 
 /// The result of running a pipeline on a request.
@@ -338,6 +340,19 @@ impl Execution {
             .iter()
             .flat_map(|run| &run.model_calls)
             .fold(0.0, |total, call| total + call.cost_usd)
+    }
+
+    /// The answer-bank pattern whose answer the request got, if the stage
+    /// that answered found it by lookup.
+    pub fn pattern(&self) -> Option<i64> {
+        let Verdict::Answered { by, .. } = &self.verdict else {
+            return None;
+        };
+        self.trace
+            .iter()
+            .rev()
+            .find(|run| run.stage == by.stage)
+            .and_then(|run| run.pattern)
     }
 
     /// Whether any stage failed on this request (even if the failure was
@@ -602,6 +617,7 @@ impl Pipeline {
                 model_calls: effects.model_calls,
                 cache_hits: effects.cache_hits,
                 cache_misses: effects.cache_misses,
+                pattern: effects.pattern,
             });
             if let Some(candidate) = canary {
                 ctx.observer

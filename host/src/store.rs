@@ -18,10 +18,14 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use std::collections::HashMap;
+
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
+
+pub use crate::patterns::StoredPattern;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "strata.db";
@@ -91,6 +95,8 @@ pub struct RequestRecord {
     pub cost_usd: f64,
     /// Where to POST the result when the request completes.
     pub callback: Option<String>,
+    /// The answer-bank pattern whose answer it got, if any.
+    pub pattern: Option<i64>,
 }
 
 /// A ticket to open for an escalated request.
@@ -392,6 +398,96 @@ pub struct ShadowRecord {
     pub candidate: serde_json::Value,
 }
 
+/// One row to import into an answer bank: a question and either its
+/// answer or its label (whose answer comes from a label → answer table).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportRow {
+    /// The example question.
+    pub question: String,
+    /// The approved answer.
+    pub answer: String,
+    /// The intent, if known.
+    pub label: Option<String>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ImportReport {
+    /// Patterns created.
+    pub patterns_created: usize,
+    /// Patterns whose answer the import replaced.
+    pub answers_replaced: usize,
+    /// Examples added.
+    pub examples_added: usize,
+    /// Examples already there.
+    pub examples_known: usize,
+}
+
+/// Find the pattern of `pipeline` with this label (or, without a label,
+/// this answer), creating it; replace its answer when the label's answer
+/// changed. Returns its id and whether it was created or changed.
+fn pattern_for(
+    conn: &Connection,
+    pipeline: &str,
+    answer: &str,
+    label: Option<&str>,
+    source: &str,
+) -> Result<(i64, bool, bool), StoreError> {
+    let found: Option<(i64, String)> = match label {
+        Some(label) => conn
+            .prepare_cached("SELECT id, answer FROM patterns WHERE pipeline = ?1 AND label = ?2")?
+            .query_row(params![pipeline, label], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?,
+        None => conn
+            .prepare_cached(
+                "SELECT id, answer FROM patterns WHERE pipeline = ?1 AND answer = ?2
+                 ORDER BY id LIMIT 1",
+            )?
+            .query_row(params![pipeline, answer], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?,
+    };
+    let now = now_millis();
+    match found {
+        Some((id, known)) if known == answer => Ok((id, false, false)),
+        Some((id, _)) => {
+            conn.prepare_cached(
+                "UPDATE patterns SET answer = ?2, source = ?3, strictness = 0, updated_at = ?4
+                 WHERE id = ?1",
+            )?
+            .execute(params![id, answer, source, now])?;
+            Ok((id, false, true))
+        }
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO patterns (pipeline, answer, label, source, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            )?
+            .execute(params![pipeline, answer, label, source, now])?;
+            Ok((conn.last_insert_rowid(), true, false))
+        }
+    }
+}
+
+/// Add `question` as an example of pattern `id`; false if it was there.
+fn add_example(
+    conn: &Connection,
+    id: i64,
+    question: &str,
+    source: &str,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "INSERT INTO examples (pattern, question, source, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (pattern, question) DO NOTHING",
+        )?
+        .execute(params![id, question, source, now_millis()])?
+        > 0)
+}
+
 /// Times before which records go (Unix milliseconds); `None` keeps them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cutoffs {
@@ -567,6 +663,128 @@ impl Store {
                 )?;
             }
             Ok(removed)
+        })
+        .await
+    }
+
+    /// Every pipeline's patterns with their examples, oldest first.
+    pub async fn patterns(&self) -> Result<Vec<StoredPattern>, StoreError> {
+        self.read(|conn| {
+            let mut patterns: Vec<StoredPattern> = conn
+                .prepare_cached(
+                    "SELECT id, pipeline, answer, label, source, strictness FROM patterns
+                     ORDER BY id",
+                )?
+                .query_map([], |row| {
+                    Ok(StoredPattern {
+                        id: row.get(0)?,
+                        pipeline: row.get(1)?,
+                        answer: row.get(2)?,
+                        label: row.get(3)?,
+                        source: row.get(4)?,
+                        strictness: row.get::<_, f64>(5)? as f32,
+                        examples: Vec::new(),
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let index: HashMap<i64, usize> = patterns
+                .iter()
+                .enumerate()
+                .map(|(at, p)| (p.id, at))
+                .collect();
+            let mut statement =
+                conn.prepare_cached("SELECT pattern, question FROM examples ORDER BY id")?;
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                let pattern: i64 = row.get(0)?;
+                if let Some(at) = index.get(&pattern) {
+                    patterns[*at].examples.push(row.get(1)?);
+                }
+            }
+            Ok(patterns)
+        })
+        .await
+    }
+
+    /// Import rows into `pipeline`'s answer bank, all or nothing.
+    pub async fn import_patterns(
+        &self,
+        pipeline: String,
+        rows: Vec<ImportRow>,
+        source: String,
+    ) -> Result<ImportReport, StoreError> {
+        self.write(move |conn| {
+            let mut report = ImportReport::default();
+            let mut seen: HashMap<(String, Option<String>), i64> = HashMap::new();
+            for row in &rows {
+                let key = (row.answer.clone(), row.label.clone());
+                let id = match seen.get(&key) {
+                    Some(id) => *id,
+                    None => {
+                        let (id, created, replaced) = pattern_for(
+                            conn,
+                            &pipeline,
+                            &row.answer,
+                            row.label.as_deref(),
+                            &source,
+                        )?;
+                        report.patterns_created += usize::from(created);
+                        report.answers_replaced += usize::from(replaced);
+                        seen.insert(key, id);
+                        id
+                    }
+                };
+                if add_example(conn, id, &row.question, &source)? {
+                    report.examples_added += 1;
+                } else {
+                    report.examples_known += 1;
+                }
+            }
+            Ok(report)
+        })
+        .await
+    }
+
+    /// Learn that `question` is answered by `answer` in `pipeline` (a
+    /// reviewer's resolution, an accepted correction): the question becomes
+    /// an example of the pattern with that answer, created if none has it.
+    /// Returns the pattern with just this example, for the bank to learn.
+    pub async fn learn_example(
+        &self,
+        pipeline: String,
+        question: String,
+        answer: String,
+        source: String,
+    ) -> Result<StoredPattern, StoreError> {
+        self.write(move |conn| {
+            let (id, _, _) = pattern_for(conn, &pipeline, &answer, None, &source)?;
+            add_example(conn, id, &question, &source)?;
+            let (label, pattern_source, strictness) = conn.query_row(
+                "SELECT label, source, strictness FROM patterns WHERE id = ?1",
+                params![id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, f64>(2)?)),
+            )?;
+            Ok(StoredPattern {
+                id,
+                pipeline,
+                answer,
+                label,
+                source: pattern_source,
+                strictness: strictness as f32,
+                examples: vec![question],
+            })
+        })
+        .await
+    }
+
+    /// Keep a pattern's strictness (ratings raised or relaxed it).
+    pub async fn set_strictness(&self, pattern: i64, strictness: f32) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE patterns SET strictness = ?2, updated_at = ?3 WHERE id = ?1",
+                params![pattern, f64::from(strictness), now_millis()],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -929,6 +1147,7 @@ impl Store {
                     remember_key: None,
                     cost_usd: 0.0,
                     callback: job.callback,
+                    pattern: None,
                 };
                 insert_request(conn, &record)?;
                 return Ok(JobStart::Dead(reason));
@@ -1661,6 +1880,32 @@ const MIGRATIONS: &[&str] = &["
     CREATE INDEX audit_by_time ON audit (at);
     CREATE INDEX shadow_runs_by_time ON shadow_runs (at);
     CREATE INDEX deliveries_by_time ON deliveries (at);
+", "
+    -- The learned answer bank: approved answers with the example questions
+    -- they answer. A label (intent) names at most one pattern per pipeline.
+    CREATE TABLE patterns (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        pipeline   TEXT NOT NULL,
+        answer     TEXT NOT NULL,
+        label      TEXT,
+        source     TEXT NOT NULL,
+        strictness REAL NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX patterns_by_label ON patterns (pipeline, label) WHERE label IS NOT NULL;
+    CREATE INDEX patterns_by_answer ON patterns (pipeline, answer);
+    CREATE TABLE examples (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        pattern    INTEGER NOT NULL REFERENCES patterns (id) ON DELETE CASCADE,
+        question   TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (pattern, question)
+    );
+    -- The pattern whose answer a request got from the bank, so a rating of
+    -- the answer counts against the pattern.
+    ALTER TABLE requests ADD COLUMN pattern INTEGER;
 "];
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -1789,7 +2034,7 @@ fn read_request(
         .query_row(
             "SELECT id, pipeline, generation, status, input, attributes, output,
                             confidence, stage, layer, code, message, trace, created_at,
-                            completed_at, remember_key, cost_usd
+                            completed_at, remember_key, cost_usd, pattern
                      FROM requests WHERE id = ?1",
             params![id],
             |row| {
@@ -1811,6 +2056,7 @@ fn read_request(
                         created_at: row.get(13)?,
                         remember_key: row.get(15)?,
                         cost_usd: row.get(16)?,
+                        pattern: row.get(17)?,
                         // Kept in the callbacks table, shown from there.
                         callback: None,
                     },
@@ -1843,8 +2089,9 @@ fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(), StoreError
     conn.prepare_cached(
         "INSERT INTO requests (id, pipeline, generation, status, input, attributes, output,
                                confidence, stage, layer, code, message, trace, created_at,
-                               completed_at, remember_key, cost_usd)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
+                               completed_at, remember_key, cost_usd, pattern)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18)
          ON CONFLICT (id) DO NOTHING",
     )?
     .execute(params![
@@ -1864,7 +2111,8 @@ fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(), StoreError
         r.created_at,
         completed_at,
         r.remember_key,
-        r.cost_usd
+        r.cost_usd,
+        r.pattern
     ])?;
     Ok(())
 }

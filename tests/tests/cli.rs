@@ -74,13 +74,13 @@ fn run_answers_one_request_without_a_server() {
         manifest.to_str().unwrap(),
         "support",
         "--input",
-        "What ATMs take this card?",
+        "How do I change my PIN?",
     ]);
     assert_eq!(code, 0, "{stderr}");
     let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(result["status"], "answered", "{result}");
     assert_eq!(result["stage"], "faq");
-    assert_eq!(result["input"], "what atms take this card?");
+    assert_eq!(result["input"], "how do i change my pin?");
 
     let (code, stdout, _) = strata(&[
         "run",

@@ -484,6 +484,8 @@ pub struct Effects {
     pub cache_hits: u32,
     /// Answer-bank lookups that found nothing.
     pub cache_misses: u32,
+    /// The pattern the stage's last answer-bank lookup matched.
+    pub pattern: Option<i64>,
 }
 
 /// The result of one invocation.
