@@ -1,5 +1,9 @@
 //! The admin API, on its own listener (loopback by default), for operators.
-//! Every route needs the admin role (see [`crate::auth`]).
+//! Every route needs the admin role (see [`crate::auth`]). Every POST must
+//! say `Content-Type: application/json` or carry `X-Strata-Admin: 1`: a web
+//! page can send neither across origins without the browser asking first
+//! (a CORS preflight this API never grants), so a page the operator opens
+//! cannot forge an admin call (CSRF).
 //!
 //! | route | method | what |
 //! | --- | --- | --- |
@@ -61,6 +65,14 @@ async fn dispatch(
         return Err(ApiError::method_not_allowed(request.method(), &path, allow));
     }
     let caller = authorize(app, &request, Role::Admin, peer)?;
+    if method == Method::POST && !deliberate(&request) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "admin POSTs must send Content-Type: application/json (or X-Strata-Admin: 1), so \
+             that a web page cannot forge them",
+        ));
+    }
     let trigger = Trigger {
         source: "admin",
         actor: caller.id,
@@ -91,6 +103,20 @@ async fn dispatch(
         }
         _ => unreachable!("every route above was matched when checking the method"),
     }
+}
+
+/// Whether a POST carries a header a cross-origin web page cannot set
+/// without a preflight: a JSON content type or `X-Strata-Admin: 1`.
+fn deliberate<B>(request: &http::Request<B>) -> bool {
+    let headers = request.headers();
+    let json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    json || headers
+        .get("x-strata-admin")
+        .is_some_and(|v| v.as_bytes() == b"1")
 }
 
 fn metrics(app: &App) -> Response {

@@ -144,7 +144,15 @@ pub(crate) fn authorize<B>(
         .headers()
         .get(http::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    Ok(app.tokens.authorize(role, header, peer.ip())?)
+    // The name the caller used for this host, which same-machine trust
+    // needs to be a loopback one (HTTP/1.1 always sends Host; an absolute
+    // request target carries it instead).
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes())
+        .or_else(|| request.uri().authority().map(|a| a.as_str().as_bytes()));
+    Ok(app.tokens.authorize(role, header, peer.ip(), host)?)
 }
 
 impl From<StoreError> for ApiError {

@@ -187,7 +187,15 @@ impl AuditReport {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|h| h.as_str().map(str::to_owned))
+            .filter_map(|h| match h.as_str() {
+                Some(host) => Some(host.to_owned()),
+                // A receiver with its own key.
+                None => Some(format!(
+                    "{} (key in {})",
+                    h["host"].as_str()?,
+                    h["secret_env"].as_str()?
+                )),
+            })
             .collect();
         let _ = writeln!(
             out,

@@ -8,15 +8,19 @@
 //! | admin | the admin listener; also accepted on every other route | `STRATA_ADMIN_TOKEN` |
 //!
 //! `/healthz` is open. A role without a configured token is open to
-//! everyone for the client role, and to loopback callers only for the
-//! reviewer and admin roles. A missing or unknown token is a 401; a valid
-//! token of the wrong role is a 403.
+//! everyone for the client role, and to callers on this machine only for
+//! the reviewer and admin roles: the connection must come from a loopback
+//! address *and* its `Host` header must name `localhost` or a loopback
+//! address. The second half keeps web pages out: a page the operator's
+//! browser opens can make it connect to loopback, but under a name the page
+//! controls (DNS rebinding), never with `Host: localhost`. A missing or
+//! unknown token is a 401; a valid token of the wrong role is a 403.
 //!
 //! Who a caller is comes from the token, never from a request body: a named
 //! reviewer token (`STRATA_REVIEWER_TOKENS`) is its name (`reviewer:sam`),
 //! any other token its role and a fingerprint (`client:1a2b3c4d`). Only a
-//! caller let in by the loopback fallback, with no token at all, is trusted
-//! to say who it is.
+//! caller let in by the same-machine fallback, with no token at all, is
+//! trusted to say who it is.
 
 use std::net::IpAddr;
 
@@ -195,12 +199,14 @@ impl Tokens {
     }
 
     /// Decide whether a call needing `role`, with this `Authorization`
-    /// header, from `peer`, may go ahead.
+    /// header, from `peer`, addressed to `host` (the `Host` header), may go
+    /// ahead.
     pub fn authorize(
         &self,
         role: Role,
         authorization: Option<&[u8]>,
         peer: IpAddr,
+        host: Option<&[u8]>,
     ) -> Result<Caller, Denied> {
         let presented = authorization.map(|header| {
             std::str::from_utf8(header)
@@ -214,7 +220,7 @@ impl Tokens {
                     "this route needs the {} bearer token",
                     role.as_str()
                 ))),
-                false => self.open(role, peer),
+                false => self.open(role, peer, host),
             };
         };
         let Some(digest) = presented else {
@@ -264,7 +270,7 @@ impl Tokens {
             None if !self.configured(role) && authorization.is_some() => {
                 // A token nobody configured, on a route with no token: treat
                 // it as no token at all rather than guess.
-                self.open(role, peer)
+                self.open(role, peer, host)
             }
             None => Err(Denied::Unauthenticated(
                 "the bearer token is not valid".to_owned(),
@@ -272,15 +278,25 @@ impl Tokens {
         }
     }
 
-    fn open(&self, role: Role, peer: IpAddr) -> Result<Caller, Denied> {
+    fn open(&self, role: Role, peer: IpAddr, host: Option<&[u8]>) -> Result<Caller, Denied> {
         match role {
             Role::Client => Ok(Caller::open("anonymous".to_owned())),
-            _ if peer.is_loopback() => Ok(Caller::open(format!("loopback-{}", role.as_str()))),
-            _ => Err(Denied::Forbidden(format!(
+            _ if !peer.to_canonical().is_loopback() => Err(Denied::Forbidden(format!(
                 "{} routes only accept callers on this machine until {} is set",
                 role.as_str(),
                 role.token_variable()
             ))),
+            _ if !host.is_some_and(names_loopback) => Err(Denied::Forbidden(format!(
+                "{} routes trust callers on this machine only when they address it as localhost \
+                 or a loopback address, not as {}; set {} to call it by another name",
+                role.as_str(),
+                host.map_or("nothing (no Host header)".to_owned(), |h| format!(
+                    "\"{}\"",
+                    String::from_utf8_lossy(h)
+                )),
+                role.token_variable()
+            ))),
+            _ => Ok(Caller::open(format!("loopback-{}", role.as_str()))),
         }
     }
 }
@@ -321,6 +337,36 @@ pub fn parse_named(text: &str) -> Result<Vec<(String, String)>, String> {
     Ok(named)
 }
 
+/// Whether a `Host` header names this machine: `localhost` or a loopback
+/// address, with or without a port.
+fn names_loopback(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        // [::1] or [::1]:9090
+        Some(rest) => match rest.split_once(']') {
+            Some((address, "")) => address,
+            Some((address, port)) if port.strip_prefix(':').is_some_and(valid_port) => address,
+            _ => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if valid_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<IpAddr>()
+            .is_ok_and(|address| address.to_canonical().is_loopback())
+}
+
+fn valid_port(port: &str) -> bool {
+    port.parse::<u16>().is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,8 +381,14 @@ mod tests {
     #[test]
     fn tokens_are_checked_per_role() {
         let tokens = Tokens::new(Some("c".into()), Some("r".into()), Some("a".into()));
-        let check =
-            |role, header: Option<Vec<u8>>| tokens.authorize(role, header.as_deref(), REMOTE);
+        let check = |role, header: Option<Vec<u8>>| {
+            tokens.authorize(
+                role,
+                header.as_deref(),
+                REMOTE,
+                Some(b"gateway.example.com"),
+            )
+        };
         assert!(check(Role::Client, Some(bearer("c"))).is_ok());
         assert!(check(Role::Reviewer, Some(bearer("r"))).is_ok());
         assert!(check(Role::Admin, Some(bearer("a"))).is_ok());
@@ -370,15 +422,20 @@ mod tests {
     #[test]
     fn roles_without_tokens_are_loopback_only_except_clients() {
         let tokens = Tokens::default();
-        assert!(tokens.authorize(Role::Client, None, REMOTE).is_ok());
-        assert!(tokens.authorize(Role::Reviewer, None, LOOPBACK).is_ok());
-        assert!(tokens.authorize(Role::Admin, None, LOOPBACK).is_ok());
+        let local = Some(&b"127.0.0.1:9090"[..]);
+        assert!(tokens.authorize(Role::Client, None, REMOTE, None).is_ok());
+        assert!(
+            tokens
+                .authorize(Role::Reviewer, None, LOOPBACK, local)
+                .is_ok()
+        );
+        assert!(tokens.authorize(Role::Admin, None, LOOPBACK, local).is_ok());
         assert!(matches!(
-            tokens.authorize(Role::Reviewer, None, REMOTE),
+            tokens.authorize(Role::Reviewer, None, REMOTE, local),
             Err(Denied::Forbidden(_))
         ));
         assert!(matches!(
-            tokens.authorize(Role::Admin, None, REMOTE),
+            tokens.authorize(Role::Admin, None, REMOTE, local),
             Err(Denied::Forbidden(_))
         ));
     }
@@ -388,21 +445,21 @@ mod tests {
         let tokens = Tokens::new(None, None, Some("admin-token".into()))
             .with_named_reviewers(parse_named("sam=token-of-sam, alex=token-of-alex").unwrap());
         let caller = tokens
-            .authorize(Role::Reviewer, Some(&bearer("token-of-alex")), REMOTE)
+            .authorize(Role::Reviewer, Some(&bearer("token-of-alex")), REMOTE, None)
             .unwrap();
         assert_eq!(caller.id, "reviewer:alex");
         assert!(caller.is_reviewer());
         // A reviewer role with only named tokens is not open on loopback.
         assert!(matches!(
-            tokens.authorize(Role::Reviewer, None, LOOPBACK),
+            tokens.authorize(Role::Reviewer, None, LOOPBACK, Some(b"localhost")),
             Err(Denied::Unauthenticated(_))
         ));
         assert!(matches!(
-            tokens.authorize(Role::Admin, Some(&bearer("token-of-sam")), REMOTE),
+            tokens.authorize(Role::Admin, Some(&bearer("token-of-sam")), REMOTE, None),
             Err(Denied::Forbidden(_))
         ));
         let open = Tokens::default()
-            .authorize(Role::Reviewer, None, LOOPBACK)
+            .authorize(Role::Reviewer, None, LOOPBACK, Some(b"localhost"))
             .unwrap();
         assert!(!open.is_reviewer(), "the loopback fallback proves nothing");
     }
@@ -418,5 +475,49 @@ mod tests {
                 .contains("twice")
         );
         assert_eq!(parse_named("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn same_machine_trust_needs_a_local_host_header() {
+        let tokens = Tokens::default();
+        for (host, trusted) in [
+            ("localhost", true),
+            ("LOCALHOST:9090", true),
+            ("localhost.:9090", true),
+            ("127.0.0.1:9090", true),
+            ("127.8.9.10", true),
+            ("[::1]:9090", true),
+            ("[::1]", true),
+            ("[::ffff:127.0.0.1]:9090", true),
+            // A page's own name, resolved to 127.0.0.1 (DNS rebinding).
+            ("rebind.example.com:9090", false),
+            ("localhost.example.com", false),
+            ("10.0.0.1:9090", false),
+            ("[::1]9090", false),
+            ("localhost:http", false),
+            ("", false),
+        ] {
+            let result = tokens.authorize(Role::Admin, None, LOOPBACK, Some(host.as_bytes()));
+            assert_eq!(result.is_ok(), trusted, "{host}: {result:?}");
+        }
+        let refused = tokens
+            .authorize(Role::Reviewer, None, LOOPBACK, None)
+            .unwrap_err();
+        assert!(
+            matches!(&refused, Denied::Forbidden(m) if m.contains("no Host header")),
+            "{refused:?}"
+        );
+        // A token is trusted whatever the caller calls the host.
+        let tokens = Tokens::new(None, None, Some("a".into()));
+        assert!(
+            tokens
+                .authorize(
+                    Role::Admin,
+                    Some(&bearer("a")),
+                    LOOPBACK,
+                    Some(b"rebind.example.com")
+                )
+                .is_ok()
+        );
     }
 }

@@ -333,12 +333,14 @@ impl Default for RawAsync {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CallbackSettings {
-    /// Hosts a callback may go to: `host` or `host:port`. Anything else is
-    /// refused when the request is submitted.
+    /// Receivers a callback may go to: `"host"`, `"host:port"`, or
+    /// `{ host = "...", secret_env = "..." }` to sign that receiver's
+    /// deliveries with its own key. Anything else is refused when the request
+    /// is submitted.
     #[serde(default)]
-    pub allow: Vec<String>,
+    pub allow: Vec<CallbackReceiver>,
     /// The environment variable holding the HMAC key deliveries are signed
-    /// with.
+    /// with (unless their receiver names its own).
     #[serde(default = "default_callback_secret_env")]
     pub secret_env: String,
     /// Delivery attempts before giving up.
@@ -347,6 +349,9 @@ pub struct CallbackSettings {
     /// The first wait between attempts; it doubles each time.
     #[serde(default = "default_callback_backoff_ms")]
     pub backoff_ms: u64,
+    /// How many deliveries may be under way at once.
+    #[serde(default = "default_callback_concurrency")]
+    pub concurrency: u32,
 }
 
 impl Default for CallbackSettings {
@@ -356,6 +361,80 @@ impl Default for CallbackSettings {
             secret_env: default_callback_secret_env(),
             max_attempts: default_callback_attempts(),
             backoff_ms: default_callback_backoff_ms(),
+            concurrency: default_callback_concurrency(),
+        }
+    }
+}
+
+/// One entry of `[callbacks] allow`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackReceiver {
+    /// `host` or `host:port` (an IPv6 address in brackets: `[::1]:9000`).
+    pub host: String,
+    /// The environment variable holding this receiver's signing key, if it
+    /// has its own.
+    pub secret_env: Option<String>,
+}
+
+impl CallbackReceiver {
+    /// A receiver signed with the shared key.
+    pub fn new(host: impl Into<String>) -> CallbackReceiver {
+        CallbackReceiver {
+            host: host.into(),
+            secret_env: None,
+        }
+    }
+}
+
+/// A plain string (the form that came first) or a table.
+impl<'de> Deserialize<'de> for CallbackReceiver {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            host: String,
+            #[serde(default)]
+            secret_env: Option<String>,
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = CallbackReceiver;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a host (\"hooks.example.com\", \"127.0.0.1:9000\") or a table \
+                     { host = \"...\", secret_env = \"...\" }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, host: &str) -> Result<Self::Value, E> {
+                Ok(CallbackReceiver::new(host))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let table = Table::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(CallbackReceiver {
+                    host: table.host,
+                    secret_env: table.secret_env,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Written as it was given: a string, or a table when it has its own key.
+impl serde::Serialize for CallbackReceiver {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        match &self.secret_env {
+            None => serializer.serialize_str(&self.host),
+            Some(secret_env) => {
+                let mut map = serializer.serialize_map(Some(2))?;
+                map.serialize_entry("host", &self.host)?;
+                map.serialize_entry("secret_env", secret_env)?;
+                map.end()
+            }
         }
     }
 }
@@ -1185,15 +1264,42 @@ impl Parser<'_> {
         let background = AsyncSettings::resolve(raw.background, raw.runtime.instances)
             .map_err(|(key, why)| self.error(key_location(key), ManifestErrorKind::Invalid(why)))?;
         if let Some(entry) = raw.callbacks.allow.iter().find(|entry| {
-            entry.is_empty()
-                || entry.contains(['/', '?', '#', '@'])
-                || entry.contains(char::is_whitespace)
+            let host = &entry.host;
+            host.is_empty()
+                || host.contains(['/', '?', '#', '@'])
+                || host.contains(char::is_whitespace)
+                || crate::callbacks::split_host_port(host).is_none()
         }) {
             return Err(self.error(
                 key_location("callbacks.allow"),
                 ManifestErrorKind::Invalid(format!(
-                    "\"{entry}\" is not a host or host:port (write \"hooks.example.com\" or \
-                     \"127.0.0.1:9000\", without a scheme or path)"
+                    "\"{}\" is not a host or host:port (write \"hooks.example.com\" or \
+                     \"127.0.0.1:9000\", without a scheme or path)",
+                    entry.host
+                )),
+            ));
+        }
+        if let Some(entry) = raw
+            .callbacks
+            .allow
+            .iter()
+            .find(|entry| entry.secret_env.as_deref().is_some_and(str::is_empty))
+        {
+            return Err(self.error(
+                key_location("callbacks.allow"),
+                ManifestErrorKind::Invalid(format!(
+                    "the secret_env of \"{}\" is empty; name the environment variable holding \
+                     its key",
+                    entry.host
+                )),
+            ));
+        }
+        if !(1..=256).contains(&raw.callbacks.concurrency) {
+            return Err(self.error(
+                key_location("callbacks.concurrency"),
+                ManifestErrorKind::Invalid(format!(
+                    "{} is outside 1..=256",
+                    raw.callbacks.concurrency
                 )),
             ));
         }
@@ -2005,6 +2111,9 @@ fn default_callback_attempts() -> u32 {
 }
 fn default_callback_backoff_ms() -> u64 {
     500
+}
+fn default_callback_concurrency() -> u32 {
+    8
 }
 fn default_batch_wait_ms() -> u64 {
     50

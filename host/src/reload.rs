@@ -146,6 +146,10 @@ struct State {
     watched: Vec<PathBuf>,
     /// What those files looked like when last acted on.
     fingerprint: Fingerprint,
+    /// While a rollback is in force, what the serving generation is instead
+    /// of the manifest file ("generation 5 serves the pipelines of
+    /// generation 3"); cleared when the file is loaded again.
+    rolled_back: Option<String>,
 }
 
 /// Reload state, error budgets and the observer of pipeline runs.
@@ -182,6 +186,7 @@ impl Operations {
             manifest_path: manifest.path.clone(),
             state: tokio::sync::Mutex::new(State {
                 previous: None,
+                rolled_back: None,
                 fingerprint: fingerprint(&watched),
                 watched,
             }),
@@ -354,6 +359,8 @@ async fn reload_locked(
         report
     };
 
+    // Whether this reads the file, so that what is served is the file again.
+    let from_file = edited.is_none();
     // Taken before reading, so a change made while loading is seen again.
     state.fingerprint = fingerprint(&state.watched);
     let manifest = match edited {
@@ -391,6 +398,10 @@ async fn reload_locked(
         return finish(report);
     }
     if same_content(&current.manifest, &manifest) {
+        if from_file {
+            // The file says what is served, so no rollback is in force.
+            state.rolled_back = None;
+        }
         report.result = "unchanged";
         return finish(report);
     }
@@ -433,6 +444,9 @@ async fn reload_locked(
     let watched: BTreeSet<&PathBuf> = state.watched.iter().collect();
     state.fingerprint.retain(|path, _| watched.contains(path));
     publish(app, state, generation);
+    if from_file {
+        state.rolled_back = None;
+    }
     report.result = "applied";
     report.to_generation = number;
     report.note = notes;
@@ -488,6 +502,10 @@ pub async fn rollback(app: &Arc<App>, trigger: Trigger) -> Report {
             ));
             state.fingerprint = fingerprint(&state.watched);
             publish(app, &mut state, generation);
+            state.rolled_back = Some(format!(
+                "generation {number} serves the pipelines of generation {}",
+                previous.number
+            ));
             report.result = "applied";
             report.to_generation = number;
         }
@@ -498,10 +516,12 @@ pub async fn rollback(app: &Arc<App>, trigger: Trigger) -> Report {
 }
 
 /// Make a stage's candidate its live version (`promote`), or drop the
-/// candidate (`rollback_stage`). The manifest file is edited (atomically,
-/// keeping its comments) and reloaded, so the file stays the truth; if it
-/// cannot be written, the change is applied in memory only and the report
-/// says so.
+/// candidate (`rollback_stage`). The manifest file is edited (written aside,
+/// keeping its comments, mode and any symlink) and reloaded, so the file
+/// stays the truth; if it cannot be written, the change is applied in memory
+/// only and the report says so. While a rollback is in force the file is
+/// not what is served, and loading it would undo the rollback: the change
+/// is then applied to the serving generation only, and the report says so.
 pub async fn settle_candidate(
     app: &Arc<App>,
     pipeline: &str,
@@ -529,36 +549,49 @@ pub async fn settle_candidate(
         )));
     };
 
-    let path = app.ops.manifest_path.clone();
-    let (p, s) = (pipeline.to_owned(), stage.to_owned());
-    let edit = tokio::task::spawn_blocking(move || edit_manifest(&path, &p, &s, promote))
-        .await
-        .unwrap_or_else(|e| Err(anyhow::anyhow!("editing task failed: {e}")));
-    let report = match edit {
-        Ok(()) => reload_locked(app, &mut state, &trigger, action, None).await,
-        Err(error) => {
-            // Apply the same change to the serving manifest in memory.
-            let mut manifest = (*current.manifest).clone();
-            if let Some(live) = manifest
-                .pipelines
-                .get_mut(pipeline)
-                .and_then(|p| p.stages.iter_mut().find(|s| s.name == stage))
-            {
-                if promote {
-                    live.plugin = candidate.plugin.clone();
-                    live.grants = candidate.grants.clone();
-                    live.config = candidate.config.clone();
-                }
-                live.candidate = None;
+    // The same change applied to the serving manifest, for when the file
+    // is not to be (or cannot be) edited.
+    let mut in_memory = (*current.manifest).clone();
+    if let Some(live) = in_memory
+        .pipelines
+        .get_mut(pipeline)
+        .and_then(|p| p.stages.iter_mut().find(|s| s.name == stage))
+    {
+        if promote {
+            live.plugin = candidate.plugin.clone();
+            live.grants = candidate.grants.clone();
+            live.config = candidate.config.clone();
+        }
+        live.candidate = None;
+    }
+    let (edited, note) = if let Some(rolled_back) = &state.rolled_back {
+        let note = format!(
+            "a rollback is in force ({rolled_back}), so the change applies to the serving \
+             generation only; the manifest file is not edited, and the next reload from it \
+             serves what it says"
+        );
+        (Some(in_memory), Some(note))
+    } else {
+        let path = app.ops.manifest_path.clone();
+        let (p, s) = (pipeline.to_owned(), stage.to_owned());
+        let edit = tokio::task::spawn_blocking(move || edit_manifest(&path, &p, &s, promote))
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("editing task failed: {e}")));
+        match edit {
+            Ok(()) => (None, None),
+            Err(error) => {
+                let note = format!(
+                    "the manifest file was not updated ({error:#}); the change holds until the \
+                     next reload from the file"
+                );
+                (Some(in_memory), Some(note))
             }
-            let mut report = reload_locked(app, &mut state, &trigger, action, Some(manifest)).await;
-            report.note = Some(format!(
-                "the manifest file was not updated ({error:#}); the change holds until the next \
-                 reload from the file"
-            ));
-            report
         }
     };
+    let mut report = reload_locked(app, &mut state, &trigger, action, edited).await;
+    if note.is_some() {
+        report.note = note;
+    }
     if !report.failed() {
         app.ops.budgets.forget(&SeriesKey::Candidate {
             pipeline: pipeline.to_owned(),
@@ -574,8 +607,12 @@ pub async fn settle_candidate(
 /// removed, keeping everything else (comments included) as it was.
 fn edit_manifest(path: &Path, pipeline: &str, stage: &str, promote: bool) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // Edit the file a symlink points at, not the link: replacing the link
+    // with a file would cut it from whatever manages the target.
+    let path = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let mut document: toml_edit::DocumentMut = text
         .parse()
         .with_context(|| format!("cannot parse {}", path.display()))?;
@@ -609,11 +646,50 @@ fn edit_manifest(path: &Path, pipeline: &str, stage: &str, promote: bool) -> any
             }
         }
     }
-    let temporary = path.with_extension("toml.strata-edit");
-    std::fs::write(&temporary, document.to_string())
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    std::fs::rename(&temporary, path)
+    replace_file(&path, document.to_string().as_bytes())
+}
+
+/// Replace `path` with `contents` so that a crash leaves the old file or the
+/// new one, never a torn one: write a temporary file beside it with the
+/// same permissions, flush it to disk, rename it over `path`, and flush the
+/// directory so the rename itself survives a power cut.
+fn replace_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    let directory = path
+        .parent()
+        .with_context(|| format!("{} has no directory", path.display()))?;
+    let metadata =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut aside = tempfile::Builder::new()
+        .prefix(".strata-edit-")
+        .tempfile_in(directory)
+        .with_context(|| format!("cannot create a file in {}", directory.display()))?;
+    aside
+        .write_all(contents)
+        .and_then(|()| aside.as_file().set_permissions(metadata.permissions()))
+        .and_then(|()| aside.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", aside.path().display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        // Keep the owner too when allowed to (as root, or for the group
+        // when the host is a member); otherwise the file is the host's, as
+        // any file it writes.
+        let _ =
+            std::os::unix::fs::fchown(aside.as_file(), Some(metadata.uid()), Some(metadata.gid()));
+    }
+    aside
+        .persist(path)
+        .map_err(|e| e.error)
         .with_context(|| format!("cannot replace {}", path.display()))?;
+    // The new file is in place now, so a failure here must not report the
+    // edit as not made; only whether the rename survives a power cut is in
+    // doubt.
+    #[cfg(unix)]
+    if let Err(error) = std::fs::File::open(directory).and_then(|d| d.sync_all()) {
+        tracing::warn!(directory = %directory.display(), %error, "cannot flush the directory of the edited manifest");
+    }
     Ok(())
 }
 

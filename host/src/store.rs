@@ -1223,14 +1223,19 @@ impl Store {
         .await
     }
 
-    /// Callbacks due for delivery at `now`: `(request_id, url, attempts)`.
-    pub async fn due_callbacks(&self, now: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
+    /// Up to `limit` callbacks due for delivery at `now`, the earliest
+    /// first: `(request_id, url, attempts)`.
+    pub async fn due_callbacks(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT request_id, url, attempts FROM callbacks
-                 WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at LIMIT 100",
+                 WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at LIMIT ?2",
             )?;
-            let rows = statement.query_map(params![now], |row| {
+            let rows = statement.query_map(params![now, limit as i64], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?))
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1238,12 +1243,12 @@ impl Store {
         .await
     }
 
-    /// The earliest time a callback is due, if any is pending.
-    pub async fn next_callback_at(&self) -> Result<Option<i64>, StoreError> {
-        self.read(|conn| {
+    /// The earliest time after `after` a pending callback is due, if any.
+    pub async fn next_callback_at(&self, after: i64) -> Result<Option<i64>, StoreError> {
+        self.read(move |conn| {
             Ok(conn.query_row(
-                "SELECT MIN(next_at) FROM callbacks WHERE state = 'pending'",
-                [],
+                "SELECT MIN(next_at) FROM callbacks WHERE state = 'pending' AND next_at > ?1",
+                params![after],
                 |row| row.get(0),
             )?)
         })

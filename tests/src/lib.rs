@@ -194,10 +194,15 @@ impl TestHost {
         self.host.as_ref().expect("the host is running")
     }
 
-    /// POST to the admin API (no body); returns the status and the JSON.
+    /// POST to the admin API (an empty JSON body, as the admin API wants
+    /// for every POST); returns the status and the JSON.
     pub async fn admin_post(&self, path: &str) -> (u16, Value) {
-        self.send(self.client.post(format!("{}{path}", self.admin)))
-            .await
+        self.send(
+            self.client
+                .post(format!("{}{path}", self.admin))
+                .header("content-type", "application/json"),
+        )
+        .await
     }
 
     /// GET from the admin API; returns the status and the JSON.

@@ -548,8 +548,11 @@ async fn a_callback_is_signed_retried_and_recorded() {
 async fn a_callback_gives_up_after_max_attempts() {
     let llm = llm().await;
     let receiver = Receiver::start(&[503, 503, 503, 503]).await;
-    let callbacks = "[callbacks]\nallow = [\"127.0.0.1\"]\nbackoff_ms = 10\nmax_attempts = 3\n";
-    let host = TestHost::start(&manifest(&llm, "model", "", callbacks)).await;
+    let callbacks = format!(
+        "[callbacks]\nallow = [\"127.0.0.1:{}\"]\nbackoff_ms = 10\nmax_attempts = 3\n",
+        receiver.addr.port()
+    );
+    let host = TestHost::start(&manifest(&llm, "model", "", &callbacks)).await;
     let (_, body) = host
         .post(
             "/v1/pipelines/quick",

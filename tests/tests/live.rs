@@ -366,7 +366,14 @@ async fn the_admin_api_needs_the_admin_token() {
         (403, "forbidden".to_owned())
     );
     assert_eq!(
-        status(client.post(&url).bearer_auth("admin-t")).await.0,
+        status(
+            client
+                .post(&url)
+                .bearer_auth("admin-t")
+                .header("content-type", "application/json")
+        )
+        .await
+        .0,
         200
     );
     let (_, audit) = host

@@ -361,6 +361,28 @@ fn invalid_values() {
              path)",
         ),
         (
+            "[callbacks]\nallow = [\"hooks.example.com:https\"]\n".to_owned() + &stage(""),
+            "key \"callbacks.allow\": \"hooks.example.com:https\" is not a host or \
+             host:port (write \"hooks.example.com\" or \"127.0.0.1:9000\", without a scheme or \
+             path)",
+        ),
+        (
+            "[callbacks]\nallow = [{ host = \"hooks.example.com\", secret_env = \"\" }]\n"
+                .to_owned()
+                + &stage(""),
+            "key \"callbacks.allow\": the secret_env of \"hooks.example.com\" is empty; name \
+             the environment variable holding its key",
+        ),
+        (
+            "[callbacks]\nallow = [{ host = \"hooks.example.com\", secret = \"x\" }]\n".to_owned()
+                + &stage(""),
+            "unknown field `secret`, expected `host` or `secret_env`",
+        ),
+        (
+            "[callbacks]\nconcurrency = 0\n".to_owned() + &stage(""),
+            "key \"callbacks.concurrency\": 0 is outside 1..=256",
+        ),
+        (
             "[callbacks]\nmax_attempts = 0\n".to_owned() + &stage(""),
             "key \"callbacks.max_attempts\": 0 is outside 1..=100",
         ),
