@@ -307,6 +307,11 @@ async fn dispatch(
             if let (Some(key), Some(answer)) = (&ticket.remember_key, &ticket.resolution) {
                 bank_of(app, &ticket.pipeline).approve(key.clone(), answer.clone(), source);
             }
+            // The question becomes an example of the approved answer, so
+            // the next question like it gets the answer, not only this one.
+            if let Some(answer) = &ticket.resolution {
+                learn(app, &ticket.pipeline, &ticket.input, answer, source).await;
+            }
             if let (TicketKind::Escalation, Some(resolved_at)) = (ticket.kind, ticket.resolved_at) {
                 let waited = (resolved_at - ticket.created_at).max(0) as f64 / 1000.0;
                 app.metrics.answered(&ticket.pipeline, "human", waited);
@@ -694,6 +699,23 @@ async fn feedback(
         .await
         .map_err(unknown)?;
     app.metrics.rated(&record.pipeline, rating, record.cost_usd);
+    let mut view = json!({"request_id": record.id, "rating": rating});
+    if let Some(text) = &correction
+        && let Some(pattern) = learn(app, &record.pipeline, &record.input, text, "correction").await
+    {
+        view["pattern"] = json!({"id": pattern, "learned": record.input});
+    }
+    // A rating of an answer the bank found by similarity counts for or
+    // against the pattern that gave it: a bad one raises its threshold.
+    if let Some(pattern) = record.pattern {
+        let patterns = bank_of(app, &record.pipeline).patterns().clone();
+        if let Some(strictness) = patterns.rate(pattern, rating == "good") {
+            if let Err(error) = app.store.set_strictness(pattern, strictness).await {
+                tracing::error!(%error, pattern, "cannot keep a pattern's strictness");
+            }
+            view["pattern_rated"] = json!({"id": pattern, "strictness": strictness});
+        }
+    }
     let bank = match (&record.remember_key, &correction) {
         (None, _) => "unchanged: the request has no answer-bank key",
         (Some(key), Some(text)) => {
@@ -709,10 +731,38 @@ async fn feedback(
         }
         (Some(_), None) => "unchanged",
     };
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"request_id": record.id, "rating": rating, "answer_bank": bank}),
-    ))
+    view["answer_bank"] = json!(bank);
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+/// Teach `pipeline`'s bank that `question` is answered by `answer`: durable
+/// first, then served. Returns the pattern that learned it.
+async fn learn(
+    app: &App,
+    pipeline: &str,
+    question: &str,
+    answer: &str,
+    source: &str,
+) -> Option<i64> {
+    let stored = app
+        .store
+        .learn_example(
+            pipeline.to_owned(),
+            question.to_owned(),
+            answer.to_owned(),
+            source.to_owned(),
+        )
+        .await;
+    match stored {
+        Ok(stored) => {
+            bank_of(app, pipeline).patterns().learn(&stored);
+            Some(stored.id)
+        }
+        Err(error) => {
+            tracing::error!(%error, pipeline, "cannot learn an approved answer");
+            None
+        }
+    }
 }
 
 /// The feedback dataset as JSON lines, streamed.

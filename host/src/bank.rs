@@ -147,6 +147,8 @@ impl Bank {
 pub struct Banks {
     banks: RwLock<HashMap<String, Arc<Bank>>>,
     patterns: RwLock<HashMap<String, Arc<Patterns>>>,
+    /// The store's bank version the patterns were last loaded at.
+    loaded: std::sync::Mutex<Option<crate::store::BankVersion>>,
 }
 
 impl Banks {
@@ -221,6 +223,50 @@ impl Banks {
         }
         banks.insert(pipeline.to_owned(), Arc::new(fresh));
     }
+}
+
+/// Load the patterns again if the store's have changed since they were
+/// last loaded (an import while the host ran).
+pub async fn reload_patterns(
+    banks: &Banks,
+    manifest: &crate::manifest::Manifest,
+    store: &crate::store::Store,
+) -> anyhow::Result<()> {
+    let version = store.bank_version().await?;
+    if *banks.loaded.lock().unwrap_or_else(|e| e.into_inner()) == Some(version) {
+        return Ok(());
+    }
+    load_patterns(banks, manifest, store).await
+}
+
+/// Load every pipeline's patterns from `store`, fit them (on the blocking
+/// pool) and serve them from `banks`, with the manifest's settings.
+pub async fn load_patterns(
+    banks: &Banks,
+    manifest: &crate::manifest::Manifest,
+    store: &crate::store::Store,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let version = store.bank_version().await?;
+    let stored = store
+        .patterns()
+        .await
+        .context("cannot read the answer bank's patterns")?;
+    for (name, pipeline) in &manifest.pipelines {
+        let mine: Vec<StoredPattern> = stored
+            .iter()
+            .filter(|p| &p.pipeline == name)
+            .cloned()
+            .collect();
+        let max_error = pipeline.answer_bank.max_error;
+        let patterns = tokio::task::spawn_blocking(move || Patterns::fitted(max_error, &mine))
+            .await
+            .context("the fit of the answer bank failed")?;
+        banks.install_patterns(name, Arc::new(patterns));
+        banks.configure(name, &pipeline.answer_bank);
+    }
+    *banks.loaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
+    Ok(())
 }
 
 #[cfg(test)]

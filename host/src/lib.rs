@@ -28,6 +28,8 @@
 //! - [`retention`]: removing records older than `[retention]` keeps;
 //! - [`audit`]: `strata audit`, what every stage may do;
 //! - [`cases`]: golden cases, and the reload gate they make;
+//! - [`import`]: reading files of example questions (CSV, JSON lines);
+//! - [`eval`]: `strata eval`, labelled questions through a pipeline, by layer;
 //! - [`cli`]: the `strata` command line.
 
 pub mod admin;
@@ -38,6 +40,8 @@ pub mod bank;
 pub mod callbacks;
 pub mod cases;
 pub mod cli;
+pub mod eval;
+pub mod import;
 mod imports;
 pub mod jobs;
 pub mod manifest;

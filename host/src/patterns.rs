@@ -252,6 +252,16 @@ impl Patterns {
         self.refit_in_background();
     }
 
+    /// Every pattern's answer with its label (those that have one).
+    pub fn answer_labels(&self) -> Vec<(String, String)> {
+        self.current
+            .load()
+            .answers
+            .values()
+            .filter_map(|a| Some((a.text.clone(), a.label.clone()?)))
+            .collect()
+    }
+
     /// What the model knows and how well it is expected to do.
     pub fn stats(&self) -> strata_patterns::Stats {
         self.current.load().model.stats()

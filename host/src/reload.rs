@@ -463,6 +463,18 @@ fn publish(app: &App, state: &mut State, generation: Generation) {
     // unchanged stage, or everything after a rollback) serve on.
     replaced.set_serving(false);
     generation.set_serving(true);
+    // Patterns imported since (`strata bank import`) are served from now
+    // on; the fit runs in the background and only when the store changed.
+    let (banks, store, manifest) = (
+        app.run.banks.clone(),
+        app.store.clone(),
+        generation.manifest.clone(),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = crate::bank::reload_patterns(&banks, &manifest, &store).await {
+            tracing::error!(error = %format!("{error:#}"), "cannot reload the answer bank");
+        }
+    });
     state.previous = Some(replaced);
 }
 

@@ -398,6 +398,10 @@ pub struct ShadowRecord {
     pub candidate: serde_json::Value,
 }
 
+/// A fingerprint of the answer bank's tables (see [`Store::bank_version`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BankVersion([i64; 4]);
+
 /// One row to import into an answer bank: a question and either its
 /// answer or its label (whose answer comes from a label → answer table).
 #[derive(Debug, Clone, PartialEq)]
@@ -663,6 +667,28 @@ impl Store {
                 )?;
             }
             Ok(removed)
+        })
+        .await
+    }
+
+    /// Where the answer bank's tables stand: changes whenever a pattern or
+    /// an example is added or changed.
+    pub async fn bank_version(&self) -> Result<BankVersion, StoreError> {
+        self.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM examples), (SELECT IFNULL(MAX(id), 0) FROM examples),
+                        (SELECT COUNT(*) FROM patterns),
+                        (SELECT IFNULL(MAX(updated_at), 0) FROM patterns)",
+                [],
+                |row| {
+                    Ok(BankVersion([
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                    ]))
+                },
+            )?)
         })
         .await
     }

@@ -1,4 +1,5 @@
-//! The `strata` command line: `serve`, `check` and `run`.
+//! The `strata` command line: `serve`, `check`, `audit`, `test`, `replay`,
+//! `run`, `bank` and `eval`.
 //!
 //! The binary's `main` calls [`main`]; everything else lives in the library
 //! so that the commands are the same code the tests drive.
@@ -12,6 +13,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use std::sync::Arc;
+
+mod bank;
 
 use crate::audit::{AuditReport, Policy};
 use crate::cases::{CaseFile, FileReport};
@@ -110,6 +113,38 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// The answer bank: import approved answers with examples, or show what
+    /// it knows.
+    Bank {
+        /// What to do.
+        #[command(subcommand)]
+        command: bank::BankCommand,
+    },
+    /// Run labelled questions (CSV: question or text, and label or
+    /// category) through a pipeline without a server: per layer, share
+    /// answered and accuracy; escalations; model calls and cost; the answer
+    /// bank's risk-coverage table. Models are off unless --models.
+    Eval {
+        /// The manifest file.
+        manifest: PathBuf,
+        /// The pipeline.
+        pipeline: String,
+        /// The labelled questions.
+        dataset: PathBuf,
+        /// Which rows.
+        #[command(flatten)]
+        rows: bank::Dataset,
+        /// Let stages call the manifest's model tiers.
+        #[arg(long)]
+        models: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Read the answer bank from this directory instead of the
+        /// manifest's `data_dir`.
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
     /// Run one request through a pipeline, without a server or a store, and
     /// print the result as JSON.
@@ -271,6 +306,21 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             let (manifest, _runtime, generation) = load(&manifest, false).await?;
             write_check_report(&manifest, &generation, out)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Bank { command } => bank::execute(command, out).await,
+        Command::Eval {
+            manifest,
+            pipeline,
+            dataset,
+            rows,
+            models,
+            json,
+            data,
+        } => {
+            bank::eval(
+                &manifest, &pipeline, &dataset, &rows, models, json, data, out,
+            )
+            .await
         }
         Command::Run {
             manifest,

@@ -1,0 +1,220 @@
+//! The answer bank that generalises: patterns imported from files, learned
+//! from reviewers, measured by `strata eval`, and served to paraphrases.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use strata_tests::{SMALL_RUNTIME, TestHost, components, toml_str};
+
+fn strata(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
+        .args(args)
+        .env("STRATA_LOG", "warn")
+        .output()
+        .expect("cannot run strata");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A pipeline whose only stage escalates everything: what the bank learns
+/// is all that is measured.
+fn desk() -> String {
+    format!(
+        "{SMALL_RUNTIME}
+[pipelines.desk]
+answer_bank = {{ max_error = 0.1 }}
+
+[[pipelines.desk.stages]]
+name = \"triage\"
+layer = \"rules\"
+plugin = {}
+grants = [\"config\"]
+config = {{ outcome = \"escalate\", reason = \"a person\" }}
+",
+        toml_str(components::SCRIPTED)
+    )
+}
+
+/// Three intents, each phrased a dozen ways.
+fn questions() -> Vec<(String, &'static str)> {
+    let card = [
+        "where is my new card",
+        "my card has not arrived yet",
+        "when will my card arrive",
+        "how long does the card take to arrive",
+        "still waiting for my card",
+        "card delivery is taking long",
+        "has my card been sent",
+        "i have not received my card",
+        "when does the card come",
+        "my card never arrived",
+        "is my card on its way",
+        "track my card delivery",
+    ];
+    let pin = [
+        "how do i change my pin",
+        "i want a new pin",
+        "can i reset my pin",
+        "change the pin of my card",
+        "where can i change my pin",
+        "update my pin number",
+        "i need to set a different pin",
+        "pin change please",
+        "how to pick a new pin",
+        "can my pin be changed",
+        "modify my pin",
+        "set a new pin on my card",
+    ];
+    let top_up = [
+        "how do i top up my account",
+        "add money to my account",
+        "can i top up with a card",
+        "top up by bank transfer",
+        "ways to add funds",
+        "put money into my account",
+        "how can i load money",
+        "topping up my balance",
+        "add cash to my account",
+        "fund my account",
+        "how to deposit money",
+        "top up options",
+    ];
+    let mut rows = Vec::new();
+    for (texts, label) in [
+        (&card[..], "card_arrival"),
+        (&pin[..], "change_pin"),
+        (&top_up[..], "top_up"),
+    ] {
+        for text in texts {
+            rows.push(((*text).to_owned(), label));
+        }
+    }
+    rows
+}
+
+const ANSWERS: &str = "label,answer
+card_arrival,\"Cards arrive within 5 working days.\"
+change_pin,\"Change your PIN in the app under Card > Security.\"
+top_up,\"Top up by card or bank transfer in the app.\"
+";
+
+#[tokio::test]
+async fn import_then_export_round_trips_and_bad_files_import_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("strata.toml");
+    std::fs::write(&manifest, desk()).unwrap();
+    let manifest = manifest.to_str().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+
+    // A file with bad rows is refused whole, naming them.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "question,answer\nok?,yes\n,missing question\n").unwrap();
+    let (code, _, stderr) = strata(&["bank", "import", manifest, "desk", bad.to_str().unwrap(), "--data", data]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("row 3: the question is empty"), "{stderr}");
+    let (code, stdout, stderr) = strata(&["bank", "stats", manifest, "--json", "--data", data]);
+    assert_eq!(code, 0, "{stderr}");
+    let stats: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(stats["desk"]["stats"]["patterns"], 0, "nothing half-imported");
+
+    // Labels with an answers file.
+    let file = dir.path().join("questions.csv");
+    let mut csv = String::from("text,category\n");
+    for (text, label) in questions() {
+        csv.push_str(&format!("{text},{label}\n"));
+    }
+    std::fs::write(&file, csv).unwrap();
+    let answers = dir.path().join("answers.csv");
+    std::fs::write(&answers, ANSWERS).unwrap();
+    let (code, stdout, stderr) = strata(&[
+        "bank", "import", manifest, "desk", file.to_str().unwrap(),
+        "--answers", answers.to_str().unwrap(), "--data", data,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("3 patterns created") && stdout.contains("36 examples added"), "{stdout}");
+
+    // A reviewer's answers come out of the export and go back in.
+    let host = TestHost::start(&desk()).await;
+    let (_, escalated) = host.ask("desk", "Do you offer savings accounts?").await;
+    let ticket = escalated["ticket"]["id"].as_i64().unwrap();
+    let (status, _) = host
+        .post(
+            &format!("/v1/tickets/{ticket}/resolve"),
+            json!({"answer": "Not yet: savings accounts come next year."}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let export = reqwest::get(format!("{}/v1/feedback/export", host.base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    host.shutdown().await;
+    let exported = dir.path().join("export.jsonl");
+    std::fs::write(&exported, export).unwrap();
+    let (code, stdout, stderr) = strata(&[
+        "bank", "import", manifest, "desk", exported.to_str().unwrap(), "--data", data,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("1 patterns created") && stdout.contains("1 examples added"), "{stdout}");
+    // Importing again adds nothing.
+    let (_, stdout, _) = strata(&[
+        "bank", "import", manifest, "desk", exported.to_str().unwrap(), "--data", data,
+    ]);
+    assert!(stdout.contains("0 examples added, 1 already known"), "{stdout}");
+    let (_, stdout, _) = strata(&["bank", "stats", manifest, "--json", "--data", data]);
+    let stats: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(stats["desk"]["stats"]["patterns"], 4);
+    assert_eq!(stats["desk"]["stats"]["examples"], 37);
+}
+
+#[test]
+fn eval_scores_layers_and_the_bank_on_held_out_questions() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("strata.toml");
+    std::fs::write(&manifest, desk()).unwrap();
+    let manifest = manifest.to_str().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let file = dir.path().join("questions.csv");
+    let mut csv = String::from("text,label\n");
+    for (text, label) in questions() {
+        csv.push_str(&format!("{text},{label}\n"));
+    }
+    std::fs::write(&file, csv).unwrap();
+    let answers = dir.path().join("answers.csv");
+    std::fs::write(&answers, ANSWERS).unwrap();
+    let file = file.to_str().unwrap();
+    let (code, _, stderr) = strata(&[
+        "bank", "import", manifest, "desk", file, "--answers", answers.to_str().unwrap(),
+        "--split", "train", "--held-out", "0.25", "--data", data,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = strata(&[
+        "eval", manifest, "desk", file, "--split", "held-out", "--held-out", "0.25", "--json",
+        "--data", data,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["questions"], 9, "a quarter of each intent held out");
+    assert_eq!(report["escalated"], 9, "the only stage escalates everything");
+    assert_eq!(report["total"]["answered"], 0);
+    // The bank alone, on questions it never saw: its best guesses are
+    // mostly right on this easy set.
+    let coverage = report["bank_risk_coverage"].as_array().unwrap();
+    assert!(!coverage.is_empty(), "{report}");
+    let full = coverage.last().unwrap();
+    assert!(full["accuracy"].as_f64().unwrap() >= 0.6, "{report}");
+
+    // Unlabelled rows cannot be scored.
+    let unlabelled = dir.path().join("u.csv");
+    std::fs::write(&unlabelled, "question,answer\nq,a\n").unwrap();
+    let (code, _, stderr) = strata(&["eval", manifest, "desk", unlabelled.to_str().unwrap(), "--data", data]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("needs a label"), "{stderr}");
+}
