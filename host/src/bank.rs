@@ -27,6 +27,23 @@ pub struct Entry {
     pub approved: bool,
 }
 
+/// The pattern a question matched best (the `cache.lookup` answer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup {
+    /// The pattern's answer text.
+    pub answer: String,
+    /// How strongly the question matches, 0..1.
+    pub score: f64,
+    /// Who produced the answer.
+    pub source: String,
+    /// Whether a person approved it.
+    pub approved: bool,
+    /// The pattern's label, e.g. an intent.
+    pub label: Option<String>,
+    /// Whether the match is trusted under the pipeline's `max_error`.
+    pub trusted: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Expiring {
     entry: Entry,
@@ -113,6 +130,13 @@ impl Bank {
                     approved: true,
                 },
             );
+    }
+
+    /// The pattern that best matches `question`, if any.
+    pub fn lookup(&self, question: &str) -> Option<Lookup> {
+        // PLACEHOLDER: replaced by the learned lookup on merge
+        let _ = question;
+        None
     }
 
     /// Forget an unapproved answer (it was rated bad). Approved answers are
