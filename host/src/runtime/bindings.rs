@@ -40,8 +40,10 @@ pub(crate) mod v0_1 {
         imports: { "strata:pipeline/model": async },
         exports: { default: async },
         // Identical in both versions; sharing the Rust types lets one set of
-        // conversions serve both. Linking `types` needs no definitions, so
-        // the remapping changes nothing at link time.
+        // conversions serve both. `types` holds no functions, so linking it
+        // defines nothing either way, and the linker accepts a component's
+        // types-only `types@0.1.0` import without definitions (the
+        // `wit_versions` tests load such a component).
         with: { "strata:pipeline/types": super::v0_2::strata::pipeline::types },
     });
 }
@@ -204,5 +206,33 @@ impl From<wit::Outcome> for Outcome {
                 message: rejection.message,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Contract;
+
+    #[test]
+    fn a_component_is_read_as_the_version_of_the_stage_it_exports() {
+        let cases: [(&[&str], Option<Contract>); 5] = [
+            (&["strata:pipeline/stage@0.1.0"], Some(Contract::V0_1)),
+            (&["strata:pipeline/stage@0.2.0"], Some(Contract::V0_2)),
+            // Should one component export both, the newest is used.
+            (
+                &["strata:pipeline/stage@0.1.0", "strata:pipeline/stage@0.2.0"],
+                Some(Contract::V0_2),
+            ),
+            (&["strata:pipeline/stage@0.3.0"], None),
+            (&["run"], None),
+        ];
+        for (exports, expected) in cases {
+            assert_eq!(
+                Contract::of_exports(exports.iter().copied()),
+                expected,
+                "{exports:?}"
+            );
+        }
+        assert_eq!(Contract::V0_1.to_string(), "strata:pipeline@0.1.0");
     }
 }
