@@ -27,6 +27,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("clockwork", "tests/components/clockwork"),
     ("counter", "tests/components/counter"),
     ("dialer", "tests/components/dialer"),
+    ("cache-v1", "tests/components/cache-v1"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -65,6 +65,10 @@ pub struct StageAudit {
     pub pinned: bool,
     /// Exports, when the component compiled.
     pub exports: Vec<String>,
+    /// The contract version whose stage it exports, e.g.
+    /// `strata:pipeline@0.1.0`; imports of every version are checked
+    /// against the same grants.
+    pub contract: Option<String>,
     /// Every import, WASI included.
     pub imports: Vec<ImportAudit>,
     /// Grants.
@@ -237,6 +241,9 @@ impl AuditReport {
                 }
             );
             let _ = writeln!(out, "  exports   {}", list(&s.exports));
+            if let Some(contract) = &s.contract {
+                let _ = writeln!(out, "  contract  {contract}");
+            }
             let _ = writeln!(out, "  grants    {}", list(&s.grants));
             let _ = writeln!(
                 out,
@@ -340,6 +347,7 @@ fn audit_version(
         size: plugin.bytes.len(),
         pinned: plugin.pinned,
         exports: Vec::new(),
+        contract: None,
         imports: Vec::new(),
         grants: grants.iter().map(|g| g.as_str().to_owned()).collect(),
         limits: serde_json::json!({
@@ -369,8 +377,12 @@ fn audit_version(
         Err(reason) => audit.broken = Some(format!("not a valid component: {reason}")),
         Ok(facts) => {
             if !facts.is_stage() {
-                audit.broken = Some("does not export strata:pipeline/stage@0.1.0".to_owned());
+                audit.broken = Some(format!(
+                    "does not export {}",
+                    crate::runtime::bindings::STAGE_EXPORT_EXPECTED
+                ));
             }
+            audit.contract = facts.contract().map(|c| c.to_string());
             audit.exports = facts.exports.clone();
             let mut ungranted = Vec::new();
             for import in facts.imports {

@@ -31,7 +31,7 @@ answer_bank = {{ max_error = 0.1 }}
 name = \"triage\"
 layer = \"rules\"
 plugin = {}
-grants = [\"config\"]
+grants = [\"config\", \"log\"]
 config = {{ outcome = \"escalate\", reason = \"a person\" }}
 ",
         toml_str(components::SCRIPTED)
@@ -113,13 +113,24 @@ async fn import_then_export_round_trips_and_bad_files_import_nothing() {
     // A file with bad rows is refused whole, naming them.
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "question,answer\nok?,yes\n,missing question\n").unwrap();
-    let (code, _, stderr) = strata(&["bank", "import", manifest, "desk", bad.to_str().unwrap(), "--data", data]);
+    let (code, _, stderr) = strata(&[
+        "bank",
+        "import",
+        manifest,
+        "desk",
+        bad.to_str().unwrap(),
+        "--data",
+        data,
+    ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("row 3: the question is empty"), "{stderr}");
     let (code, stdout, stderr) = strata(&["bank", "stats", manifest, "--json", "--data", data]);
     assert_eq!(code, 0, "{stderr}");
     let stats: Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(stats["desk"]["stats"]["patterns"], 0, "nothing half-imported");
+    assert_eq!(
+        stats["desk"]["stats"]["patterns"], 0,
+        "nothing half-imported"
+    );
 
     // Labels with an answers file.
     let file = dir.path().join("questions.csv");
@@ -131,11 +142,21 @@ async fn import_then_export_round_trips_and_bad_files_import_nothing() {
     let answers = dir.path().join("answers.csv");
     std::fs::write(&answers, ANSWERS).unwrap();
     let (code, stdout, stderr) = strata(&[
-        "bank", "import", manifest, "desk", file.to_str().unwrap(),
-        "--answers", answers.to_str().unwrap(), "--data", data,
+        "bank",
+        "import",
+        manifest,
+        "desk",
+        file.to_str().unwrap(),
+        "--answers",
+        answers.to_str().unwrap(),
+        "--data",
+        data,
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("3 patterns created") && stdout.contains("36 examples added"), "{stdout}");
+    assert!(
+        stdout.contains("3 patterns created") && stdout.contains("36 examples added"),
+        "{stdout}"
+    );
 
     // A reviewer's answers come out of the export and go back in.
     let host = TestHost::start(&desk()).await;
@@ -158,15 +179,33 @@ async fn import_then_export_round_trips_and_bad_files_import_nothing() {
     let exported = dir.path().join("export.jsonl");
     std::fs::write(&exported, export).unwrap();
     let (code, stdout, stderr) = strata(&[
-        "bank", "import", manifest, "desk", exported.to_str().unwrap(), "--data", data,
+        "bank",
+        "import",
+        manifest,
+        "desk",
+        exported.to_str().unwrap(),
+        "--data",
+        data,
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("1 patterns created") && stdout.contains("1 examples added"), "{stdout}");
+    assert!(
+        stdout.contains("1 patterns created") && stdout.contains("1 examples added"),
+        "{stdout}"
+    );
     // Importing again adds nothing.
     let (_, stdout, _) = strata(&[
-        "bank", "import", manifest, "desk", exported.to_str().unwrap(), "--data", data,
+        "bank",
+        "import",
+        manifest,
+        "desk",
+        exported.to_str().unwrap(),
+        "--data",
+        data,
     ]);
-    assert!(stdout.contains("0 examples added, 1 already known"), "{stdout}");
+    assert!(
+        stdout.contains("0 examples added, 1 already known"),
+        "{stdout}"
+    );
     let (_, stdout, _) = strata(&["bank", "stats", manifest, "--json", "--data", data]);
     let stats: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(stats["desk"]["stats"]["patterns"], 4);
@@ -191,18 +230,41 @@ fn eval_scores_layers_and_the_bank_on_held_out_questions() {
     std::fs::write(&answers, ANSWERS).unwrap();
     let file = file.to_str().unwrap();
     let (code, _, stderr) = strata(&[
-        "bank", "import", manifest, "desk", file, "--answers", answers.to_str().unwrap(),
-        "--split", "train", "--held-out", "0.25", "--data", data,
+        "bank",
+        "import",
+        manifest,
+        "desk",
+        file,
+        "--answers",
+        answers.to_str().unwrap(),
+        "--split",
+        "train",
+        "--held-out",
+        "0.25",
+        "--data",
+        data,
     ]);
     assert_eq!(code, 0, "{stderr}");
     let (code, stdout, stderr) = strata(&[
-        "eval", manifest, "desk", file, "--split", "held-out", "--held-out", "0.25", "--json",
-        "--data", data,
+        "eval",
+        manifest,
+        "desk",
+        file,
+        "--split",
+        "held-out",
+        "--held-out",
+        "0.25",
+        "--json",
+        "--data",
+        data,
     ]);
     assert_eq!(code, 0, "{stderr}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["questions"], 9, "a quarter of each intent held out");
-    assert_eq!(report["escalated"], 9, "the only stage escalates everything");
+    assert_eq!(
+        report["escalated"], 9,
+        "the only stage escalates everything"
+    );
     assert_eq!(report["total"]["answered"], 0);
     // The bank alone, on questions it never saw: its best guesses are
     // mostly right on this easy set.
@@ -214,7 +276,14 @@ fn eval_scores_layers_and_the_bank_on_held_out_questions() {
     // Unlabelled rows cannot be scored.
     let unlabelled = dir.path().join("u.csv");
     std::fs::write(&unlabelled, "question,answer\nq,a\n").unwrap();
-    let (code, _, stderr) = strata(&["eval", manifest, "desk", unlabelled.to_str().unwrap(), "--data", data]);
+    let (code, _, stderr) = strata(&[
+        "eval",
+        manifest,
+        "desk",
+        unlabelled.to_str().unwrap(),
+        "--data",
+        data,
+    ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("needs a label"), "{stderr}");
 }

@@ -33,7 +33,7 @@ fn check_prints_every_stage_with_digest_imports_and_grants() {
     }
     assert!(stdout.contains("digest    sha256:"), "{stdout}");
     assert!(
-        stdout.contains("strata:pipeline/config@0.1.0 (grant \"config\")"),
+        stdout.contains("strata:pipeline/config@0.2.0 (grant \"config\")"),
         "{stdout}"
     );
     assert!(stdout.contains("grants    config"), "{stdout}");

@@ -658,7 +658,7 @@ async fn the_audit_log_records_capability_changes() {
     assert_eq!(change["grants_added"], json!(["log"]));
     assert_eq!(
         change["imports_added"],
-        json!(["strata:pipeline/log@0.1.0"])
+        json!(["strata:pipeline/log@0.2.0"])
     );
     assert_eq!(change["settings_changed"], true);
     assert_ne!(change["old_digest"], change["new_digest"]);

@@ -59,7 +59,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         message,
         "$DIR/strata.toml: unknown field `lisen`, expected one of `listen`, `data_dir`, `server`, \
-         `runtime`, `admin`, `reload`, `models`, `async`, `callbacks`, `pipelines`"
+         `runtime`, `admin`, `reload`, `models`, `async`, `callbacks`, `retention`, `pipelines`"
     );
 }
 
@@ -197,7 +197,7 @@ fn component_without_the_stage_export() {
     assert_eq!(
         message,
         "$DIR/strata.toml: pipeline \"support\", stage \"only\", key \"plugin\": \
-         $GUESTS/not_a_stage.wasm does not export strata:pipeline/stage@0.1.0 (it exports run)"
+         $GUESTS/not_a_stage.wasm does not export strata:pipeline/stage@0.2.0 or @0.1.0 (it exports run)"
     );
 }
 
@@ -230,7 +230,7 @@ fn every_ungranted_import_is_listed() {
         message,
         "$DIR/strata.toml: pipeline \"support\", stage \"only\", key \"plugin\": \
          $GUESTS/reads_file.wasm imports what the stage is not granted: \
-         strata:pipeline/log@0.1.0 (needs grant \"log\"), \
+         strata:pipeline/log@0.2.0 (needs grant \"log\"), \
          wasi:filesystem/types@0.2.6 (needs grant \"wasi:filesystem\"), \
          wasi:filesystem/preopens@0.2.6 (needs grant \"wasi:filesystem\")"
     );
@@ -241,7 +241,7 @@ fn granting_one_interface_does_not_grant_another() {
     let (_, message) = refusal(&one_stage(components::SCRIPTED, "grants = [\"log\"]"));
     assert!(
         message.ends_with(
-            "imports what the stage is not granted: strata:pipeline/config@0.1.0 (needs grant \
+            "imports what the stage is not granted: strata:pipeline/config@0.2.0 (needs grant \
              \"config\")"
         ),
         "{message}"
@@ -352,7 +352,7 @@ fn invalid_values() {
         ),
         (
             "[async]\nqueue = 10\nthreads = 2\n".to_owned() + &stage(""),
-            "unknown field `threads`, expected `queue` or `workers`",
+            "unknown field `threads`, expected one of `queue`, `workers`, `max_runs`",
         ),
         (
             "[callbacks]\nallow = [\"https://hooks.example.com/x\"]\n".to_owned() + &stage(""),

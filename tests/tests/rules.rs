@@ -43,7 +43,7 @@ fn strata_test_passes_the_demo_and_catches_a_changed_rule_with_a_diff() {
     let (code, stdout, stderr) = strata(&["test", path]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stdout.contains("22 cases in 5 files: all passed"),
+        stdout.contains("25 cases in 5 files: all passed"),
         "{stdout}"
     );
 
@@ -108,7 +108,7 @@ async fn the_reload_gate_refuses_a_stage_or_candidate_that_fails_its_cases() {
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.starts_with("golden cases failed:"), "{message}");
     assert!(
-        message.contains("pipeline \"support\" stage \"faq\" fails 1 of 6 golden cases"),
+        message.contains("pipeline \"support\" stage \"faq\" fails 1 of 9 golden cases"),
         "{message}"
     );
     assert!(message.contains("\"pin change\""), "{message}");

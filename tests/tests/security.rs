@@ -270,7 +270,7 @@ plugin = {}
         "{text}"
     );
     assert!(
-        text.contains("! strata:pipeline/log@0.1.0 (needs grant \"log\", not granted)"),
+        text.contains("! strata:pipeline/log@0.2.0 (needs grant \"log\", not granted)"),
         "{text}"
     );
     assert!(
@@ -298,7 +298,7 @@ plugin = {}
     assert_eq!(report["passes"], false);
     let stages = report["stages"].as_array().unwrap();
     assert_eq!(stages[0]["breaks"], json!([]));
-    assert_eq!(stages[0]["exports"], json!(["strata:pipeline/stage@0.1.0"]));
+    assert_eq!(stages[0]["exports"], json!(["strata:pipeline/stage@0.2.0"]));
     assert_eq!(
         stages[1]["breaks"],
         json!(["ungranted", "unpinned", "no-limits"])
@@ -323,7 +323,7 @@ plugin = {}
     let (code, text, _) = strata(&["audit", manifest]);
     assert_eq!(code, 1, "{text}");
     assert!(
-        text.contains("BROKEN    does not export strata:pipeline/stage@0.1.0"),
+        text.contains("BROKEN    does not export strata:pipeline/stage@0.2.0 or @0.1.0"),
         "{text}"
     );
 }

@@ -27,7 +27,7 @@ on_error = \"skip\"
 name = \"answer\"
 layer = \"generation\"
 plugin = {scripted}
-grants = [\"config\"]
+grants = [\"config\", \"log\"]
 config = {{ outcome = \"respond\", answer = \"{answer}\", confidence = 0.9 }}
 ",
         bank = toml_str(components::ANSWER_BANK),
@@ -173,7 +173,7 @@ on_error = \"skip\"
 name = \"triage\"
 layer = \"rules\"
 plugin = {scripted}
-grants = [\"config\"]
+grants = [\"config\", \"log\"]
 config = {{ outcome = \"escalate\", reason = \"a person\" }}
 ",
         bank = toml_str(components::ANSWER_BANK),
@@ -212,7 +212,7 @@ async fn feedback_the_actor_comes_from_the_token_never_from_the_body() {
 name = \"triage\"
 layer = \"rules\"
 plugin = {}
-grants = [\"config\"]
+grants = [\"config\", \"log\"]
 config = {{ outcome = \"escalate\", reason = \"a person\" }}
 ",
         toml_str(components::SCRIPTED)
@@ -319,7 +319,7 @@ workers = 1
 name = \"spin\"
 layer = \"rules\"
 plugin = {misbehave}
-grants = [\"config\"]
+grants = [\"config\", \"log\"]
 on_error = \"skip\"
 limits = {{ timeout_ms = 3000 }}
 config = {{ mode = \"loop\" }}
@@ -329,7 +329,7 @@ config = {{ mode = \"loop\" }}
 name = \"quick\"
 layer = \"rules\"
 plugin = {scripted}
-grants = [\"config\"]
+grants = [\"config\", \"log\"]
 config = {{ outcome = \"respond\", answer = \"ok\" }}
 {extra}",
         misbehave = toml_str(components::MISBEHAVE),
@@ -394,7 +394,7 @@ reuse = {{ max_uses = 1000, max_idle = 1 }}
 name = \"quick\"
 layer = \"rules\"
 plugin = {scripted}
-grants = [\"config\"]
+grants = [\"config\", \"log\"]
 config = {{ outcome = \"respond\", answer = \"{answer}\" }}
 ",
         counter = toml_str(components::COUNTER),
@@ -523,7 +523,7 @@ async fn bounded_growth_records_past_their_retention_are_removed_and_open_work_i
 name = \"triage\"
 layer = \"rules\"
 plugin = {}
-grants = [\"config\"]
+grants = [\"config\", \"log\"]
 config = {{ outcome = \"respond\", answer = \"ok\" }}
 
 [pipelines.desk]
@@ -531,7 +531,7 @@ config = {{ outcome = \"respond\", answer = \"ok\" }}
 name = \"triage\"
 layer = \"rules\"
 plugin = {}
-grants = [\"config\"]
+grants = [\"config\", \"log\"]
 config = {{ outcome = \"escalate\", reason = \"a person\" }}
 ",
         toml_str(components::SCRIPTED),
@@ -627,7 +627,7 @@ allow = [\"127.0.0.1:9\"]
 name = \"answer\"
 layer = \"rules\"
 plugin = {}
-grants = [\"config\"]
+grants = [\"config\", \"log\"]
 config = {{ outcome = \"respond\", answer = \"ok\" }}
 ",
         toml_str(components::SCRIPTED)

@@ -409,6 +409,7 @@ fn write_check_report(
                     " (not pinned)"
                 }
             )?;
+            writeln!(out, "     contract  {}", stage.live.contract)?;
             let grants: Vec<&str> = spec.grants.iter().map(|g| g.as_str()).collect();
             writeln!(
                 out,

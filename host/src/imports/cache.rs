@@ -1,14 +1,20 @@
-//! `strata:pipeline/cache`: the pipeline's answer bank (see [`crate::bank`]).
+//! `strata:pipeline/cache`: the pipeline's answer bank (see [`crate::bank`]):
+//! answers under keys, and (since 0.2.0) patterns matched by similarity.
 
 use std::time::Duration;
 
 use crate::runtime::StageState;
-use crate::runtime::bindings::strata::pipeline::cache::{Entry, Host};
+use crate::runtime::bindings::v0_2::strata::pipeline::cache::{Entry, Host, PatternMatch};
 
 /// The longest key a stage may use.
 const MAX_KEY_BYTES: usize = 1024;
 /// The longest answer a stage may store.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The longest question `lookup` searches for. A longer one is not a
+/// customer's question; searching it would only cost the host time, so it
+/// gets `none` (the contract promises this bound to plugin authors).
+const MAX_QUESTION_BYTES: usize = 16 * 1024;
 
 impl Host for StageState {
     fn get(&mut self, key: String) -> Option<Entry> {
@@ -57,5 +63,34 @@ impl Host for StageState {
         if key.len() <= MAX_KEY_BYTES {
             self.effects.remember_key = Some(key);
         }
+    }
+
+    fn lookup(&mut self, question: String) -> Option<PatternMatch> {
+        let bank = self.services.bank.as_ref()?;
+        let searchable = !question.trim().is_empty() && question.len() <= MAX_QUESTION_BYTES;
+        let found = if searchable {
+            bank.lookup(&question)
+        } else {
+            None
+        };
+        // Only a trusted match is a hit: an untrusted one is a guess the
+        // bank cannot answer with, so the hit rate keeps meaning "traffic
+        // the bank could absorb".
+        if found.as_ref().is_some_and(|m| m.trusted) {
+            self.effects.cache_hits += 1;
+        } else {
+            self.effects.cache_misses += 1;
+        }
+        // Kept so that a rating of the answer the stage gives from this
+        // match counts for or against the pattern.
+        self.effects.pattern = found.as_ref().filter(|m| m.trusted).map(|m| m.pattern);
+        found.map(|m| PatternMatch {
+            answer: m.answer,
+            score: m.score,
+            source: m.source,
+            approved: m.approved,
+            label: m.label,
+            trusted: m.trusted,
+        })
     }
 }

@@ -2,7 +2,7 @@
 //! manifest, and nothing else.
 
 use crate::runtime::StageState;
-use crate::runtime::bindings::strata::pipeline::config::Host;
+use crate::runtime::bindings::v0_2::strata::pipeline::config::Host;
 
 impl Host for StageState {
     fn get(&mut self, key: String) -> Option<String> {

@@ -3,7 +3,7 @@
 //! cannot flood the log.
 
 use crate::runtime::StageState;
-use crate::runtime::bindings::strata::pipeline::log::{Host, Level};
+use crate::runtime::bindings::v0_2::strata::pipeline::log::{Host, Level};
 
 /// The most lines one invocation may log; later lines are counted, not logged.
 pub(crate) const MAX_LINES: u32 = 256;

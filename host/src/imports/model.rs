@@ -2,7 +2,7 @@
 
 use crate::model::{CompletionRequest, ModelError};
 use crate::runtime::StageState;
-use crate::runtime::bindings::strata::pipeline::model::{
+use crate::runtime::bindings::v0_2::strata::pipeline::model::{
     Completion, CompletionRequest as WitRequest, Host, ModelError as WitError,
 };
 

@@ -1,19 +1,166 @@
-//! Host bindings for the `strata:pipeline` WIT package, generated in one
-//! place, and the conversions between them and the host's own types.
+//! Host bindings for every supported version of the `strata:pipeline` WIT
+//! package, generated in one place, and the conversions between them and the
+//! host's own types.
+//!
+//! Each version gets its own `bindgen!` over its own package text: `v0_2`
+//! over `wit/` (the current contract), `v0_1` over the frozen `wit/0.1.0/`.
+//! Both are linked into the one linker; a component picks its version by the
+//! `stage` it exports ([`Contract::of_exports`]) and is pre-instantiated with
+//! that version's bindings.
+//!
+//! The `types` interface is the same in both versions, so `v0_1` reuses the
+//! `v0_2` Rust types through `with:` and the request and outcome conversions
+//! below serve both. The host interfaces (`log`, `config`, `cache`, `model`)
+//! cannot be shared that way: a `with:`-remapped interface is linked under
+//! the name of the version it was generated for, so `v0_1` has its own
+//! traits and records, and `crate::imports::v0_1` serves them by delegating
+//! to the current implementation.
 
+use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::{AsContextMut, Result};
+
+use super::StageState;
 use crate::request::{Outcome, Request};
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "plugin",
-    imports: { "strata:pipeline/model": async },
-    exports: { default: async },
-});
+/// `strata:pipeline@0.2.0`, the current contract (`wit/pipeline.wit`).
+pub(crate) mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+        imports: { "strata:pipeline/model": async },
+        exports: { default: async },
+    });
+}
 
-pub(crate) use self::strata::pipeline::types as wit;
+/// `strata:pipeline@0.1.0`, frozen (`wit/0.1.0/pipeline.wit`).
+pub(crate) mod v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
+        world: "plugin",
+        imports: { "strata:pipeline/model": async },
+        exports: { default: async },
+        // Identical in both versions; sharing the Rust types lets one set of
+        // conversions serve both. `types` holds no functions, so linking it
+        // defines nothing either way, and the linker accepts a component's
+        // types-only `types@0.1.0` import without definitions (the
+        // `wit_versions` tests load such a component).
+        with: { "strata:pipeline/types": super::v0_2::strata::pipeline::types },
+    });
+}
 
-/// The export every stage must provide.
-pub(crate) const STAGE_EXPORT: &str = "strata:pipeline/stage@0.1.0";
+pub(crate) use self::v0_2::strata::pipeline::types as wit;
+
+/// A version of the contract a stage can be built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `strata:pipeline@0.1.0`.
+    V0_1,
+    /// `strata:pipeline@0.2.0`.
+    V0_2,
+}
+
+/// The stage export of each supported version, newest first.
+const STAGE_EXPORTS: [(&str, Contract); 2] = [
+    ("strata:pipeline/stage@0.2.0", Contract::V0_2),
+    ("strata:pipeline/stage@0.1.0", Contract::V0_1),
+];
+
+/// What a stage must export, for error messages.
+pub(crate) const STAGE_EXPORT_EXPECTED: &str = "strata:pipeline/stage@0.2.0 or @0.1.0";
+
+impl Contract {
+    /// The version whose `stage` a component exports (the newest, should it
+    /// export more than one), or `None` when it is not a stage.
+    pub fn of_exports<'a>(exports: impl IntoIterator<Item = &'a str>) -> Option<Contract> {
+        let exports: Vec<&str> = exports.into_iter().collect();
+        STAGE_EXPORTS
+            .iter()
+            .find(|(name, _)| exports.contains(name))
+            .map(|&(_, contract)| contract)
+    }
+
+    /// The version number, e.g. `0.2.0`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        }
+    }
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "strata:pipeline@{}", self.version())
+    }
+}
+
+/// Link the host side of every supported version into `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<StageState>) -> Result<()> {
+    v0_2::Plugin::add_to_linker::<_, HasSelf<_>>(linker, |state: &mut StageState| state)?;
+    v0_1::Plugin::add_to_linker::<_, HasSelf<_>>(linker, |state: &mut StageState| state)?;
+    Ok(())
+}
+
+/// A stage component pre-instantiated with its version's bindings.
+pub(crate) enum StagePre<T: 'static> {
+    /// Built against 0.1.0.
+    V0_1(v0_1::PluginPre<T>),
+    /// Built against 0.2.0.
+    V0_2(v0_2::PluginPre<T>),
+}
+
+impl<T: Send + 'static> StagePre<T> {
+    /// Check `pre` against `contract`'s world and keep its export indices.
+    pub(crate) fn new(contract: Contract, pre: InstancePre<T>) -> Result<StagePre<T>> {
+        Ok(match contract {
+            Contract::V0_1 => StagePre::V0_1(v0_1::PluginPre::new(pre)?),
+            Contract::V0_2 => StagePre::V0_2(v0_2::PluginPre::new(pre)?),
+        })
+    }
+
+    /// A fresh instance, ready to handle requests.
+    pub(crate) async fn instantiate_async(
+        &self,
+        store: impl AsContextMut<Data = T>,
+    ) -> Result<StageInstance> {
+        Ok(match self {
+            StagePre::V0_1(pre) => StageInstance::V0_1(pre.instantiate_async(store).await?),
+            StagePre::V0_2(pre) => StageInstance::V0_2(pre.instantiate_async(store).await?),
+        })
+    }
+}
+
+/// An instantiated stage of either version.
+pub(crate) enum StageInstance {
+    /// Built against 0.1.0.
+    V0_1(v0_1::Plugin),
+    /// Built against 0.2.0.
+    V0_2(v0_2::Plugin),
+}
+
+impl StageInstance {
+    /// Call the stage's `handle`.
+    pub(crate) async fn handle<S: AsContextMut<Data: Send>>(
+        &self,
+        store: S,
+        request: &wit::Request,
+    ) -> Result<wit::Outcome> {
+        match self {
+            StageInstance::V0_1(plugin) => {
+                plugin
+                    .strata_pipeline_stage()
+                    .call_handle(store, request)
+                    .await
+            }
+            StageInstance::V0_2(plugin) => {
+                plugin
+                    .strata_pipeline_stage()
+                    .call_handle(store, request)
+                    .await
+            }
+        }
+    }
+}
 
 impl From<&Request> for wit::Request {
     fn from(request: &Request) -> Self {
@@ -59,5 +206,33 @@ impl From<wit::Outcome> for Outcome {
                 message: rejection.message,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Contract;
+
+    #[test]
+    fn a_component_is_read_as_the_version_of_the_stage_it_exports() {
+        let cases: [(&[&str], Option<Contract>); 5] = [
+            (&["strata:pipeline/stage@0.1.0"], Some(Contract::V0_1)),
+            (&["strata:pipeline/stage@0.2.0"], Some(Contract::V0_2)),
+            // Should one component export both, the newest is used.
+            (
+                &["strata:pipeline/stage@0.1.0", "strata:pipeline/stage@0.2.0"],
+                Some(Contract::V0_2),
+            ),
+            (&["strata:pipeline/stage@0.3.0"], None),
+            (&["run"], None),
+        ];
+        for (exports, expected) in cases {
+            assert_eq!(
+                Contract::of_exports(exports.iter().copied()),
+                expected,
+                "{exports:?}"
+            );
+        }
+        assert_eq!(Contract::V0_1.to_string(), "strata:pipeline@0.1.0");
     }
 }

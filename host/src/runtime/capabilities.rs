@@ -28,6 +28,9 @@ pub enum ImportRule {
 impl ImportRule {
     /// Classify an import by its full name, e.g. `wasi:cli/stdout@0.2.6`.
     pub fn of(import: &str) -> ImportRule {
+        // The version is dropped: a grant covers an interface in every
+        // contract version the host links (`strata:pipeline/cache@0.1.0`
+        // and `@0.2.0` alike).
         let interface = import.split_once('@').map_or(import, |(name, _)| name);
         match interface {
             "strata:pipeline/types" => ImportRule::Types,
@@ -71,6 +74,30 @@ mod tests {
             ("strata:pipeline/log@0.1.0", ImportRule::Grant(Grant::Log)),
             (
                 "strata:pipeline/config@0.1.0",
+                ImportRule::Grant(Grant::Config),
+            ),
+            // Every contract version is classified alike: one grant covers
+            // an interface in all of them.
+            ("strata:pipeline/types@0.2.0", ImportRule::Types),
+            (
+                "strata:pipeline/cache@0.1.0",
+                ImportRule::Grant(Grant::Cache),
+            ),
+            (
+                "strata:pipeline/cache@0.2.0",
+                ImportRule::Grant(Grant::Cache),
+            ),
+            (
+                "strata:pipeline/model@0.1.0",
+                ImportRule::Grant(Grant::Model),
+            ),
+            (
+                "strata:pipeline/model@0.2.0",
+                ImportRule::Grant(Grant::Model),
+            ),
+            ("strata:pipeline/log@0.2.0", ImportRule::Grant(Grant::Log)),
+            (
+                "strata:pipeline/config@0.2.0",
                 ImportRule::Grant(Grant::Config),
             ),
             ("wasi:cli/stdout@0.2.6", ImportRule::Baseline),

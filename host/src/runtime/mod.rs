@@ -12,6 +12,7 @@
 //! guest does can take the process down.
 
 pub(crate) mod bindings;
+pub use self::bindings::Contract;
 pub mod capabilities;
 mod limits;
 
@@ -29,7 +30,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use self::bindings::{PluginPre, STAGE_EXPORT};
+use self::bindings::{STAGE_EXPORT_EXPECTED, StageInstance, StagePre};
 use self::capabilities::ImportRule;
 use self::limits::StageLimiter;
 use crate::manifest::{
@@ -122,11 +123,9 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
-        bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
-            &mut linker,
-            |state: &mut StageState| state,
-        )
-        .map_err(anyhow::Error::from)?;
+        // Every supported contract version, side by side: a component built
+        // against an older one links to the same host code it always did.
+        bindings::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
 
         Ok(Runtime {
             engine,
@@ -182,13 +181,13 @@ impl Runtime {
             .exports(&self.engine)
             .map(|(n, _)| n.to_owned())
             .collect();
-        if !exports.iter().any(|e| e == STAGE_EXPORT) {
+        let Some(contract) = Contract::of_exports(exports.iter().map(String::as_str)) else {
             return Err(fail(ManifestErrorKind::MissingExport {
                 path,
-                expected: STAGE_EXPORT,
+                expected: STAGE_EXPORT_EXPECTED,
                 found: exports,
             }));
-        }
+        };
 
         let mut imports = Vec::new();
         let mut ungranted = Vec::new();
@@ -227,7 +226,7 @@ impl Runtime {
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .and_then(PluginPre::new)
+            .and_then(|pre| StagePre::new(contract, pre))
             .map_err(|e| {
                 fail(ManifestErrorKind::Link {
                     path: path.clone(),
@@ -243,6 +242,7 @@ impl Runtime {
             }),
             spec: spec.clone(),
             digest: spec.plugin.digest(),
+            contract,
             imports,
             exports,
             pre,
@@ -343,8 +343,7 @@ impl Runtime {
                     .map_err(|e| (true, e))?,
             };
             let outcome = instance
-                .strata_pipeline_stage()
-                .call_handle(&mut store, &request.into())
+                .handle(&mut store, &request.into())
                 .await
                 .map_err(|e| (false, e))?;
             Ok((instance, outcome))
@@ -538,7 +537,7 @@ fn prepare(
 /// slot it holds.
 struct Idle {
     store: Store<StageState>,
-    instance: bindings::Plugin,
+    instance: StageInstance,
     slot: tokio::sync::OwnedSemaphorePermit,
     uses: u32,
 }
@@ -719,12 +718,14 @@ pub struct LoadedStage {
     pub spec: StageSpec,
     /// `sha256:<hex>` of the component.
     pub digest: String,
+    /// The contract version the component was built against.
+    pub contract: Contract,
     /// The component's imports (types-only interfaces left out) and how each
     /// is satisfied.
     pub imports: Vec<ImportInfo>,
     /// The component's exports.
     pub exports: Vec<String>,
-    pre: PluginPre<StageState>,
+    pre: StagePre<StageState>,
     context: Arc<StageContext>,
     reuse: Option<ReusePool>,
 }
@@ -740,9 +741,14 @@ pub struct ComponentFacts {
 }
 
 impl ComponentFacts {
-    /// Whether it exports the stage interface.
+    /// Whether it exports the stage interface of a supported version.
     pub fn is_stage(&self) -> bool {
-        self.exports.iter().any(|e| e == STAGE_EXPORT)
+        self.contract().is_some()
+    }
+
+    /// The contract version whose stage it exports.
+    pub fn contract(&self) -> Option<Contract> {
+        Contract::of_exports(self.exports.iter().map(String::as_str))
     }
 }
 

@@ -23,6 +23,10 @@
 //! [`log`] needs no `log` grant, one that never calls [`config`] needs no
 //! `config` grant. The contract itself is `wit/pipeline.wit`, which documents
 //! every type below.
+//!
+//! The SDK targets `strata:pipeline@0.2.0`, so a stage built with it needs a
+//! host that links 0.2.0. Stages built with an older SDK (0.1.0) keep
+//! loading: the host links every version.
 
 /// Generated bindings for the `strata:pipeline` package. Stage authors use
 /// the re-exports at the crate root instead.
@@ -159,7 +163,7 @@ pub mod config {
 /// The pipeline's answer bank (needs the `cache` grant).
 pub mod cache {
     use crate::bindings::strata::pipeline::cache;
-    pub use crate::bindings::strata::pipeline::cache::Entry;
+    pub use crate::bindings::strata::pipeline::cache::{Entry, PatternMatch};
 
     /// The answer remembered under `key`.
     pub fn get(key: &str) -> Option<Entry> {
@@ -176,6 +180,16 @@ pub mod cache {
     /// when a later layer (or a reviewer) answers it.
     pub fn remember_as(key: &str) {
         cache::remember_as(key);
+    }
+
+    /// The approved pattern that best matches `question` (usually the
+    /// request's input), by similarity rather than exact text. Answer with
+    /// it only when [`PatternMatch::trusted`] is set: the host sets it when
+    /// the match keeps the pipeline within its error budget. `None` when
+    /// nothing matches, the bank has no patterns yet, or the question is
+    /// empty or over 16 KiB.
+    pub fn lookup(question: &str) -> Option<PatternMatch> {
+        cache::lookup(question)
     }
 }
 
