@@ -123,6 +123,8 @@ fn metrics(app: &App) -> Response {
     // Burn rates are computed now, so a scrape sees them as of now.
     let generation = app.current.load_full();
     for (name, pipeline) in &generation.pipelines {
+        let bank = app.run.banks.bank(name, &pipeline.answer_bank);
+        app.metrics.answer_bank(name, &bank.patterns().stats());
         let series = app
             .ops
             .budgets

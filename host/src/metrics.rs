@@ -15,6 +15,10 @@
 //! | `strata_slo_burn_rate` | pipeline, window | error-budget burn rate per alert window (`long:3600s`, `short:300s`, ...) |
 //! | `strata_slo_alert_firing` | pipeline, window | 1 when both windows of an alert burn past its threshold |
 //! | `strata_cache_lookups_total` | pipeline, result | answer-bank hits and misses |
+//! | `strata_pattern_lookups_total` | pipeline, result | `lookup` by similarity: trusted, untrusted (refused: under its calibrated threshold), no_match |
+//! | `strata_answer_bank_estimated_precision` | pipeline | precision of trusted matches, estimated by cross-validation on the approved examples |
+//! | `strata_answer_bank_estimated_coverage` | pipeline | share of held-out examples the calibrated threshold trusts |
+//! | `strata_answer_bank_examples` | pipeline | approved example questions |
 //! | `strata_model_calls_total` | pipeline, tier, result | provider attempts |
 //! | `strata_model_tokens_total` | pipeline, tier, direction | tokens providers reported, input and output |
 //! | `strata_model_cost_usd_total` | pipeline, tier | cost from reported usage and tier prices |
@@ -222,6 +226,10 @@ pub struct Metrics {
     model_cost: Family<TierLabels, Counter<f64, AtomicU64>>,
     request_cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     cache_lookups: Family<LookupLabels, Counter>,
+    pattern_lookups: Family<LookupLabels, Counter>,
+    bank_precision: Family<PipelineLabels, Gauge<f64, AtomicU64>>,
+    bank_coverage: Family<PipelineLabels, Gauge<f64, AtomicU64>>,
+    bank_examples: Family<PipelineLabels, Gauge>,
     async_pending: Gauge,
     async_refused: Family<PipelineLabels, Counter>,
     callback_deliveries: Family<DeliveryLabels, Counter>,
@@ -344,6 +352,30 @@ impl Metrics {
             "Answer-bank lookups",
             cache_lookups.clone(),
         );
+        let pattern_lookups = Family::default();
+        registry.register(
+            "pattern_lookups",
+            "Answer-bank lookups by similarity, by result",
+            pattern_lookups.clone(),
+        );
+        let bank_precision = Family::default();
+        registry.register(
+            "answer_bank_estimated_precision",
+            "Estimated precision of trusted answer-bank matches",
+            bank_precision.clone(),
+        );
+        let bank_coverage = Family::default();
+        registry.register(
+            "answer_bank_estimated_coverage",
+            "Estimated share of questions the answer bank trusts",
+            bank_coverage.clone(),
+        );
+        let bank_examples = Family::default();
+        registry.register(
+            "answer_bank_examples",
+            "Approved example questions in the answer bank",
+            bank_examples.clone(),
+        );
         let async_pending = Gauge::default();
         registry.register(
             "async_pending",
@@ -373,6 +405,10 @@ impl Metrics {
             model_cost,
             request_cost,
             cache_lookups,
+            pattern_lookups,
+            bank_precision,
+            bank_coverage,
+            bank_examples,
             registry,
             requests,
             answers,
@@ -387,6 +423,22 @@ impl Metrics {
             burn_rate,
             alert_firing,
         }
+    }
+
+    /// Set the answer bank's calibrated estimates for `pipeline`.
+    pub fn answer_bank(&self, pipeline: &str, stats: &strata_patterns::Stats) {
+        let labels = PipelineLabels {
+            pipeline: pipeline.to_owned(),
+        };
+        self.bank_precision
+            .get_or_create(&labels)
+            .set(stats.classifier.precision);
+        self.bank_coverage
+            .get_or_create(&labels)
+            .set(stats.classifier.coverage);
+        self.bank_examples
+            .get_or_create(&labels)
+            .set(stats.examples as i64);
     }
 
     /// Count a finished pipeline run that took `seconds`. For a
@@ -462,6 +514,21 @@ impl Metrics {
                         tier: call.tier.clone(),
                     })
                     .inc_by(call.cost_usd);
+            }
+            let [trusted, untrusted, none] = run.pattern_lookups;
+            for (result, count) in [
+                ("trusted", trusted),
+                ("untrusted", untrusted),
+                ("no_match", none),
+            ] {
+                if count > 0 {
+                    self.pattern_lookups
+                        .get_or_create(&LookupLabels {
+                            pipeline: pipeline.to_owned(),
+                            result: result.to_owned(),
+                        })
+                        .inc_by(u64::from(count));
+                }
             }
             for (result, count) in [("hit", run.cache_hits), ("miss", run.cache_misses)] {
                 if count > 0 {

@@ -157,13 +157,19 @@ impl Patterns {
     /// Learn `stored` (a new pattern, or new examples or a new answer of a
     /// known one), published at once; refits in the background when due.
     pub fn learn(self: &Arc<Self>, stored: &StoredPattern) {
-        let (bank, answers) = {
+        let (bank, answers, new) = {
             let mut bank = self.lock();
+            let new = bank.pattern(PatternId(stored.id as u64)).is_none();
             let mut answers = self.lock_answers();
             add(&mut bank, &mut answers, stored);
-            (bank.clone(), answers.clone())
+            (bank.clone(), answers.clone(), new)
         };
         self.publish(&bank, answers);
+        // A new answer brings words the model's vocabulary lacks: until a
+        // fit has seen them, its paraphrases look like nothing known.
+        if new {
+            self.refit_in_background();
+        }
     }
 
     /// Count a rating of an answer the pattern gave; returns its new

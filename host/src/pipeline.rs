@@ -312,6 +312,8 @@ pub struct StageRun {
     pub cache_misses: u32,
     /// The answer-bank pattern a lookup in this stage matched, if any.
     pub pattern: Option<i64>,
+    /// Its answer-bank lookups: trusted, untrusted, no match.
+    pub pattern_lookups: [u32; 3],
 }
 
 /// The result of running a pipeline on a request.
@@ -618,6 +620,7 @@ impl Pipeline {
                 cache_hits: effects.cache_hits,
                 cache_misses: effects.cache_misses,
                 pattern: effects.pattern,
+                pattern_lookups: effects.pattern_lookups,
             });
             if let Some(candidate) = canary {
                 ctx.observer

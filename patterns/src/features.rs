@@ -114,6 +114,23 @@ impl Vectoriser {
         self.idf.len()
     }
 
+    /// The share of a question's word features (unigrams and bigrams) that
+    /// are in the vocabulary; 0 for a question without words.
+    pub fn known_word_share(&self, question: &str) -> f32 {
+        let (mut words, mut known) = (0u32, 0u32);
+        text::features(&text::normalise(question), &self.config, |block, hash| {
+            if block == Block::Words {
+                words += 1;
+                known += u32::from(self.vocabulary.contains_key(&hash));
+            }
+        });
+        if words == 0 {
+            0.0
+        } else {
+            known as f32 / words as f32
+        }
+    }
+
     /// The TF-IDF vector of a question given raw (it is normalised here).
     pub fn vectorise(&self, question: &str) -> SparseVec {
         self.vectorise_normalised(&text::normalise(question))

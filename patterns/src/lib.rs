@@ -90,6 +90,12 @@ pub struct Config {
     /// A trusted nearest-neighbour match at least this similar overrides a
     /// trusted classifier match for another pattern.
     pub near_duplicate: f32,
+    /// A match is trusted only if at least this share of the question's
+    /// word features (unigrams and bigrams) are in the vocabulary. The
+    /// classifier's probabilities are relative to the patterns it knows, so
+    /// a question about something else entirely can still score high; this
+    /// keeps such a question from being answered.
+    pub min_known_words: f32,
     /// Threads a fit may use; 0 means as many as the machine has.
     pub threads: usize,
 }
@@ -103,6 +109,7 @@ impl Default for Config {
             ratings: RatingConfig::default(),
             min_examples: 3,
             near_duplicate: 0.9,
+            min_known_words: 0.3,
             threads: 0,
         }
     }

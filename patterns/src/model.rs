@@ -118,6 +118,7 @@ pub struct Model {
     vectors: Arc<FxHashMap<u64, SparseVec>>,
     strictness: Arc<FxHashMap<PatternId, f32>>,
     near_duplicate: f32,
+    min_known_words: f32,
     patterns: usize,
     examples: usize,
     examples_since_fit: usize,
@@ -312,6 +313,7 @@ impl Model {
             vectors: Arc::new(vectors),
             strictness: Arc::new(strictness),
             near_duplicate: bank.config().near_duplicate,
+            min_known_words: bank.config().min_known_words,
             patterns: bank.len(),
             examples: bank.examples(),
             examples_since_fit,
@@ -351,13 +353,34 @@ impl Model {
             .neighbours
             .nearest(&x, |_| true, |_| false, &mut scratch)
             .map(|(id, sim)| self.judge(id, sim.min(1.0), Via::Neighbour));
-        match (classifier, neighbour) {
+        let found = match (classifier, neighbour) {
             (Some(c), Some(n)) => {
                 // A near-duplicate of an example someone just approved is
                 // stronger evidence than the classifier, which has not seen
                 // that example yet.
-                if n.trusted && (!c.trusted || n.score >= self.near_duplicate) {
+                // So is a trusted match to a pattern the classifier was
+                // not trained on (too few examples, or new): its
+                // probabilities cannot speak for that pattern, so the
+                // better margin over its own threshold decides.
+                let unknown_to_classifier = !self.fitted.classes.contains(&n.pattern);
+                if n.trusted
+                    && (!c.trusted
+                        || n.score >= self.near_duplicate
+                        || (unknown_to_classifier && self.margin(&n) > self.margin(&c)))
+                {
                     Some(n)
+                } else if c.trusted
+                    && unknown_to_classifier
+                    && n.pattern != c.pattern
+                    && n.score >= 0.5
+                {
+                    // The question is much like an example of a pattern the
+                    // classifier cannot weigh: the two disagree, so neither
+                    // is trusted and a person decides.
+                    Some(Match {
+                        trusted: false,
+                        ..n
+                    })
                 } else if c.trusted || !n.trusted && self.margin(&c) >= self.margin(&n) {
                     Some(c)
                 } else {
@@ -365,7 +388,20 @@ impl Model {
                 }
             }
             (c, n) => c.or(n),
-        }
+        };
+        // A question mostly about words the bank has never seen is about
+        // something else: the classifier's guess is offered, never trusted.
+        // (A nearest-neighbour match is a similarity to a real example, and
+        // examples added since the fit bring words the vocabulary lacks.)
+        found.map(|mut m| {
+            if m.trusted
+                && m.via == Via::Classifier
+                && fitted.vectoriser.known_word_share(question) < self.min_known_words
+            {
+                m.trusted = false;
+            }
+            m
+        })
     }
 
     fn judge(&self, pattern: PatternId, score: f32, via: Via) -> Match {

@@ -50,7 +50,7 @@ fn strata_test_passes_the_demo_and_catches_a_changed_rule_with_a_diff() {
     change_the_pin_rule(&manifest);
     let (code, stdout, _) = strata(&["test", path]);
     assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains("FAIL support/faq: 5/6 passed"), "{stdout}");
+    assert!(stdout.contains("FAIL support/faq: 8/9 passed"), "{stdout}");
     assert!(stdout.contains("FAIL \"pin change\""), "{stdout}");
     assert!(
         stdout.contains("expected: respond \"You can change your PIN"),

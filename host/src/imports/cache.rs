@@ -84,6 +84,12 @@ impl Host for StageState {
         // Kept so that a rating of the answer the stage gives from this
         // match counts for or against the pattern.
         self.effects.pattern = found.as_ref().filter(|m| m.trusted).map(|m| m.pattern);
+        let result = match &found {
+            Some(m) if m.trusted => 0,
+            Some(_) => 1,
+            None => 2,
+        };
+        self.effects.pattern_lookups[result] += 1;
         found.map(|m| PatternMatch {
             answer: m.answer,
             score: m.score,

@@ -485,6 +485,8 @@ pub struct Effects {
     pub cache_misses: u32,
     /// The pattern the stage's last answer-bank lookup matched.
     pub pattern: Option<i64>,
+    /// Its `lookup` calls by result: trusted, untrusted, no match.
+    pub pattern_lookups: [u32; 3],
 }
 
 /// The result of one invocation.
