@@ -191,17 +191,37 @@ pub async fn execute(command: BankCommand, out: &mut dyn Write) -> anyhow::Resul
     }
 }
 
+/// What `strata eval` was asked.
+#[derive(Debug)]
+pub struct EvalArgs {
+    /// The manifest file.
+    pub manifest: PathBuf,
+    /// The pipeline.
+    pub pipeline: String,
+    /// The labelled questions.
+    pub file: PathBuf,
+    /// Which rows.
+    pub dataset: Dataset,
+    /// Whether stages may call models.
+    pub models: bool,
+    /// JSON instead of text.
+    pub json: bool,
+    /// The data directory, if not the manifest's.
+    pub data: Option<PathBuf>,
+}
+
 /// `strata eval`.
-pub async fn eval(
-    manifest_path: &Path,
-    pipeline: &str,
-    file: &Path,
-    dataset: &Dataset,
-    models: bool,
-    json: bool,
-    data: Option<PathBuf>,
-    out: &mut dyn Write,
-) -> anyhow::Result<ExitCode> {
+pub async fn eval(args: EvalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCode> {
+    let EvalArgs {
+        manifest,
+        pipeline,
+        file,
+        dataset,
+        models,
+        json,
+        data,
+    } = args;
+    let (manifest_path, pipeline, file, dataset) = (&manifest, &pipeline, &file, &dataset);
     let manifest = read_manifest(manifest_path)?;
     known_pipeline(&manifest, pipeline)?;
     let rows = rows(file, dataset)?;

@@ -317,10 +317,16 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             json,
             data,
         } => {
-            bank::eval(
-                &manifest, &pipeline, &dataset, &rows, models, json, data, out,
-            )
-            .await
+            let args = bank::EvalArgs {
+                manifest,
+                pipeline,
+                file: dataset,
+                dataset: rows,
+                models,
+                json,
+                data,
+            };
+            bank::eval(args, out).await
         }
         Command::Run {
             manifest,
