@@ -6,7 +6,10 @@
 //! 2. A replay of a Banking77-drawn trace through the layered demo pipeline
 //!    and, in the same run, through a pipeline that sends every request to
 //!    the model: the share of requests each layer answered, the model calls
-//!    avoided, and the cost per answered request.
+//!    avoided, and the cost per answered request. The answer bank is seeded
+//!    (`strata bank import`) with the training part of the seeded split and
+//!    the trace is drawn from the held-out part only, so every question is
+//!    one the bank has never seen verbatim.
 //!
 //! The model provider is `tools/local-llm`, the local stand-in speaking the
 //! OpenAI protocol; its token counts are estimates, so costs are in the
@@ -71,8 +74,30 @@ pub fn run(root: &Path, load: &Load, trace: &Trace) -> anyhow::Result<String> {
     )?;
     host.stop();
 
-    // 2. The trace, through both pipelines of a fresh host.
-    let questions = read_questions(&trace.source)?;
+    // 2. The trace, through both pipelines of a host whose bank holds the
+    //    training part of the split; the trace is the held-out part.
+    let (questions, labels) = read_labelled(&trace.source)?;
+    let split = strata_patterns::split::holdout(&labels, strata_patterns::split::DEFAULT_SEED, 0.2);
+    let held_out: Vec<String> = split
+        .held_out
+        .iter()
+        .map(|&i| questions[i].clone())
+        .collect();
+    let seeded = Command::new(release.join("strata"))
+        .args(["bank", "import"])
+        .arg(&manifest)
+        .arg("support")
+        .arg(&trace.source)
+        .arg("--answers")
+        .arg(root.join("examples/support-desk/answers.csv"))
+        .args(["--split", "train", "--data"])
+        .arg(dir.join("data-trace"))
+        .status()
+        .context("cannot run strata bank import")?;
+    if !seeded.success() {
+        bail!("strata bank import failed: {seeded}");
+    }
+    let questions = held_out;
     let drawn = draw(&questions, trace);
     let distinct = drawn
         .iter()
@@ -129,6 +154,27 @@ confidence = {{ small = 0.75, large = 0.85 }}
     );
     std::fs::write(path, format!("{text}{direct}\n[reload]\nwatch = false\n"))?;
     Ok(())
+}
+
+/// Questions and their labels (text, category).
+fn read_labelled(path: &Path) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let mut reader = csv::Reader::from_path(path).with_context(|| {
+        format!(
+            "cannot read the Banking77 training split at {}; pass --trace-source",
+            path.display()
+        )
+    })?;
+    let (mut questions, mut labels) = (Vec::new(), Vec::new());
+    for record in reader.records() {
+        let record = record.with_context(|| format!("{} is not valid CSV", path.display()))?;
+        let question = record.get(0).context("a row without text")?.trim();
+        let label = record.get(1).context("a row without a category")?.trim();
+        if !question.is_empty() {
+            questions.push(question.to_owned());
+            labels.push(label.to_owned());
+        }
+    }
+    Ok((questions, labels))
 }
 
 pub(crate) fn read_questions(path: &Path) -> anyhow::Result<Vec<String>> {
@@ -268,9 +314,11 @@ fn report(
          **A cache hit** (`{cached}` answered by the `answer-bank` stage after four rules stages \
          passed it on), `{load}` on loopback, against the bare hyper baseline in the same run:\n\n\
          {TABLE_HEADER}\n{}\n{}\n\nThroughput ratio, cache hit / baseline: **{:.3}**.\n\n\
-         **The layers' economics**: {len} requests drawn from the {questions} questions of \
-         Banking77's training split (Zipf exponent {zipf} over a seeded random ranking, seed \
-         {seed}; {distinct} distinct questions in the trace), replayed one at a time through \
+         **The layers' economics**: {len} requests drawn from the {questions} held-out \
+         questions of Banking77's training split (stratified split, seed 77, 20 % held out; the \
+         answer bank seeded with the other 80 % under the demo's 77 approved answers; Zipf \
+         exponent {zipf} over a seeded random ranking, seed {seed}; {distinct} distinct questions \
+         in the trace), replayed one at a time through \
          the layered `support` pipeline, then through a `direct` pipeline that sends every \
          request to the model (same tiers, same prices), in the same run. The provider is the \
          local stand-in; costs use its token estimates at the demo's tier prices.\n\n\
