@@ -11,6 +11,7 @@
 //! name = "card_arrival"
 //! keywords = ["card arrive", "card still hasn't arrived"]  # whole-word phrases
 //! patterns = ['when will .*card']                            # regular expressions
+//! requires = ["card"]                                        # patterns only if one of these occurs
 //! unless = ["wrong", "refund"]                             # but not with these phrases
 //! unless_patterns = ['\bnever\b.*\barrived?\b']              # nor these expressions
 //! answer = "Cards arrive within 5 working days ..."          # respond with this
@@ -36,7 +37,12 @@
 //! request to the next: an intent's patterns are compiled only when a request
 //! reaches that intent and none of its keywords matched, and its exclusion
 //! patterns only once it has matched and no `unless` phrase has. Keywords
-//! are the cheap path; use patterns for what keywords cannot say.
+//! are the cheap path; use patterns for what keywords cannot say. Compiling
+//! a pattern costs far more than matching it, so an intent may list
+//! `requires`: words (plain substrings) at least one of which every text its
+//! patterns match contains; a text with none of them skips the intent's
+//! patterns without compiling them. It must not exclude anything a pattern
+//! would match: list each pattern's mandatory words.
 //!
 //! An invalid config (including a pattern that does not compile, when a
 //! request reaches it) is a stage failure: the stage panics with the reason,
@@ -98,6 +104,10 @@ pub struct Intent {
     /// Regular expressions (case-insensitive).
     #[serde(default)]
     pub patterns: Vec<String>,
+    /// Substrings at least one of which a text must contain before the
+    /// patterns are tried (and compiled).
+    #[serde(default)]
+    pub requires: Vec<String>,
     /// Phrases (whole words) that stop the intent matching.
     #[serde(default)]
     pub unless: Vec<String>,
@@ -128,6 +138,7 @@ struct CompiledIntent {
     name: String,
     keywords: Vec<String>,
     patterns: Vec<String>,
+    requires: Vec<String>,
     unless: Vec<String>,
     unless_patterns: Vec<String>,
     action: Action,
@@ -137,7 +148,9 @@ impl CompiledIntent {
     fn matches(&self, text: &str) -> Result<bool, String> {
         // Exclusions are checked only after a match, so a request that no
         // keyword or pattern matches compiles none of them.
-        Ok(self.any_match(text, &self.keywords, &self.patterns)?
+        let gated = !self.requires.is_empty() && !self.requires.iter().any(|r| text.contains(r));
+        let patterns: &[String] = if gated { &[] } else { &self.patterns };
+        Ok(self.any_match(text, &self.keywords, patterns)?
             && !self.any_match(text, &self.unless, &self.unless_patterns)?)
     }
 
@@ -196,6 +209,7 @@ impl Compiled {
                 Ok(CompiledIntent {
                     keywords: intent.keywords.iter().map(|k| k.to_lowercase()).collect(),
                     patterns: intent.patterns,
+                    requires: intent.requires.iter().map(|k| k.to_lowercase()).collect(),
                     unless: intent.unless.iter().map(|k| k.to_lowercase()).collect(),
                     unless_patterns: intent.unless_patterns,
                     action,
@@ -344,6 +358,30 @@ mod tests {
         assert!(matches!(
             compiled.decide(request("   ")),
             Ok(Outcome::Reject(_))
+        ));
+    }
+
+    #[test]
+    fn patterns_are_not_even_compiled_without_a_required_word() {
+        // The pattern does not compile: reaching it would be an error.
+        let compiled = rules(serde_json::json!({
+            "intents": [
+                {"name": "rate", "patterns": ["(rate"], "requires": ["rate"], "answer": "x"},
+            ]
+        }));
+        assert!(matches!(
+            compiled.decide(request("where is my card")),
+            Ok(Outcome::Next(_))
+        ));
+        assert!(compiled.decide(request("what is the RATE")).is_err());
+        let gated = rules(serde_json::json!({
+            "intents": [
+                {"name": "rate", "patterns": ["exchange rates?"], "requires": ["rate"], "answer": "x"},
+            ]
+        }));
+        assert!(matches!(
+            gated.decide(request("The exchange Rate?")),
+            Ok(Outcome::Respond(_))
         ));
     }
 
