@@ -972,8 +972,19 @@ async fn get_request(app: &App, id: &str) -> Result<Response, ApiError> {
 /// once it ran, its job's state while it waits or runs, and its callback's
 /// deliveries when it named one.
 pub(crate) async fn stored_view(app: &App, id: &str) -> Result<Option<Value>, StoreError> {
+    // The record first: a job's end and its record commit together, so a
+    // record read before the job never shows a job still running.
+    let mut record = app.store.request(id.to_owned()).await?;
     let job = app.store.job_state(id.to_owned()).await?;
-    let mut view = match (app.store.request(id.to_owned()).await?, &job) {
+    if record.is_none()
+        && job
+            .as_ref()
+            .is_some_and(|j| matches!(j.state.as_str(), "done" | "dead"))
+    {
+        // It completed between the two reads.
+        record = app.store.request(id.to_owned()).await?;
+    }
+    let mut view = match (record, &job) {
         (
             Some(RequestState {
                 record,
