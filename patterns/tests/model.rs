@@ -410,11 +410,8 @@ fn a_model_can_be_shared_between_threads() {
     assert_eq!(answers, vec![Some(PatternId(1)); 2]);
 }
 
-#[test]
-fn a_question_about_something_else_is_never_trusted_by_a_small_bank() {
-    // Three patterns: the classifier's probabilities are relative to them,
-    // so an off-topic question could score high; its unknown words keep it
-    // from being trusted.
+/// Three intents of six examples each: a bank too small to calibrate much.
+fn small_bank() -> Bank {
     let mut bank = Bank::new(strata_patterns::Config::default());
     let intents = [
         (
@@ -464,7 +461,15 @@ fn a_question_about_something_else_is_never_trusted_by_a_small_bank() {
             bank.add_example(id, *example).unwrap();
         }
     }
-    let model = Model::fit(&bank);
+    bank
+}
+
+#[test]
+fn a_question_about_something_else_is_never_trusted_by_a_small_bank() {
+    // The classifier's probabilities are relative to the patterns it knows,
+    // so an off-topic question could score high; its unknown words keep it
+    // from being trusted.
+    let model = Model::fit(&small_bank());
     if let Some(found) = model.lookup("Is the weather nice in Lisbon today?") {
         assert!(!found.trusted, "{found:?}");
     }
@@ -472,55 +477,7 @@ fn a_question_about_something_else_is_never_trusted_by_a_small_bank() {
 
 #[test]
 fn a_new_answer_is_not_answered_by_another_pattern_in_a_small_bank() {
-    let mut bank = Bank::new(strata_patterns::Config::default());
-    let intents = [
-        (
-            "card",
-            [
-                "where is my new card",
-                "my card has not arrived yet",
-                "when will my card arrive",
-                "still waiting for my card",
-                "has my card been sent",
-                "i have not received my card",
-            ],
-        ),
-        (
-            "pin",
-            [
-                "how do i change my pin",
-                "i want a new pin",
-                "can i reset my pin",
-                "change the pin of my card",
-                "where can i change my pin",
-                "update my pin number",
-            ],
-        ),
-        (
-            "top_up",
-            [
-                "how do i top up my account",
-                "add money to my account",
-                "can i top up with a card",
-                "top up by bank transfer",
-                "ways to add funds",
-                "put money into my account",
-            ],
-        ),
-    ];
-    for (i, (label, examples)) in intents.iter().enumerate() {
-        let id = PatternId(i as u64 + 1);
-        bank.add_pattern(
-            id,
-            format!("answer {label}"),
-            Some((*label).into()),
-            "import",
-        )
-        .unwrap();
-        for example in examples {
-            bank.add_example(id, *example).unwrap();
-        }
-    }
+    let mut bank = small_bank();
     bank.add_pattern(PatternId(9), "savings", None, "human")
         .unwrap();
     bank.add_example(PatternId(9), "do you offer savings accounts?")

@@ -101,6 +101,19 @@ change_pin,\"Change your PIN in the app under Card > Security.\"
 top_up,\"Top up by card or bank transfer in the app.\"
 ";
 
+/// The questions (with `header`) and the answers file, written into `dir`.
+fn write_dataset(dir: &std::path::Path, header: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let file = dir.join("questions.csv");
+    let mut csv = format!("{header}\n");
+    for (text, label) in questions() {
+        csv.push_str(&format!("{text},{label}\n"));
+    }
+    std::fs::write(&file, csv).unwrap();
+    let answers = dir.join("answers.csv");
+    std::fs::write(&answers, ANSWERS).unwrap();
+    (file, answers)
+}
+
 #[tokio::test]
 async fn import_then_export_round_trips_and_bad_files_import_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -133,14 +146,7 @@ async fn import_then_export_round_trips_and_bad_files_import_nothing() {
     );
 
     // Labels with an answers file.
-    let file = dir.path().join("questions.csv");
-    let mut csv = String::from("text,category\n");
-    for (text, label) in questions() {
-        csv.push_str(&format!("{text},{label}\n"));
-    }
-    std::fs::write(&file, csv).unwrap();
-    let answers = dir.path().join("answers.csv");
-    std::fs::write(&answers, ANSWERS).unwrap();
+    let (file, answers) = write_dataset(dir.path(), "text,category");
     let (code, stdout, stderr) = strata(&[
         "bank",
         "import",
@@ -220,14 +226,7 @@ fn eval_scores_layers_and_the_bank_on_held_out_questions() {
     let manifest = manifest.to_str().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let file = dir.path().join("questions.csv");
-    let mut csv = String::from("text,label\n");
-    for (text, label) in questions() {
-        csv.push_str(&format!("{text},{label}\n"));
-    }
-    std::fs::write(&file, csv).unwrap();
-    let answers = dir.path().join("answers.csv");
-    std::fs::write(&answers, ANSWERS).unwrap();
+    let (file, answers) = write_dataset(dir.path(), "text,label");
     let file = file.to_str().unwrap();
     let (code, _, stderr) = strata(&[
         "bank",
@@ -320,14 +319,7 @@ async fn a_paraphrase_is_answered_from_the_bank_an_unrelated_question_is_not_and
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("strata.toml");
     std::fs::write(&manifest, banked_desk()).unwrap();
-    let file = dir.path().join("questions.csv");
-    let mut csv = String::from("text,label\n");
-    for (text, label) in questions() {
-        csv.push_str(&format!("{text},{label}\n"));
-    }
-    std::fs::write(&file, csv).unwrap();
-    let answers = dir.path().join("answers.csv");
-    std::fs::write(&answers, ANSWERS).unwrap();
+    let (file, answers) = write_dataset(dir.path(), "text,label");
     let (code, _, stderr) = strata(&[
         "bank",
         "import",
