@@ -157,17 +157,16 @@ impl Patterns {
     /// Learn `stored` (a new pattern, or new examples or a new answer of a
     /// known one), published at once; refits in the background when due.
     pub fn learn(self: &Arc<Self>, stored: &StoredPattern) {
-        let (bank, answers, new) = {
+        let (new, due) = {
             let mut bank = self.lock();
             let new = bank.pattern(PatternId(stored.id as u64)).is_none();
             let mut answers = self.lock_answers();
             add(&mut bank, &mut answers, stored);
-            (bank.clone(), answers.clone(), new)
+            (new, self.publish(&bank, answers.clone()))
         };
-        self.publish(&bank, answers);
         // A new answer brings words the model's vocabulary lacks: until a
         // fit has seen them, its paraphrases look like nothing known.
-        if new {
+        if new || due {
             self.refit_in_background();
         }
     }
@@ -176,20 +175,20 @@ impl Patterns {
     /// strictness, for the store to keep.
     pub fn rate(self: &Arc<Self>, pattern: i64, good: bool) -> Option<f32> {
         let rating = if good { Rating::Good } else { Rating::Bad };
-        let (strictness, bank, answers) = {
-            let mut bank = self.lock();
-            let strictness = bank.rate(PatternId(pattern as u64), rating).ok()?;
-            (strictness, bank.clone(), self.lock_answers().clone())
-        };
+        // A rating adds no example, so it never makes a refit due.
+        let mut bank = self.lock();
+        let strictness = bank.rate(PatternId(pattern as u64), rating).ok()?;
+        let answers = self.lock_answers().clone();
         self.publish(&bank, answers);
         Some(strictness)
     }
 
-    fn publish(
-        self: &Arc<Self>,
-        bank: &strata_patterns::Bank,
-        answers: HashMap<PatternId, Answer>,
-    ) {
+    /// Publish the model refreshed with `bank`; returns whether enough
+    /// examples arrived since the fit that a refit is due (the caller starts
+    /// it once the catalogue is unlocked). Called with the catalogue locked,
+    /// so changes publish in the order they were made and the catalogue is
+    /// never copied for it; lookups read the previous snapshot meanwhile.
+    fn publish(&self, bank: &strata_patterns::Bank, answers: HashMap<PatternId, Answer>) -> bool {
         let model = self.current.load().model.refresh(bank);
         let due = {
             let stats = model.stats();
@@ -197,9 +196,7 @@ impl Patterns {
                 >= REFIT_AFTER.max((stats.examples as f64 * REFIT_SHARE) as usize)
         };
         self.current.store(Arc::new(Snapshot { model, answers }));
-        if due {
-            self.refit_in_background();
-        }
+        due
     }
 
     /// Fit again on the blocking pool, then publish the fit refreshed with

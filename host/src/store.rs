@@ -616,25 +616,21 @@ impl Store {
         const BATCH: i64 = 2000;
         self.write_with(false, move |conn| {
             let mut removed = 0;
-            if let Some(at) = cutoffs.deliveries {
-                removed += conn.execute(
-                    "DELETE FROM deliveries WHERE id IN
-                         (SELECT id FROM deliveries WHERE at < ?1 LIMIT ?2)",
-                    params![at, BATCH],
-                )?;
-            }
-            if let Some(at) = cutoffs.shadow_runs {
-                removed += conn.execute(
-                    "DELETE FROM shadow_runs WHERE id IN
-                         (SELECT id FROM shadow_runs WHERE at < ?1 LIMIT ?2)",
-                    params![at, BATCH],
-                )?;
-            }
-            if let Some(at) = cutoffs.audit {
-                removed += conn.execute(
-                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ?1 LIMIT ?2)",
-                    params![at, BATCH],
-                )?;
+            // Logs kept by age alone: nothing else refers to their rows.
+            for (table, cutoff) in [
+                ("deliveries", cutoffs.deliveries),
+                ("shadow_runs", cutoffs.shadow_runs),
+                ("audit", cutoffs.audit),
+            ] {
+                if let Some(at) = cutoff {
+                    removed += conn.execute(
+                        &format!(
+                            "DELETE FROM {table} WHERE id IN
+                                 (SELECT id FROM {table} WHERE at < ?1 LIMIT ?2)"
+                        ),
+                        params![at, BATCH],
+                    )?;
+                }
             }
             if let Some(at) = cutoffs.requests {
                 removed += conn.execute(
