@@ -5,8 +5,8 @@
 //! of the repository's fixed split.
 //!
 //! ```text
-//! cargo run -p rules --example banking77 -- PATH/TO/train.csv examples/support-desk/strata.toml
-//! cargo run -p rules --example banking77 -- PATH/TO/train.csv examples/support-desk/strata.toml --train-errors
+//! cargo run -p rules --example rules_banking77 -- PATH/TO/train.csv examples/support-desk/strata.toml
+//! cargo run -p rules --example rules_banking77 -- PATH/TO/train.csv examples/support-desk/strata.toml --train-errors
 //! ```
 //!
 //! Every question goes through what the pipeline does before the rules: the
