@@ -46,8 +46,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::task::JoinSet;
 
+use crate::app::App;
 use crate::manifest::CallbackSettings;
-use crate::server::App;
 
 /// How long one delivery may take, and separately how long resolving its
 /// host may take.
@@ -418,8 +418,9 @@ impl Drop for Claim {
 
 /// Deliver due callbacks until the host stops, up to `[callbacks]
 /// concurrency` at a time.
-pub fn spawn_worker(app: Arc<App>, mut stopped: tokio::sync::watch::Receiver<bool>) {
-    tokio::spawn(async move {
+pub fn spawn_worker(app: Arc<App>) {
+    let cancel = app.lifecycle.cancel.clone();
+    app.lifecycle.clone().spawn(async move {
         let bound = app.callbacks.concurrency;
         let in_flight: InFlight = Arc::default();
         let mut running = JoinSet::new();
@@ -477,14 +478,20 @@ pub fn spawn_worker(app: Arc<App>, mut stopped: tokio::sync::watch::Receiver<boo
                 () = app.store.callbacks_due().notified(), if running.len() < bound => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 () = tokio::time::sleep(wait) => {}
-                _ = stopped.changed() => return,
+                () = cancel.cancelled() => {
+                    // Deliveries under way finish (each is bounded by its
+                    // timeout); what is due and not started waits for the
+                    // next start.
+                    while running.join_next().await.is_some() {}
+                    return;
+                }
             }
         }
     });
 }
 
 async fn deliver(app: &App, request_id: String, url: &str, attempt: i64) {
-    let body = match crate::api::stored_view(app, &request_id).await {
+    let body = match crate::http::views::stored_view(app, &request_id).await {
         Ok(Some(mut view)) => {
             // The receiver gets the request, not the history of deliveries.
             if let Some(fields) = view.as_object_mut() {

@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Mutex, mpsc};
-use tokio::task::JoinHandle;
 
+use crate::app::App;
 use crate::manifest::AsyncSettings;
 use crate::pipeline::Verdict;
 use crate::request::Request;
-use crate::server::App;
 use crate::store::{Job, JobStart, NewTicket, StoreError};
 
 /// The queue of accepted asynchronous requests.
@@ -99,10 +98,7 @@ pub async fn submit(app: &App, job: Job) -> Result<(), SubmitError> {
 
 /// Queue the requests a previous run accepted and did not complete, and
 /// start the workers.
-pub async fn start(
-    app: Arc<App>,
-    stopped: tokio::sync::watch::Receiver<bool>,
-) -> Result<Vec<JoinHandle<()>>, StoreError> {
+pub async fn start(app: Arc<App>) -> Result<(), StoreError> {
     let unfinished = app.store.unfinished_jobs().await?;
     if !unfinished.is_empty() {
         tracing::info!(
@@ -114,29 +110,25 @@ pub async fn start(
         app.jobs.pending.fetch_add(1, Ordering::AcqRel);
         let _ = app.jobs.sender.send(job);
     }
-    let mut workers = Vec::new();
     for _ in 0..app.jobs.workers {
         let app = app.clone();
-        let mut stopped = stopped.clone();
-        workers.push(tokio::spawn(async move {
+        let cancel = app.lifecycle.cancel.clone();
+        app.lifecycle.clone().spawn(async move {
             loop {
                 // A stopping host takes no new job: what is queued runs at
-                // the next start.
-                if *stopped.borrow() {
-                    return;
-                }
+                // the next start. The job in hand is finished.
                 let job = tokio::select! {
                     biased;
-                    _ = stopped.changed() => return,
+                    () = cancel.cancelled() => return,
                     job = async { app.jobs.receiver.lock().await.recv().await } => job,
                 };
                 let Some(job) = job else { return };
                 run(&app, job).await;
                 app.jobs.release();
             }
-        }));
+        });
     }
-    Ok(workers)
+    Ok(())
 }
 
 async fn run(app: &App, job: Job) {
@@ -160,7 +152,7 @@ async fn run(app: &App, job: Job) {
     let attributes = serde_json::from_str(&job.attributes).unwrap_or_default();
     let Some(pipeline) = generation.pipelines.get(&job.pipeline).cloned() else {
         // The pipeline went away in a reload since the request was accepted.
-        let record = crate::api::unknown_pipeline_record(&job, generation.number);
+        let record = crate::complete::unknown_pipeline_record(&job, generation.number);
         if let Err(error) = app.store.complete_job(record, None).await {
             tracing::error!(request_id = %id, %error, "cannot complete an asynchronous request");
         }
@@ -175,7 +167,7 @@ async fn run(app: &App, job: Job) {
     let execution = pipeline
         .run(&app.background, generation.number, request)
         .await;
-    let mut record = crate::api::record_of(&execution, job.created_at);
+    let mut record = crate::complete::record_of(&execution, job.created_at);
     record.callback = job.callback.clone();
     let ticket = match &execution.verdict {
         Verdict::Escalated { reason, draft, .. } => Some(NewTicket {

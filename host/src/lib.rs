@@ -16,11 +16,14 @@
 //! - [`record`]: traffic recording for `strata replay`;
 //! - [`replay`]: `strata replay`, recorded traffic against a manifest;
 //! - [`reload`]: reloads, rollbacks, candidate rollouts, file watch, SIGHUP;
-//! - [`server`]: start-up, the HTTP listeners, graceful shutdown;
-//! - [`api`]: HTTP routes, bodies and error mapping;
+//! - [`app`]: the state every handler and worker shares, and the
+//!   lifecycle of the host's tasks;
+//! - [`server`]: start-up and shutdown, in order;
+//! - [`http`]: the HTTP edge: routers, extractors, error bodies, the tower
+//!   stack and the accept loop (the API and the admin API);
+//! - [`complete`]: what is kept of a finished run;
 //! - [`jobs`]: asynchronous requests, their queue and workers;
 //! - [`callbacks`]: signed completion callbacks, delivered with retries;
-//! - [`admin`]: the admin API for operators;
 //! - [`auth`]: bearer tokens and roles;
 //! - [`slo`]: error budgets, multiwindow burn rates;
 //! - [`metrics`]: Prometheus metrics by pipeline, layer and stage;
@@ -32,15 +35,16 @@
 //! - [`eval`]: `strata eval`, labelled questions through a pipeline, by layer;
 //! - [`cli`]: the `strata` command line.
 
-pub mod admin;
-pub mod api;
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod bank;
 pub mod callbacks;
 pub mod cases;
 pub mod cli;
+pub mod complete;
 pub mod eval;
+pub mod http;
 pub mod import;
 mod imports;
 pub mod jobs;

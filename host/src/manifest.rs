@@ -123,6 +123,10 @@ pub struct ServerSettings {
     /// gets a 408.
     #[serde(default = "default_client_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// How many requests the API and the admin API each handle at once;
+    /// more are refused at once with 503 `overloaded` rather than queued.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
 }
 
 impl Default for ServerSettings {
@@ -131,6 +135,7 @@ impl Default for ServerSettings {
             max_body_kib: DEFAULT_MAX_BODY_KIB,
             header_timeout_ms: default_client_timeout_ms(),
             body_timeout_ms: default_client_timeout_ms(),
+            max_in_flight: default_max_in_flight(),
         }
     }
 }
@@ -1374,6 +1379,15 @@ impl Parser<'_> {
                 ManifestErrorKind::Invalid(format!("{} is outside 1..=16384", server.max_body_kib)),
             ));
         }
+        if !(1..=1_000_000).contains(&server.max_in_flight) {
+            return Err(self.error(
+                key_location("server.max_in_flight"),
+                ManifestErrorKind::Invalid(format!(
+                    "{} is outside 1..=1000000",
+                    server.max_in_flight
+                )),
+            ));
+        }
         for (key, value) in [
             ("server.header_timeout_ms", server.header_timeout_ms),
             ("server.body_timeout_ms", server.body_timeout_ms),
@@ -2085,6 +2099,9 @@ fn default_max_body_kib() -> u32 {
 }
 fn default_client_timeout_ms() -> u64 {
     10_000
+}
+fn default_max_in_flight() -> u32 {
+    4096
 }
 fn default_instances() -> u32 {
     DEFAULT_INSTANCES

@@ -444,6 +444,8 @@ pub struct RunContext {
     /// Asynchronous requests: model calls may join batches, and runs are
     /// not real-time traffic (no response time, no latency objective).
     pub background: bool,
+    /// Where shadow runs are spawned, so shutdown waits for them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl RunContext {
@@ -462,6 +464,7 @@ impl RunContext {
             banks: Arc::new(Banks::default()),
             models: true,
             background: false,
+            tasks: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -776,7 +779,7 @@ impl Pipeline {
         let shadow = candidate.stage.clone();
         let pipeline = self.name.clone();
         let live_digest = live.digest.clone();
-        tokio::spawn(async move {
+        ctx.tasks.spawn(async move {
             let result = runtime
                 .invoke(&shadow, &input, &tag, &services)
                 .await

@@ -19,13 +19,13 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::app::App;
 use crate::bank::Banks;
 use crate::manifest::{Manifest, ManifestErrorKind, RolloutMode};
 use crate::metrics::Metrics;
 use crate::pipeline::{Candidate, Execution, Generation, Observer, Pipeline, ShadowComparison};
 use crate::record::{Line, Recorders};
 use crate::runtime::capabilities::ImportRule;
-use crate::server::App;
 use crate::slo::{Budgets, MIN_EVENTS_FOR_ROLLBACK, SeriesKey};
 use crate::store::{AuditEntry, ShadowRecord, Store};
 
@@ -470,7 +470,7 @@ fn publish(app: &App, state: &mut State, generation: Generation) {
         app.store.clone(),
         generation.manifest.clone(),
     );
-    tokio::spawn(async move {
+    app.lifecycle.spawn(async move {
         if let Err(error) = crate::bank::reload_patterns(&banks, &manifest, &store).await {
             tracing::error!(error = %format!("{error:#}"), "cannot reload the answer bank");
         }
@@ -710,8 +710,13 @@ pub fn spawn_burn_worker(app: Arc<App>) {
     let Some(mut alarms) = app.ops.take_alarms() else {
         return;
     };
-    tokio::spawn(async move {
-        while let Some(alarm) = alarms.recv().await {
+    let cancel = app.lifecycle.cancel.clone();
+    app.lifecycle.clone().spawn(async move {
+        // A rollback under way when the host stops is finished.
+        while let Some(alarm) = tokio::select! {
+            alarm = alarms.recv() => alarm,
+            () = cancel.cancelled() => None,
+        } {
             let current = app.current.load_full();
             let still_serving = current
                 .pipelines
@@ -744,12 +749,8 @@ pub fn spawn_burn_worker(app: Arc<App>) {
 
 /// Watch the manifest and its plugins; reload when they change and stay
 /// unchanged for `debounce`.
-pub fn spawn_watcher(
-    app: Arc<App>,
-    files: Vec<PathBuf>,
-    debounce: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+pub fn spawn_watcher(app: Arc<App>, files: Vec<PathBuf>, debounce: Duration) -> anyhow::Result<()> {
+    let cancel = app.lifecycle.cancel.clone();
     let (events, mut changes) = mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
@@ -760,7 +761,7 @@ pub fn spawn_watcher(
     // made right after can be missed.
     let mut directories = BTreeSet::new();
     watch_directories(&mut watcher, &mut directories, &files);
-    tokio::spawn(async move {
+    app.lifecycle.clone().spawn(async move {
         let mut files = files;
         loop {
             // Wait for a change to one of the files.
@@ -771,7 +772,7 @@ pub fn spawn_watcher(
                         Some(_) => continue,
                         None => return,
                     },
-                    _ = shutdown.changed() => return,
+                    () = cancel.cancelled() => return,
                 }
             }
             // Then for quiet: a file still being written is not read.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::app::Lifecycle;
 use crate::manifest::RetentionSettings;
 use crate::store::{Cutoffs, Store, now_millis};
 
@@ -39,13 +40,10 @@ pub async fn prune(store: &Store, cutoffs: Cutoffs) -> usize {
     }
 }
 
-/// Prune at start and then every hour until `stopped`.
-pub fn spawn(
-    store: Store,
-    settings: Arc<RetentionSettings>,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
-) {
-    tokio::spawn(async move {
+/// Prune at start and then every hour until the host stops.
+pub fn spawn(store: Store, settings: Arc<RetentionSettings>, lifecycle: &Lifecycle) {
+    let cancel = lifecycle.cancel.clone();
+    lifecycle.spawn(async move {
         loop {
             let removed = prune(&store, cutoffs(&settings, now_millis())).await;
             if removed > 0 {
@@ -53,7 +51,7 @@ pub fn spawn(
             }
             tokio::select! {
                 () = tokio::time::sleep(EVERY) => {}
-                _ = stopped.changed() => return,
+                () = cancel.cancelled() => return,
             }
         }
     });

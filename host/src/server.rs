@@ -15,17 +15,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use crate::api::Response;
+use crate::app::{App, Lifecycle};
 use crate::auth::{Role, Tokens};
 use crate::callbacks::Callbacks;
+use crate::http::Bounds;
 use crate::jobs::Jobs;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
@@ -34,37 +29,9 @@ use crate::reload::{Operations, Trigger};
 use crate::runtime::Runtime;
 use crate::store::Store;
 
-/// How long shutdown waits for in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What every request handler shares.
-pub struct App {
-    /// The engine and instance pool.
-    pub runtime: Arc<Runtime>,
-    /// The generation new requests run on.
-    pub current: ArcSwap<Generation>,
-    /// Durable state.
-    pub store: Store,
-    /// The largest accepted request body, in bytes.
-    pub max_body: usize,
-    /// How long a client may take to send a body.
-    pub body_timeout: Duration,
-    /// Reloads, rollouts and error budgets.
-    pub ops: Arc<Operations>,
-    /// What pipeline runs need (engine, observer, shadow bound).
-    pub run: RunContext,
-    /// Bearer tokens of each role.
-    pub tokens: Tokens,
-    /// Prometheus metrics.
-    pub metrics: Arc<Metrics>,
-    /// The context asynchronous requests run in: `run`, with model calls
-    /// allowed to join batches.
-    pub background: RunContext,
-    /// Accepted asynchronous requests.
-    pub jobs: Jobs,
-    /// Who may be called back, and the signing secret.
-    pub callbacks: Callbacks,
-}
+/// How long shutdown waits for the host's tasks (connections included)
+/// to finish what they hold.
+const STOP_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// How to start a host. Set fields override the manifest (and, for
 /// `tokens`, the environment).
@@ -108,8 +75,6 @@ pub struct RunningHost {
     addr: SocketAddr,
     admin_addr: SocketAddr,
     app: Arc<App>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningHost {
@@ -133,11 +98,11 @@ impl RunningHost {
         &self.app
     }
 
-    /// Stop accepting, let in-flight requests finish, flush the store.
+    /// Stop accepting, let in-flight requests and the host's tasks finish
+    /// (within a bound), then flush and close the store.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        if !self.app.lifecycle.stop(STOP_TIMEOUT).await {
+            tracing::warn!("tasks still running after {STOP_TIMEOUT:?}; closing the store anyway");
         }
         self.app.store.close().await;
     }
@@ -210,7 +175,9 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     ));
     // Shadows get a quarter of the instance slots at most.
     let shadow_slots = (manifest.runtime.instances as usize / 4).max(1);
-    let run = RunContext::new(runtime.clone(), ops.clone(), shadow_slots);
+    let lifecycle = Lifecycle::default();
+    let mut run = RunContext::new(runtime.clone(), ops.clone(), shadow_slots);
+    run.tasks = lifecycle.tasks.clone();
     let callbacks = match options.callback_secret {
         Some(secret) => Callbacks::with_secret(&manifest.callbacks, Some(secret)),
         None => Callbacks::new(&manifest.callbacks),
@@ -228,6 +195,7 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         ops,
         tokens,
         metrics,
+        lifecycle,
     });
     // Approved answers (human resolutions, corrections) outlive the process.
     let approved = app
@@ -241,7 +209,7 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         .context("cannot load the answer bank")?;
     app.ops.adopt(&generation, &app.run.banks);
     for (pipeline, key, answer, source) in approved {
-        crate::api::bank_of(&app, &pipeline).approve(key, answer, &source);
+        app.bank(&pipeline).approve(key, answer, &source);
     }
     app.ops.started(&generation).await;
     for role in Role::ALL {
@@ -259,49 +227,43 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
             }
         }
     }
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = Vec::new();
     // Unfinished asynchronous requests are queued before the API accepts
     // anything, so a request accepted now is never also read back as one
     // left over from the last run. Workers finish the request in hand before
     // shutdown completes; what is still queued runs at the next start.
-    tasks.extend(
-        crate::jobs::start(app.clone(), stopped.clone())
-            .await
-            .context("cannot resume the asynchronous requests")?,
-    );
-    let handler_app = app.clone();
+    crate::jobs::start(app.clone())
+        .await
+        .context("cannot resume the asynchronous requests")?;
     let header_timeout = Duration::from_millis(manifest.server.header_timeout_ms);
-    tasks.push(tokio::spawn(serve(
-        listener,
-        header_timeout,
-        shutdown_on(stopped.clone()),
-        move |request, peer| crate::api::handle(handler_app.clone(), request, peer),
-    )));
-    let admin_app = app.clone();
-    tasks.push(tokio::spawn(serve(
-        admin_listener,
-        header_timeout,
-        shutdown_on(stopped.clone()),
-        move |request, peer| crate::admin::handle(admin_app.clone(), request, peer),
-    )));
+    let bounds = Bounds {
+        max_body: app.max_body,
+        max_in_flight: manifest.server.max_in_flight as usize,
+    };
+    for (listener, router) in [
+        (listener, crate::http::public::router(app.clone())),
+        (admin_listener, crate::http::admin::router(app.clone())),
+    ] {
+        let edge = crate::http::edge(router, bounds);
+        let cancel = app.lifecycle.cancel.clone();
+        app.lifecycle
+            .spawn(crate::http::serve(listener, header_timeout, cancel, edge));
+    }
     crate::reload::spawn_burn_worker(app.clone());
     if manifest.reload.watch {
         crate::reload::spawn_watcher(
             app.clone(),
             manifest.watched_files(),
             Duration::from_millis(manifest.reload.debounce_ms),
-            stopped.clone(),
         )
         .context("cannot watch the manifest and plugin files")?;
     }
-    crate::callbacks::spawn_worker(app.clone(), stopped.clone());
+    crate::callbacks::spawn_worker(app.clone());
     crate::retention::spawn(
         app.store.clone(),
         Arc::new(manifest.retention.clone()),
-        stopped.clone(),
+        &app.lifecycle,
     );
-    spawn_signal_reloads(app.clone(), stopped);
+    spawn_signal_reloads(app.clone());
     // Said last: whoever waits for this line may send requests and signals.
     tracing::info!(
         %addr,
@@ -316,18 +278,12 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         addr,
         admin_addr,
         app,
-        stop,
-        tasks,
     })
-}
-
-async fn shutdown_on(mut stopped: watch::Receiver<bool>) {
-    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 /// Reload on SIGHUP. The handler is in place when this returns, so a
 /// SIGHUP sent after "strata is serving" reloads rather than kills.
-fn spawn_signal_reloads(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+fn spawn_signal_reloads(app: Arc<App>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -338,72 +294,19 @@ fn spawn_signal_reloads(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
                 return;
             }
         };
-        tokio::spawn(async move {
+        // A reload under way when the host stops is finished, not dropped.
+        let (lifecycle, cancel) = (app.lifecycle.clone(), app.lifecycle.cancel.clone());
+        lifecycle.spawn(async move {
             loop {
                 tokio::select! {
                     Some(()) = hangups.recv() => {
                         crate::reload::reload(&app, Trigger::host("signal")).await;
                     }
-                    _ = stopped.changed() => return,
+                    () = cancel.cancelled() => return,
                 }
             }
         });
     }
     #[cfg(not(unix))]
-    let _ = (app, stopped);
-}
-
-/// Accept connections on `listener` until `shutdown` resolves, then wait (up
-/// to a bound) for open connections to finish their requests. `handler`
-/// answers each request, given the peer's address; a client slower than
-/// `header_timeout` to send its headers is disconnected.
-pub async fn serve<H, F>(
-    listener: TcpListener,
-    header_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
-    handler: H,
-) where
-    H: Fn(http::Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response> + Send + 'static,
-{
-    let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    tokio::pin!(shutdown);
-
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Usually out of file descriptors: back off, keep serving.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let response = handler(request, peer);
-            async move { Ok::<_, std::convert::Infallible>(response.await) }
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {},
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; stopping anyway");
-        }
-    }
+    let _ = app;
 }

@@ -217,3 +217,50 @@ async fn generated_bodies_never_get_a_5xx() {
     still_serving(&host).await;
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_in_flight_limit_are_shed_with_a_typed_503() {
+    let manifest = manifest().replace(
+        "body_timeout_ms = 500",
+        "body_timeout_ms = 3000\nmax_in_flight = 1",
+    );
+    let host = TestHost::start(&manifest).await;
+    // One request holds the only slot: its body never finishes arriving.
+    let mut holder = connect(&host);
+    holder
+        .write_all(
+            b"POST /v1/pipelines/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"in",
+        )
+        .unwrap();
+    // Give the host time to start handling it.
+    let mut shed = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (status, body) = host.get("/healthz").await;
+        if status == 503 {
+            shed = Some(body);
+            break;
+        }
+    }
+    let body = shed.expect("a second request while the slot was held was not shed");
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    // The held request ends (408), and the slot is free again.
+    let reply = tokio::task::spawn_blocking(move || read_all(&mut holder))
+        .await
+        .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    still_serving(&host).await;
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trailing_slash_names_the_same_route() {
+    let host = TestHost::start(&manifest()).await;
+    let (status, body) = host.get("/healthz/").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = host
+        .post("/v1/pipelines/echo/", json!({"input": "hi"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    host.shutdown().await;
+}

@@ -17,109 +17,115 @@
 //! | `/admin/audit?limit=N` | GET | the reload audit log, newest first |
 //! | `/metrics` | GET | Prometheus metrics (see [`crate::metrics`]) |
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::{Method, StatusCode};
-use hyper::body::Incoming;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use http::StatusCode;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{ApiError, Response, authorize, json_response, timestamp};
-use crate::auth::Role;
+use super::error::{ApiError, json_response};
+use super::extract::{Admin, Deliberate, QueryOf, RequireRole};
+use super::only;
+use super::views::timestamp;
+use crate::app::App;
 use crate::pipeline::Stage;
 use crate::reload::{CandidateError, Report, Trigger};
 use crate::runtime::capabilities::ImportRule;
-use crate::server::App;
 use crate::slo::SeriesKey;
 
-/// Answer one admin request from `peer`.
-pub async fn handle(app: Arc<App>, request: http::Request<Incoming>, peer: SocketAddr) -> Response {
-    match dispatch(&app, request, peer).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
+/// The admin API's routes.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/admin/pipelines", only(get(pipelines), "GET"))
+        .route("/admin/audit", only(get(audit), "GET"))
+        .route("/metrics", only(get(metrics), "GET"))
+        .route("/admin/pipelines/{pipeline}/slo", only(get(slo), "GET"))
+        .route(
+            "/admin/pipelines/{pipeline}/shadow",
+            only(get(shadow), "GET"),
+        )
+        .route("/admin/reload", only(post(reload), "POST"))
+        .route("/admin/rollback", only(post(rollback), "POST"))
+        .route(
+            "/admin/pipelines/{pipeline}/stages/{stage}/{action}",
+            only(post(settle), "POST"),
+        )
+        .fallback(|uri: http::Uri| async move {
+            ApiError::not_found("no_route", format!("no admin route for {}", uri.path()))
+        })
+        .with_state(app)
+}
+
+/// Who acted, for the audit log.
+fn trigger(caller: crate::auth::Caller) -> Trigger {
+    Trigger {
+        source: "admin",
+        actor: caller.id,
     }
 }
 
-async fn dispatch(
-    app: &Arc<App>,
-    request: http::Request<Incoming>,
-    peer: SocketAddr,
+async fn pipelines(State(app): State<Arc<App>>, _: RequireRole<Admin>) -> Response {
+    json_response(StatusCode::OK, &pipelines_view(&app))
+}
+
+async fn shadow(
+    State(app): State<Arc<App>>,
+    _: RequireRole<Admin>,
+    Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let path = request.uri().path().trim_end_matches('/').to_owned();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let (allow, method) = match segments.as_slice() {
-        ["admin", "pipelines"] | ["admin", "audit"] | ["metrics"] => ("GET", Method::GET),
-        ["admin", "pipelines", _, "slo"] | ["admin", "pipelines", _, "shadow"] => {
-            ("GET", Method::GET)
-        }
-        ["admin", "reload"] | ["admin", "rollback"] => ("POST", Method::POST),
-        ["admin", "pipelines", _, "stages", _, "promote" | "rollback"] => ("POST", Method::POST),
+    known_pipeline(&app, &name)?;
+    let summary = app.store.shadow_summary(name, 10).await?;
+    Ok(json_response(StatusCode::OK, &summary))
+}
+
+async fn reload(
+    State(app): State<Arc<App>>,
+    RequireRole(caller, _): RequireRole<Admin>,
+    _: Deliberate,
+) -> Response {
+    report_response(crate::reload::reload(&app, trigger(caller)).await)
+}
+
+async fn rollback(
+    State(app): State<Arc<App>>,
+    RequireRole(caller, _): RequireRole<Admin>,
+    _: Deliberate,
+) -> Response {
+    report_response(crate::reload::rollback(&app, trigger(caller)).await)
+}
+
+/// Promote a stage's candidate, or roll it back.
+async fn settle(
+    State(app): State<Arc<App>>,
+    RequireRole(caller, _): RequireRole<Admin>,
+    _: Deliberate,
+    Path((pipeline, stage, action)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let promote = match action.as_str() {
+        "promote" => true,
+        "rollback" => false,
         _ => {
             return Err(ApiError::not_found(
                 "no_route",
-                format!("no admin route for {path}"),
+                format!("no admin route for /admin/pipelines/{pipeline}/stages/{stage}/{action}"),
             ));
         }
     };
-    if request.method() != method {
-        return Err(ApiError::method_not_allowed(request.method(), &path, allow));
-    }
-    let caller = authorize(app, &request, Role::Admin, peer)?;
-    if method == Method::POST && !deliberate(&request) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "admin POSTs must send Content-Type: application/json (or X-Strata-Admin: 1), so \
-             that a web page cannot forge them",
-        ));
-    }
-    let trigger = Trigger {
-        source: "admin",
-        actor: caller.id,
-    };
-    match segments.as_slice() {
-        ["admin", "pipelines"] => Ok(json_response(StatusCode::OK, &pipelines(app))),
-        ["metrics"] => Ok(metrics(app)),
-        ["admin", "audit"] => audit(app, request.uri().query()).await,
-        ["admin", "pipelines", name, "slo"] => slo(app, name),
-        ["admin", "pipelines", name, "shadow"] => {
-            known_pipeline(app, name)?;
-            let summary = app.store.shadow_summary((*name).to_owned(), 10).await?;
-            Ok(json_response(StatusCode::OK, &summary))
+    match crate::reload::settle_candidate(&app, &pipeline, &stage, promote, trigger(caller)).await {
+        Ok(report) => Ok(report_response(report)),
+        Err(CandidateError::NotFound(message)) => Err(ApiError::not_found("not_found", message)),
+        Err(CandidateError::NoCandidate(message)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "no_candidate", message))
         }
-        ["admin", "reload"] => Ok(report_response(crate::reload::reload(app, trigger).await)),
-        ["admin", "rollback"] => Ok(report_response(crate::reload::rollback(app, trigger).await)),
-        ["admin", "pipelines", pipeline, "stages", stage, action] => {
-            let promote = *action == "promote";
-            match crate::reload::settle_candidate(app, pipeline, stage, promote, trigger).await {
-                Ok(report) => Ok(report_response(report)),
-                Err(CandidateError::NotFound(message)) => {
-                    Err(ApiError::not_found("not_found", message))
-                }
-                Err(CandidateError::NoCandidate(message)) => {
-                    Err(ApiError::new(StatusCode::CONFLICT, "no_candidate", message))
-                }
-            }
-        }
-        _ => unreachable!("every route above was matched when checking the method"),
     }
 }
 
-/// Whether a POST carries a header a cross-origin web page cannot set
-/// without a preflight: a JSON content type or `X-Strata-Admin: 1`.
-fn deliberate<B>(request: &http::Request<B>) -> bool {
-    let headers = request.headers();
-    let json = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
-    json || headers
-        .get("x-strata-admin")
-        .is_some_and(|v| v.as_bytes() == b"1")
-}
-
-fn metrics(app: &App) -> Response {
+async fn metrics(State(app): State<Arc<App>>, _: RequireRole<Admin>) -> Response {
     // Burn rates are computed now, so a scrape sees them as of now.
     let generation = app.current.load_full();
     for (name, pipeline) in &generation.pipelines {
@@ -150,9 +156,7 @@ fn metrics(app: &App) -> Response {
         }
     }
     app.metrics.async_pending(app.jobs.pending());
-    let mut response = http::Response::new(http_body_util::BodyExt::boxed(
-        http_body_util::Full::new(bytes::Bytes::from(app.metrics.encode())),
-    ));
+    let mut response = Response::new(Body::from(app.metrics.encode()));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(
@@ -188,7 +192,7 @@ fn known_pipeline(app: &App, name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn pipelines(app: &App) -> Value {
+fn pipelines_view(app: &App) -> Value {
     let generation = app.current.load_full();
     let millis = |t: std::time::SystemTime| {
         t.duration_since(std::time::UNIX_EPOCH)
@@ -250,7 +254,12 @@ fn stage_view(stage: &Stage) -> Value {
     })
 }
 
-fn slo(app: &App, name: &str) -> Result<Response, ApiError> {
+async fn slo(
+    State(app): State<Arc<App>>,
+    _: RequireRole<Admin>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let name = name.as_str();
     let generation = app.current.load_full();
     let Some(pipeline) = generation.pipelines.get(name) else {
         return Err(ApiError::not_found(
@@ -308,33 +317,29 @@ fn slo(app: &App, name: &str) -> Result<Response, ApiError> {
     ))
 }
 
-async fn audit(app: &App, query: Option<&str>) -> Result<Response, ApiError> {
-    let mut limit = 100;
-    for (key, value) in query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-    {
-        match key {
-            "limit" => {
-                limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "limit \"{value}\" is not a number in 1..=1000"
-                        ))
-                    })?;
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown query parameter \"{other}\"; use limit"
-                )));
-            }
-        }
-    }
+/// The query of `GET /admin/audit`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    #[serde(default)]
+    limit: Option<String>,
+}
+
+async fn audit(
+    State(app): State<Arc<App>>,
+    _: RequireRole<Admin>,
+    QueryOf(query): QueryOf<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let limit = match query.limit {
+        None => 100,
+        Some(value) => value
+            .parse()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit \"{value}\" is not a number in 1..=1000"))
+            })?,
+    };
     let entries = app.store.audit_log(limit).await?;
     let entries: Vec<Value> = entries
         .into_iter()

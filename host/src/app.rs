@@ -1,0 +1,115 @@
+//! The application state every request handler, worker and operation
+//! shares. It sits below the HTTP routers, the job workers, callbacks and
+//! reloads: they all import it, it imports none of them back.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Tokens;
+use crate::callbacks::Callbacks;
+use crate::jobs::Jobs;
+use crate::metrics::Metrics;
+use crate::pipeline::{Generation, RunContext};
+use crate::reload::Operations;
+use crate::runtime::Runtime;
+use crate::store::Store;
+
+/// What every request handler shares.
+pub struct App {
+    /// The engine and instance pool.
+    pub runtime: Arc<Runtime>,
+    /// The generation new requests run on.
+    pub current: ArcSwap<Generation>,
+    /// Durable state.
+    pub store: Store,
+    /// The largest accepted request body, in bytes.
+    pub max_body: usize,
+    /// How long a client may take to send a body.
+    pub body_timeout: std::time::Duration,
+    /// Reloads, rollouts and error budgets.
+    pub ops: Arc<Operations>,
+    /// What pipeline runs need (engine, observer, shadow bound).
+    pub run: RunContext,
+    /// Bearer tokens of each role.
+    pub tokens: Tokens,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// The context asynchronous requests run in: `run`, with model calls
+    /// allowed to join batches.
+    pub background: RunContext,
+    /// Accepted asynchronous requests.
+    pub jobs: Jobs,
+    /// Who may be called back, and the signing secret.
+    pub callbacks: Callbacks,
+    /// Every task the host spawns, and the signal that stops them.
+    pub lifecycle: Lifecycle,
+}
+
+impl App {
+    /// A pipeline's answer bank, with the settings of the serving
+    /// generation (or the defaults, for a pipeline no longer served).
+    pub fn bank(&self, pipeline: &str) -> Arc<crate::bank::Bank> {
+        let generation = self.current.load();
+        let spec = generation
+            .pipelines
+            .get(pipeline)
+            .map(|p| p.answer_bank.clone())
+            .unwrap_or_default();
+        self.run.banks.bank(pipeline, &spec)
+    }
+}
+
+/// Every task the host spawns, and the one signal that stops them all.
+///
+/// Shutdown is: cancel, wait (within a bound) for every tracked task to
+/// finish what it holds, then close the store. A task that writes to the
+/// store is spawned here, so the store never closes under it.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    /// Fires once, when the host begins to stop.
+    pub cancel: CancellationToken,
+    /// The host's tasks: listeners, workers, watchers, shadows.
+    pub tasks: TaskTracker,
+}
+
+impl Lifecycle {
+    /// Run `task` as one of the host's tasks.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(task)
+    }
+
+    /// Run `task` until it ends or the host begins to stop, whichever is
+    /// first. For loops that hold nothing worth finishing.
+    pub fn spawn_until_stopped<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                () = task => {}
+            }
+        });
+    }
+
+    /// Whether the host has begun to stop.
+    pub fn stopping(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Cancel, then wait for every task, at most `bound`. Returns whether
+    /// they all finished.
+    pub async fn stop(&self, bound: std::time::Duration) -> bool {
+        self.cancel.cancel();
+        self.tasks.close();
+        tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
+    }
+}

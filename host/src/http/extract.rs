@@ -1,0 +1,297 @@
+//! What handlers take from a request, each check in one place: the
+//! authenticated caller ([`RequireRole`], [`FeedbackCaller`]), the JSON
+//! body ([`JsonBody`]), query strings ([`QueryOf`]), the client's request
+//! id, `Prefer: respond-async`, and the admin API's CSRF guard
+//! ([`Deliberate`]). Each refusal is an [`ApiError`].
+
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use http::StatusCode;
+use http::request::Parts;
+use http_body_util::BodyExt;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use crate::app::App;
+use crate::auth::{Caller, Role};
+use crate::pipeline::{Generation, Pipeline};
+
+/// The address of the connection a request came on, which the accept loop
+/// puts on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// The peer's address; an unspecified one (never trusted as this machine)
+/// if the request did not come through the accept loop.
+fn peer_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<Peer>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.0.ip())
+}
+
+/// Check that the caller may act as `role` (see [`crate::auth`]).
+fn authorize(app: &App, parts: &Parts, role: Role) -> Result<Caller, ApiError> {
+    let header = parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    // The name the caller used for this host, which same-machine trust
+    // needs to be a loopback one (HTTP/1.1 always sends Host; an absolute
+    // request target carries it instead).
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
+    Ok(app.tokens.authorize(role, header, peer_ip(parts), host)?)
+}
+
+/// A role a route requires, as a type.
+pub trait RoleMarker {
+    /// The role.
+    const ROLE: Role;
+}
+
+/// The client role.
+pub struct Client;
+/// The reviewer role.
+pub struct Reviewer;
+/// The admin role.
+pub struct Admin;
+
+impl RoleMarker for Client {
+    const ROLE: Role = Role::Client;
+}
+impl RoleMarker for Reviewer {
+    const ROLE: Role = Role::Reviewer;
+}
+impl RoleMarker for Admin {
+    const ROLE: Role = Role::Admin;
+}
+
+/// The caller, authenticated for role `R`: a handler that takes one runs
+/// only for callers that may act as `R`.
+pub struct RequireRole<R>(pub Caller, pub PhantomData<R>);
+
+impl<R: RoleMarker> FromRequestParts<Arc<App>> for RequireRole<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        authorize(app, parts, R::ROLE).map(|caller| RequireRole(caller, PhantomData))
+    }
+}
+
+/// The caller of `POST /v1/feedback`: a reviewer (or admin) when the
+/// request carries such a token, whose corrections apply at once;
+/// otherwise a client, whose corrections are proposals.
+pub struct FeedbackCaller(pub Caller);
+
+impl FromRequestParts<Arc<App>> for FeedbackCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        if parts.headers.contains_key(http::header::AUTHORIZATION)
+            && let Ok(caller) = authorize(app, parts, Role::Reviewer)
+            && caller.is_reviewer()
+        {
+            return Ok(FeedbackCaller(caller));
+        }
+        authorize(app, parts, Role::Client).map(FeedbackCaller)
+    }
+}
+
+/// The pipeline a `POST /v1/pipelines/{name}` names, on the generation
+/// serving when the request arrived: the request runs on that generation
+/// from start to end, however long its body takes and whatever reloads
+/// happen meanwhile.
+pub struct Target {
+    /// The generation taken on arrival.
+    pub generation: Arc<Generation>,
+    /// The named pipeline in it.
+    pub pipeline: Arc<Pipeline>,
+}
+
+impl FromRequestParts<Arc<App>> for Target {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let generation = app.current.load_full();
+        let Path(name) = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+        let Some(pipeline) = generation.pipelines.get(&name).cloned() else {
+            let known: Vec<&str> = generation.pipelines.keys().map(String::as_str).collect();
+            return Err(ApiError::not_found(
+                "unknown_pipeline",
+                format!(
+                    "no pipeline named \"{name}\"; this host serves: {}",
+                    known.join(", ")
+                ),
+            ));
+        };
+        Ok(Target {
+            generation,
+            pipeline,
+        })
+    }
+}
+
+/// An admin POST that carries a header a cross-origin web page cannot set
+/// without a preflight: a JSON content type or `X-Strata-Admin: 1`.
+pub struct Deliberate;
+
+impl<S: Sync> FromRequestParts<S> for Deliberate {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let headers = &parts.headers;
+        let json = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+        let marked = headers
+            .get("x-strata-admin")
+            .is_some_and(|v| v.as_bytes() == b"1");
+        if json || marked {
+            Ok(Deliberate)
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "admin POSTs must send Content-Type: application/json (or X-Strata-Admin: 1), \
+                 so that a web page cannot forge them",
+            ))
+        }
+    }
+}
+
+/// The client's own request id (`X-Request-Id`), if it sent one: 1 to 128
+/// letters, digits, `-`, `_`, `.` or `:`.
+pub struct ClientRequestId(pub Option<String>);
+
+impl<S: Sync> FromRequestParts<S> for ClientRequestId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get("x-request-id") else {
+            return Ok(ClientRequestId(None));
+        };
+        let valid = value.to_str().ok().filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        });
+        match valid {
+            Some(id) => Ok(ClientRequestId(Some(id.to_owned()))),
+            None => Err(ApiError::bad_request(
+                "X-Request-Id must be 1 to 128 letters, digits, '-', '_', '.' or ':'",
+            )),
+        }
+    }
+}
+
+/// Whether the client asked for an asynchronous answer with
+/// `Prefer: respond-async` (RFC 7240).
+pub struct PreferAsync(pub bool);
+
+impl<S: Sync> FromRequestParts<S> for PreferAsync {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let prefers = parts
+            .headers
+            .get_all("prefer")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|preference| {
+                preference
+                    .split(';')
+                    .next()
+                    .is_some_and(|token| token.trim().eq_ignore_ascii_case("respond-async"))
+            });
+        Ok(PreferAsync(prefers))
+    }
+}
+
+/// A query string parsed into `T`; a bad one is a 400 naming the fault.
+pub struct QueryOf<T>(pub T);
+
+impl<S: Sync, T: DeserializeOwned> FromRequestParts<S> for QueryOf<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(query)| QueryOf(query))
+            .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+    }
+}
+
+/// A JSON object body. The edge's body limit bounds its size; it must
+/// arrive within `[server] body_timeout_ms`.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, app: &Arc<App>) -> Result<Self, ApiError> {
+        let collected = tokio::time::timeout(app.body_timeout, request.into_body().collect())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        app.body_timeout.as_millis()
+                    ),
+                )
+            })?;
+        let body = collected
+            .map_err(|error| {
+                if exceeds_limit(&error) {
+                    ApiError::body_too_large(app.max_body)
+                } else {
+                    ApiError::bad_request(format!("cannot read the request body: {error}"))
+                }
+            })?
+            .to_bytes();
+        if body.is_empty() {
+            return Err(ApiError::bad_request(
+                "the request body is empty; send a JSON object",
+            ));
+        }
+        if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                "the request body must be a JSON object, not an array",
+            ));
+        }
+        serde_json::from_slice(&body).map(JsonBody).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the request body is not valid: {e}"),
+            )
+        })
+    }
+}
+
+/// Whether reading a body failed because it outgrew the edge's limit.
+fn exceeds_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
