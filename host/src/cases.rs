@@ -327,20 +327,16 @@ pub async fn run_pipeline(
             attributes: case.attributes.clone(),
         };
         let execution = pipeline.run(&context, generation.number, request).await;
-        let (text, code, by) = match &execution.verdict {
-            Verdict::Answered { output, by, .. } => (output.clone(), None, Some(by)),
-            Verdict::Escalated { reason, by, .. } => (reason.clone(), None, by.as_ref()),
-            Verdict::Rejected { code, message, by } => {
-                (message.clone(), Some(code.as_str()), by.as_ref())
-            }
-            Verdict::Failed { by, failure } => {
-                (format!("stage \"{}\" {failure}", by.stage), None, Some(by))
-            }
+        let verdict = &execution.verdict;
+        let (text, by) = (verdict.text(), verdict.decided_by());
+        let code = match verdict {
+            Verdict::Rejected { code, .. } => Some(code.as_str()),
+            _ => None,
         };
         judge(
             &mut report,
             case,
-            execution.verdict.status(),
+            execution.verdict.status().as_str(),
             &text,
             code,
             by.map(|b| b.stage.as_str()),

@@ -1,16 +1,143 @@
-//! Completing a request: what is kept of a finished run. Real-time and
-//! asynchronous requests share it, so a request reads back the same
-//! whichever way it ran.
+//! Completing a request: what is kept of a finished run, and when it is
+//! durable. Real-time and asynchronous requests both end in [`complete`],
+//! so a request reads back the same whichever way it ran.
 
 use serde_json::{Value, json};
 
+use crate::app::App;
 use crate::pipeline::{Execution, Verdict};
 use crate::runtime::StageFailure;
-use crate::store::{Job, RequestRecord};
+use crate::states::RequestStatus;
+use crate::store::{Job, NewTicket, RequestRecord, StoreError};
+
+/// How a finished run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A client is waiting for the response.
+    RealTime,
+    /// An accepted asynchronous request: its job ends with its record.
+    Job,
+}
+
+/// A finished run that was kept.
+#[derive(Debug)]
+pub struct Completed {
+    /// What was kept.
+    pub record: RequestRecord,
+    /// The stages' trace, as in the record, not yet serialised.
+    pub trace: Value,
+    /// The review ticket opened for an escalation.
+    pub ticket: Option<i64>,
+}
+
+/// Why a finished run could not be kept. The client of a real-time
+/// request is told to retry; an asynchronous request stays unfinished and
+/// runs again at the next start.
+#[derive(Debug, thiserror::Error)]
+pub enum NotKept {
+    /// The run needs a reviewer and its ticket could not be saved.
+    #[error("the request needs a human reviewer but its ticket could not be saved: {0}")]
+    Ticket(StoreError),
+    /// The run names a callback that could not be saved.
+    #[error("the request ran but its callback could not be saved: {0}")]
+    Callback(StoreError),
+    /// The job and its record could not be committed.
+    #[error("the asynchronous request could not be completed: {0}")]
+    Job(StoreError),
+}
+
+impl NotKept {
+    /// What the client of a real-time request is told (store internals
+    /// stay in the log).
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            NotKept::Ticket(_) => {
+                "the request needs a human reviewer but its ticket could not be saved; retry later"
+            }
+            NotKept::Callback(_) => {
+                "the request ran but its callback could not be saved; retry later"
+            }
+            NotKept::Job(_) => "the request could not be completed; retry later",
+        }
+    }
+}
+
+/// Keep a finished run: its record, its ticket if it escalated, its
+/// callback if it names one. Durable before this returns whenever someone
+/// is promised something: an escalation (its ticket), a callback, an
+/// asynchronous request (its job ends in the same commit). A plain
+/// real-time record is queued for the writer: losing it in a crash loses no
+/// promise, and waiting for it would cost every response a commit.
+pub async fn complete(
+    app: &App,
+    execution: &Execution,
+    created_at: i64,
+    callback: Option<String>,
+    mode: Mode,
+) -> Result<Completed, NotKept> {
+    let trace = trace_of(execution);
+    let mut record = record_with_trace(execution, created_at, &trace);
+    record.callback = callback;
+    let new_ticket = match &execution.verdict {
+        Verdict::Escalated { reason, draft, .. } => Some(NewTicket {
+            reason: reason.clone(),
+            draft: draft.clone(),
+        }),
+        _ => None,
+    };
+    if mode == Mode::Job {
+        let ticket = app
+            .store
+            .complete_job(record.clone(), new_ticket)
+            .await
+            .map_err(NotKept::Job)?;
+        if let Verdict::Answered { by, .. } = &execution.verdict {
+            // Time to value runs from acceptance, the wait in the queue
+            // included.
+            let waited = (crate::store::now_millis() - created_at).max(0) as f64 / 1000.0;
+            app.metrics.answered(&record.pipeline, &by.layer, waited);
+        }
+        return Ok(Completed {
+            record,
+            trace,
+            ticket,
+        });
+    }
+    let ticket = match new_ticket {
+        Some(ticket) => Some(
+            app.store
+                .escalate(record.clone(), ticket)
+                .await
+                .map_err(NotKept::Ticket)?,
+        ),
+        None if record.callback.is_some() => {
+            app.store
+                .record_durably(record.clone())
+                .await
+                .map_err(NotKept::Callback)?;
+            None
+        }
+        None => {
+            if let Err(error) = app.store.record(record.clone()).await {
+                tracing::error!(request_id = %record.id, %error, "cannot queue the request record");
+            }
+            None
+        }
+    };
+    Ok(Completed {
+        record,
+        trace,
+        ticket,
+    })
+}
 
 /// The durable record of a finished pipeline run.
 pub fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
-    let request = &execution.request;
+    record_with_trace(execution, created_at, &trace_of(execution))
+}
+
+/// What each stage did, as clients see it in `"stages"`.
+pub fn trace_of(execution: &Execution) -> Value {
     let trace: Vec<Value> = execution
         .trace
         .iter()
@@ -38,6 +165,12 @@ pub fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
             entry
         })
         .collect();
+    Value::Array(trace)
+}
+
+/// [`record_of`], given the trace already built.
+fn record_with_trace(execution: &Execution, created_at: i64, trace: &Value) -> RequestRecord {
+    let request = &execution.request;
     let mut record = RequestRecord {
         id: request.id.clone(),
         pipeline: request.pipeline.clone(),
@@ -51,31 +184,24 @@ pub fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
         layer: None,
         code: None,
         message: None,
-        trace: Value::Array(trace).to_string(),
+        trace: trace.to_string(),
         created_at,
         remember_key: execution.remember_key.clone(),
         pattern: execution.pattern(),
         cost_usd: execution.cost_usd(),
         callback: None,
     };
-    let by = match &execution.verdict {
+    match &execution.verdict {
         Verdict::Answered {
-            output,
-            confidence,
-            by,
+            output, confidence, ..
         } => {
             record.output = Some(output.clone());
             record.confidence = Some(*confidence);
-            Some(by)
         }
-        Verdict::Escalated { reason, by, .. } => {
-            record.message = Some(reason.clone());
-            by.as_ref()
-        }
-        Verdict::Rejected { code, message, by } => {
+        Verdict::Escalated { reason, .. } => record.message = Some(reason.clone()),
+        Verdict::Rejected { code, message, .. } => {
             record.code = Some(code.clone());
             record.message = Some(message.clone());
-            by.as_ref()
         }
         Verdict::Failed {
             by,
@@ -86,15 +212,13 @@ pub fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
                 "the host is overloaded: stage \"{}\" {failure}; retry later",
                 by.stage
             ));
-            Some(by)
         }
-        Verdict::Failed { by, failure } => {
+        failed @ Verdict::Failed { .. } => {
             record.code = Some("stage_failed".to_owned());
-            record.message = Some(format!("stage \"{}\" {failure}", by.stage));
-            Some(by)
+            record.message = Some(failed.text());
         }
-    };
-    if let Some(by) = by {
+    }
+    if let Some(by) = execution.verdict.decided_by() {
         record.stage = Some(by.stage.clone());
         record.layer = Some(by.layer.clone());
     }
@@ -108,7 +232,7 @@ pub fn unknown_pipeline_record(job: &Job, generation: u64) -> RequestRecord {
         id: job.id.clone(),
         pipeline: job.pipeline.clone(),
         generation,
-        status: "failed",
+        status: RequestStatus::Failed,
         input: job.input.clone(),
         attributes: job.attributes.clone(),
         output: None,

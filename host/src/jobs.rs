@@ -23,9 +23,8 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::app::App;
 use crate::manifest::AsyncSettings;
-use crate::pipeline::Verdict;
 use crate::request::Request;
-use crate::store::{Job, JobStart, NewTicket, StoreError};
+use crate::store::{Job, JobStart, StoreError};
 
 /// The queue of accepted asynchronous requests.
 pub struct Jobs {
@@ -167,28 +166,16 @@ async fn run(app: &App, job: Job) {
     let execution = pipeline
         .run(&app.background, generation.number, request)
         .await;
-    let mut record = crate::complete::record_of(&execution, job.created_at);
-    record.callback = job.callback.clone();
-    let ticket = match &execution.verdict {
-        Verdict::Escalated { reason, draft, .. } => Some(NewTicket {
-            reason: reason.clone(),
-            draft: draft.clone(),
-        }),
-        _ => None,
-    };
-    let answered_by = (record.status == "answered").then(|| record.layer.clone());
-    match app.store.complete_job(record, ticket).await {
-        // Time to value runs from acceptance, the wait in the queue included.
-        Ok(_) => {
-            if let Some(layer) = answered_by {
-                let waited = (crate::store::now_millis() - job.created_at).max(0) as f64 / 1000.0;
-                let layer = layer.as_deref().unwrap_or("-");
-                app.metrics.answered(&job.pipeline, layer, waited);
-            }
-        }
-        // The job stays unfinished and runs again at the next start.
-        Err(error) => {
-            tracing::error!(request_id = %id, %error, "cannot complete an asynchronous request");
-        }
+    let completed = crate::complete::complete(
+        app,
+        &execution,
+        job.created_at,
+        job.callback.clone(),
+        crate::complete::Mode::Job,
+    )
+    .await;
+    // Not completed: the job stays unfinished and runs again at the next start.
+    if let Err(error) = completed {
+        tracing::error!(request_id = %id, %error, "cannot complete an asynchronous request");
     }
 }

@@ -27,6 +27,7 @@
 //! - [`auth`]: bearer tokens and roles;
 //! - [`slo`]: error budgets, multiwindow burn rates;
 //! - [`metrics`]: Prometheus metrics by pipeline, layer and stage;
+//! - [`states`]: request, ticket and job states as types;
 //! - [`store`]: durable request records and review tickets in SQLite;
 //! - [`retention`]: removing records older than `[retention]` keeps;
 //! - [`audit`]: `strata audit`, what every stage may do;
@@ -61,6 +62,7 @@ pub mod retention;
 pub mod runtime;
 pub mod server;
 pub mod slo;
+pub mod states;
 pub mod store;
 
 pub use manifest::{Manifest, ManifestError, ManifestErrorKind};

@@ -34,7 +34,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
 
-use crate::pipeline::{Execution, Verdict};
+use crate::pipeline::Execution;
 
 /// Labels of `strata_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -452,11 +452,8 @@ impl Metrics {
         seconds: f64,
         background: bool,
     ) {
-        let status = execution.verdict.status();
-        let by = match &execution.verdict {
-            Verdict::Answered { by, .. } | Verdict::Failed { by, .. } => Some(by),
-            Verdict::Escalated { by, .. } | Verdict::Rejected { by, .. } => by.as_ref(),
-        };
+        let status = execution.verdict.status().as_str();
+        let by = execution.verdict.decided_by();
         let (stage, layer) = by.map_or(("-", "-"), |b| (b.stage.as_str(), b.layer.as_str()));
         self.requests
             .get_or_create(&RequestLabels {

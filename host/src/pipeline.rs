@@ -37,6 +37,7 @@ use crate::manifest::{
 use crate::model::{ModelCall, ModelRouter};
 use crate::request::{Outcome, Request};
 use crate::runtime::{LoadedStage, LogTag, Runtime, Services, StageFailure};
+use crate::states::RequestStatus;
 
 /// Every pipeline of one manifest, loaded and ready to serve.
 pub struct Generation {
@@ -276,13 +277,33 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The short status name used by the API and the store.
-    pub fn status(&self) -> &'static str {
+    /// How the request ended, as the API and the store name it.
+    pub fn status(&self) -> RequestStatus {
         match self {
-            Verdict::Answered { .. } => "answered",
-            Verdict::Escalated { .. } => "escalated",
-            Verdict::Rejected { .. } => "rejected",
-            Verdict::Failed { .. } => "failed",
+            Verdict::Answered { .. } => RequestStatus::Answered,
+            Verdict::Escalated { .. } => RequestStatus::Escalated,
+            Verdict::Rejected { .. } => RequestStatus::Rejected,
+            Verdict::Failed { .. } => RequestStatus::Failed,
+        }
+    }
+
+    /// The answer, the escalation's reason, the rejection's message, or
+    /// what failed.
+    pub fn text(&self) -> String {
+        match self {
+            Verdict::Answered { output, .. } => output.clone(),
+            Verdict::Escalated { reason, .. } => reason.clone(),
+            Verdict::Rejected { message, .. } => message.clone(),
+            Verdict::Failed { by, failure } => format!("stage \"{}\" {failure}", by.stage),
+        }
+    }
+
+    /// The stage that decided, or `None` when the pipeline's fallthrough
+    /// did.
+    pub fn decided_by(&self) -> Option<&DecidedBy> {
+        match self {
+            Verdict::Answered { by, .. } | Verdict::Failed { by, .. } => Some(by),
+            Verdict::Escalated { by, .. } | Verdict::Rejected { by, .. } => by.as_ref(),
         }
     }
 }

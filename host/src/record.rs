@@ -24,7 +24,7 @@ use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::RecordSpec;
-use crate::pipeline::{Execution, Verdict};
+use crate::pipeline::Execution;
 
 /// Lines queued per pipeline before new ones are dropped (and counted).
 const QUEUE: usize = 4096;
@@ -60,14 +60,7 @@ impl Line {
     /// The line for a finished execution, if it got past the recording point.
     pub fn of(execution: &Execution, spec: &RecordSpec) -> Option<Line> {
         let recorded = execution.recorded.as_ref()?;
-        let (text, by) = match &execution.verdict {
-            Verdict::Answered { output, by, .. } => (output.clone(), Some(by)),
-            Verdict::Escalated { reason, by, .. } => (reason.clone(), by.as_ref()),
-            Verdict::Rejected { message, by, .. } => (message.clone(), by.as_ref()),
-            Verdict::Failed { by, failure } => {
-                (format!("stage \"{}\" {failure}", by.stage), Some(by))
-            }
-        };
+        let (text, by) = (execution.verdict.text(), execution.verdict.decided_by());
         Some(Line {
             at: crate::store::now_millis(),
             request_id: recorded.id.clone(),
@@ -76,7 +69,7 @@ impl Line {
             after: spec.after.clone(),
             input: recorded.input.clone(),
             attributes: recorded.attributes.clone(),
-            status: execution.verdict.status().to_owned(),
+            status: execution.verdict.status().as_str().to_owned(),
             stage: by.map(|b| b.stage.clone()),
             layer: by.map(|b| b.layer.clone()),
             text,

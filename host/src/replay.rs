@@ -51,19 +51,10 @@ impl Decision {
         let Some(verdict) = verdict else {
             return Decision::passed_on();
         };
-        let kind = verdict.status().to_owned();
-        let (text, by) = match verdict {
-            Verdict::Answered { output, by, .. } => (output, Some(by)),
-            Verdict::Escalated { reason, by, .. } => (reason, by),
-            Verdict::Rejected { message, by, .. } => (message, by),
-            Verdict::Failed { by, failure } => {
-                (format!("stage \"{}\" {failure}", by.stage), Some(by))
-            }
-        };
         Decision {
-            kind,
-            stage: by.map(|b| b.stage),
-            text,
+            kind: verdict.status().as_str().to_owned(),
+            stage: verdict.decided_by().map(|b| b.stage.clone()),
+            text: verdict.text(),
         }
     }
 }

@@ -25,7 +25,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use crate::patterns::StoredPattern;
+use crate::patterns::StoredPattern;
+pub use crate::states::{JobStatus, RequestStatus, TicketState};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "strata.db";
@@ -67,8 +68,8 @@ pub struct RequestRecord {
     pub pipeline: String,
     /// The generation that served it.
     pub generation: u64,
-    /// `answered`, `escalated`, `rejected` or `failed`.
-    pub status: &'static str,
+    /// How the run ended.
+    pub status: RequestStatus,
     /// The input as the last stage left it (after redaction).
     pub input: String,
     /// The attributes as JSON.
@@ -165,8 +166,8 @@ pub struct Ticket {
     pub input: String,
     /// The request attributes.
     pub attributes: serde_json::Value,
-    /// `open`, `claimed`, `resolved`, or (a correction) `rejected`.
-    pub state: String,
+    /// Where it stands (`rejected`: a correction turned down).
+    pub state: TicketState,
     /// The reviewer who claimed it.
     pub claimed_by: Option<String>,
     /// When it was claimed.
@@ -276,8 +277,8 @@ fn read_job(conn: &Connection, id: &str) -> Result<Job, StoreError> {
 pub struct JobState {
     /// The pipeline.
     pub pipeline: String,
-    /// `queued`, `running`, `done` or `dead`.
-    pub state: String,
+    /// Where it stands.
+    pub state: JobStatus,
     /// Why a dead job is dead.
     pub reason: Option<String>,
     /// How many times it started running (more than once after a crash).
@@ -511,7 +512,7 @@ pub enum TicketFilter {
     /// Open or claimed: everything still waiting for an answer.
     Pending,
     /// Only tickets in this state.
-    State(&'static str),
+    State(TicketState),
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -576,7 +577,7 @@ impl Store {
 
     /// Whether committing `record` makes its callback due at once.
     fn calls_back(record: &RequestRecord) -> bool {
-        record.callback.is_some() && record.status != "escalated"
+        record.callback.is_some() && record.status != RequestStatus::Escalated
     }
 
     /// Queue a request record. Returns once queued, not once committed.
@@ -1055,7 +1056,7 @@ impl Store {
         self.read(move |conn| {
             let (clause, state) = match filter {
                 TicketFilter::Pending => ("t.state IN ('open', 'claimed')", None),
-                TicketFilter::State(state) => ("t.state = ?2", Some(state)),
+                TicketFilter::State(state) => ("t.state = ?2", Some(state.as_str())),
             };
             let sql = format!("{TICKET_SELECT} WHERE {clause} ORDER BY t.id LIMIT ?1");
             let mut statement = conn.prepare_cached(&sql)?;
@@ -1128,7 +1129,7 @@ impl Store {
     /// failed request with code `dead_letter`, and never runs again.
     pub async fn start_job(&self, id: String, max_runs: u32) -> Result<JobStart, StoreError> {
         self.write(move |conn| {
-            let found: Option<(String, i64, String)> = conn
+            let found: Option<(JobStatus, i64, String)> = conn
                 .query_row(
                     "SELECT state, runs, pipeline FROM jobs WHERE id = ?1",
                     params![id],
@@ -1138,7 +1139,7 @@ impl Store {
             let Some((state, runs, pipeline)) = found else {
                 return Err(StoreError::NotFound(format!("job \"{id}\"")));
             };
-            if state == "done" || state == "dead" {
+            if state.finished() {
                 return Ok(JobStart::Finished);
             }
             if runs >= i64::from(max_runs) {
@@ -1155,7 +1156,7 @@ impl Store {
                     id: id.clone(),
                     pipeline,
                     generation: 0,
-                    status: "failed",
+                    status: RequestStatus::Failed,
                     input: job.input,
                     attributes: job.attributes,
                     output: None,
@@ -1195,14 +1196,14 @@ impl Store {
         let due = Self::calls_back(&record);
         let ticket = self
             .write(move |conn| {
-                let done: Option<String> = conn
+                let done: Option<JobStatus> = conn
                     .query_row(
                         "SELECT state FROM jobs WHERE id = ?1",
                         params![record.id],
                         |row| row.get(0),
                     )
                     .optional()?;
-                if matches!(done.as_deref(), Some("done" | "dead")) {
+                if done.is_some_and(JobStatus::finished) {
                     return Ok(None);
                 }
                 insert_request(conn, &record)?;
@@ -2070,7 +2071,7 @@ fn read_request(
                         id: row.get(0)?,
                         pipeline: row.get(1)?,
                         generation: row.get::<_, i64>(2)? as u64,
-                        status: status_name(&row.get::<_, String>(3)?),
+                        status: row.get(3)?,
                         input: row.get(4)?,
                         attributes: row.get(5)?,
                         output: row.get(6)?,
@@ -2095,15 +2096,12 @@ fn read_request(
 }
 
 fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(), StoreError> {
-    let completed_at = (r.status != "escalated").then(now_millis);
+    let escalated = r.status == RequestStatus::Escalated;
+    let completed_at = (!escalated).then(now_millis);
     if let Some(url) = &r.callback {
         // Delivered once the request is final: now, or when a reviewer
         // resolves its ticket.
-        let state = if r.status == "escalated" {
-            "waiting"
-        } else {
-            "pending"
-        };
+        let state = if escalated { "waiting" } else { "pending" };
         conn.prepare_cached(
             "INSERT INTO callbacks (request_id, url, state, next_at, created_at)
              VALUES (?1, ?2, ?3, ?4, ?4)
@@ -2227,12 +2225,12 @@ fn explain_refusal(conn: &Connection, ticket: i64) -> Result<StoreError, StoreEr
     let Some(current) = read_ticket(conn, ticket)? else {
         return Ok(StoreError::NotFound(format!("ticket {ticket}")));
     };
-    Ok(match current.state.as_str() {
-        "resolved" => StoreError::Conflict(format!(
+    Ok(match current.state {
+        TicketState::Resolved => StoreError::Conflict(format!(
             "ticket {ticket} is already resolved by {}",
             current.resolved_by.unwrap_or_default()
         )),
-        "rejected" => StoreError::Conflict(format!(
+        TicketState::Rejected => StoreError::Conflict(format!(
             "ticket {ticket} was already rejected by {}",
             current.resolved_by.unwrap_or_default()
         )),
@@ -2242,15 +2240,6 @@ fn explain_refusal(conn: &Connection, ticket: i64) -> Result<StoreError, StoreEr
             current.claimed_by.unwrap_or_default()
         )),
     })
-}
-
-fn status_name(status: &str) -> &'static str {
-    match status {
-        "answered" => "answered",
-        "escalated" => "escalated",
-        "rejected" => "rejected",
-        _ => "failed",
-    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -51,12 +51,13 @@ use super::only;
 use super::views::{request_view, stored_view, ticket_view};
 use crate::app::App;
 use crate::auth::Caller;
-use crate::complete;
+use crate::complete::{self, Mode};
 use crate::jobs::SubmitError;
 use crate::pipeline::Verdict;
 use crate::request::Request;
 use crate::runtime::StageFailure;
-use crate::store::{Job, NewTicket, StoreError, TicketFilter, TicketKind};
+use crate::states::TicketState;
+use crate::store::{Job, StoreError, TicketFilter, TicketKind};
 
 /// Default and largest page of `GET /v1/tickets`.
 const DEFAULT_TICKET_PAGE: u32 = 100;
@@ -237,51 +238,18 @@ async fn run_pipeline(
         ));
     }
     let execution = pipeline.run(&app.run, generation.number, request).await;
-    let mut record = complete::record_of(&execution, created_at);
-    record.callback = body.callback;
-
-    let (status, ticket) = match &execution.verdict {
-        Verdict::Escalated { reason, draft, .. } => {
-            // The client hears "escalated" only once the ticket is durable.
-            let ticket = NewTicket {
-                reason: reason.clone(),
-                draft: draft.clone(),
-            };
-            let id = app
-                .store
-                .escalate(record.clone(), ticket)
-                .await
-                .map_err(|e| {
-                    tracing::error!(request_id = %record.id, error = %e, "cannot save a ticket");
-                    ApiError::store_unavailable(
-                        "the request needs a human reviewer but its ticket could not be saved; \
-                         retry later",
-                    )
-                })?;
-            (StatusCode::ACCEPTED, Some(id))
-        }
-        verdict if record.callback.is_some() => {
-            // The client is told its callback will come only once the
-            // callback is durable: a crash after this response loses nothing.
-            app.store
-                .record_durably(record.clone())
-                .await
-                .map_err(|e| {
-                    tracing::error!(request_id = %record.id, error = %e, "cannot save a callback");
-                    ApiError::store_unavailable(
-                        "the request ran but its callback could not be saved; retry later",
-                    )
-                })?;
-            (final_status(verdict), None)
-        }
-        verdict => {
-            if let Err(error) = app.store.record(record.clone()).await {
-                tracing::error!(request_id = %record.id, %error, "cannot queue the request record");
-            }
-            (final_status(verdict), None)
-        }
+    let completed = complete::complete(app, &execution, created_at, body.callback, Mode::RealTime)
+        .await
+        .map_err(|error| {
+            tracing::error!(request_id = %execution.request.id, %error, "cannot keep a request");
+            ApiError::store_unavailable(error.client_message())
+        })?;
+    let (record, ticket) = (completed.record, completed.ticket);
+    let status = match (&execution.verdict, ticket) {
+        (_, Some(_)) => StatusCode::ACCEPTED,
+        (verdict, None) => final_status(verdict),
     };
-    let mut view = request_view(&record, None);
+    let mut view = request_view(&record, completed.trace, None);
     if let Some(id) = ticket {
         view["ticket"] = json!({"id": id, "state": "open", "reason": record.message});
     }
@@ -533,9 +501,9 @@ async fn list_tickets(
 ) -> Result<Response, ApiError> {
     let filter = match query.state.as_deref() {
         None | Some("pending") => TicketFilter::Pending,
-        Some("open") => TicketFilter::State("open"),
-        Some("claimed") => TicketFilter::State("claimed"),
-        Some("resolved") => TicketFilter::State("resolved"),
+        Some("open") => TicketFilter::State(TicketState::Open),
+        Some("claimed") => TicketFilter::State(TicketState::Claimed),
+        Some("resolved") => TicketFilter::State(TicketState::Resolved),
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "state \"{other}\" is not one of pending, open, claimed, resolved"

@@ -7,11 +7,16 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::pipeline::{Execution, Verdict};
+use crate::states::{JobStatus, RequestStatus, TicketState};
 use crate::store::{RequestRecord, RequestState, StoreError, Ticket};
 
 /// The JSON a client sees for a request, fresh or looked up later.
-pub(crate) fn request_view(record: &RequestRecord, ticket: Option<&Ticket>) -> Value {
-    let stages = serde_json::from_str::<Value>(&record.trace).unwrap_or(Value::Null);
+/// `stages` is the record's trace: fresh from the run, or read back.
+pub(crate) fn request_view(
+    record: &RequestRecord,
+    stages: Value,
+    ticket: Option<&Ticket>,
+) -> Value {
     let calls: Vec<&Value> = stages
         .as_array()
         .into_iter()
@@ -41,17 +46,17 @@ pub(crate) fn request_view(record: &RequestRecord, ticket: Option<&Ticket>) -> V
     view["cost_usd"] = json!(record.cost_usd);
     view["stages"] = stages;
     match record.status {
-        "answered" => {
+        RequestStatus::Answered => {
             view["output"] = json!(record.output);
             view["confidence"] = json!(record.confidence);
         }
-        "rejected" => {
+        RequestStatus::Rejected => {
             view["rejection"] = json!({"code": record.code, "message": record.message});
         }
-        "failed" => {
+        RequestStatus::Failed => {
             view["error"] = json!({"code": record.code, "message": record.message});
         }
-        _ => {}
+        RequestStatus::Escalated => {}
     }
     if let Some(ticket) = ticket {
         view["ticket"] = json!({
@@ -59,7 +64,7 @@ pub(crate) fn request_view(record: &RequestRecord, ticket: Option<&Ticket>) -> V
             "state": ticket.state,
             "reason": ticket.reason,
         });
-        if ticket.state == "resolved" {
+        if ticket.state == TicketState::Resolved {
             view["reviewer"] = json!(ticket.resolved_by);
         }
     }
@@ -74,11 +79,7 @@ pub async fn stored_view(app: &App, id: &str) -> Result<Option<Value>, StoreErro
     // record read before the job never shows a job still running.
     let mut record = app.store.request(id.to_owned()).await?;
     let job = app.store.job_state(id.to_owned()).await?;
-    if record.is_none()
-        && job
-            .as_ref()
-            .is_some_and(|j| matches!(j.state.as_str(), "done" | "dead"))
-    {
+    if record.is_none() && job.as_ref().is_some_and(|j| j.state.finished()) {
         // It completed between the two reads.
         record = app.store.request(id.to_owned()).await?;
     }
@@ -91,7 +92,8 @@ pub async fn stored_view(app: &App, id: &str) -> Result<Option<Value>, StoreErro
             }),
             _,
         ) => {
-            let mut view = request_view(&record, ticket.as_ref());
+            let stages = serde_json::from_str(&record.trace).unwrap_or(Value::Null);
+            let mut view = request_view(&record, stages, ticket.as_ref());
             view["created_at"] = json!(timestamp(record.created_at));
             if let Some(at) = completed_at {
                 view["completed_at"] = json!(timestamp(at));
@@ -102,7 +104,7 @@ pub async fn stored_view(app: &App, id: &str) -> Result<Option<Value>, StoreErro
             "request_id": id,
             "pipeline": job.pipeline,
             // "queued" until a worker takes it.
-            "status": if job.state == "running" { "running" } else { "accepted" },
+            "status": if job.state == JobStatus::Running { "running" } else { "accepted" },
             "created_at": timestamp(job.created_at),
         }),
         (None, None) => return Ok(None),
@@ -147,8 +149,9 @@ pub fn timestamp(millis: i64) -> String {
 /// client is not shown: the input and attributes as the last stage left them,
 /// and an escalation's reason and draft.
 pub fn execution_view(execution: &Execution) -> Value {
+    let trace = crate::complete::trace_of(execution);
     let record = crate::complete::record_of(execution, crate::store::now_millis());
-    let mut view = request_view(&record, None);
+    let mut view = request_view(&record, trace, None);
     view["input"] = json!(execution.request.input);
     view["attributes"] = json!(execution.request.attributes);
     if let Verdict::Escalated { reason, draft, .. } = &execution.verdict {
