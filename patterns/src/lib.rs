@@ -67,7 +67,7 @@ pub mod text;
 use serde::{Deserialize, Serialize};
 
 pub use bank::{Bank, BankError, Example, Pattern, PatternId, Rating, RatingConfig};
-pub use calibrate::{Calibrated, CalibrationConfig, RiskCoverageRow, Scored, risk_coverage};
+pub use calibrate::{Calibrated, CalibrationConfig, RiskCoverageRow, Score, Scored, risk_coverage};
 pub use linear::TrainConfig;
 pub use model::{Fitted, Match, Model, Override, Stats, Via};
 pub use text::{FeatureConfig, MAX_QUESTION_BYTES};

@@ -17,7 +17,7 @@ use crate::rng::SplitMix64;
 pub struct TrainConfig {
     /// L2 regularisation strength (per example).
     pub lambda: f32,
-    /// Initial learning rate; it decays as `eta0 / (1 + eta0 · lambda · t)`.
+    /// Initial learning rate; [`TrainConfig::schedule`] says how it decays.
     pub eta0: f32,
     /// Passes over the examples of one cross-validation fold. The final
     /// model takes as many SGD steps as a fold model, not as many passes
@@ -25,6 +25,18 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Seed of the order in which examples are visited.
     pub seed: u64,
+    /// How the learning rate changes over the steps.
+    pub schedule: Schedule,
+}
+
+/// The learning-rate schedule of SGD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// `eta0 / (1 + eta0 · lambda · t)`.
+    InverseScaling,
+    /// From `eta0` down to zero in a straight line over the steps.
+    Linear,
 }
 
 impl Default for TrainConfig {
@@ -32,22 +44,29 @@ impl Default for TrainConfig {
         // Chosen by five-fold cross-validation inside the Banking77
         // training split (the `banking77` example's `--tune`), among
         // settings that also keep calibration working when classes overlap
-        // (the overlap test). Weaker regularisation and larger steps give
-        // a sharper model that separates right from wrong answers better
-        // (calibrated coverage 80 % at lambda 1e-5, eta0 0.5, 8 epochs; 85 %
-        // here), but at lambda 1e-6, eta0 4 it memorises conflicting
-        // examples and is then confidently wrong on their neighbours.
+        // (the overlap test) and trust none of the example's off-topic
+        // questions. With the old `eta0 / (1 + eta0 · lambda · t)` decay the
+        // rate hardly fell (lambda is tiny), so SGD ended still hopping
+        // around the optimum: a rate falling linearly to zero converges,
+        // which raised calibrated coverage from 82.9 % (that decay, eta0 2,
+        // 6 epochs) to 85.2 % here. Weaker regularisation (lambda 1e-6) or
+        // larger steps (eta0 8) trusted an off-topic question; stronger
+        // (1e-5) trusted less (83.1 %).
         Self {
             lambda: 3e-6,
-            eta0: 2.0,
-            epochs: 6,
+            eta0: 4.0,
+            epochs: 10,
             seed: 1,
+            schedule: Schedule::Linear,
         }
     }
 }
 
 /// The largest gradient entry below which an SGD step is skipped.
 const SKIP_GRADIENT: f32 = 1e-3;
+
+/// Gradient entries below this are left out of a sparse update.
+const SPARSE_GRADIENT: f32 = 1e-4;
 
 /// A trained linear classifier.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +110,7 @@ impl Linear {
         let mut order: Vec<usize> = (0..xs.len()).collect();
         let mut rng = SplitMix64::new(config.seed);
         let mut probs = vec![0.0f32; classes];
+        let mut active: Vec<(usize, f32)> = Vec::with_capacity(classes);
         let mut t = 0.0f32;
         let passes = steps.div_ceil(xs.len().max(1));
         for pass in 0..passes {
@@ -101,7 +121,12 @@ impl Linear {
                 xs.len()
             };
             for &i in &order[..take] {
-                let eta = config.eta0 / (1.0 + config.eta0 * config.lambda * t);
+                let eta = match config.schedule {
+                    Schedule::InverseScaling => {
+                        config.eta0 / (1.0 + config.eta0 * config.lambda * t)
+                    }
+                    Schedule::Linear => config.eta0 * (1.0 - t / steps as f32).max(0.0),
+                };
                 t += 1.0;
                 let x = xs[i];
                 scores_into(&weights, &bias, classes, scale, x, &mut probs);
@@ -119,11 +144,32 @@ impl Linear {
                 if probs.iter().all(|g| g.abs() < SKIP_GRADIENT) {
                     continue;
                 }
-                for (f, v) in x.iter() {
-                    let step = eta * v / scale;
-                    let row = &mut weights[f * classes..(f + 1) * classes];
-                    for (w, g) in row.iter_mut().zip(&probs) {
-                        *w -= step * g;
+                // Most classes get a negligible share of the gradient; when
+                // few do not, only their weights are moved, which halves
+                // the cost of a fit and changes no prediction measurably.
+                active.clear();
+                active.extend(
+                    probs
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, g)| g.abs() >= SPARSE_GRADIENT)
+                        .map(|(k, &g)| (k, g)),
+                );
+                if active.len() * 4 <= classes {
+                    for (f, v) in x.iter() {
+                        let step = eta * v / scale;
+                        let row = &mut weights[f * classes..(f + 1) * classes];
+                        for &(k, g) in &active {
+                            row[k] -= step * g;
+                        }
+                    }
+                } else {
+                    for (f, v) in x.iter() {
+                        let step = eta * v / scale;
+                        let row = &mut weights[f * classes..(f + 1) * classes];
+                        for (w, g) in row.iter_mut().zip(&probs) {
+                            *w -= step * g;
+                        }
                     }
                 }
                 for (b, g) in bias.iter_mut().zip(&probs) {

@@ -60,6 +60,9 @@ pub struct Fitted {
     classifier: Calibrated,
     neighbour: Calibrated,
     held_out: Vec<Scored>,
+    /// What the classifier's threshold applies to.
+    #[serde(default)]
+    score: calibrate::Score,
 }
 
 /// A per-pattern threshold above the global one, from bad ratings.
@@ -217,7 +220,7 @@ impl Model {
                     model.probabilities(&xs[trained[j]], |_| true, &mut probs);
                     let (k, p) = argmax(&probs).expect("a fold model has classes");
                     Scored {
-                        score: p,
+                        score: config.calibration.score.of(&probs, p),
                         correct: k == ys[j],
                     }
                 })
@@ -255,6 +258,7 @@ impl Model {
             classes: if has_linear { classes } else { Vec::new() },
             fitted_upto: bank.last_serial(),
             held_out,
+            score: calibration.score,
         };
         Model::from_fitted(Arc::new(fitted), bank)
     }
@@ -346,7 +350,8 @@ impl Model {
             let mut probs = Vec::with_capacity(linear.classes());
             linear.probabilities(&x, |k| self.live[k], &mut probs);
             let (k, p) = argmax(&probs)?;
-            (p > 0.0).then(|| self.judge(fitted.classes[k], p, Via::Classifier))
+            let score = fitted.score.of(&probs, p);
+            (p > 0.0).then(|| self.judge(fitted.classes[k], score, Via::Classifier))
         });
         let mut scratch = Vec::new();
         let neighbour = self

@@ -26,6 +26,9 @@ pub struct FeatureConfig {
     /// Raising it to 2 drops features seen once (mostly typos) and saves
     /// memory on a large bank, but on a small one it drops most words.
     pub min_df: u32,
+    /// The share of a vector's squared length given to the word block (the
+    /// character block has the rest) when a question has both.
+    pub word_weight: f32,
 }
 
 impl Default for FeatureConfig {
@@ -35,6 +38,7 @@ impl Default for FeatureConfig {
             char_min: 3,
             char_max: 5,
             min_df: 1,
+            word_weight: 0.5,
         }
     }
 }
