@@ -1,0 +1,163 @@
+//! The engine: one wasmtime `Engine` with its pooling allocator, epoch
+//! ticker and compile cache, the linker every stage links against, and the
+//! components compiled so far.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    PoolingAllocationConfig,
+};
+
+use super::bindings;
+use super::invoke::StageState;
+use crate::manifest::{MAX_MEMORY_MIB, PluginFile, RuntimeSettings};
+
+/// How often the engine's epoch advances: the resolution of stage timeouts
+/// and of yielding to other tasks.
+pub(super) const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// One instance slot's share of the pool: core instances, memories and
+/// tables a single component may hold.
+pub(super) const CORE_INSTANCES_PER_SLOT: u32 = 16;
+
+pub(super) const MEMORIES_PER_SLOT: u32 = 4;
+
+pub(super) const TABLES_PER_SLOT: u32 = 16;
+
+/// Resident memory kept per pooled slot between instances; measured here to
+/// halve the cost of a fresh instance together with `pagemap_scan`.
+pub(super) const KEEP_RESIDENT_BYTES: usize = 2 << 20;
+
+/// The engine, linker and instance pool shared by every stage of every
+/// generation.
+pub struct Runtime {
+    pub(super) engine: Engine,
+    pub(super) linker: Linker<StageState>,
+    pub(super) settings: RuntimeSettings,
+    /// One permit per pooled instance slot: a request waits for a slot
+    /// rather than failing when the pool is busy.
+    pub(super) slots: Arc<Semaphore>,
+    /// Compiled components by SHA-256, so one plugin used by several stages
+    /// (or by several generations) is compiled once.
+    pub(super) compiled: Mutex<HashMap<String, Component>>,
+    /// Shared by host services that call out (model providers).
+    pub(super) http: reqwest::Client,
+}
+
+impl Runtime {
+    /// Create the engine (with its epoch ticker) and the linker. With a
+    /// `cache_dir`, compiled components are kept there, keyed by their bytes
+    /// and the engine's settings, so a restart or a reload does not compile
+    /// an unchanged component again.
+    pub fn new(settings: &RuntimeSettings, cache_dir: Option<&Path>) -> anyhow::Result<Runtime> {
+        let instances = settings.instances;
+        let mut pool = PoolingAllocationConfig::new();
+        // A Rust stage is one core instance with a memory and a table; a
+        // Python one (componentize-py) is about 14 core instances and a
+        // dozen tables. The pool is sized so a full house of the larger
+        // kind fits; what it reserves is address space, not memory. Each
+        // component may use at most one slot's share, so however the slots
+        // are filled no component can exhaust the pool for the others.
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * CORE_INSTANCES_PER_SLOT)
+            .total_memories(instances * MEMORIES_PER_SLOT)
+            .total_tables(instances * TABLES_PER_SLOT)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_SLOT)
+            .max_memories_per_component(MEMORIES_PER_SLOT)
+            .max_tables_per_component(TABLES_PER_SLOT)
+            .total_stacks(instances)
+            .max_memory_size((MAX_MEMORY_MIB as usize) << 20)
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(Enabled::Auto);
+
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .consume_fuel(settings.fuel_metering);
+        if let Some(dir) = cache_dir {
+            let dir = std::path::absolute(dir)
+                .with_context(|| format!("cannot resolve {}", dir.display()))?;
+            let mut cache = CacheConfig::new();
+            cache.with_directory(&dir);
+            let cache = Cache::new(cache)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("cannot use {} as the compile cache", dir.display()))?;
+            config.cache(Some(cache));
+        }
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("cannot create the WebAssembly engine")?;
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        // Every supported contract version, side by side: a component built
+        // against an older one links to the same host code it always did.
+        bindings::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+
+        Ok(Runtime {
+            engine,
+            linker,
+            settings: settings.clone(),
+            slots: Arc::new(Semaphore::new(instances as usize)),
+            compiled: Mutex::new(HashMap::new()),
+            http: reqwest::Client::builder()
+                .build()
+                .context("cannot build the HTTP client for model providers")?,
+        })
+    }
+
+    /// The settings the engine was built with.
+    pub fn settings(&self) -> &RuntimeSettings {
+        &self.settings
+    }
+
+    pub(super) fn compile(&self, plugin: &PluginFile) -> Result<Component, String> {
+        let key = &plugin.sha256;
+        if let Some(component) = self.lock_compiled().get(key) {
+            return Ok(component.clone());
+        }
+        // Compile outside the lock: it takes tens of milliseconds.
+        let component =
+            Component::new(&self.engine, &*plugin.bytes).map_err(|e| format!("{e:#}"))?;
+        self.lock_compiled().insert(key.clone(), component.clone());
+        Ok(component)
+    }
+
+    pub(super) fn lock_compiled(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
+        // A panic while holding this lock could only come from HashMap
+        // itself; the map stays usable, so a poisoned lock is taken over.
+        self.compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The HTTP client host services (model providers) share.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// Advance the engine's epoch every tick for as long as the engine lives.
+pub(super) fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("strata-epoch".to_owned())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("cannot spawn the epoch ticker thread");
+}

@@ -1,0 +1,463 @@
+//! Invoking a stage: an instance (fresh, or idle for a stage that reuses
+//! them) bounded by the stage's limits, the call, and every way it can fail
+//! as a [`StageFailure`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::engine::Runtime;
+use super::limits::StageLimiter;
+use super::load::LoadedStage;
+use crate::manifest::Limits;
+use crate::request::{Outcome, Request};
+
+use super::engine::EPOCH_TICK;
+use super::load::Idle;
+
+/// The most bytes a guest may pass to the host in one call (a log line, an
+/// answer to remember, a model prompt); more is a trap, not a host
+/// allocation of whatever size the guest asks for.
+pub(super) const HOSTCALL_FUEL: usize = 4 << 20;
+
+impl Runtime {
+    /// Run one stage on one request: in a fresh instance, or, for a stage
+    /// that opts into reuse, in an idle instance of its own if one waits.
+    ///
+    /// This is the one place that gets an instance for a stage.
+    pub async fn invoke(
+        &self,
+        stage: &LoadedStage,
+        request: &Request,
+        tag: &LogTag,
+        services: &Services,
+    ) -> Invocation {
+        let limits = stage.spec.limits;
+        let idle = stage
+            .reuse
+            .as_ref()
+            .and_then(|pool| pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop());
+        let (mut store, instance, slot, uses) = match idle {
+            Some(idle) => (idle.store, Some(idle.instance), idle.slot, idle.uses),
+            None => {
+                let Some(slot) = self.slot(services.batch).await else {
+                    return Invocation {
+                        outcome: Err(StageFailure::Overloaded {
+                            waited_ms: self.settings.slot_wait_ms,
+                        }),
+                        effects: Effects::default(),
+                    };
+                };
+                (self.new_store(stage, request, tag), None, slot, 0)
+            }
+        };
+        prepare(
+            &mut store,
+            stage,
+            tag,
+            services,
+            self.settings.fuel_metering,
+        );
+
+        let timeout = Duration::from_millis(limits.timeout_ms);
+        let call = async {
+            let instance = match instance {
+                Some(instance) => instance,
+                None => stage
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| (true, e))?,
+            };
+            let outcome = instance
+                .handle(&mut store, &request.into())
+                .await
+                .map_err(|e| (false, e))?;
+            Ok((instance, outcome))
+        };
+        // The epoch deadline only fires while guest code runs; this bounds
+        // time the guest spends waiting on the host (a WASI poll, say).
+        let result = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
+        // What the stage did before it finished (or was stopped) still
+        // counts: a model call it made was paid for.
+        let effects = std::mem::take(&mut store.data_mut().effects);
+        let state = store.data();
+        if state.log_lines_dropped > 0 {
+            tracing::warn!(
+                request_id = %tag.request_id, pipeline = %tag.pipeline,
+                generation = tag.generation, stage = %tag.stage, digest = %tag.digest,
+                dropped = state.log_lines_dropped,
+                "stage logged more than {} lines; the rest were dropped",
+                crate::imports::log::MAX_LINES
+            );
+        }
+        let (outcome, instance) = match result {
+            Err(_) => (
+                Err(StageFailure::Timeout {
+                    ms: limits.timeout_ms,
+                }),
+                None,
+            ),
+            Ok(Ok((instance, outcome))) => (check_outcome(outcome.into(), &limits), Some(instance)),
+            Ok(Err((instantiating, error))) => {
+                let failure = classify(error, state, &limits);
+                // A trap while instantiating is the instance's own start-up
+                // code; anything else there is the host unable to make one.
+                let failure = match failure {
+                    StageFailure::Trap { detail } if instantiating => {
+                        StageFailure::Instantiate { detail }
+                    }
+                    other => other,
+                };
+                (Err(failure), None)
+            }
+        };
+        // A reusable instance goes back only after a clean call: a trap, a
+        // limit or an invalid outcome may have left it in any state.
+        if let (Some(pool), Some(instance), Ok(_)) = (&stage.reuse, instance, &outcome) {
+            let uses = uses + 1;
+            // A pool of a generation no longer served keeps nothing: its
+            // idle instances would hold slots nobody can use.
+            if uses < pool.spec.max_uses && pool.serving.load(std::sync::atomic::Ordering::Acquire)
+            {
+                let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < pool.spec.max_idle as usize {
+                    idle.push(Idle {
+                        store,
+                        instance,
+                        slot,
+                        uses,
+                    });
+                }
+            }
+        }
+        Invocation { outcome, effects }
+    }
+
+    /// A slot of the instance pool. Real-time requests wait at most
+    /// `[runtime] slot_wait_ms` (`None` then: the host is overloaded);
+    /// background ones (`patient`) as long as it takes.
+    async fn slot(&self, patient: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        let wait = self.slots.clone().acquire_owned();
+        let slot = if patient {
+            wait.await
+        } else {
+            tokio::time::timeout(Duration::from_millis(self.settings.slot_wait_ms), wait)
+                .await
+                .ok()?
+        };
+        Some(slot.expect("the slot semaphore is never closed"))
+    }
+
+    fn new_store(&self, stage: &LoadedStage, request: &Request, tag: &LogTag) -> Store<StageState> {
+        let logs = crate::imports::wasi::GuestLogs::new(tag.clone());
+        let seed = stage.spec.deterministic.map(|seed| {
+            // The same input meets the same randomness, whatever the request
+            // id: a replay decides alike.
+            crate::pipeline::fnv1a(request.input.as_bytes(), seed)
+        });
+        let mut store = Store::new(
+            &self.engine,
+            StageState {
+                wasi: crate::imports::wasi::locked_down(&logs, seed, &stage.spec.wasi),
+                table: ResourceTable::new(),
+                limiter: StageLimiter::new(stage.spec.limits.memory_mib),
+                context: stage.context.clone(),
+                tag: tag.clone(),
+                logs,
+                services: Services::default(),
+                effects: Effects::default(),
+                timed_out: false,
+                log_lines: 0,
+                log_lines_dropped: 0,
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(HOSTCALL_FUEL);
+        store
+    }
+}
+
+/// Host services an invocation may use, as its grants allow.
+#[derive(Clone, Default)]
+pub struct Services {
+    /// The pipeline's answer bank.
+    pub bank: Option<Arc<crate::bank::Bank>>,
+    /// The generation's model tiers.
+    pub models: Option<Arc<crate::model::ModelRouter>>,
+    /// A shadow run reads the bank but must not change it.
+    pub read_only_bank: bool,
+    /// Model calls may wait to join a batch (asynchronous requests only).
+    pub batch: bool,
+}
+
+/// What an invocation did besides deciding.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    /// The key the stage asked its request's final answer be kept under.
+    pub remember_key: Option<String>,
+    /// Model calls it made.
+    pub model_calls: Vec<crate::model::ModelCall>,
+    /// Answer-bank lookups that found an answer.
+    pub cache_hits: u32,
+    /// Answer-bank lookups that found nothing.
+    pub cache_misses: u32,
+    /// The pattern the stage's last answer-bank lookup matched.
+    pub pattern: Option<i64>,
+    /// Its `lookup` calls by result: trusted, untrusted, no match.
+    pub pattern_lookups: [u32; 3],
+}
+
+/// The result of one invocation.
+pub struct Invocation {
+    /// The stage's decision, or why it failed.
+    pub outcome: Result<Outcome, StageFailure>,
+    /// What it did on the way.
+    pub effects: Effects,
+}
+
+/// Set a store up for one invocation: who it serves, what it may use, and
+/// its time and fuel (memory is capped for the instance's whole life).
+pub(super) fn prepare(
+    store: &mut Store<StageState>,
+    stage: &LoadedStage,
+    tag: &LogTag,
+    services: &Services,
+    fuel_metering: bool,
+) {
+    let limits = stage.spec.limits;
+    let state = store.data_mut();
+    if state.tag.request_id != tag.request_id {
+        state.logs.restart(tag.clone());
+        state.tag = tag.clone();
+    }
+    state.services = services.clone();
+    state.effects = Effects::default();
+    state.timed_out = false;
+    state.log_lines = 0;
+    state.log_lines_dropped = 0;
+    if fuel_metering {
+        store
+            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+            .expect("fuel metering is enabled on this engine");
+    }
+    let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |mut ctx| {
+        if Instant::now() >= deadline {
+            ctx.data_mut().timed_out = true;
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            // Let other requests run, then come back for another tick.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+}
+
+pub(super) fn check_outcome(outcome: Outcome, limits: &Limits) -> Result<Outcome, StageFailure> {
+    let limit = limits.output_kib as usize * 1024;
+    let bytes = outcome.size();
+    if bytes > limit {
+        return Err(StageFailure::OutputTooLarge { bytes, limit });
+    }
+    if let Outcome::Respond { confidence, .. } = outcome
+        && !(0.0..=1.0).contains(&confidence)
+    {
+        return Err(StageFailure::InvalidOutcome(format!(
+            "confidence {confidence} is outside 0..=1"
+        )));
+    }
+    Ok(outcome)
+}
+
+/// Name the cause of a failed call. The store's own flags are checked first:
+/// they say for certain which limit stopped the guest, whatever the error
+/// text looks like.
+pub(super) fn classify(
+    error: wasmtime::Error,
+    state: &StageState,
+    limits: &Limits,
+) -> StageFailure {
+    if state.timed_out {
+        return StageFailure::Timeout {
+            ms: limits.timeout_ms,
+        };
+    }
+    if state.limiter.exceeded() {
+        return StageFailure::Memory {
+            mib: limits.memory_mib,
+        };
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => StageFailure::Fuel {
+            budget: limits.fuel.unwrap_or(u64::MAX),
+        },
+        Some(Trap::Interrupt) => StageFailure::Timeout {
+            ms: limits.timeout_ms,
+        },
+        _ => StageFailure::Trap {
+            detail: format!("{error:#}"),
+        },
+    }
+}
+
+/// Why one stage invocation failed. The `Display` form is safe to show to a
+/// client; guest internals stay in [`StageFailure::detail`] for the log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StageFailure {
+    /// The wall-clock limit passed.
+    #[error("timed out after {ms} ms")]
+    Timeout {
+        /// The limit.
+        ms: u64,
+    },
+    /// The guest tried to grow its memory past the cap.
+    #[error("exceeded its memory limit of {mib} MiB")]
+    Memory {
+        /// The cap.
+        mib: u32,
+    },
+    /// The fuel budget ran out.
+    #[error("ran out of fuel (budget {budget})")]
+    Fuel {
+        /// The budget.
+        budget: u64,
+    },
+    /// The guest trapped (a panic, an `unreachable`, a bad access).
+    #[error("trapped")]
+    Trap {
+        /// The engine's description, with the wasm backtrace.
+        detail: String,
+    },
+    /// The outcome was larger than the stage's output limit.
+    #[error("returned {bytes} bytes of output, over its limit of {limit} bytes")]
+    OutputTooLarge {
+        /// Bytes returned.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The outcome broke the contract (e.g. confidence outside 0..1).
+    #[error("returned an invalid outcome: {0}")]
+    InvalidOutcome(String),
+    /// No instance could be made: the instance pool is exhausted for this
+    /// component's shape, or its start-up code failed.
+    #[error("could not be instantiated")]
+    Instantiate {
+        /// The engine's description.
+        detail: String,
+    },
+    /// No instance slot came free in time: the host is overloaded. Not the
+    /// stage's fault, so not subject to its `on_error`.
+    #[error("found no free instance within {waited_ms} ms")]
+    Overloaded {
+        /// How long the request waited.
+        waited_ms: u64,
+    },
+}
+
+impl StageFailure {
+    /// A stable short name, for traces, logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageFailure::Timeout { .. } => "timeout",
+            StageFailure::Memory { .. } => "memory",
+            StageFailure::Fuel { .. } => "fuel",
+            StageFailure::Trap { .. } => "trap",
+            StageFailure::OutputTooLarge { .. } => "output_too_large",
+            StageFailure::InvalidOutcome(_) => "invalid_outcome",
+            StageFailure::Instantiate { .. } => "instantiate",
+            StageFailure::Overloaded { .. } => "overloaded",
+        }
+    }
+
+    /// Internals for the log, never for the client.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            StageFailure::Trap { detail } | StageFailure::Instantiate { detail } => Some(detail),
+            _ => None,
+        }
+    }
+}
+
+/// What identifies an invocation in log lines.
+#[derive(Debug, Clone)]
+pub struct LogTag {
+    /// The request id.
+    pub request_id: Arc<str>,
+    /// The pipeline.
+    pub pipeline: Arc<str>,
+    /// The stage.
+    pub stage: Arc<str>,
+    /// The generation serving the request.
+    pub generation: u64,
+    /// The digest of the stage version running.
+    pub digest: Arc<str>,
+}
+
+/// Per-stage data every invocation's store shares.
+pub(crate) struct StageContext {
+    #[allow(dead_code, reason = "kept for debugging and future host imports")]
+    pub(crate) pipeline: Arc<str>,
+    #[allow(dead_code, reason = "kept for debugging and future host imports")]
+    pub(crate) stage: Arc<str>,
+    pub(crate) config: StageConfig,
+}
+
+/// A stage's config table, prepared for the `config` interface.
+pub(crate) struct StageConfig {
+    /// Top-level values: strings as they are, anything else as JSON.
+    pub(crate) values: HashMap<String, String>,
+    /// The whole table as JSON.
+    pub(crate) json: String,
+}
+
+impl StageConfig {
+    pub(super) fn new(table: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let values = table
+            .iter()
+            .map(|(key, value)| {
+                let text = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (key.clone(), text)
+            })
+            .collect();
+        StageConfig {
+            values,
+            json: serde_json::Value::Object(table.clone()).to_string(),
+        }
+    }
+}
+
+/// The data of one invocation's store.
+pub(crate) struct StageState {
+    pub(super) wasi: WasiCtx,
+    pub(super) table: ResourceTable,
+    pub(super) limiter: StageLimiter,
+    pub(crate) context: Arc<StageContext>,
+    pub(crate) tag: LogTag,
+    pub(super) logs: crate::imports::wasi::GuestLogs,
+    pub(crate) services: Services,
+    pub(crate) effects: Effects,
+    pub(super) timed_out: bool,
+    pub(crate) log_lines: u32,
+    pub(crate) log_lines_dropped: u32,
+}
+
+impl WasiView for StageState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
