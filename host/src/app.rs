@@ -12,8 +12,8 @@ use crate::auth::Tokens;
 use crate::callbacks::Callbacks;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
+use crate::ops::Operations;
 use crate::pipeline::{Generation, RunContext};
-use crate::reload::Operations;
 use crate::runtime::Runtime;
 use crate::store::Store;
 

@@ -15,7 +15,8 @@
 //! - [`pipeline`]: generations and the chaining semantics of a pipeline;
 //! - [`record`]: traffic recording for `strata replay`;
 //! - [`replay`]: `strata replay`, recorded traffic against a manifest;
-//! - [`reload`]: reloads, rollbacks, candidate rollouts, file watch, SIGHUP;
+//! - [`ops`]: reloads, rollbacks, candidate rollouts, manifest edits, the
+//!   file watcher, the audit trail and the pipelines' observer (telemetry);
 //! - [`app`]: the state every handler and worker shares, and the
 //!   lifecycle of the host's tasks;
 //! - [`server`]: start-up and shutdown, in order;
@@ -52,10 +53,10 @@ pub mod jobs;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod patterns;
 pub mod pipeline;
 pub mod record;
-pub mod reload;
 pub mod replay;
 pub mod request;
 pub mod retention;

@@ -24,8 +24,8 @@ use crate::http::Bounds;
 use crate::jobs::Jobs;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
+use crate::ops::{Operations, Trigger};
 use crate::pipeline::{Generation, RunContext};
-use crate::reload::{Operations, Trigger};
 use crate::runtime::Runtime;
 use crate::store::Store;
 
@@ -248,9 +248,9 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         app.lifecycle
             .spawn(crate::http::serve(listener, header_timeout, cancel, edge));
     }
-    crate::reload::spawn_burn_worker(app.clone());
+    crate::ops::spawn_burn_worker(app.clone());
     if manifest.reload.watch {
-        crate::reload::spawn_watcher(
+        crate::ops::spawn_watcher(
             app.clone(),
             manifest.watched_files(),
             Duration::from_millis(manifest.reload.debounce_ms),
@@ -300,7 +300,7 @@ fn spawn_signal_reloads(app: Arc<App>) {
             loop {
                 tokio::select! {
                     Some(()) = hangups.recv() => {
-                        crate::reload::reload(&app, Trigger::host("signal")).await;
+                        crate::ops::reload(&app, Trigger::host("signal")).await;
                     }
                     () = cancel.cancelled() => return,
                 }

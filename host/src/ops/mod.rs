@@ -1,0 +1,307 @@
+//! Live operations: reloads built aside and published atomically, rollback
+//! to the previous generation, promotion and rollback of candidates, the
+//! automatic rollback of canaries that burn the error budget, and the
+//! triggers (file watch, SIGHUP, admin API).
+//!
+//! Every operation takes one lock, so operations never interleave. A reload
+//! reads the manifest and every plugin, compiles (on the blocking pool, with
+//! the on-disk compile cache), links and validates the whole new generation
+//! before anything changes; only then is it published with one atomic store.
+//! A request already running keeps the `Arc` of the generation it started on
+//! and finishes there. A failed reload changes nothing and says why in its
+//! report, the log, `GET /admin/pipelines` and the audit log.
+//!
+//! - `reload`: reloads, rollbacks, what changed;
+//! - `rollout`: candidates promoted or rolled back, by hand or on a burn;
+//! - `edit`: the manifest edited in place;
+//! - `watch`: the file watcher;
+//! - `telemetry`: the pipelines' observer (budgets, metrics, recording).
+
+mod edit;
+mod reload;
+mod rollout;
+mod telemetry;
+mod watch;
+
+use self::reload::diff;
+pub use self::reload::{files_changed, reload, rollback};
+use self::rollout::BurnAlarm;
+pub use self::rollout::{settle_candidate, spawn_burn_worker};
+use self::watch::fingerprint;
+pub use self::watch::spawn_watcher;
+
+use crate::bank::Banks;
+use crate::manifest::Manifest;
+use crate::metrics::Metrics;
+use crate::pipeline::Generation;
+use crate::record::Recorders;
+use crate::slo::{Budgets, SeriesKey};
+use crate::store::{AuditEntry, Store};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// What asked for an operation, and who.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    /// `startup`, `admin`, `watch`, `signal` or `burn`.
+    pub source: &'static str,
+    /// A token fingerprint (`admin:1a2b3c4d`), `loopback-admin`, or the host.
+    pub actor: String,
+}
+
+impl Trigger {
+    /// A trigger from the host itself (file watch, signal, start-up).
+    pub fn host(source: &'static str) -> Trigger {
+        Trigger {
+            source,
+            actor: "strata".to_owned(),
+        }
+    }
+}
+
+/// What changed for one stage between two generations.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StageChange {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The stage.
+    pub stage: String,
+    /// `added`, `removed` or `changed`.
+    pub change: &'static str,
+    /// The live digest before.
+    pub old_digest: Option<String>,
+    /// The live digest after.
+    pub new_digest: Option<String>,
+    /// The candidate digest before.
+    pub old_candidate: Option<String>,
+    /// The candidate digest after.
+    pub new_candidate: Option<String>,
+    /// Grants the stage gained.
+    pub grants_added: Vec<String>,
+    /// Grants the stage lost.
+    pub grants_removed: Vec<String>,
+    /// Imports the stage's component gained.
+    pub imports_added: Vec<String>,
+    /// Imports the stage's component lost.
+    pub imports_removed: Vec<String>,
+    /// Whether its config, limits, layer or `on_error` changed.
+    pub settings_changed: bool,
+}
+
+/// The result of one operation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `start`, `reload`, `rollback`, `promote` or `rollback_stage`.
+    pub action: &'static str,
+    /// What asked for it.
+    pub trigger: &'static str,
+    /// Who asked.
+    pub actor: String,
+    /// `applied`, `unchanged` or `failed`.
+    pub result: &'static str,
+    /// The generation serving before.
+    pub from_generation: u64,
+    /// The generation serving after.
+    pub to_generation: u64,
+    /// The digest of the manifest read, if one was.
+    pub manifest_sha256: Option<String>,
+    /// Per stage: what changed.
+    pub changes: Vec<StageChange>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Anything else worth knowing.
+    pub note: Option<String>,
+    /// How long it took, in milliseconds.
+    pub took_ms: f64,
+    /// When it finished (Unix milliseconds).
+    pub at: i64,
+}
+
+impl Report {
+    /// Whether the operation changed nothing because it failed.
+    pub fn failed(&self) -> bool {
+        self.result == "failed"
+    }
+}
+
+/// Why a candidate operation could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CandidateError {
+    /// No such pipeline or stage.
+    #[error("{0}")]
+    NotFound(String),
+    /// The stage has no candidate.
+    #[error("{0}")]
+    NoCandidate(String),
+}
+
+/// Size of one file, and when it last changed: enough to notice a change.
+type Fingerprint = BTreeMap<PathBuf, Option<(u64, SystemTime)>>;
+
+struct State {
+    /// The generation before the serving one, for one-call rollback.
+    previous: Option<Arc<Generation>>,
+    /// The files a change to which should reload.
+    watched: Vec<PathBuf>,
+    /// What those files looked like when last acted on.
+    fingerprint: Fingerprint,
+    /// While a rollback is in force, what the serving generation is instead
+    /// of the manifest file ("generation 5 serves the pipelines of
+    /// generation 3"); cleared when the file is loaded again.
+    rolled_back: Option<String>,
+}
+
+/// Reload state, error budgets and the observer of pipeline runs.
+pub struct Operations {
+    /// Error budgets of pipelines and canaries.
+    pub budgets: Budgets,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    recorders: Recorders,
+    store: Store,
+    manifest_path: PathBuf,
+    state: tokio::sync::Mutex<State>,
+    last: Mutex<Option<Report>>,
+    burning: Mutex<HashSet<SeriesKey>>,
+    alarms: mpsc::UnboundedSender<BurnAlarm>,
+    alarm_queue: Mutex<Option<mpsc::UnboundedReceiver<BurnAlarm>>>,
+}
+
+impl Operations {
+    /// Operations for the host serving `manifest` (already loaded).
+    pub fn new(
+        store: Store,
+        manifest: &Manifest,
+        metrics: Arc<Metrics>,
+        data_dir: &Path,
+    ) -> Operations {
+        let (alarms, queue) = mpsc::unbounded_channel();
+        let watched = manifest.watched_files();
+        Operations {
+            budgets: Budgets::default(),
+            recorders: Recorders::new(data_dir),
+            metrics,
+            store,
+            manifest_path: manifest.path.clone(),
+            state: tokio::sync::Mutex::new(State {
+                previous: None,
+                rolled_back: None,
+                fingerprint: fingerprint(&watched),
+                watched,
+            }),
+            last: Mutex::new(None),
+            burning: Mutex::new(HashSet::new()),
+            alarms,
+            alarm_queue: Mutex::new(Some(queue)),
+        }
+    }
+
+    /// The last operation's report.
+    pub fn last_report(&self) -> Option<Report> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The files the watcher should watch.
+    pub async fn watched_files(&self) -> Vec<PathBuf> {
+        self.state.lock().await.watched.clone()
+    }
+
+    /// Apply `generation`'s settings to what outlives generations (answer
+    /// banks, error budgets, traffic recorders), once, as it is published.
+    /// Lookups on the request path never change them, so requests still
+    /// running on the previous generation do not undo this.
+    pub fn adopt(&self, generation: &Generation, banks: &Banks) {
+        for (name, pipeline) in &generation.pipelines {
+            banks.configure(name, &pipeline.answer_bank);
+            self.recorders.configure(name, pipeline.record.as_ref());
+            self.budgets
+                .configure(SeriesKey::Pipeline(name.clone()), &pipeline.slo);
+            for candidate in pipeline.stages.iter().filter_map(|s| s.candidate.as_ref()) {
+                let key = SeriesKey::Candidate {
+                    pipeline: name.clone(),
+                    stage: candidate.stage.spec.name.clone(),
+                    digest: candidate.stage.digest.clone(),
+                };
+                self.budgets.configure(key, &pipeline.slo);
+            }
+        }
+    }
+
+    /// Record that the host started serving `generation`.
+    pub async fn started(&self, generation: &Generation) {
+        let report = Report {
+            action: "start",
+            trigger: "startup",
+            actor: "strata".to_owned(),
+            result: "applied",
+            from_generation: 0,
+            to_generation: generation.number,
+            manifest_sha256: Some(generation.manifest.sha256.clone()),
+            changes: diff(None, generation),
+            error: None,
+            note: None,
+            took_ms: 0.0,
+            at: crate::store::now_millis(),
+        };
+        self.finish(report).await;
+    }
+
+    async fn finish(&self, report: Report) -> Report {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+        self.metrics
+            .operation(report.action, report.result, report.to_generation);
+        if report.failed() {
+            tracing::error!(
+                action = report.action,
+                trigger = report.trigger,
+                actor = %report.actor,
+                error = report.error.as_deref().unwrap_or(""),
+                "{} failed; generation {} keeps serving",
+                report.action,
+                report.from_generation
+            );
+        } else {
+            tracing::info!(
+                action = report.action,
+                trigger = report.trigger,
+                actor = %report.actor,
+                result = report.result,
+                generation = report.to_generation,
+                changes = report.changes.len(),
+                took_ms = report.took_ms,
+                "{} {}",
+                report.action,
+                report.result
+            );
+        }
+        let entry = AuditEntry {
+            id: 0,
+            at: report.at,
+            action: report.action.to_owned(),
+            trigger: report.trigger.to_owned(),
+            actor: report.actor.clone(),
+            result: report.result.to_owned(),
+            from_generation: Some(report.from_generation),
+            to_generation: Some(report.to_generation),
+            manifest_sha256: report.manifest_sha256.clone(),
+            changes: serde_json::to_value(&report.changes).unwrap_or_default(),
+            note: report.error.clone().or_else(|| report.note.clone()),
+        };
+        if let Err(error) = self.store.audit(entry).await {
+            tracing::error!(%error, "cannot write the audit log entry for a {}", report.action);
+        }
+        report
+    }
+
+    /// The canary alarms, for the worker that acts on them (taken once).
+    fn take_alarms(&self) -> Option<mpsc::UnboundedReceiver<BurnAlarm>> {
+        self.alarm_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}

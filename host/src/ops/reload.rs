@@ -1,0 +1,396 @@
+//! Reloads and rollbacks: a candidate generation built aside, gated by
+//! its golden cases, published whole; the previous one kept for rollback;
+//! what changed between two generations.
+
+use super::watch::fingerprint;
+use super::{Report, StageChange, State, Trigger};
+use crate::app::App;
+use crate::manifest::{Manifest, ManifestErrorKind};
+use crate::pipeline::Generation;
+use crate::runtime::capabilities::ImportRule;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Read the manifest again and publish it as a new generation if it loads.
+pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Report {
+    let mut state = app.ops.state.lock().await;
+    let report = reload_locked(app, &mut state, &trigger, "reload", None).await;
+    drop(state);
+    app.ops.finish(report).await
+}
+
+/// Called by the file watcher: reload if the watched files changed since
+/// the last operation (an operation's own writes, or a rollback, do not
+/// count).
+pub async fn files_changed(app: &Arc<App>) -> Option<Report> {
+    let mut state = app.ops.state.lock().await;
+    let now = tokio::task::spawn_blocking({
+        let watched = state.watched.clone();
+        move || fingerprint(&watched)
+    })
+    .await
+    .ok()?;
+    if now == state.fingerprint {
+        return None;
+    }
+    let report = reload_locked(app, &mut state, &Trigger::host("watch"), "reload", None).await;
+    drop(state);
+    Some(app.ops.finish(report).await)
+}
+
+pub(super) async fn reload_locked(
+    app: &Arc<App>,
+    state: &mut State,
+    trigger: &Trigger,
+    action: &'static str,
+    edited: Option<Manifest>,
+) -> Report {
+    let started = Instant::now();
+    let current = app.current.load_full();
+    let mut report = Report {
+        action,
+        trigger: trigger.source,
+        actor: trigger.actor.clone(),
+        result: "failed",
+        from_generation: current.number,
+        to_generation: current.number,
+        manifest_sha256: None,
+        changes: Vec::new(),
+        error: None,
+        note: None,
+        took_ms: 0.0,
+        at: 0,
+    };
+    let finish = |mut report: Report| {
+        report.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+        report.at = crate::store::now_millis();
+        report
+    };
+
+    // Whether this reads the file, so that what is served is the file again.
+    let from_file = edited.is_none();
+    // Taken before reading, so a change made while loading is seen again.
+    state.fingerprint = fingerprint(&state.watched);
+    let manifest = match edited {
+        Some(manifest) => Ok(manifest),
+        None => {
+            let path = app.ops.manifest_path.clone();
+            match tokio::task::spawn_blocking(move || Manifest::load(&path)).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("loading task failed: {e}")),
+            }
+        }
+    };
+    let manifest = match manifest {
+        Ok(manifest) => manifest,
+        Err(error) => {
+            report.error = Some(error);
+            return finish(report);
+        }
+    };
+    report.manifest_sha256 = Some(manifest.sha256.clone());
+    // Watch what the new manifest names too, so fixing a broken plugin it
+    // points at is noticed; those files as they were when it was read.
+    let added: Vec<PathBuf> = manifest
+        .watched_files()
+        .into_iter()
+        .filter(|path| !state.fingerprint.contains_key(path))
+        .collect();
+    state.fingerprint.extend(fingerprint(&added));
+    state.watched = state.fingerprint.keys().cloned().collect();
+
+    if manifest.runtime != *app.runtime.settings() {
+        report.error = Some(
+            "[runtime] changed; engine settings take effect only when the host restarts".to_owned(),
+        );
+        return finish(report);
+    }
+    if same_content(&current.manifest, &manifest) {
+        if from_file {
+            // The file says what is served, so no rollback is in force.
+            state.rolled_back = None;
+        }
+        report.result = "unchanged";
+        return finish(report);
+    }
+    let notes = restart_only_changes(&current.manifest, &manifest);
+
+    let number = current.number + 1;
+    let runtime = app.runtime.clone();
+    let manifest = Arc::new(manifest);
+    let loaded =
+        tokio::task::spawn_blocking(move || Generation::load(manifest, &runtime, number)).await;
+    let generation = match loaded {
+        Ok(Ok(generation)) => generation,
+        Ok(Err(error)) => {
+            if let ManifestErrorKind::UngrantedImports { .. } = &*error.kind {
+                let location = &error.location;
+                app.ops.metrics.stage_failure(
+                    location.pipeline.as_deref().unwrap_or("-"),
+                    location.stage.as_deref().unwrap_or("-"),
+                    "refused_import",
+                );
+            }
+            report.error = Some(error.to_string());
+            return finish(report);
+        }
+        Err(error) => {
+            report.error = Some(format!("loading task failed: {error}"));
+            return finish(report);
+        }
+    };
+    // Golden cases are the last check before anything changes.
+    if let Err(failures) = crate::cases::gate(&app.runtime, &generation).await {
+        report.error = Some(format!("golden cases failed:\n{failures}"));
+        return finish(report);
+    }
+    report.changes = diff(Some(&current), &generation);
+    // Stop watching what the new manifest no longer names. The fingerprint
+    // stays the one taken before reading: a change made while this reload
+    // compiled is seen by the next check.
+    state.watched = generation.manifest.watched_files();
+    let watched: BTreeSet<&PathBuf> = state.watched.iter().collect();
+    state.fingerprint.retain(|path, _| watched.contains(path));
+    publish(app, state, generation);
+    if from_file {
+        state.rolled_back = None;
+    }
+    report.result = "applied";
+    report.to_generation = number;
+    report.note = notes;
+    finish(report)
+}
+
+/// Publish `generation`; the one it replaces becomes the rollback target.
+pub(super) fn publish(app: &App, state: &mut State, generation: Generation) {
+    app.ops.adopt(&generation, &app.run.banks);
+    let generation = Arc::new(generation);
+    let replaced = app.current.swap(generation.clone());
+    // Kept for rollback, the replaced generation must not keep idle
+    // instances (and their pool slots) meanwhile. Versions both share (an
+    // unchanged stage, or everything after a rollback) serve on.
+    replaced.set_serving(false);
+    generation.set_serving(true);
+    // Patterns imported since (`strata bank import`) are served from now
+    // on; the fit runs in the background and only when the store changed.
+    let (banks, store, manifest) = (
+        app.run.banks.clone(),
+        app.store.clone(),
+        generation.manifest.clone(),
+    );
+    app.lifecycle.spawn(async move {
+        if let Err(error) = crate::bank::reload_patterns(&banks, &manifest, &store).await {
+            tracing::error!(error = %format!("{error:#}"), "cannot reload the answer bank");
+        }
+    });
+    state.previous = Some(replaced);
+}
+
+/// Serve the previous generation's pipelines again, as a new generation.
+/// The files on disk are left alone: the next change to them is loaded.
+pub async fn rollback(app: &Arc<App>, trigger: Trigger) -> Report {
+    let started = Instant::now();
+    let mut state = app.ops.state.lock().await;
+    let current = app.current.load_full();
+    let mut report = Report {
+        action: "rollback",
+        trigger: trigger.source,
+        actor: trigger.actor.clone(),
+        result: "failed",
+        from_generation: current.number,
+        to_generation: current.number,
+        manifest_sha256: None,
+        changes: Vec::new(),
+        error: None,
+        note: None,
+        took_ms: 0.0,
+        at: crate::store::now_millis(),
+    };
+    match state.previous.clone() {
+        None => {
+            report.error = Some("there is no previous generation to roll back to".to_owned());
+        }
+        Some(previous) => {
+            let number = current.number + 1;
+            let generation = previous.renumbered(number);
+            report.changes = diff(Some(&current), &generation);
+            report.manifest_sha256 = Some(generation.manifest.sha256.clone());
+            report.note = Some(format!(
+                "generation {number} serves the pipelines of generation {}; the files on disk \
+                 are unchanged, and the next change to them is loaded",
+                previous.number
+            ));
+            state.fingerprint = fingerprint(&state.watched);
+            publish(app, &mut state, generation);
+            state.rolled_back = Some(format!(
+                "generation {number} serves the pipelines of generation {}",
+                previous.number
+            ));
+            report.result = "applied";
+            report.to_generation = number;
+        }
+    }
+    report.took_ms = started.elapsed().as_secs_f64() * 1000.0;
+    drop(state);
+    app.ops.finish(report).await
+}
+
+/// Whether two manifests would build the same generation: same text and
+/// same plugin bytes everywhere.
+pub(super) fn same_content(a: &Manifest, b: &Manifest) -> bool {
+    let digests = |m: &Manifest| -> Vec<(String, Option<String>)> {
+        m.stages()
+            .map(|(_, s)| {
+                (
+                    s.plugin.sha256.clone(),
+                    s.candidate.as_ref().map(|c| c.plugin.sha256.clone()),
+                )
+            })
+            .collect()
+    };
+    a.sha256 == b.sha256 && digests(a) == digests(b)
+}
+
+/// Settings a reload cannot change, named so the operator knows.
+pub(super) fn restart_only_changes(old: &Manifest, new: &Manifest) -> Option<String> {
+    let mut keys = Vec::new();
+    if old.listen != new.listen {
+        keys.push("listen");
+    }
+    if old.data_dir != new.data_dir {
+        keys.push("data_dir");
+    }
+    if old.admin != new.admin {
+        keys.push("[admin]");
+    }
+    if old.reload != new.reload {
+        keys.push("[reload]");
+    }
+    if old.server.max_body_kib != new.server.max_body_kib {
+        keys.push("[server]");
+    }
+    if old.background != new.background {
+        keys.push("[async]");
+    }
+    if old.callbacks != new.callbacks {
+        keys.push("[callbacks]");
+    }
+    (!keys.is_empty()).then(|| {
+        format!(
+            "{} changed; these take effect when the host restarts",
+            keys.join(", ")
+        )
+    })
+}
+
+/// Per stage, what differs between `old` (none at start-up) and `new`.
+pub(super) fn diff(old: Option<&Generation>, new: &Generation) -> Vec<StageChange> {
+    type Key = (String, String);
+    let index = |generation: &Generation| -> BTreeMap<Key, StageFacts> {
+        generation
+            .pipelines
+            .values()
+            .flat_map(|p| {
+                p.stages
+                    .iter()
+                    .map(move |s| ((p.name.clone(), s.name().to_owned()), StageFacts::of(s)))
+            })
+            .collect()
+    };
+    let before = old.map(index).unwrap_or_default();
+    let after = index(new);
+    let keys: BTreeSet<&Key> = before.keys().chain(after.keys()).collect();
+    let mut changes = Vec::new();
+    for key in keys {
+        let (old, new) = (before.get(key), after.get(key));
+        if let (Some(old), Some(new)) = (old, new)
+            && old == new
+        {
+            continue;
+        }
+        let empty = StageFacts::default();
+        let (o, n) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+        changes.push(StageChange {
+            pipeline: key.0.clone(),
+            stage: key.1.clone(),
+            change: match (old, new) {
+                (None, _) => "added",
+                (_, None) => "removed",
+                _ => "changed",
+            },
+            old_digest: old.map(|f| f.digest.clone()),
+            new_digest: new.map(|f| f.digest.clone()),
+            old_candidate: o.candidate.clone(),
+            new_candidate: n.candidate.clone(),
+            grants_added: n.grants.difference(&o.grants).cloned().collect(),
+            grants_removed: o.grants.difference(&n.grants).cloned().collect(),
+            imports_added: n.imports.difference(&o.imports).cloned().collect(),
+            imports_removed: o.imports.difference(&n.imports).cloned().collect(),
+            settings_changed: old.is_some() && new.is_some() && o.settings != n.settings,
+        });
+    }
+    changes
+}
+
+/// What the audit log compares about a stage.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct StageFacts {
+    pub(super) digest: String,
+    pub(super) candidate: Option<String>,
+    pub(super) grants: BTreeSet<String>,
+    pub(super) imports: BTreeSet<String>,
+    pub(super) settings: String,
+}
+
+impl StageFacts {
+    fn of(stage: &crate::pipeline::Stage) -> StageFacts {
+        let live = &stage.live;
+        let spec = &live.spec;
+        let mut grants: BTreeSet<String> =
+            spec.grants.iter().map(|g| g.as_str().to_owned()).collect();
+        let mut imports: BTreeSet<String> = live
+            .imports
+            .iter()
+            .filter(|i| i.rule != ImportRule::Baseline)
+            .map(|i| i.name.clone())
+            .collect();
+        // A candidate's capabilities count: it runs on real requests too.
+        if let Some(candidate) = &stage.candidate {
+            grants.extend(
+                candidate
+                    .stage
+                    .spec
+                    .grants
+                    .iter()
+                    .map(|g| format!("{} (candidate)", g.as_str())),
+            );
+            imports.extend(
+                candidate
+                    .stage
+                    .imports
+                    .iter()
+                    .filter(|i| i.rule != ImportRule::Baseline)
+                    .map(|i| format!("{} (candidate)", i.name)),
+            );
+        }
+        StageFacts {
+            digest: live.digest.clone(),
+            candidate: stage.candidate.as_ref().map(|c| c.stage.digest.clone()),
+            grants,
+            imports,
+            settings: format!(
+                "{:?}|{:?}|{}|{}|{:?}",
+                spec.limits,
+                spec.on_error,
+                spec.layer,
+                serde_json::Value::Object(spec.config.clone()),
+                stage
+                    .candidate
+                    .as_ref()
+                    .map(|c| (c.mode, c.percent, c.max_burn_rate))
+            ),
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Watching the manifest and plugin files: a change (after a quiet
+//! period) reloads.
+
+use super::Fingerprint;
+use super::reload::files_changed;
+use crate::app::App;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Watch the manifest and its plugins; reload when they change and stay
+/// unchanged for `debounce`.
+pub fn spawn_watcher(app: Arc<App>, files: Vec<PathBuf>, debounce: Duration) -> anyhow::Result<()> {
+    let cancel = app.lifecycle.cancel.clone();
+    let (events, mut changes) = mpsc::unbounded_channel::<Vec<PathBuf>>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            let _ = events.send(event.paths);
+        }
+    })?;
+    // The first watches are in place before start-up returns, so no change
+    // made right after can be missed.
+    let mut directories = BTreeSet::new();
+    watch_directories(&mut watcher, &mut directories, &files);
+    app.lifecycle.clone().spawn(async move {
+        let mut files = files;
+        loop {
+            // Wait for a change to one of the files.
+            loop {
+                tokio::select! {
+                    paths = changes.recv() => match paths {
+                        Some(paths) if paths.iter().any(|p| files.contains(p)) => break,
+                        Some(_) => continue,
+                        None => return,
+                    },
+                    () = cancel.cancelled() => return,
+                }
+            }
+            // Then for quiet: a file still being written is not read.
+            loop {
+                match tokio::time::timeout(debounce, changes.recv()).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            files_changed(&app).await;
+            files = app.ops.watched_files().await;
+            watch_directories(&mut watcher, &mut directories, &files);
+        }
+    });
+    Ok(())
+}
+
+/// Watch the directories holding `files`, and no others. Directories, not
+/// files: a deploy that renames a new file over an old one is still seen.
+pub(super) fn watch_directories(
+    watcher: &mut notify::RecommendedWatcher,
+    directories: &mut BTreeSet<PathBuf>,
+    files: &[PathBuf],
+) {
+    use notify::Watcher as _;
+    let wanted: BTreeSet<PathBuf> = files
+        .iter()
+        .filter_map(|f| f.parent().map(Path::to_owned))
+        .collect();
+    for gone in directories.difference(&wanted) {
+        let _ = watcher.unwatch(gone);
+    }
+    for new in wanted.difference(directories) {
+        if let Err(error) = watcher.watch(new, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(directory = %new.display(), %error, "cannot watch for changes");
+        }
+    }
+    *directories = wanted;
+}
+
+pub(super) fn fingerprint(files: &[PathBuf]) -> Fingerprint {
+    files
+        .iter()
+        .map(|path| {
+            let seen = std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            (path.clone(), seen)
+        })
+        .collect()
+}
