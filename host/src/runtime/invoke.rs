@@ -161,7 +161,7 @@ impl Runtime {
         let seed = stage.spec.deterministic.map(|seed| {
             // The same input meets the same randomness, whatever the request
             // id: a replay decides alike.
-            crate::pipeline::fnv1a(request.input.as_bytes(), seed)
+            crate::request::fnv1a(request.input.as_bytes(), seed)
         });
         let mut store = Store::new(
             &self.engine,
