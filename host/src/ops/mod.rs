@@ -23,13 +23,21 @@ mod rollout;
 mod telemetry;
 mod watch;
 
-use self::reload::diff;
 pub use self::reload::{files_changed, reload, rollback};
-use self::rollout::BurnAlarm;
 pub use self::rollout::{settle_candidate, spawn_burn_worker};
-use self::watch::fingerprint;
 pub use self::watch::spawn_watcher;
 
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use self::reload::diff;
+use self::rollout::BurnAlarm;
+use self::watch::fingerprint;
 use crate::bank::Banks;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
@@ -37,12 +45,6 @@ use crate::pipeline::Generation;
 use crate::record::Recorders;
 use crate::slo::{Budgets, SeriesKey};
 use crate::store::{AuditEntry, Store};
-use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
-use tokio::sync::mpsc;
 
 /// What asked for an operation, and who.
 #[derive(Debug, Clone)]

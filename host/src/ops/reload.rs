@@ -2,16 +2,17 @@
 //! its golden cases, published whole; the previous one kept for rollback;
 //! what changed between two generations.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
 use super::watch::fingerprint;
 use super::{Report, StageChange, State, Trigger};
 use crate::app::App;
 use crate::manifest::{Manifest, ManifestErrorKind};
 use crate::pipeline::Generation;
 use crate::runtime::capabilities::ImportRule;
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
 
 /// Read the manifest again and publish it as a new generation if it loads.
 pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Report {

@@ -1,12 +1,13 @@
 //! Candidate versions of a stage: promotion and rollback by an operator,
 //! and the automatic rollback of a canary that burns its error budget.
 
+use std::sync::Arc;
+
 use super::edit::edit_manifest;
 use super::reload::reload_locked;
 use super::{CandidateError, Report, Trigger};
 use crate::app::App;
 use crate::slo::SeriesKey;
-use std::sync::Arc;
 
 /// A canary whose failures burn the error budget too fast.
 #[derive(Debug, Clone)]

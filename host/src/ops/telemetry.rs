@@ -2,6 +2,8 @@
 //! tells the error budgets, the metrics, the traffic recording and the
 //! store.
 
+use std::time::Duration;
+
 use super::Operations;
 use super::rollout::BurnAlarm;
 use crate::manifest::RolloutMode;
@@ -9,7 +11,6 @@ use crate::pipeline::{Candidate, Execution, Observer, Pipeline, ShadowComparison
 use crate::record::Line;
 use crate::slo::{MIN_EVENTS_FOR_ROLLBACK, SeriesKey};
 use crate::store::ShadowRecord;
-use std::time::Duration;
 
 impl Observer for Operations {
     fn candidate_served(&self, pipeline: &Pipeline, candidate: &Candidate, failed: bool) {

@@ -1,14 +1,16 @@
 //! Watching the manifest and plugin files: a change (after a quiet
 //! period) reloads.
 
-use super::Fingerprint;
-use super::reload::files_changed;
-use crate::app::App;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
 use tokio::sync::mpsc;
+
+use super::Fingerprint;
+use super::reload::files_changed;
+use crate::app::App;
 
 /// Watch the manifest and its plugins; reload when they change and stay
 /// unchanged for `debounce`.

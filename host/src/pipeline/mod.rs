@@ -26,6 +26,12 @@ mod run;
 
 pub use self::run::RunContext;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
 use crate::manifest::{
     AnswerBankSpec, Fallthrough, Manifest, ManifestError, RecordSpec, RolloutMode, SloSpec,
 };
@@ -34,10 +40,6 @@ use crate::request::Request;
 use crate::request::{FNV_OFFSET, fnv1a};
 use crate::runtime::{LoadedStage, Runtime, StageFailure};
 use crate::states::RequestStatus;
-use serde_json::Value;
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 /// Every pipeline of one manifest, loaded and ready to serve.
 pub struct Generation {

@@ -2,6 +2,13 @@
 //! (confidence gate, `on_error`, fallthrough), canary routing, shadow runs
 //! and the per-stage trace, in the context a run needs ([`RunContext`]).
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
 use super::{
     Candidate, DecidedBy, Execution, Observer, Pipeline, ShadowComparison, StageRun, Verdict,
 };
@@ -9,11 +16,6 @@ use crate::bank::Banks;
 use crate::manifest::{Fallthrough, OnError, RolloutMode};
 use crate::request::{Outcome, Request};
 use crate::runtime::{LoadedStage, LogTag, Runtime, Services, StageFailure};
-use serde_json::{Value, json};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
-use tracing::Instrument;
 
 /// Where a run through some stages got to.
 pub(super) struct Progress {

@@ -10,14 +10,13 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::engine::EPOCH_TICK;
 use super::engine::Runtime;
 use super::limits::StageLimiter;
+use super::load::Idle;
 use super::load::LoadedStage;
 use crate::manifest::Limits;
 use crate::request::{Outcome, Request};
-
-use super::engine::EPOCH_TICK;
-use super::load::Idle;
 
 /// The most bytes a guest may pass to the host in one call (a log line, an
 /// answer to remember, a model prompt); more is a trap, not a host
