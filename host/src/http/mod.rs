@@ -14,6 +14,7 @@ pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod public;
+pub mod review;
 pub mod views;
 
 use std::convert::Infallible;
