@@ -314,6 +314,8 @@ pub struct StageRun {
     pub pattern: Option<i64>,
     /// Its answer-bank lookups: trusted, untrusted, no match.
     pub pattern_lookups: [u32; 3],
+    /// Its answer-bank lookups by the model that matched them.
+    pub pattern_features: crate::patterns::PatternFeatures,
 }
 
 /// The result of running a pipeline on a request.
@@ -621,6 +623,7 @@ impl Pipeline {
                 cache_misses: effects.cache_misses,
                 pattern: effects.pattern,
                 pattern_lookups: effects.pattern_lookups,
+                pattern_features: effects.pattern_features,
             });
             if let Some(candidate) = canary {
                 ctx.observer
