@@ -26,8 +26,9 @@
 //! - anything else: answers at once.
 //!
 //! [`LocalLlm::set_embeddings_down`] makes `/v1/embeddings` answer 503
-//! until it is turned back, whatever the model, so a test can take the
-//! endpoint down under a running host.
+//! until it is turned back, whatever the model, and
+//! [`LocalLlm::set_embeddings_delay`] makes it slow, so a test can take the
+//! endpoint down or slow it under a running host.
 //!
 //! `GET /stats` returns `{"calls": {model: count}, "requests": n,
 //! "batches": n, "batched_prompts": n, "embedding_requests": n,
@@ -37,7 +38,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,6 +67,7 @@ struct State {
     batched_prompts: u64,
     embedding_requests: u64,
     embedded_inputs: u64,
+    longest_input: usize,
     authorizations: Vec<Option<String>>,
 }
 
@@ -77,6 +79,7 @@ pub struct LocalLlm {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     embeddings_down: Arc<AtomicBool>,
+    embeddings_delay_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -89,6 +92,8 @@ impl LocalLlm {
         let options = Arc::new(options);
         let embeddings_down = Arc::new(AtomicBool::new(false));
         let down = embeddings_down.clone();
+        let embeddings_delay_ms = Arc::new(AtomicU64::new(0));
+        let delay_ms = embeddings_delay_ms.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -97,12 +102,18 @@ impl LocalLlm {
                 let state = shared.clone();
                 let options = options.clone();
                 let down = down.clone();
+                let delay_ms = delay_ms.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let state = state.clone();
                         let options = options.clone();
-                        let down = down.load(Ordering::Relaxed);
-                        async move { Ok::<_, Infallible>(handle(request, &state, &options, down).await) }
+                        let faults = EmbeddingFaults {
+                            down: down.load(Ordering::Relaxed),
+                            delay: Duration::from_millis(delay_ms.load(Ordering::Relaxed)),
+                        };
+                        async move {
+                            Ok::<_, Infallible>(handle(request, &state, &options, faults).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -114,6 +125,7 @@ impl LocalLlm {
             addr,
             state,
             embeddings_down,
+            embeddings_delay_ms,
             task,
         })
     }
@@ -163,9 +175,20 @@ impl LocalLlm {
         self.lock().embedded_inputs
     }
 
+    /// The longest input, in bytes, any `POST /v1/embeddings` call held.
+    pub fn longest_embedded_input(&self) -> usize {
+        self.lock().longest_input
+    }
+
     /// Make `/v1/embeddings` answer 503 (`true`) or work again (`false`).
     pub fn set_embeddings_down(&self, down: bool) {
         self.embeddings_down.store(down, Ordering::Relaxed);
+    }
+
+    /// Make `/v1/embeddings` wait this long before answering (zero: not).
+    pub fn set_embeddings_delay(&self, delay: Duration) {
+        self.embeddings_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// The `Authorization` header of every call, in order.
@@ -184,11 +207,18 @@ impl Drop for LocalLlm {
     }
 }
 
+/// The faults the embeddings endpoint is switched to.
+#[derive(Debug, Clone, Copy)]
+struct EmbeddingFaults {
+    down: bool,
+    delay: Duration,
+}
+
 async fn handle(
     request: Request<hyper::body::Incoming>,
     state: &Mutex<State>,
     options: &Options,
-    embeddings_down: bool,
+    faults: EmbeddingFaults,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     if path == "/stats" {
@@ -206,7 +236,7 @@ async fn handle(
         );
     }
     if path == "/v1/embeddings" && request.method() == hyper::Method::POST {
-        return embeddings(request, state, options, embeddings_down).await;
+        return embeddings(request, state, options, faults).await;
     }
     let batch = path == "/v1/completions";
     if !(batch || path == "/v1/chat/completions") || request.method() != hyper::Method::POST {
@@ -403,7 +433,7 @@ async fn embeddings(
     request: Request<hyper::body::Incoming>,
     state: &Mutex<State>,
     options: &Options,
-    down: bool,
+    faults: EmbeddingFaults,
 ) -> Response<Full<Bytes>> {
     let authorization = request
         .headers()
@@ -435,6 +465,8 @@ async fn embeddings(
         state.requests += 1;
         state.embedding_requests += 1;
         state.embedded_inputs += inputs.as_ref().map_or(0, |i| i.len() as u64);
+        let longest = inputs.iter().flatten().map(String::len).max().unwrap_or(0);
+        state.longest_input = state.longest_input.max(longest);
         state.authorizations.push(authorization.clone());
         *state.calls.entry(model.clone()).or_default() += 1;
     }
@@ -446,7 +478,7 @@ async fn embeddings(
             json!({"error": {"message": "invalid API key", "type": "invalid_request_error"}}),
         );
     }
-    if down || model.starts_with("fail-") {
+    if faults.down || model.starts_with("fail-") {
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": {"message": "the embeddings model is down", "type": "server_error"}}),
@@ -464,7 +496,9 @@ async fn embeddings(
             json!({"error": {"message": "input must be a string or a non-empty array of strings", "type": "invalid_request_error"}}),
         );
     };
-    let delay = options.latency + Duration::from_millis(numbered(&model, "slow-").unwrap_or(0));
+    let delay = options.latency
+        + faults.delay
+        + Duration::from_millis(numbered(&model, "slow-").unwrap_or(0));
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
