@@ -43,8 +43,10 @@ struct EmbeddingData {
 pub enum EmbedError {
     /// No answer within the timeout.
     Timeout(u64),
-    /// Unreachable, 5xx or 429.
+    /// Unreachable or 5xx.
     Unavailable(String),
+    /// 429, with the wait the provider asked for, if it said.
+    RateLimited(Option<Duration>),
     /// The provider refused the request (4xx other than 429).
     Rejected(String),
     /// The answer is not what was asked for.
@@ -56,14 +58,17 @@ impl EmbedError {
     pub fn reason(&self) -> &'static str {
         match self {
             EmbedError::Timeout(_) => "timeout",
-            EmbedError::Unavailable(_) => "unavailable",
+            EmbedError::Unavailable(_) | EmbedError::RateLimited(_) => "unavailable",
             EmbedError::Rejected(_) => "rejected",
             EmbedError::Invalid(_) => "invalid",
         }
     }
 
     fn retried(&self) -> bool {
-        matches!(self, EmbedError::Timeout(_) | EmbedError::Unavailable(_))
+        matches!(
+            self,
+            EmbedError::Timeout(_) | EmbedError::Unavailable(_) | EmbedError::RateLimited(_)
+        )
     }
 }
 
@@ -72,6 +77,7 @@ impl std::fmt::Display for EmbedError {
         match self {
             EmbedError::Timeout(ms) => write!(f, "no answer within {ms} ms"),
             EmbedError::Unavailable(why) => write!(f, "unavailable: {why}"),
+            EmbedError::RateLimited(_) => write!(f, "unavailable: rate limited (429)"),
             EmbedError::Rejected(why) => write!(f, "request rejected: {why}"),
             EmbedError::Invalid(why) => write!(f, "invalid answer: {why}"),
         }
@@ -176,7 +182,14 @@ impl Embedder {
                 {
                     Ok(vectors) => break vectors,
                     Err(error) if error.retried() && attempts <= self.spec.retries => {
-                        tokio::time::sleep(backoff).await;
+                        // A short Retry-After wins over the back-off.
+                        let wait = match error {
+                            EmbedError::RateLimited(Some(after)) if after <= MAX_RETRY_AFTER => {
+                                after
+                            }
+                            _ => backoff,
+                        };
+                        tokio::time::sleep(wait).await;
                         backoff *= 2;
                     }
                     Err(error) => return Err(error),
@@ -218,11 +231,9 @@ impl Embedder {
             .map(Duration::from_secs);
         let text = response.text().await.map_err(failed)?;
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            // Honour a short Retry-After here; a long one gives up.
-            if let Some(after) = retry_after.filter(|a| *a <= MAX_RETRY_AFTER) {
-                tokio::time::sleep(after).await;
-            }
-            return Err(EmbedError::Unavailable("rate limited (429)".to_owned()));
+            // The wait it asks for is the caller's to honour: a lookup
+            // does not wait at all.
+            return Err(EmbedError::RateLimited(retry_after));
         }
         if status.is_server_error() {
             return Err(EmbedError::Unavailable(format!(
