@@ -142,8 +142,10 @@ pub struct Embeddings {
     pipeline: String,
     /// Where vectors are kept; none for a catalogue that is not persisted.
     store: Option<Store>,
-    /// One background embedding task at a time.
+    /// One background embedding task at a time; `again` asks the running
+    /// one for another pass (an example arrived while it worked).
     running: AtomicBool,
+    again: AtomicBool,
     /// When a failure was last logged, and how many were not logged since.
     warned: Mutex<(Option<Instant>, u64)>,
     last_error: Mutex<Option<String>>,
@@ -158,6 +160,7 @@ impl Embeddings {
             pipeline: pipeline.to_owned(),
             store,
             running: AtomicBool::new(false),
+            again: AtomicBool::new(false),
             warned: Mutex::new((None, 0)),
             last_error: Mutex::new(None),
         }
@@ -416,24 +419,37 @@ impl Patterns {
             return;
         };
         if embeddings.running.swap(true, Ordering::AcqRel) {
+            embeddings.again.store(true, Ordering::Release);
             return;
         }
         let this = self.clone();
         runtime.spawn(async move {
             let embeddings = this.embeddings.as_ref().expect("checked above");
-            let retry = match this.embed_pending().await {
-                Ok(added) => {
-                    if added && this.current.load().dense.is_none() {
-                        this.refit_in_background();
+            let retry = loop {
+                embeddings.again.store(false, Ordering::Release);
+                let failed = match this.embed_pending().await {
+                    Ok(added) => {
+                        if added && this.current.load().dense.is_none() {
+                            this.refit_in_background();
+                        }
+                        false
                     }
-                    false
-                }
-                Err(error) => {
-                    embeddings.failed(&error, "embedding examples");
-                    true
+                    Err(error) => {
+                        embeddings.failed(&error, "embedding examples");
+                        true
+                    }
+                };
+                // An example that arrived during this pass may have missed
+                // it (or met the endpoint back up): go again at once.
+                if !embeddings.again.load(Ordering::Acquire) {
+                    break failed;
                 }
             };
             embeddings.running.store(false, Ordering::Release);
+            if embeddings.again.swap(false, Ordering::AcqRel) {
+                this.embed_in_background();
+                return;
+            }
             if retry {
                 tokio::time::sleep(RETRY_EVERY).await;
                 // A weak handle would let a replaced catalogue go; a strong
@@ -525,6 +541,15 @@ impl Patterns {
             }));
         }
         self.fitting.store(false, Ordering::Release);
+        // The last vectors the embedded model waited for may have come
+        // while this fit ran on a copy without them: fit again for it.
+        let embedded_since = self.embeddings.is_some() && self.current.load().dense.is_none() && {
+            let bank = self.lock();
+            bank.vectors() > 0 && bank.unembedded().next().is_none()
+        };
+        if embedded_since {
+            self.refit_blocking();
+        }
     }
 
     /// Hold trusted answers to a new error budget: the catalogue is kept,
