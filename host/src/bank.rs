@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 
 use crate::manifest::AnswerBankSpec;
-pub use crate::patterns::{Lookup, Patterns, StoredPattern};
+pub use crate::patterns::{Lookup, Patterns, Served, StoredPattern};
 
 /// A remembered answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,9 +120,11 @@ impl Bank {
     }
 
     /// The approved answer whose examples `question` is most like, and
-    /// whether the match is trusted under the pipeline's error budget.
-    pub fn lookup(&self, question: &str) -> Option<Lookup> {
-        self.patterns.lookup(question)
+    /// whether the match is trusted under the pipeline's error budget; and
+    /// which model found it (see [`Patterns::lookup`]).
+    /// Embedding the question may take `budget` at most.
+    pub async fn lookup(&self, question: &str, budget: Duration) -> (Option<Lookup>, Served) {
+        self.patterns.lookup(question, budget).await
     }
 
     /// The learned half of the bank.
@@ -147,8 +149,9 @@ impl Bank {
 pub struct Banks {
     banks: RwLock<HashMap<String, Arc<Bank>>>,
     patterns: RwLock<HashMap<String, Arc<Patterns>>>,
-    /// The store's bank version the patterns were last loaded at.
-    loaded: std::sync::Mutex<Option<crate::store::BankVersion>>,
+    /// The store's bank version the patterns were last loaded at, and the
+    /// embeddings settings they were loaded with.
+    loaded: std::sync::Mutex<Option<(crate::store::BankVersion, String)>>,
 }
 
 impl Banks {
@@ -226,25 +229,46 @@ impl Banks {
 }
 
 /// Load the patterns again if the store's have changed since they were
-/// last loaded (an import while the host ran).
+/// last loaded (an import while the host ran), or the manifest's embeddings
+/// settings have.
 pub async fn reload_patterns(
     banks: &Banks,
     manifest: &crate::manifest::Manifest,
     store: &crate::store::Store,
+    client: &reqwest::Client,
 ) -> anyhow::Result<()> {
     let version = store.bank_version().await?;
-    if *banks.loaded.lock().unwrap_or_else(|e| e.into_inner()) == Some(version) {
+    let loaded = Some((version, embeddings_settings(manifest)));
+    if *banks.loaded.lock().unwrap_or_else(|e| e.into_inner()) == loaded {
         return Ok(());
     }
-    load_patterns(banks, manifest, store).await
+    load_patterns(banks, manifest, store, client).await
+}
+
+/// What a change of requires loading the patterns again: every pipeline's
+/// embeddings model, with its provider.
+fn embeddings_settings(manifest: &crate::manifest::Manifest) -> String {
+    let mut settings = String::new();
+    for (name, pipeline) in &manifest.pipelines {
+        if let Some(wanted) = &pipeline.answer_bank.embeddings {
+            let spec = manifest.models.embeddings.get(wanted);
+            let provider = spec.and_then(|s| manifest.models.providers.get(&s.provider));
+            settings.push_str(&format!("{name}={wanted}:{spec:?}:{provider:?};"));
+        }
+    }
+    settings
 }
 
 /// Load every pipeline's patterns from `store`, fit them (on the blocking
-/// pool) and serve them from `banks`, with the manifest's settings.
+/// pool) and serve them from `banks`, with the manifest's settings. A
+/// pipeline with an embeddings model gets its examples' stored vectors,
+/// embeds those without one (through `client`) and keeps them; if the
+/// endpoint fails, it starts with the lexical model and tries again later.
 pub async fn load_patterns(
     banks: &Banks,
     manifest: &crate::manifest::Manifest,
     store: &crate::store::Store,
+    client: &reqwest::Client,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     let version = store.bank_version().await?;
@@ -259,13 +283,60 @@ pub async fn load_patterns(
             .cloned()
             .collect();
         let max_error = pipeline.answer_bank.max_error;
-        let patterns = tokio::task::spawn_blocking(move || Patterns::fitted(max_error, &mine))
-            .await
-            .context("the fit of the answer bank failed")?;
-        banks.install_patterns(name, Arc::new(patterns));
+        let (embeddings, vectors) = match &pipeline.answer_bank.embeddings {
+            None => (None, HashMap::new()),
+            Some(wanted) => {
+                let spec = &manifest.models.embeddings[wanted];
+                let provider = &manifest.models.providers[&spec.provider];
+                let embedder =
+                    crate::embeddings::Embedder::new(wanted, spec, provider, client.clone())
+                        .map_err(|why| anyhow::anyhow!("embeddings model \"{wanted}\": {why}"))?;
+                let vectors: HashMap<(i64, String), Vec<f32>> = store
+                    .example_vectors(name.clone(), spec.model.clone())
+                    .await
+                    .context("cannot read the examples' embeddings")?
+                    .into_iter()
+                    .map(|(pattern, question, v)| ((pattern, question), v))
+                    .collect();
+                let embeddings =
+                    crate::patterns::Embeddings::new(embedder, name, Some(store.clone()));
+                (Some(embeddings), vectors)
+            }
+        };
+        let with_embeddings = embeddings.is_some();
+        let patterns = tokio::task::spawn_blocking(move || {
+            Patterns::fitted_with(max_error, &mine, embeddings, &vectors)
+        })
+        .await
+        .context("the fit of the answer bank failed")?;
+        let patterns = Arc::new(patterns);
+        // Examples without a vector (new since the last start, or all of
+        // them under a new model) are embedded before serving, as the fit
+        // is done before serving; the embedded model is fitted then.
+        if with_embeddings {
+            match patterns.embed_pending().await {
+                Ok(true) => {
+                    let refit = patterns.clone();
+                    tokio::task::spawn_blocking(move || refit.refit_blocking())
+                        .await
+                        .context("the fit of the answer bank failed")?;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(
+                        pipeline = %name, reason = error.reason(), %error,
+                        "cannot embed the answer bank's examples; it starts with its lexical \
+                         model and tries again later"
+                    );
+                    patterns.resume_embedding();
+                }
+            }
+        }
+        banks.install_patterns(name, patterns);
         banks.configure(name, &pipeline.answer_bank);
     }
-    *banks.loaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(version);
+    *banks.loaded.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((version, embeddings_settings(manifest)));
     Ok(())
 }
 
@@ -279,6 +350,7 @@ mod tests {
             ttl_s: 60,
             remember: vec![],
             max_error: 0.05,
+            embeddings: None,
         }
     }
 

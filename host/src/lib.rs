@@ -12,6 +12,7 @@
 //! - [`bank`]: per-pipeline answer banks (the `cache` interface);
 //! - [`patterns`]: approved answers with examples, matched by a learned model;
 //! - [`model`]: model tiers over the OpenAI-compatible protocol;
+//! - [`embeddings`]: the embeddings client an answer bank may use;
 //! - [`pipeline`]: generations and the chaining semantics of a pipeline;
 //! - [`record`]: traffic recording for `strata replay`;
 //! - [`replay`]: `strata replay`, recorded traffic against a manifest;
@@ -45,6 +46,7 @@ pub mod callbacks;
 pub mod cases;
 pub mod cli;
 pub mod complete;
+pub mod embeddings;
 pub mod eval;
 pub mod http;
 pub mod import;

@@ -231,6 +231,10 @@ pub struct AnswerBankSpec {
     /// this share of trusted matches is expected to be wrong.
     #[serde(default = "default_max_error")]
     pub max_error: f64,
+    /// The embeddings model (`[models.embeddings.NAME]`) whose vectors join
+    /// the lexical features; without one the bank is lexical only.
+    #[serde(default)]
+    pub embeddings: Option<String>,
 }
 
 fn default_max_error() -> f64 {
@@ -244,6 +248,7 @@ impl Default for AnswerBankSpec {
             ttl_s: default_bank_ttl_s(),
             remember: Vec::new(),
             max_error: default_max_error(),
+            embeddings: None,
         }
     }
 }
@@ -499,6 +504,42 @@ pub struct ModelsSpec {
     /// Tiers, by name: what a stage asks for.
     #[serde(default)]
     pub tiers: BTreeMap<String, TierSpec>,
+    /// Embeddings models, by name: what an answer bank names.
+    #[serde(default)]
+    pub embeddings: BTreeMap<String, EmbeddingsSpec>,
+}
+
+/// An embeddings model (`[models.embeddings.NAME]`), served by a provider's
+/// OpenAI-compatible `POST {base_url}/embeddings`. A lookup makes one
+/// attempt within `timeout_ms` and falls back to the lexical model; fitting
+/// retries and, failing, fits lexically and tries again later.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingsSpec {
+    /// The provider serving it.
+    pub provider: String,
+    /// The provider's model name; stored vectors are kept per model name,
+    /// so naming another model embeds every example again.
+    pub model: String,
+    /// Per-attempt timeout.
+    #[serde(default = "default_embeddings_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts after the first when embedding examples (not lookups).
+    #[serde(default = "default_tier_retries")]
+    pub retries: u32,
+    /// The first back-off between those attempts; it doubles.
+    #[serde(default = "default_tier_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Examples per request when embedding many.
+    #[serde(default = "default_embeddings_batch")]
+    pub batch: u32,
+}
+
+fn default_embeddings_timeout_ms() -> u64 {
+    1_000
+}
+fn default_embeddings_batch() -> u32 {
+    64
 }
 
 /// A model provider. Only the OpenAI-compatible protocol is spoken
@@ -1351,6 +1392,7 @@ impl Parser<'_> {
             ));
         }
         self.check_models(&raw.models)?;
+        self.check_embeddings(&raw.models, &pipelines)?;
         Ok(Manifest {
             path: self.file.to_owned(),
             listen,
@@ -1904,6 +1946,89 @@ impl Parser<'_> {
                 if !(price >= 0.0 && price.is_finite()) {
                     return Err(invalid(key(k), format!("{price} is not a price")));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Embeddings models name a provider and sane numbers; every answer
+    /// bank that names one names one that exists.
+    fn check_embeddings(
+        &self,
+        models: &ModelsSpec,
+        pipelines: &BTreeMap<String, PipelineSpec>,
+    ) -> Result<(), ManifestError> {
+        let invalid = |key: String, msg: String| {
+            self.error(key_location(&key), ManifestErrorKind::Invalid(msg))
+        };
+        for (name, spec) in &models.embeddings {
+            let key = |k: &str| format!("models.embeddings.{name}.{k}");
+            if !models.providers.contains_key(&spec.provider) {
+                let known: Vec<&str> = models.providers.keys().map(String::as_str).collect();
+                return Err(invalid(
+                    key("provider"),
+                    format!(
+                        "no provider named \"{}\"; the manifest defines: {}",
+                        spec.provider,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+            let checks = [
+                (
+                    "model",
+                    !spec.model.trim().is_empty(),
+                    "must not be empty".to_owned(),
+                ),
+                (
+                    "timeout_ms",
+                    (1..=600_000).contains(&spec.timeout_ms),
+                    format!("{} is outside 1..=600000", spec.timeout_ms),
+                ),
+                (
+                    "retries",
+                    spec.retries <= 10,
+                    format!("{} is more than 10", spec.retries),
+                ),
+                (
+                    "backoff_ms",
+                    spec.backoff_ms <= 60_000,
+                    format!("{} is more than 60000", spec.backoff_ms),
+                ),
+                (
+                    "batch",
+                    (1..=2048).contains(&spec.batch),
+                    format!("{} is outside 1..=2048", spec.batch),
+                ),
+            ];
+            if let Some((k, _, msg)) = checks.into_iter().find(|(_, ok, _)| !ok) {
+                return Err(invalid(key(k), msg));
+            }
+        }
+        for (name, pipeline) in pipelines {
+            if let Some(wanted) = &pipeline.answer_bank.embeddings
+                && !models.embeddings.contains_key(wanted)
+            {
+                let known: Vec<&str> = models.embeddings.keys().map(String::as_str).collect();
+                return Err(self.error(
+                    Location {
+                        pipeline: Some(name.clone()),
+                        key: Some("answer_bank.embeddings".to_owned()),
+                        ..Location::default()
+                    },
+                    ManifestErrorKind::Invalid(format!(
+                        "no embeddings model named \"{wanted}\"; [models.embeddings] defines: {}",
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    )),
+                ));
             }
         }
         Ok(())

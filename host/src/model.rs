@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::manifest::{BatchSpec, ModelsSpec, TierSpec};
 
 /// The longest `Retry-After` honoured; longer ones count as giving up.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 /// What a stage asks.
 #[derive(Debug, Clone)]
@@ -596,7 +596,7 @@ fn parse_completion(text: &str) -> Option<(String, String, u64, u64)> {
 }
 
 /// reqwest errors name the URL; keep them short and free of query strings.
-fn without_url(error: &reqwest::Error) -> String {
+pub(crate) fn without_url(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     if let Some(url) = error.url() {
         text = text.replace(url.as_str(), "the provider");
@@ -604,7 +604,7 @@ fn without_url(error: &reqwest::Error) -> String {
     text
 }
 
-fn snippet(text: &str) -> String {
+pub(crate) fn snippet(text: &str) -> String {
     let text = text.trim();
     match text.char_indices().nth(200) {
         Some((end, _)) => format!("{}…", &text[..end]),

@@ -13,13 +13,26 @@
 //!
 //! What is learned is made durable by the store before it gets here; at
 //! start the host loads every pipeline's patterns from the store.
+//!
+//! With an embeddings model (`answer_bank.embeddings`), each example also
+//! gets a vector from the provider, kept in the store per model name, and a
+//! second model is fitted with those vectors as extra features beside the
+//! lexical one; each is calibrated on its own. A lookup embeds the question
+//! and asks the embedded model; when the endpoint fails or is slow, it asks
+//! the lexical model instead, logs (at most once a minute per pipeline) and
+//! says so, for the metrics. Examples the endpoint could not embed are
+//! tried again when the next example arrives, or a minute later.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use strata_patterns::{Model, PatternId, Rating};
+
+use crate::embeddings::{EmbedError, Embedder};
+use crate::store::Store;
 
 /// A stored pattern, as the store keeps it.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +73,121 @@ pub struct Lookup {
     pub trusted: bool,
 }
 
+/// Which model answered a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The model fitted with embeddings, given the question's vector.
+    Embeddings,
+    /// The lexical model: the bank has no embeddings model, or no embedded
+    /// fit yet.
+    Lexical,
+    /// The lexical model because embedding the question failed, with the
+    /// reason (`timeout`, `unavailable`, `rejected`, `invalid`).
+    Fallback(&'static str),
+}
+
+impl Served {
+    /// The `features` label of the lookup metric.
+    pub fn features(self) -> &'static str {
+        match self {
+            Served::Embeddings => "embeddings",
+            Served::Lexical => "lexical",
+            Served::Fallback(_) => "lexical_fallback",
+        }
+    }
+}
+
+/// How a stage's `lookup` calls were matched, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PatternFeatures {
+    /// By the model fitted with embeddings.
+    pub embeddings: u32,
+    /// By the lexical model, the bank having no embedded one.
+    pub lexical: u32,
+    /// By the lexical model because embedding the question failed, by
+    /// reason, in the order of [`FALLBACK_REASONS`].
+    pub fallback: [u32; 4],
+}
+
+/// Why embedding a question failed: the `reason` label of
+/// `strata_embeddings_failures_total`.
+pub const FALLBACK_REASONS: [&str; 4] = ["timeout", "unavailable", "rejected", "invalid"];
+
+impl PatternFeatures {
+    /// Count one lookup served as `served`.
+    pub fn count(&mut self, served: Served) {
+        match served {
+            Served::Embeddings => self.embeddings += 1,
+            Served::Lexical => self.lexical += 1,
+            Served::Fallback(reason) => {
+                let at = FALLBACK_REASONS
+                    .iter()
+                    .position(|r| *r == reason)
+                    .unwrap_or(FALLBACK_REASONS.len() - 1);
+                self.fallback[at] += 1;
+            }
+        }
+    }
+}
+
+/// How long a failure of the embeddings endpoint silences the next ones'
+/// log lines, and how long examples it could not embed wait to be tried
+/// again when no new example comes to trigger it.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+const RETRY_EVERY: Duration = Duration::from_secs(60);
+
+/// The embeddings side of a pipeline's patterns.
+pub struct Embeddings {
+    embedder: Embedder,
+    pipeline: String,
+    /// Where vectors are kept; none for a catalogue that is not persisted.
+    store: Option<Store>,
+    /// One background embedding task at a time; `again` asks the running
+    /// one for another pass (an example arrived while it worked).
+    running: AtomicBool,
+    again: AtomicBool,
+    /// When a failure was last logged, and how many were not logged since.
+    warned: Mutex<(Option<Instant>, u64)>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Embeddings {
+    /// The embeddings of `pipeline`'s examples by `embedder`, kept in
+    /// `store`.
+    pub fn new(embedder: Embedder, pipeline: &str, store: Option<Store>) -> Embeddings {
+        Embeddings {
+            embedder,
+            pipeline: pipeline.to_owned(),
+            store,
+            running: AtomicBool::new(false),
+            again: AtomicBool::new(false),
+            warned: Mutex::new((None, 0)),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// Log a failure, at most once per [`WARN_EVERY`].
+    fn failed(&self, error: &EmbedError, during: &str) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.0.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+            warned.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut warned.1);
+        warned.0 = Some(Instant::now());
+        tracing::warn!(
+            pipeline = %self.pipeline,
+            endpoint = %self.embedder.url(),
+            model = %self.embedder.model(),
+            reason = error.reason(),
+            %error,
+            suppressed,
+            "embeddings failed while {during}; the answer bank uses its lexical model"
+        );
+    }
+}
+
 /// What a lookup needs besides the model.
 #[derive(Debug, Clone)]
 struct Answer {
@@ -70,6 +198,8 @@ struct Answer {
 
 struct Snapshot {
     model: Model,
+    /// The model fitted with embeddings, once every example had a vector.
+    dense: Option<Model>,
     answers: HashMap<PatternId, Answer>,
 }
 
@@ -79,6 +209,7 @@ pub struct Patterns {
     answers: Mutex<HashMap<PatternId, Answer>>,
     current: ArcSwap<Snapshot>,
     fitting: Arc<AtomicBool>,
+    embeddings: Option<Embeddings>,
 }
 
 impl std::fmt::Debug for Patterns {
@@ -105,25 +236,48 @@ impl Patterns {
             answers: Mutex::new(HashMap::new()),
             current: ArcSwap::from_pointee(Snapshot {
                 model,
+                dense: None,
                 answers: HashMap::new(),
             }),
             fitting: Arc::new(AtomicBool::new(false)),
+            embeddings: None,
         }
     }
 
     /// A catalogue holding `stored`, fitted now (call it off the request
     /// path: a fit of ten thousand examples takes seconds).
     pub fn fitted(max_error: f64, stored: &[StoredPattern]) -> Patterns {
-        let patterns = Patterns::new(max_error);
+        Self::fitted_with(max_error, stored, None, &HashMap::new())
+    }
+
+    /// Like [`Patterns::fitted`], with `embeddings` and the examples'
+    /// vectors known so far, by (pattern, question): when every example
+    /// has one, the embedded model is fitted too.
+    pub fn fitted_with(
+        max_error: f64,
+        stored: &[StoredPattern],
+        embeddings: Option<Embeddings>,
+        vectors: &HashMap<(i64, String), Vec<f32>>,
+    ) -> Patterns {
+        let mut patterns = Patterns::new(max_error);
+        patterns.embeddings = embeddings;
         {
             let mut bank = patterns.lock();
             let mut answers = patterns.lock_answers();
             for pattern in stored {
                 add(&mut bank, &mut answers, pattern);
             }
+            if !vectors.is_empty() {
+                attach(&mut bank, vectors);
+            }
             let model = Model::fit(&bank);
+            let dense = patterns
+                .embeddings
+                .as_ref()
+                .and_then(|_| Model::fit_embedded(&bank));
             patterns.current.store(Arc::new(Snapshot {
                 model,
+                dense,
                 answers: answers.clone(),
             }));
         }
@@ -138,10 +292,49 @@ impl Patterns {
         self.answers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The best pattern for `question`, if any pattern is close at all.
-    pub fn lookup(&self, question: &str) -> Option<Lookup> {
-        let snapshot = self.current.load();
-        let found = snapshot.model.lookup(question)?;
+    /// The best pattern for `question`, if any pattern is close at all,
+    /// and which model found it. With embeddings, the question is embedded
+    /// first (one attempt within the model's timeout, or `budget` if that
+    /// is shorter); if that fails, the lexical model answers.
+    pub async fn lookup(&self, question: &str, budget: Duration) -> (Option<Lookup>, Served) {
+        let snapshot = self.current.load_full();
+        let (found, served) = match (&self.embeddings, &snapshot.dense) {
+            (Some(embeddings), Some(dense)) if !question.trim().is_empty() => {
+                let result = match embeddings.embedder.embed_question(question, budget).await {
+                    Ok(v) if Some(v.len()) == dense.embedding_dim() => Ok(v),
+                    Ok(v) => Err(EmbedError::Invalid(format!(
+                        "a vector of {} dimensions; the bank's have {}",
+                        v.len(),
+                        dense.embedding_dim().unwrap_or(0)
+                    ))),
+                    Err(error) => Err(error),
+                };
+                match result {
+                    Ok(v) => (dense.lookup_embedded(question, &v), Served::Embeddings),
+                    Err(error) => {
+                        embeddings.failed(&error, "looking a question up");
+                        (
+                            snapshot.model.lookup(question),
+                            Served::Fallback(error.reason()),
+                        )
+                    }
+                }
+            }
+            _ => (snapshot.model.lookup(question), Served::Lexical),
+        };
+        (self.answer(&snapshot, found), served)
+    }
+
+    /// The lexical model's best pattern for `question`, without asking the
+    /// embeddings endpoint.
+    pub fn lookup_lexical(&self, question: &str) -> Option<Lookup> {
+        let snapshot = self.current.load_full();
+        let found = snapshot.model.lookup(question);
+        self.answer(&snapshot, found)
+    }
+
+    fn answer(&self, snapshot: &Snapshot, found: Option<strata_patterns::Match>) -> Option<Lookup> {
+        let found = found?;
         let answer = snapshot.answers.get(&found.pattern)?;
         Some(Lookup {
             pattern: found.pattern.0 as i64,
@@ -169,6 +362,101 @@ impl Patterns {
         if new || due {
             self.refit_in_background();
         }
+        self.embed_in_background();
+    }
+
+    /// Embed the examples that have no vector yet, keep the vectors and
+    /// publish them; returns whether any were added. Nothing is locked
+    /// while the endpoint works.
+    pub async fn embed_pending(&self) -> Result<bool, EmbedError> {
+        let Some(embeddings) = &self.embeddings else {
+            return Ok(false);
+        };
+        let pending: Vec<(PatternId, u64, String)> = self
+            .lock()
+            .unembedded()
+            .map(|(id, serial, text)| (id, serial, text.to_owned()))
+            .collect();
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        let texts: Vec<&str> = pending.iter().map(|p| p.2.as_str()).collect();
+        let vectors = embeddings.embedder.embed_all(&texts).await?;
+        if let Some(store) = &embeddings.store {
+            let rows = pending
+                .iter()
+                .zip(&vectors)
+                .map(|((id, _, text), v)| (id.0 as i64, text.clone(), v.clone()))
+                .collect();
+            if let Err(error) = store
+                .put_example_vectors(embeddings.embedder.model().to_owned(), rows)
+                .await
+            {
+                tracing::warn!(pipeline = %embeddings.pipeline, %error, "cannot keep the examples' embeddings");
+            }
+        }
+        let mut bank = self.lock();
+        for ((id, serial, _), v) in pending.iter().zip(&vectors) {
+            // Gone meanwhile (removed), or refused (a vector unlike the
+            // others): it stays unembedded and lexical.
+            if let Err(error) = bank.set_vector(*id, *serial, v) {
+                tracing::debug!(pipeline = %embeddings.pipeline, %error, "embedding not used");
+            }
+        }
+        let answers = self.lock_answers().clone();
+        self.publish(&bank, answers);
+        Ok(true)
+    }
+
+    /// [`Patterns::embed_pending`] on the runtime, then a refit if the
+    /// embedded model is missing or behind; on failure, tried again after
+    /// [`RETRY_EVERY`] or when the next example arrives. One at a time.
+    fn embed_in_background(self: &Arc<Self>) {
+        let Some(embeddings) = &self.embeddings else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if embeddings.running.swap(true, Ordering::AcqRel) {
+            embeddings.again.store(true, Ordering::Release);
+            return;
+        }
+        let this = self.clone();
+        runtime.spawn(async move {
+            let embeddings = this.embeddings.as_ref().expect("checked above");
+            let retry = loop {
+                embeddings.again.store(false, Ordering::Release);
+                let failed = match this.embed_pending().await {
+                    Ok(added) => {
+                        if added && this.current.load().dense.is_none() {
+                            this.refit_in_background();
+                        }
+                        false
+                    }
+                    Err(error) => {
+                        embeddings.failed(&error, "embedding examples");
+                        true
+                    }
+                };
+                // An example that arrived during this pass may have missed
+                // it (or met the endpoint back up): go again at once.
+                if !embeddings.again.load(Ordering::Acquire) {
+                    break failed;
+                }
+            };
+            embeddings.running.store(false, Ordering::Release);
+            if embeddings.again.swap(false, Ordering::AcqRel) {
+                this.embed_in_background();
+                return;
+            }
+            if retry {
+                tokio::time::sleep(RETRY_EVERY).await;
+                // A weak handle would let a replaced catalogue go; a strong
+                // one keeps it a minute longer at most, which is harmless.
+                this.embed_in_background();
+            }
+        });
     }
 
     /// Count a rating of an answer the pattern gave; returns its new
@@ -189,13 +477,19 @@ impl Patterns {
     /// so changes publish in the order they were made and the catalogue is
     /// never copied for it; lookups read the previous snapshot meanwhile.
     fn publish(&self, bank: &strata_patterns::Bank, answers: HashMap<PatternId, Answer>) -> bool {
-        let model = self.current.load().model.refresh(bank);
+        let current = self.current.load();
+        let model = current.model.refresh(bank);
+        let dense = current.dense.as_ref().map(|d| d.refresh(bank));
         let due = {
             let stats = model.stats();
             stats.examples_since_fit
                 >= REFIT_AFTER.max((stats.examples as f64 * REFIT_SHARE) as usize)
         };
-        self.current.store(Arc::new(Snapshot { model, answers }));
+        self.current.store(Arc::new(Snapshot {
+            model,
+            dense,
+            answers,
+        }));
         due
     }
 
@@ -214,18 +508,48 @@ impl Patterns {
         runtime.spawn_blocking(move || this.refit_now());
     }
 
+    /// Fit now, on this thread (call it on the blocking pool), unless a
+    /// fit is running already.
+    pub fn refit_blocking(&self) {
+        if !self.fitting.swap(true, Ordering::AcqRel) {
+            self.refit_now();
+        }
+    }
+
     /// Fit on a copy of the catalogue, then publish that fit refreshed with
     /// the catalogue as it is by then.
     fn refit_now(&self) {
         let bank = self.lock().clone();
         let fitted = Model::fit(&bank);
+        // Without a vector for every example (the endpoint was down), the
+        // previous embedded fit serves on, refreshed, until one can be made.
+        let dense = self
+            .embeddings
+            .as_ref()
+            .and_then(|_| Model::fit_embedded(&bank));
         {
             let bank = self.lock();
             let answers = self.lock_answers().clone();
             let model = fitted.refresh(&bank);
-            self.current.store(Arc::new(Snapshot { model, answers }));
+            let dense = dense
+                .or_else(|| self.current.load().dense.clone())
+                .map(|d| d.refresh(&bank));
+            self.current.store(Arc::new(Snapshot {
+                model,
+                dense,
+                answers,
+            }));
         }
         self.fitting.store(false, Ordering::Release);
+        // The last vectors the embedded model waited for may have come
+        // while this fit ran on a copy without them: fit again for it.
+        let embedded_since = self.embeddings.is_some() && self.current.load().dense.is_none() && {
+            let bank = self.lock();
+            bank.vectors() > 0 && bank.unembedded().next().is_none()
+        };
+        if embedded_since {
+            self.refit_blocking();
+        }
     }
 
     /// Hold trusted answers to a new error budget: the catalogue is kept,
@@ -247,7 +571,11 @@ impl Patterns {
                 );
                 let _ = retuned.set_strictness(id, pattern.strictness());
                 for example in pattern.examples() {
-                    let _ = retuned.add_example(id, example.text.clone());
+                    if let Ok(serial) = retuned.add_example(id, example.text.clone())
+                        && let Some(v) = &example.vector
+                    {
+                        let _ = retuned.set_vector(id, serial, v);
+                    }
                 }
             }
             *bank = retuned;
@@ -265,14 +593,51 @@ impl Patterns {
             .collect()
     }
 
-    /// What the model knows and how well it is expected to do.
+    /// What the model knows and how well it is expected to do: the
+    /// embedded model when there is one (it is the one lookups ask first),
+    /// else the lexical one.
     pub fn stats(&self) -> strata_patterns::Stats {
+        let current = self.current.load();
+        current.dense.as_ref().unwrap_or(&current.model).stats()
+    }
+
+    /// The lexical model's statistics, whatever else there is.
+    pub fn lexical_stats(&self) -> strata_patterns::Stats {
         self.current.load().model.stats()
+    }
+
+    /// Where the embeddings stand, for a bank that has a model: its names,
+    /// examples embedded and waiting, whether the embedded model is
+    /// fitted, the last failure.
+    pub fn embeddings_status(&self) -> Option<serde_json::Value> {
+        let embeddings = self.embeddings.as_ref()?;
+        let (embedded, pending) = {
+            let bank = self.lock();
+            (bank.vectors(), bank.unembedded().count())
+        };
+        Some(serde_json::json!({
+            "name": embeddings.embedder.name(),
+            "model": embeddings.embedder.model(),
+            "endpoint": embeddings.embedder.url(),
+            "examples_embedded": embedded,
+            "examples_pending": pending,
+            "fitted": self.current.load().dense.is_some(),
+            "last_error": *embeddings.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+        }))
+    }
+
+    /// Start embedding what has no vector yet, in the background (after a
+    /// start whose embedding failed).
+    pub fn resume_embedding(self: &Arc<Self>) {
+        if self.lock().unembedded().next().is_some() {
+            self.embed_in_background();
+        }
     }
 
     /// The held-out predictions the current thresholds were calibrated on.
     pub fn risk_coverage(&self) -> Vec<strata_patterns::RiskCoverageRow> {
-        strata_patterns::risk_coverage(self.current.load().model.held_out())
+        let current = self.current.load();
+        strata_patterns::risk_coverage(current.dense.as_ref().unwrap_or(&current.model).held_out())
     }
 }
 
@@ -308,6 +673,22 @@ fn add(
         let _ = bank.add_example(id, question.clone());
     }
     answers.insert(id, answer);
+}
+
+/// Attach the vectors known by (pattern, question) to the examples of
+/// `bank` that have none; a vector the bank refuses (another length) is
+/// left out, and that example is embedded again.
+fn attach(bank: &mut strata_patterns::Bank, vectors: &HashMap<(i64, String), Vec<f32>>) {
+    let found: Vec<(PatternId, u64, &Vec<f32>)> = bank
+        .unembedded()
+        .filter_map(|(id, serial, text)| {
+            let v = vectors.get(&(id.0 as i64, text.to_owned()))?;
+            Some((id, serial, v))
+        })
+        .collect();
+    for (id, serial, v) in found {
+        let _ = bank.set_vector(id, serial, v);
+    }
 }
 
 /// The learning settings for an error budget of `max_error`.

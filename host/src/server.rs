@@ -204,9 +204,14 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         .await
         .context("cannot read the approved answers")?;
     let generation = app.current.load_full();
-    crate::bank::load_patterns(&app.run.banks, &generation.manifest, &app.store)
-        .await
-        .context("cannot load the answer bank")?;
+    crate::bank::load_patterns(
+        &app.run.banks,
+        &generation.manifest,
+        &app.store,
+        app.run.runtime.http(),
+    )
+    .await
+    .context("cannot load the answer bank")?;
     app.ops.adopt(&generation, &app.run.banks);
     for (pipeline, key, answer, source) in approved {
         app.bank(&pipeline).approve(key, answer, &source);

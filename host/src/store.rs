@@ -800,6 +800,53 @@ impl Store {
         .await
     }
 
+    /// The stored embeddings of `pipeline`'s examples by `model`, as
+    /// (pattern, question, vector).
+    pub async fn example_vectors(
+        &self,
+        pipeline: String,
+        model: String,
+    ) -> Result<Vec<(i64, String, Vec<f32>)>, StoreError> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT e.pattern, e.question, v.vector
+                 FROM example_vectors v
+                 JOIN examples e ON e.id = v.example
+                 JOIN patterns p ON p.id = e.pattern
+                 WHERE p.pipeline = ?1 AND v.model = ?2",
+            )?;
+            let rows = statement
+                .query_map(params![pipeline, model], |row| {
+                    let blob: Vec<u8> = row.get(2)?;
+                    Ok((row.get(0)?, row.get(1)?, floats(&blob)))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Keep embeddings by `model` of examples given as (pattern, question,
+    /// vector); an example that is gone meanwhile is skipped.
+    pub async fn put_example_vectors(
+        &self,
+        model: String,
+        rows: Vec<(i64, String, Vec<f32>)>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "INSERT OR REPLACE INTO example_vectors (example, model, vector)
+                 SELECT id, ?3, ?4 FROM examples WHERE pattern = ?1 AND question = ?2",
+            )?;
+            for (pattern, question, vector) in &rows {
+                let blob: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                statement.execute(params![pattern, question, model, blob])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Keep a pattern's strictness (ratings raised or relaxed it).
     pub async fn set_strictness(&self, pattern: i64, strictness: f32) -> Result<(), StoreError> {
         self.write(move |conn| {
@@ -1934,7 +1981,24 @@ const MIGRATIONS: &[&str] = &["
     -- The pattern whose answer a request got from the bank, so a rating of
     -- the answer counts against the pattern.
     ALTER TABLE requests ADD COLUMN pattern INTEGER;
+", "
+    -- Embeddings of example questions, per embeddings model (the provider's
+    -- model name), so a restart embeds only what is new and another model
+    -- embeds everything again. Little-endian f32s.
+    CREATE TABLE example_vectors (
+        example INTEGER NOT NULL REFERENCES examples (id) ON DELETE CASCADE,
+        model   TEXT NOT NULL,
+        vector  BLOB NOT NULL,
+        PRIMARY KEY (example, model)
+    ) WITHOUT ROWID;
 "];
+
+/// Little-endian f32s from a blob (a trailing partial value is ignored).
+fn floats(blob: &[u8]) -> Vec<f32> {
+    blob.chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
 
 fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     let applied: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;

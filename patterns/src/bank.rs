@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,12 @@ pub enum BankError {
     /// A strictness outside `[0, 1)` was given.
     #[error("strictness {1} for pattern {0} is outside [0, 1)")]
     Strictness(PatternId, f32),
+    /// No example of the pattern has this serial.
+    #[error("pattern {0} has no example {1}")]
+    UnknownExample(PatternId, u64),
+    /// An embedding vector that cannot be used.
+    #[error("the vector of example {1} of pattern {0} is refused: {2}")]
+    Vector(PatternId, u64, &'static str),
 }
 
 /// An example question of a pattern.
@@ -55,6 +62,10 @@ pub struct Example {
     pub serial: u64,
     /// The question as given.
     pub text: String,
+    /// Its embedding, scaled to unit length, once the caller attached one
+    /// ([`Bank::set_vector`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Arc<[f32]>>,
 }
 
 /// An approved answer and the questions it answers.
@@ -111,6 +122,11 @@ pub struct Bank {
     config: Config,
     patterns: BTreeMap<PatternId, Pattern>,
     next_serial: u64,
+    /// Examples with a vector, and the vectors' length.
+    #[serde(default)]
+    vectors: usize,
+    #[serde(default)]
+    vector_dim: Option<usize>,
 }
 
 impl Default for Bank {
@@ -126,6 +142,8 @@ impl Bank {
             config,
             patterns: BTreeMap::new(),
             next_serial: 1,
+            vectors: 0,
+            vector_dim: None,
         }
     }
 
@@ -180,8 +198,68 @@ impl Bank {
         pattern.examples.push(Example {
             serial,
             text: question,
+            vector: None,
         });
         Ok(serial)
+    }
+
+    /// Attaches an embedding to example `serial` of pattern `id`, scaled to
+    /// unit length. Every vector of a bank has the same length: one that
+    /// differs, is empty, all zeros or not finite is refused.
+    pub fn set_vector(
+        &mut self,
+        id: PatternId,
+        serial: u64,
+        vector: &[f32],
+    ) -> Result<(), BankError> {
+        let pattern = self.patterns.get_mut(&id).ok_or(BankError::Unknown(id))?;
+        let example = pattern
+            .examples
+            .iter_mut()
+            .find(|e| e.serial == serial)
+            .ok_or(BankError::UnknownExample(id, serial))?;
+        // A vector replacing the only one there is may change the length.
+        let replaces_only = self.vectors == 1 && example.vector.is_some();
+        let dim = self.vector_dim.filter(|_| !replaces_only);
+        let unit =
+            crate::dense::unit(vector, dim).map_err(|why| BankError::Vector(id, serial, why))?;
+        if example.vector.is_none() {
+            self.vectors += 1;
+        }
+        self.vector_dim = Some(unit.len());
+        example.vector = Some(unit.into());
+        Ok(())
+    }
+
+    /// Drops every example's vector (the embeddings model changed).
+    pub fn clear_vectors(&mut self) {
+        for pattern in self.patterns.values_mut() {
+            for example in &mut pattern.examples {
+                example.vector = None;
+            }
+        }
+        self.vectors = 0;
+        self.vector_dim = None;
+    }
+
+    /// The length of the bank's vectors, if any example has one.
+    pub fn vector_dim(&self) -> Option<usize> {
+        self.vector_dim
+    }
+
+    /// Examples with a vector.
+    pub fn vectors(&self) -> usize {
+        self.vectors
+    }
+
+    /// Examples without a vector yet, as (pattern, serial, question).
+    pub fn unembedded(&self) -> impl Iterator<Item = (PatternId, u64, &str)> {
+        self.patterns.values().flat_map(|p| {
+            p.examples
+                .iter()
+                .filter(|e| e.vector.is_none())
+                .map(move |e| (p.id, e.serial, e.text.as_str()))
+        })
     }
 
     /// Replaces a pattern's answer and source. Its strictness is reset,
@@ -201,7 +279,16 @@ impl Bank {
 
     /// Removes a pattern and its examples, returning it.
     pub fn remove_pattern(&mut self, id: PatternId) -> Result<Pattern, BankError> {
-        self.patterns.remove(&id).ok_or(BankError::Unknown(id))
+        let removed = self.patterns.remove(&id).ok_or(BankError::Unknown(id))?;
+        self.vectors -= removed
+            .examples
+            .iter()
+            .filter(|e| e.vector.is_some())
+            .count();
+        if self.vectors == 0 {
+            self.vector_dim = None;
+        }
+        Ok(removed)
     }
 
     /// Records a rating of an answer the bank gave for pattern `id`.
@@ -313,6 +400,44 @@ mod tests {
         assert_eq!(bank.add_example(PatternId(1), "first").unwrap(), 2);
         assert_eq!(bank.add_example(PatternId(1), "second").unwrap(), 3);
         assert_eq!(bank.examples(), 2);
+    }
+
+    #[test]
+    fn vectors_are_unit_length_one_length_per_bank_and_named_when_refused() {
+        let mut bank = Bank::new(Config::default());
+        let id = PatternId(1);
+        bank.add_pattern(id, "a", None, "import").unwrap();
+        let first = bank.add_example(id, "first").unwrap();
+        let second = bank.add_example(id, "second").unwrap();
+        assert_eq!(bank.unembedded().count(), 2);
+        bank.set_vector(id, first, &[3.0, 4.0]).unwrap();
+        let stored = bank.pattern(id).unwrap().examples()[0]
+            .vector
+            .clone()
+            .unwrap();
+        assert!((stored[0] - 0.6).abs() < 1e-6);
+        assert_eq!(bank.vector_dim(), Some(2));
+        assert_eq!(
+            bank.set_vector(id, second, &[1.0, 0.0, 0.0])
+                .unwrap_err()
+                .to_string(),
+            "the vector of example 3 of pattern 1 is refused: its length differs from the \
+             other vectors'"
+        );
+        assert_eq!(
+            bank.set_vector(id, 99, &[1.0, 0.0]).unwrap_err(),
+            BankError::UnknownExample(id, 99)
+        );
+        // The only vector may be replaced by one of another length.
+        bank.set_vector(id, first, &[1.0, 0.0, 0.0]).unwrap();
+        bank.set_vector(id, second, &[0.0, 1.0, 0.0]).unwrap();
+        assert_eq!((bank.vectors(), bank.vector_dim()), (2, Some(3)));
+        assert_eq!(bank.unembedded().count(), 0);
+        bank.clear_vectors();
+        assert_eq!((bank.vectors(), bank.vector_dim()), (0, None));
+        bank.set_vector(id, first, &[1.0]).unwrap();
+        bank.remove_pattern(id).unwrap();
+        assert_eq!((bank.vectors(), bank.vector_dim()), (0, None));
     }
 
     #[test]

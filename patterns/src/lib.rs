@@ -13,6 +13,8 @@
 //! - [`features`]: TF-IDF vectors over a learned vocabulary.
 //! - [`linear`]: multinomial logistic regression trained by SGD.
 //! - [`neighbours`]: cosine nearest neighbour through an inverted index.
+//! - [`dense`]: embedding vectors as extra features, the approximate
+//!   nearest-neighbour (HNSW) index over them, their calibration.
 //! - [`calibrate`]: thresholds from held-out predictions, risk–coverage.
 //! - [`folds`]: cross-validation folds that keep near-duplicates together.
 //! - [`split`]: reproducible stratified train/held-out splits.
@@ -36,6 +38,12 @@
 //!   [`Model::fit`] (which refits and recalibrates), then publish
 //!   `fitted.refresh(&bank_now)` so changes made during the fit are kept.
 //!   [`Stats::examples_since_fit`] says how far behind the fit is.
+//! - Optionally, with an embeddings model: attach each example's vector
+//!   ([`Bank::set_vector`]), fit [`Model::fit_embedded`] beside the lexical
+//!   fit, and look questions up with [`Model::lookup_embedded`] and the
+//!   question's vector. Keep the lexical model: it is what answers when no
+//!   vector can be had (the embeddings endpoint is down). Each is
+//!   calibrated on its own.
 //! - [`Match::trusted`] is the decision: answer from the bank if it is
 //!   true, otherwise pass the request on (the match is still a useful
 //!   suggestion for a reviewer).
@@ -55,6 +63,7 @@
 
 pub mod bank;
 pub mod calibrate;
+pub mod dense;
 pub mod features;
 pub mod folds;
 pub mod linear;
@@ -98,6 +107,9 @@ pub struct Config {
     pub min_known_words: f32,
     /// Threads a fit may use; 0 means as many as the machine has.
     pub threads: usize,
+    /// With embeddings: the weight of the dense block of a feature vector
+    /// against the lexical block's 1 (see [`dense::DenseFit`]).
+    pub dense_weight: f32,
 }
 
 impl Default for Config {
@@ -111,6 +123,7 @@ impl Default for Config {
             near_duplicate: 0.9,
             min_known_words: 0.3,
             threads: 0,
+            dense_weight: 1.0,
         }
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bank::{Bank, PatternId};
 use crate::calibrate::{self, Calibrated, Scored};
+use crate::dense::{self, DenseFit, DenseIndex};
 use crate::features::{SparseVec, Vectoriser};
 use crate::folds;
 use crate::linear::Linear;
@@ -63,6 +64,9 @@ pub struct Fitted {
     /// What the classifier's threshold applies to.
     #[serde(default)]
     score: calibrate::Score,
+    /// Present when fitted with embeddings ([`Model::fit_embedded`]).
+    #[serde(default)]
+    dense: Option<DenseFit>,
 }
 
 /// A per-pattern threshold above the global one, from bad ratings.
@@ -103,6 +107,9 @@ pub struct Stats {
     pub overrides: Vec<Override>,
     /// Approximate heap size of the model in bytes.
     pub heap_bytes: usize,
+    /// The embeddings' length, for a model fitted with them.
+    #[serde(default)]
+    pub embedding_dim: Option<usize>,
 }
 
 /// A fitted, immutable answer bank that answers lookups.
@@ -120,6 +127,11 @@ pub struct Model {
     /// vectorises only the examples it has not seen.
     vectors: Arc<FxHashMap<u64, SparseVec>>,
     strictness: Arc<FxHashMap<PatternId, f32>>,
+    /// With embeddings: the vectors of examples added since the fit,
+    /// searched exactly, and the patterns (id, creation serial) still in
+    /// the bank, which the fit's index is filtered by.
+    recent: Arc<Vec<(Arc<[f32]>, PatternId)>>,
+    alive: Arc<FxHashSet<(PatternId, u64)>>,
     near_duplicate: f32,
     min_known_words: f32,
     patterns: usize,
@@ -132,6 +144,21 @@ impl Model {
     /// error budget. Expensive (seconds for ten thousand examples): run it
     /// off the request path and swap the result in.
     pub fn fit(bank: &Bank) -> Model {
+        Self::fit_with(bank, None)
+    }
+
+    /// Fits like [`Model::fit`] with every example's embedding as extra
+    /// features (see [`crate::dense`]): the classifier learns from both,
+    /// and nearest neighbours are found by dense cosine through an
+    /// approximate index. `None` while some example has no vector (or the
+    /// bank has no example): fit the lexical model alone meanwhile.
+    /// Look questions up with [`Model::lookup_embedded`].
+    pub fn fit_embedded(bank: &Bank) -> Option<Model> {
+        let (dim, vectors) = dense::example_vectors(bank)?;
+        Some(Self::fit_with(bank, Some((dim, vectors))))
+    }
+
+    fn fit_with(bank: &Bank, dense: Option<(usize, Vec<Arc<[f32]>>)>) -> Model {
         let config = bank.config();
         let mut pattern_of: Vec<PatternId> = Vec::new();
         let mut texts: Vec<String> = Vec::new();
@@ -142,10 +169,24 @@ impl Model {
             }
         }
         let vectoriser = Vectoriser::fit(texts.iter().map(String::as_str), &config.features);
-        let xs: Vec<SparseVec> = texts
+        let mut xs: Vec<SparseVec> = texts
             .iter()
             .map(|t| vectoriser.vectorise_normalised(t))
             .collect();
+        // With embeddings, each vector gets its dense block after the
+        // vocabulary's indices.
+        let offset = vectoriser.dim();
+        let mut dense = dense.map(|(dim, vectors)| {
+            let fit = DenseFit {
+                dim,
+                weight: config.dense_weight,
+                index: DenseIndex::build(dim, Vec::new()),
+            };
+            for (x, v) in xs.iter_mut().zip(&vectors) {
+                *x = fit.combine(x, v, offset);
+            }
+            (fit, vectors)
+        });
 
         let classes: Vec<PatternId> = bank
             .patterns()
@@ -178,7 +219,7 @@ impl Model {
             Final(Linear),
             Neighbour(Vec<Scored>),
         }
-        let dim = vectoriser.dim();
+        let dim = offset + dense.as_ref().map_or(0, |(fit, _)| fit.dim);
         // Every model, fold or final, takes the same number of SGD steps:
         // `epochs` passes over an average fold's training part. With weak
         // regularisation the weights, and so the scores, grow with the
@@ -201,13 +242,16 @@ impl Model {
         let jobs = if has_linear { folds + 2 } else { 1 };
         let done = parallel(jobs, config.threads, |job| {
             if job == jobs - 1 {
-                return Done::Neighbour(neighbour_held_out(
-                    &xs,
-                    &pattern_of,
-                    &keys,
+                let (queries, seed) = (
                     config.calibration.neighbour_queries,
                     config.calibration.seed,
-                ));
+                );
+                return Done::Neighbour(match &dense {
+                    Some((_, vectors)) => {
+                        dense::neighbour_held_out(vectors, &pattern_of, &keys, queries, seed)
+                    }
+                    None => neighbour_held_out(&xs, &pattern_of, &keys, queries, seed),
+                });
             }
             if job == folds {
                 return Done::Final(train_on(&|_| true));
@@ -237,6 +281,20 @@ impl Model {
                 Done::Neighbour(s) => neighbour_scored = s,
             }
         }
+        // The dense index holds every example: an approximate search is
+        // cheap however many there are, and the dense neighbour threshold
+        // was calibrated on all of them, so a question the classifier
+        // cannot vouch for (its words are unknown) may still be answered
+        // by a close enough meaning.
+        if let Some((fit, vectors)) = &mut dense {
+            let points = (0..xs.len())
+                .map(|i| {
+                    let created = bank.pattern(pattern_of[i]).map_or(0, |p| p.created());
+                    (vectors[i].clone(), (pattern_of[i], created))
+                })
+                .collect();
+            fit.index = DenseIndex::build(fit.dim, points);
+        }
         let calibration = &config.calibration;
         let fitted = Fitted {
             vectoriser,
@@ -259,6 +317,7 @@ impl Model {
             fitted_upto: bank.last_serial(),
             held_out,
             score: calibration.score,
+            dense: dense.map(|(fit, _)| fit),
         };
         Model::from_fitted(Arc::new(fitted), bank)
     }
@@ -290,12 +349,25 @@ impl Model {
         let mut neighbours = Neighbours::new();
         let mut vectors = FxHashMap::default();
         let mut examples_since_fit = 0;
+        let dense_dim = fitted.dense.as_ref().map(|d| d.dim);
+        let mut recent = Vec::new();
         for pattern in bank.patterns() {
             let learned = classes.contains(&(pattern.id(), pattern.created()));
             for example in pattern.examples() {
                 let new = example.serial > fitted.fitted_upto;
                 examples_since_fit += usize::from(new);
-                if new || !learned {
+                if dense_dim.is_some() {
+                    // The fit's index holds the older examples; a new one
+                    // is found once the caller has attached its vector.
+                    if let Some(v) = example
+                        .vector
+                        .as_ref()
+                        .filter(|v| Some(v.len()) == dense_dim)
+                        && new
+                    {
+                        recent.push((v.clone(), pattern.id()));
+                    }
+                } else if new || !learned {
                     let x = known
                         .get(&example.serial)
                         .cloned()
@@ -310,12 +382,19 @@ impl Model {
             .filter(|p| p.strictness() > 0.0)
             .map(|p| (p.id(), p.strictness()))
             .collect();
+        let alive = if dense_dim.is_some() {
+            bank.patterns().map(|p| (p.id(), p.created())).collect()
+        } else {
+            FxHashSet::default()
+        };
         Model {
             fitted,
             live: Arc::new(live),
             neighbours: Arc::new(neighbours),
             vectors: Arc::new(vectors),
             strictness: Arc::new(strictness),
+            recent: Arc::new(recent),
+            alive: Arc::new(alive),
             near_duplicate: bank.config().near_duplicate,
             min_known_words: bank.config().min_known_words,
             patterns: bank.len(),
@@ -339,10 +418,40 @@ impl Model {
     /// The best pattern for `question`, or `None` when the question shares
     /// no known feature with any pattern (it is empty, or about nothing the
     /// bank has seen). Questions longer than
-    /// [`text::MAX_QUESTION_BYTES`] are read up to that length.
+    /// [`text::MAX_QUESTION_BYTES`] are read up to that length. A model
+    /// fitted with embeddings needs the question's vector
+    /// ([`Model::lookup_embedded`]) and answers `None` here.
     pub fn lookup(&self, question: &str) -> Option<Match> {
+        if self.fitted.dense.is_some() {
+            return None;
+        }
+        self.lookup_with(question, None)
+    }
+
+    /// The embeddings' length, for a model fitted with them.
+    pub fn embedding_dim(&self) -> Option<usize> {
+        self.fitted.dense.as_ref().map(|d| d.dim)
+    }
+
+    /// The best pattern for `question` whose embedding is `vector`, for a
+    /// model fitted with embeddings (for a lexical one, `vector` is
+    /// ignored). `None` also when `vector` is not of
+    /// [`Model::embedding_dim`] dimensions or cannot be scaled to unit
+    /// length: check the length before, to fall back to the lexical model.
+    pub fn lookup_embedded(&self, question: &str, vector: &[f32]) -> Option<Match> {
+        let Some(fit) = &self.fitted.dense else {
+            return self.lookup_with(question, None);
+        };
+        let v = dense::unit(vector, Some(fit.dim)).ok()?;
+        self.lookup_with(question, Some(&v))
+    }
+
+    fn lookup_with(&self, question: &str, vector: Option<&[f32]>) -> Option<Match> {
         let fitted = &*self.fitted;
-        let x = fitted.vectoriser.vectorise(question);
+        let mut x = fitted.vectoriser.vectorise(question);
+        if let (Some(fit), Some(v)) = (&fitted.dense, vector) {
+            x = fit.combine(&x, v, fitted.vectoriser.dim());
+        }
         if x.is_empty() {
             return None;
         }
@@ -354,10 +463,13 @@ impl Model {
             (p > 0.0).then(|| self.judge(fitted.classes[k], score, Via::Classifier))
         });
         let mut scratch = Vec::new();
-        let neighbour = self
-            .neighbours
-            .nearest(&x, |_| true, |_| false, &mut scratch)
-            .map(|(id, sim)| self.judge(id, sim.min(1.0), Via::Neighbour));
+        let nearest = match (&fitted.dense, vector) {
+            (Some(fit), Some(v)) => self.dense_nearest(fit, v),
+            _ => self
+                .neighbours
+                .nearest(&x, |_| true, |_| false, &mut scratch),
+        };
+        let neighbour = nearest.map(|(id, sim)| self.judge(id, sim.min(1.0), Via::Neighbour));
         let found = match (classifier, neighbour) {
             (Some(c), Some(n)) => {
                 // A near-duplicate of an example someone just approved is
@@ -407,6 +519,22 @@ impl Model {
             }
             m
         })
+    }
+
+    /// The example most like unit vector `v` by dense cosine: through the
+    /// fit's approximate index (patterns still in the bank only) and,
+    /// exactly, among the examples added since.
+    fn dense_nearest(&self, fit: &DenseFit, v: &[f32]) -> Option<(PatternId, f32)> {
+        let indexed = fit
+            .index
+            .nearest(v, |tag| self.alive.contains(&tag))
+            .map(|((id, _), sim)| (id, sim));
+        self.recent
+            .iter()
+            .map(|(u, id)| (*id, dense::dot(v, u)))
+            .chain(indexed)
+            .filter(|&(_, sim)| sim > 0.0)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
     fn judge(&self, pattern: PatternId, score: f32, via: Via) -> Match {
@@ -461,13 +589,16 @@ impl Model {
             patterns: self.patterns,
             examples: self.examples,
             classifier_patterns: self.live.iter().filter(|&&l| l).count(),
-            neighbour_examples: self.neighbours.len(),
+            neighbour_examples: self.neighbours.len()
+                + self.recent.len()
+                + fitted.dense.as_ref().map_or(0, |d| d.index.len()),
             examples_since_fit: self.examples_since_fit,
             features: fitted.vectoriser.dim(),
             classifier: fitted.classifier,
             neighbour: fitted.neighbour,
             overrides,
             heap_bytes: self.heap_bytes(),
+            embedding_dim: self.embedding_dim(),
         }
     }
 
@@ -482,6 +613,12 @@ impl Model {
                 .vectors
                 .values()
                 .map(|x| x.idx.capacity() * 4 + x.val.capacity() * 4 + 8 + 48)
+                .sum::<usize>()
+            + fitted.dense.as_ref().map_or(0, |d| d.index.heap_bytes())
+            + self
+                .recent
+                .iter()
+                .map(|(v, _)| v.len() * 4 + 32)
                 .sum::<usize>()
     }
 }

@@ -96,7 +96,10 @@ pub fn rows(file: &Path, dataset: &Dataset) -> anyhow::Result<Vec<import::Labell
 /// the manifest's settings.
 pub async fn banks_from_store(manifest: &Manifest, store: &Store) -> anyhow::Result<Banks> {
     let banks = Banks::default();
-    crate::bank::load_patterns(&banks, manifest, store).await?;
+    let client = reqwest::Client::builder()
+        .build()
+        .context("cannot build the HTTP client for the embeddings provider")?;
+    crate::bank::load_patterns(&banks, manifest, store, &client).await?;
     Ok(banks)
 }
 
@@ -150,16 +153,38 @@ pub async fn execute(command: BankCommand, out: &mut dyn Write) -> anyhow::Resul
             for (name, pipeline) in &manifest.pipelines {
                 let bank = banks.bank(name, &pipeline.answer_bank);
                 let stats = bank.patterns().stats();
+                let embeddings = bank.patterns().embeddings_status();
                 if json {
-                    all.insert(
-                        name.clone(),
-                        serde_json::json!({
-                            "max_error": pipeline.answer_bank.max_error,
-                            "stats": stats,
-                            "risk_coverage": bank.patterns().risk_coverage(),
-                        }),
-                    );
+                    let mut entry = serde_json::json!({
+                        "max_error": pipeline.answer_bank.max_error,
+                        "stats": stats,
+                        "risk_coverage": bank.patterns().risk_coverage(),
+                    });
+                    // With embeddings, `stats` are the embedded model's;
+                    // the lexical model's are what lookups fall back on.
+                    if let Some(embeddings) = embeddings {
+                        entry["embeddings"] = embeddings;
+                        entry["lexical_stats"] =
+                            serde_json::to_value(bank.patterns().lexical_stats())?;
+                    }
+                    all.insert(name.clone(), entry);
                     continue;
+                }
+                if let Some(embeddings) = &embeddings {
+                    writeln!(
+                        out,
+                        "{name}: embeddings \"{}\" ({}): {} examples embedded, {} waiting, \
+                         embedded model {}",
+                        embeddings["name"].as_str().unwrap_or_default(),
+                        embeddings["model"].as_str().unwrap_or_default(),
+                        embeddings["examples_embedded"],
+                        embeddings["examples_pending"],
+                        if embeddings["fitted"] == true {
+                            "fitted (the figures below are its own)"
+                        } else {
+                            "not fitted yet (the figures below are the lexical model's)"
+                        },
+                    )?;
                 }
                 let threshold = |t: Option<f32>| t.map_or("none".to_owned(), |t| format!("{t:.3}"));
                 writeln!(

@@ -65,11 +65,20 @@ impl Host for StageState {
         }
     }
 
-    fn lookup(&mut self, question: String) -> Option<PatternMatch> {
-        let bank = self.services.bank.as_ref()?;
+    async fn lookup(&mut self, question: String) -> Option<PatternMatch> {
+        let bank = self.services.bank.clone()?;
         let searchable = !question.trim().is_empty() && question.len() <= MAX_QUESTION_BYTES;
         let found = if searchable {
-            bank.lookup(&question)
+            // Half the stage's remaining time at most goes to embedding the
+            // question, so a slow endpoint leaves time for the lexical
+            // model and the stage's own work.
+            let budget = self
+                .deadline
+                .saturating_duration_since(std::time::Instant::now())
+                / 2;
+            let (found, served) = bank.lookup(&question, budget).await;
+            self.effects.pattern_features.count(served);
+            found
         } else {
             None
         };

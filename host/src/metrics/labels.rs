@@ -129,6 +129,24 @@ pub struct LookupLabels {
     pub result: String,
 }
 
+/// Labels of a lookup by the model that matched it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeaturesLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// embeddings, lexical or lexical_fallback.
+    pub features: String,
+}
+
+/// Labels of a failure of the embeddings endpoint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The pipeline.
+    pub pipeline: String,
+    /// timeout, unavailable, rejected or invalid.
+    pub reason: String,
+}
+
 /// Labels of the cost of requests by outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CostLabels {

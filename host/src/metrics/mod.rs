@@ -16,6 +16,8 @@
 //! | `strata_slo_alert_firing` | pipeline, window | 1 when both windows of an alert burn past its threshold |
 //! | `strata_cache_lookups_total` | pipeline, result | answer-bank hits and misses |
 //! | `strata_pattern_lookups_total` | pipeline, result | `lookup` by similarity: trusted, untrusted (refused: under its calibrated threshold), no_match |
+//! | `strata_pattern_lookup_features_total` | pipeline, features | `lookup` by the model that matched: embeddings, lexical (no embedded model), lexical_fallback (embedding the question failed) |
+//! | `strata_embeddings_failures_total` | pipeline, reason | questions the embeddings endpoint failed to embed at lookup: timeout, unavailable, rejected, invalid |
 //! | `strata_answer_bank_estimated_precision` | pipeline | precision of trusted matches, estimated by cross-validation on the approved examples |
 //! | `strata_answer_bank_estimated_coverage` | pipeline | share of held-out examples the calibrated threshold trusts |
 //! | `strata_answer_bank_examples` | pipeline | approved example questions |
@@ -37,9 +39,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use self::labels::{
-    CallLabels, CostLabels, DeliveryLabels, FailureLabels, LayerLabels, LookupLabels,
-    OperationLabels, PipelineLabels, RatingLabels, RequestLabels, StageLabels, StageResultLabels,
-    StatusLabels, TierLabels, TokenLabels, WindowLabels,
+    CallLabels, CostLabels, DeliveryLabels, FailureLabels, FeaturesLabels, LayerLabels,
+    LookupLabels, OperationLabels, PipelineLabels, RatingLabels, ReasonLabels, RequestLabels,
+    StageLabels, StageResultLabels, StatusLabels, TierLabels, TokenLabels, WindowLabels,
 };
 use crate::pipeline::Execution;
 
@@ -78,6 +80,8 @@ pub struct Metrics {
     request_cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     cache_lookups: Family<LookupLabels, Counter>,
     pattern_lookups: Family<LookupLabels, Counter>,
+    pattern_features: Family<FeaturesLabels, Counter>,
+    embedding_failures: Family<ReasonLabels, Counter>,
     bank_precision: Family<PipelineLabels, Gauge<f64, AtomicU64>>,
     bank_coverage: Family<PipelineLabels, Gauge<f64, AtomicU64>>,
     bank_examples: Family<PipelineLabels, Gauge>,
@@ -209,6 +213,18 @@ impl Metrics {
             "Answer-bank lookups by similarity, by result",
             pattern_lookups.clone(),
         );
+        let pattern_features = Family::default();
+        registry.register(
+            "pattern_lookup_features",
+            "Answer-bank lookups by similarity, by the model that matched them",
+            pattern_features.clone(),
+        );
+        let embedding_failures = Family::default();
+        registry.register(
+            "embeddings_failures",
+            "Questions the embeddings endpoint failed to embed at lookup, by reason",
+            embedding_failures.clone(),
+        );
         let bank_precision = Family::default();
         registry.register(
             "answer_bank_estimated_precision",
@@ -257,6 +273,8 @@ impl Metrics {
             request_cost,
             cache_lookups,
             pattern_lookups,
+            pattern_features,
+            embedding_failures,
             bank_precision,
             bank_coverage,
             bank_examples,
@@ -374,6 +392,35 @@ impl Metrics {
                         .get_or_create(&LookupLabels {
                             pipeline: pipeline.to_owned(),
                             result: result.to_owned(),
+                        })
+                        .inc_by(u64::from(count));
+                }
+            }
+            let features = &run.pattern_features;
+            let fallback: u32 = features.fallback.iter().sum();
+            for (label, count) in [
+                ("embeddings", features.embeddings),
+                ("lexical", features.lexical),
+                ("lexical_fallback", fallback),
+            ] {
+                if count > 0 {
+                    self.pattern_features
+                        .get_or_create(&FeaturesLabels {
+                            pipeline: pipeline.to_owned(),
+                            features: label.to_owned(),
+                        })
+                        .inc_by(u64::from(count));
+                }
+            }
+            for (reason, count) in crate::patterns::FALLBACK_REASONS
+                .iter()
+                .zip(features.fallback)
+            {
+                if count > 0 {
+                    self.embedding_failures
+                        .get_or_create(&ReasonLabels {
+                            pipeline: pipeline.to_owned(),
+                            reason: (*reason).to_owned(),
                         })
                         .inc_by(u64::from(count));
                 }

@@ -176,13 +176,14 @@ pub(super) fn publish(app: &App, state: &mut State, generation: Generation) {
     generation.set_serving(true);
     // Patterns imported since (`strata bank import`) are served from now
     // on; the fit runs in the background and only when the store changed.
-    let (banks, store, manifest) = (
+    let (banks, store, manifest, client) = (
         app.run.banks.clone(),
         app.store.clone(),
         generation.manifest.clone(),
+        app.run.runtime.http().clone(),
     );
     app.lifecycle.spawn(async move {
-        if let Err(error) = crate::bank::reload_patterns(&banks, &manifest, &store).await {
+        if let Err(error) = crate::bank::reload_patterns(&banks, &manifest, &store, &client).await {
             tracing::error!(error = %format!("{error:#}"), "cannot reload the answer bank");
         }
     });

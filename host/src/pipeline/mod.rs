@@ -326,6 +326,8 @@ pub struct StageRun {
     pub pattern: Option<i64>,
     /// Its answer-bank lookups: trusted, untrusted, no match.
     pub pattern_lookups: [u32; 3],
+    /// Its answer-bank lookups by the model that matched them.
+    pub pattern_features: crate::patterns::PatternFeatures,
 }
 
 /// The result of running a pipeline on a request.

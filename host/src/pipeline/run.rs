@@ -224,6 +224,7 @@ impl Pipeline {
                 cache_misses: effects.cache_misses,
                 pattern: effects.pattern,
                 pattern_lookups: effects.pattern_lookups,
+                pattern_features: effects.pattern_features,
             });
             if let Some(candidate) = canary {
                 ctx.observer

@@ -27,7 +27,11 @@ pub(crate) mod v0_2 {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "plugin",
-        imports: { "strata:pipeline/model": async },
+        // `lookup` may ask an embeddings endpoint for the question's vector.
+        imports: {
+            "strata:pipeline/model": async,
+            "strata:pipeline/cache.lookup": async,
+        },
         exports: { default: async },
     });
 }

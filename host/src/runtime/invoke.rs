@@ -174,6 +174,7 @@ impl Runtime {
                 services: Services::default(),
                 effects: Effects::default(),
                 timed_out: false,
+                deadline: Instant::now(),
                 log_lines: 0,
                 log_lines_dropped: 0,
             },
@@ -212,6 +213,8 @@ pub struct Effects {
     pub pattern: Option<i64>,
     /// Its `lookup` calls by result: trusted, untrusted, no match.
     pub pattern_lookups: [u32; 3],
+    /// Its `lookup` calls by the model that matched them.
+    pub pattern_features: crate::patterns::PatternFeatures,
 }
 
 /// The result of one invocation.
@@ -248,6 +251,7 @@ pub(super) fn prepare(
             .expect("fuel metering is enabled on this engine");
     }
     let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
+    store.data_mut().deadline = deadline;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |mut ctx| {
         if Instant::now() >= deadline {
@@ -448,6 +452,9 @@ pub(crate) struct StageState {
     pub(crate) services: Services,
     pub(crate) effects: Effects,
     pub(super) timed_out: bool,
+    /// When the invocation's wall-clock limit runs out: host calls that
+    /// wait on the network (an embeddings lookup) keep within it.
+    pub(crate) deadline: Instant,
     pub(crate) log_lines: u32,
     pub(crate) log_lines_dropped: u32,
 }

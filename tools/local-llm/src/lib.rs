@@ -3,13 +3,20 @@
 //! `max_tokens`; answer: `choices[0].message.content` and `usage`), and the
 //! batch-capable `POST /v1/completions` (request: `prompt` as a string or a
 //! list of strings; answer: one `choices[i].text` per prompt and `usage`
-//! for them all), so the host talks to it exactly as to OpenAI, vLLM,
-//! Ollama or llama.cpp's server.
+//! for them all), and `POST /v1/embeddings` (request: `input` as a string
+//! or a list of strings; answer: `data[i].embedding` per input and `usage`),
+//! so the host talks to it exactly as to OpenAI, vLLM, Ollama, llama.cpp's
+//! server or Hugging Face TEI.
 //! These machines cannot reach a real provider; this one lets the tests, the
 //! demo and the benchmarks run the generation layer for real, over HTTP.
 //!
 //! Its answers are canned, not generated: a fixed sentence quoting the
-//! question. Token counts are estimates (about four characters a token).
+//! question. Its embeddings are not a semantic model either: hashed word
+//! and character-trigram counts projected onto [`EMBEDDING_DIM`] signed
+//! dimensions and scaled to unit length, so texts sharing words and
+//! spellings are close and paraphrases in other words are not. They are
+//! deterministic, which is what tests need. Token counts are estimates
+//! (about four characters a token).
 //! Behaviour is chosen by the model name, so a manifest can ask for faults:
 //!
 //! - `fail-*`: always answers 500;
@@ -18,14 +25,20 @@
 //! - `bad-request-*`: answers 400;
 //! - anything else: answers at once.
 //!
+//! [`LocalLlm::set_embeddings_down`] makes `/v1/embeddings` answer 503
+//! until it is turned back, whatever the model, and
+//! [`LocalLlm::set_embeddings_delay`] makes it slow, so a test can take the
+//! endpoint down or slow it under a running host.
+//!
 //! `GET /stats` returns `{"calls": {model: count}, "requests": n,
-//! "batches": n, "batched_prompts": n}`: what reached the provider (one
-//! request per HTTP call, whatever it held), counted here where a test can
-//! check it.
+//! "batches": n, "batched_prompts": n, "embedding_requests": n,
+//! "embedded_inputs": n}`: what reached the provider (one request per HTTP
+//! call, whatever it held), counted here where a test can check it.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,13 +65,21 @@ struct State {
     requests: u64,
     batches: u64,
     batched_prompts: u64,
+    embedding_requests: u64,
+    embedded_inputs: u64,
+    longest_input: usize,
     authorizations: Vec<Option<String>>,
 }
+
+/// Dimensions of the stand-in's embeddings.
+pub const EMBEDDING_DIM: usize = 256;
 
 /// A running local provider.
 pub struct LocalLlm {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    embeddings_down: Arc<AtomicBool>,
+    embeddings_delay_ms: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -69,6 +90,10 @@ impl LocalLlm {
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
         let options = Arc::new(options);
+        let embeddings_down = Arc::new(AtomicBool::new(false));
+        let down = embeddings_down.clone();
+        let embeddings_delay_ms = Arc::new(AtomicU64::new(0));
+        let delay_ms = embeddings_delay_ms.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -76,11 +101,19 @@ impl LocalLlm {
                 };
                 let state = shared.clone();
                 let options = options.clone();
+                let down = down.clone();
+                let delay_ms = delay_ms.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let state = state.clone();
                         let options = options.clone();
-                        async move { Ok::<_, Infallible>(handle(request, &state, &options).await) }
+                        let faults = EmbeddingFaults {
+                            down: down.load(Ordering::Relaxed),
+                            delay: Duration::from_millis(delay_ms.load(Ordering::Relaxed)),
+                        };
+                        async move {
+                            Ok::<_, Infallible>(handle(request, &state, &options, faults).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -88,7 +121,13 @@ impl LocalLlm {
                 });
             }
         });
-        Ok(LocalLlm { addr, state, task })
+        Ok(LocalLlm {
+            addr,
+            state,
+            embeddings_down,
+            embeddings_delay_ms,
+            task,
+        })
     }
 
     /// Bind `127.0.0.1:0` and serve.
@@ -126,6 +165,32 @@ impl LocalLlm {
         self.lock().batched_prompts
     }
 
+    /// `POST /v1/embeddings` calls received.
+    pub fn embedding_requests(&self) -> u64 {
+        self.lock().embedding_requests
+    }
+
+    /// Inputs received in `POST /v1/embeddings` calls.
+    pub fn embedded_inputs(&self) -> u64 {
+        self.lock().embedded_inputs
+    }
+
+    /// The longest input, in bytes, any `POST /v1/embeddings` call held.
+    pub fn longest_embedded_input(&self) -> usize {
+        self.lock().longest_input
+    }
+
+    /// Make `/v1/embeddings` answer 503 (`true`) or work again (`false`).
+    pub fn set_embeddings_down(&self, down: bool) {
+        self.embeddings_down.store(down, Ordering::Relaxed);
+    }
+
+    /// Make `/v1/embeddings` wait this long before answering (zero: not).
+    pub fn set_embeddings_delay(&self, delay: Duration) {
+        self.embeddings_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
     /// The `Authorization` header of every call, in order.
     pub fn authorizations(&self) -> Vec<Option<String>> {
         self.lock().authorizations.clone()
@@ -142,10 +207,18 @@ impl Drop for LocalLlm {
     }
 }
 
+/// The faults the embeddings endpoint is switched to.
+#[derive(Debug, Clone, Copy)]
+struct EmbeddingFaults {
+    down: bool,
+    delay: Duration,
+}
+
 async fn handle(
     request: Request<hyper::body::Incoming>,
     state: &Mutex<State>,
     options: &Options,
+    faults: EmbeddingFaults,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     if path == "/stats" {
@@ -157,8 +230,13 @@ async fn handle(
                 "requests": state.requests,
                 "batches": state.batches,
                 "batched_prompts": state.batched_prompts,
+                "embedding_requests": state.embedding_requests,
+                "embedded_inputs": state.embedded_inputs,
             }),
         );
+    }
+    if path == "/v1/embeddings" && request.method() == hyper::Method::POST {
+        return embeddings(request, state, options, faults).await;
     }
     let batch = path == "/v1/completions";
     if !(batch || path == "/v1/chat/completions") || request.method() != hyper::Method::POST {
@@ -350,6 +428,136 @@ async fn handle(
     )
 }
 
+/// `POST /v1/embeddings`: one stand-in embedding per input.
+async fn embeddings(
+    request: Request<hyper::body::Incoming>,
+    state: &Mutex<State>,
+    options: &Options,
+    faults: EmbeddingFaults,
+) -> Response<Full<Bytes>> {
+    let authorization = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Ok(body) = request.into_body().collect().await else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"message": "unreadable body"}}),
+        );
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"message": "body is not JSON"}}),
+        );
+    };
+    let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let inputs: Option<Vec<String>> = match &body["input"] {
+        Value::String(one) => Some(vec![one.clone()]),
+        Value::Array(many) if !many.is_empty() => {
+            many.iter().map(|i| i.as_str().map(str::to_owned)).collect()
+        }
+        _ => None,
+    };
+    {
+        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        state.requests += 1;
+        state.embedding_requests += 1;
+        state.embedded_inputs += inputs.as_ref().map_or(0, |i| i.len() as u64);
+        let longest = inputs.iter().flatten().map(String::len).max().unwrap_or(0);
+        state.longest_input = state.longest_input.max(longest);
+        state.authorizations.push(authorization.clone());
+        *state.calls.entry(model.clone()).or_default() += 1;
+    }
+    if let Some(key) = &options.api_key
+        && authorization.as_deref() != Some(&format!("Bearer {key}"))
+    {
+        return reply(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"message": "invalid API key", "type": "invalid_request_error"}}),
+        );
+    }
+    if faults.down || model.starts_with("fail-") {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": {"message": "the embeddings model is down", "type": "server_error"}}),
+        );
+    }
+    if model.starts_with("bad-request-") {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"message": "this model refuses everything", "type": "invalid_request_error"}}),
+        );
+    }
+    let Some(inputs) = inputs else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"message": "input must be a string or a non-empty array of strings", "type": "invalid_request_error"}}),
+        );
+    };
+    let delay = options.latency
+        + faults.delay
+        + Duration::from_millis(numbered(&model, "slow-").unwrap_or(0));
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let tokens: u64 = inputs.iter().map(|i| tokens(i.len())).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            json!({"object": "embedding", "index": index, "embedding": embed(input)})
+        })
+        .collect();
+    reply(
+        StatusCode::OK,
+        json!({
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }),
+    )
+}
+
+/// The stand-in embedding of `text`: lower-cased words and the character
+/// trigrams of each word (with its boundaries), each hashed (FNV-1a) to a
+/// dimension and a sign, counted, and scaled to unit length. An input with
+/// no letter or digit gets a fixed unit vector, as a real model would give
+/// it some vector.
+pub fn embed(text: &str) -> Vec<f32> {
+    fn hash(bytes: &[u8], seed: u64) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+    let mut v = vec![0.0f32; EMBEDDING_DIM];
+    let mut add = |feature: &[u8], seed: u64, weight: f32| {
+        let h = hash(feature, seed);
+        let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+        v[(h % EMBEDDING_DIM as u64) as usize] += sign * weight;
+    };
+    let lower = text.to_lowercase();
+    for word in lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        add(word.as_bytes(), 1, 1.0);
+        let padded: Vec<char> = format!(" {word} ").chars().collect();
+        for gram in padded.windows(3) {
+            add(gram.iter().collect::<String>().as_bytes(), 2, 0.5);
+        }
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        v[0] = 1.0;
+    } else {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
 /// The last `user:` turn of a prompt the host made from chat messages
 /// (`role: content` blocks), or the whole prompt.
 fn last_user_turn(prompt: &str) -> &str {
@@ -380,4 +588,31 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cos(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn embeddings_are_deterministic_unit_vectors_close_for_shared_words() {
+        let a = embed("When will my card arrive?");
+        assert_eq!(a.len(), EMBEDDING_DIM);
+        assert_eq!(a, embed("when will my CARD arrive"));
+        assert!((cos(&a, &a) - 1.0).abs() < 1e-5);
+        let b = embed("my card has not arrived");
+        let c = embed("how do I top up by bank transfer");
+        assert!(
+            cos(&a, &b) > cos(&a, &c) + 0.2,
+            "{} {}",
+            cos(&a, &b),
+            cos(&a, &c)
+        );
+        // No words: still a unit vector, never a zero one.
+        assert!((cos(&embed(""), &embed("?!")) - 1.0).abs() < 1e-5);
+    }
 }

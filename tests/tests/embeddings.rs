@@ -1,0 +1,359 @@
+//! The answer bank's optional embeddings: examples embedded through an
+//! OpenAI-compatible `/v1/embeddings` endpoint (the local stand-in here),
+//! vectors kept in the store, lookups through the embedded model, and the
+//! lexical model answering whenever the endpoint cannot.
+
+use std::time::{Duration, Instant};
+
+use local_llm::LocalLlm;
+use serde_json::json;
+use strata::store::{ImportRow, Store};
+use strata_tests::{SMALL_RUNTIME, TestHost, components, toml_str};
+
+/// The bank stage (exact keys, then `lookup`), then a stage that escalates,
+/// with the answer bank's embeddings from `base_url` under `model`.
+fn manifest(base_url: &str, model: &str) -> String {
+    format!(
+        "{SMALL_RUNTIME}
+[models.providers.local]
+base_url = \"{base_url}\"
+
+[models.embeddings.stand-in]
+provider = \"local\"
+model = \"{model}\"
+timeout_ms = 2000
+retries = 0
+batch = 16
+
+[pipelines.desk]
+answer_bank = {{ max_error = 0.1, embeddings = \"stand-in\" }}
+
+[[pipelines.desk.stages]]
+name = \"bank\"
+layer = \"cache\"
+plugin = {bank}
+grants = [\"config\", \"cache\"]
+on_error = \"skip\"
+
+[[pipelines.desk.stages]]
+name = \"triage\"
+layer = \"rules\"
+plugin = {scripted}
+grants = [\"config\", \"log\"]
+config = {{ outcome = \"escalate\", reason = \"a person\" }}
+",
+        bank = toml_str(components::ANSWER_BANK),
+        scripted = toml_str(components::SCRIPTED),
+    )
+}
+
+const CARD: &str = "Cards arrive within 5 working days.";
+
+/// Three intents, a dozen questions each: 36 examples.
+fn rows() -> Vec<ImportRow> {
+    let intents: [(&str, [&str; 12]); 3] = [
+        (
+            CARD,
+            [
+                "where is my new card",
+                "my card has not arrived yet",
+                "when will my card arrive",
+                "how long does the card take to arrive",
+                "still waiting for my card",
+                "card delivery is taking long",
+                "has my card been sent",
+                "i have not received my card",
+                "when does the card come",
+                "my card never arrived",
+                "is my card on its way",
+                "track my card delivery",
+            ],
+        ),
+        (
+            "Change your PIN in the app under Card > Security.",
+            [
+                "how do i change my pin",
+                "i want a new pin",
+                "can i reset my pin",
+                "change the pin of my card",
+                "where can i change my pin",
+                "update my pin number",
+                "i need to set a different pin",
+                "pin change please",
+                "how to pick a new pin",
+                "can my pin be changed",
+                "modify my pin",
+                "set a new pin on my card",
+            ],
+        ),
+        (
+            "Top up by card or bank transfer in the app.",
+            [
+                "how do i top up my account",
+                "add money to my account",
+                "can i top up with a card",
+                "top up by bank transfer",
+                "ways to add funds",
+                "put money into my account",
+                "how can i load money",
+                "topping up my balance",
+                "add cash to my account",
+                "fund my account",
+                "how to deposit money",
+                "top up options",
+            ],
+        ),
+    ];
+    intents
+        .iter()
+        .flat_map(|(answer, questions)| {
+            questions.iter().map(|q| ImportRow {
+                question: (*q).to_owned(),
+                answer: (*answer).to_owned(),
+                label: None,
+            })
+        })
+        .collect()
+}
+
+/// A directory with the manifest and a store holding the 36 examples.
+async fn seeded(llm: &LocalLlm, model: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    std::fs::write(&path, manifest(&llm.base_url(), model)).unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    store
+        .import_patterns("desk".to_owned(), rows(), "import".to_owned())
+        .await
+        .unwrap();
+    store.close().await;
+    (dir, path)
+}
+
+async fn metrics(host: &TestHost) -> String {
+    reqwest::get(format!("{}/metrics", host.admin_base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the metric line that starts with `prefix`, 0 if absent.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+const EMBEDDED: &str =
+    "strata_pattern_lookup_features_total{pipeline=\"desk\",features=\"embeddings\"}";
+const LEXICAL: &str =
+    "strata_pattern_lookup_features_total{pipeline=\"desk\",features=\"lexical\"}";
+const FALLBACK: &str =
+    "strata_pattern_lookup_features_total{pipeline=\"desk\",features=\"lexical_fallback\"}";
+const UNAVAILABLE: &str =
+    "strata_embeddings_failures_total{pipeline=\"desk\",reason=\"unavailable\"}";
+const TIMEOUT: &str = "strata_embeddings_failures_total{pipeline=\"desk\",reason=\"timeout\"}";
+
+fn stored_vectors(dir: &std::path::Path, model: &str) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join("data").join("strata.db")).unwrap();
+    conn.query_row(
+        "SELECT COUNT(*) FROM example_vectors WHERE model = ?1",
+        [model],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_paraphrase_is_answered_through_embeddings_and_vectors_survive_a_restart() {
+    let llm = LocalLlm::start(local_llm::Options::default())
+        .await
+        .unwrap();
+    let (dir, path) = seeded(&llm, "hashed-a").await;
+    let mut host = TestHost::serve_with(dir, path.clone(), strata::auth::Tokens::default())
+        .await
+        .unwrap();
+    // Every example was embedded before serving, 16 a request.
+    assert_eq!(llm.embedded_inputs(), 36);
+    assert_eq!(llm.embedding_requests(), 3);
+    assert_eq!(stored_vectors(host.dir(), "hashed-a"), 36);
+
+    let (status, answered) = host.ask("desk", "When is my card going to arrive?").await;
+    assert_eq!(status, 200, "{answered}");
+    assert_eq!(answered["layer"], "cache");
+    assert_eq!(answered["output"], CARD);
+    assert_eq!(llm.embedded_inputs(), 37, "the question was embedded");
+    let text = metrics(&host).await;
+    assert_eq!(metric(&text, EMBEDDED), 1.0, "{text}");
+    assert_eq!(metric(&text, FALLBACK), 0.0, "{text}");
+
+    // A restart reads the vectors back instead of embedding again.
+    host.restart().await;
+    assert_eq!(llm.embedded_inputs(), 37);
+    let (status, again) = host.ask("desk", "When is my card going to arrive?").await;
+    assert_eq!((status, &again["output"]), (200, &json!(CARD)), "{again}");
+    assert_eq!(llm.embedded_inputs(), 38);
+
+    // Another model's vectors are not these: everything is embedded again.
+    std::fs::write(&path, manifest(&llm.base_url(), "hashed-b")).unwrap();
+    host.restart().await;
+    assert_eq!(llm.embedded_inputs(), 38 + 36);
+    assert_eq!(stored_vectors(host.dir(), "hashed-b"), 36);
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_the_endpoint_down_the_lexical_model_answers_and_the_failure_is_counted() {
+    let llm = LocalLlm::start(local_llm::Options::default())
+        .await
+        .unwrap();
+    let (dir, path) = seeded(&llm, "hashed-a").await;
+    let host = TestHost::serve_with(dir, path, strata::auth::Tokens::default())
+        .await
+        .unwrap();
+    let question = "When is my card going to arrive?";
+    let (status, served) = host.ask("desk", question).await;
+    assert_eq!((status, &served["output"]), (200, &json!(CARD)), "{served}");
+
+    // Down: the same question is still answered, by the lexical model.
+    llm.set_embeddings_down(true);
+    let (status, degraded) = host.ask("desk", question).await;
+    assert_eq!(status, 200, "{degraded}");
+    assert_eq!(degraded["output"], CARD);
+    let text = metrics(&host).await;
+    assert_eq!(metric(&text, FALLBACK), 1.0, "{text}");
+    assert_eq!(metric(&text, UNAVAILABLE), 1.0, "{text}");
+    assert_eq!(metric(&text, EMBEDDED), 1.0, "{text}");
+
+    // Slow: past the model's timeout, the same.
+    llm.set_embeddings_down(false);
+    llm.set_embeddings_delay(Duration::from_millis(3000));
+    let (status, slow) = host.ask("desk", question).await;
+    assert_eq!((status, &slow["output"]), (200, &json!(CARD)), "{slow}");
+    let text = metrics(&host).await;
+    assert_eq!(metric(&text, FALLBACK), 2.0, "{text}");
+    assert_eq!(metric(&text, TIMEOUT), 1.0, "{text}");
+    llm.set_embeddings_delay(Duration::ZERO);
+
+    // Nothing absurd reaches the endpoint or breaks the lookup.
+    let (status, empty) = host.ask("desk", "").await;
+    assert!(status < 500, "{status} {empty}");
+    let long = format!("when will my card arrive {}", "and ".repeat(3000));
+    let (status, long) = host.ask("desk", &long).await;
+    assert!(status < 500, "{status} {long}");
+    // The lexical model reads 4 KiB of a question; the endpoint gets no more.
+    assert!(
+        llm.longest_embedded_input() <= 4096,
+        "{} bytes sent",
+        llm.longest_embedded_input()
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_host_started_while_the_endpoint_is_down_serves_lexically_and_embeds_later() {
+    let llm = LocalLlm::start(local_llm::Options::default())
+        .await
+        .unwrap();
+    llm.set_embeddings_down(true);
+    let (dir, path) = seeded(&llm, "hashed-a").await;
+    let host = TestHost::serve_with(dir, path, strata::auth::Tokens::default())
+        .await
+        .expect("the host starts without its embeddings endpoint");
+    let question = "When is my card going to arrive?";
+    let (status, answered) = host.ask("desk", question).await;
+    assert_eq!(
+        (status, &answered["output"]),
+        (200, &json!(CARD)),
+        "{answered}"
+    );
+    let text = metrics(&host).await;
+    assert_eq!(metric(&text, LEXICAL), 1.0, "{text}");
+    assert_eq!(stored_vectors(host.dir(), "hashed-a"), 0);
+
+    // Back up: the next example learned (a reviewer's answer) brings the
+    // whole bank's embedding and the embedded model with it.
+    llm.set_embeddings_down(false);
+    let (_, escalated) = host.ask("desk", "Do you offer savings accounts?").await;
+    let ticket = escalated["ticket"]["id"].as_i64().expect("a ticket");
+    let (status, _) = host
+        .post(
+            &format!("/v1/tickets/{ticket}/resolve"),
+            json!({"answer": "Not yet: savings accounts come next year."}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, answered) = host.ask("desk", question).await;
+        assert_eq!(status, 200, "{answered}");
+        if metric(&metrics(&host).await, EMBEDDED) >= 1.0 {
+            assert_eq!(answered["output"], CARD);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the embedded model never came");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stored_vectors(host.dir(), "hashed-a"), 37);
+    host.shutdown().await;
+}
+
+#[test]
+fn manifest_errors_name_the_embeddings_key_at_fault() {
+    let base = manifest("http://127.0.0.1:9/v1", "m");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            base.replace("embeddings = \"stand-in\"", "embeddings = \"nope\""),
+            "pipeline \"desk\", key \"answer_bank.embeddings\": no embeddings model named \
+             \"nope\"; [models.embeddings] defines: stand-in",
+        ),
+        (
+            base.replace("provider = \"local\"", "provider = \"elsewhere\""),
+            "key \"models.embeddings.stand-in.provider\": no provider named \"elsewhere\"; \
+             the manifest defines: local",
+        ),
+        (
+            base.replace("batch = 16", "batch = 0"),
+            "key \"models.embeddings.stand-in.batch\": 0 is outside 1..=2048",
+        ),
+        (
+            base.replace("timeout_ms = 2000", "timeout_ms = 0"),
+            "key \"models.embeddings.stand-in.timeout_ms\": 0 is outside 1..=600000",
+        ),
+        (
+            base.replace("model = \"m\"", "model = \" \""),
+            "key \"models.embeddings.stand-in.model\": must not be empty",
+        ),
+        (
+            base.replace("retries = 0", "retries = 11"),
+            "key \"models.embeddings.stand-in.retries\": 11 is more than 10",
+        ),
+        (
+            base.replace("batch = 16", "batch = 16\ndimensions = 3"),
+            "unknown field `dimensions`",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let mut failures = Vec::new();
+    for (text, expected) in &cases {
+        std::fs::write(&path, text).unwrap();
+        let message = match strata::manifest::Manifest::load(&path) {
+            Ok(_) => "accepted".to_owned(),
+            Err(error) => error.to_string(),
+        };
+        if !message.contains(expected) {
+            failures.push(format!("expected: {expected}\n     got: {message}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    // The manifest itself is fine.
+    std::fs::write(&path, &base).unwrap();
+    let manifest = strata::manifest::Manifest::load(&path).unwrap();
+    let spec = &manifest.models.embeddings["stand-in"];
+    assert_eq!((spec.batch, spec.timeout_ms, spec.retries), (16, 2000, 0));
+}
