@@ -1,0 +1,213 @@
+//! The audit log of operations, and shadow comparisons.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{Completion, Message, Store, StoreError, WriteOp, now_millis};
+
+/// One entry of the reload audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    /// Its number (0 before it is written).
+    pub id: i64,
+    /// When (Unix milliseconds).
+    pub at: i64,
+    /// `start`, `reload`, `rollback`, `promote` or `rollback_stage`.
+    pub action: String,
+    /// What asked for it: `startup`, `admin`, `watch`, `signal` or `burn`.
+    pub trigger: String,
+    /// Who: a token fingerprint such as `admin:1a2b3c4d`, or the host itself.
+    pub actor: String,
+    /// `applied`, `unchanged` or `failed`.
+    pub result: String,
+    /// The generation serving before.
+    pub from_generation: Option<u64>,
+    /// The generation serving after (unchanged on failure).
+    pub to_generation: Option<u64>,
+    /// The manifest's digest, when one was read.
+    pub manifest_sha256: Option<String>,
+    /// Per stage: old and new digests, grants and imports added or removed.
+    pub changes: serde_json::Value,
+    /// Why it failed, or anything else worth knowing.
+    pub note: Option<String>,
+}
+
+/// A shadow comparison to record.
+#[derive(Debug, Clone)]
+pub struct ShadowRecord {
+    /// The request.
+    pub request_id: String,
+    /// The pipeline.
+    pub pipeline: String,
+    /// The stage.
+    pub stage: String,
+    /// The live version.
+    pub live_digest: String,
+    /// The candidate.
+    pub candidate_digest: String,
+    /// Whether both decided the same.
+    pub same: bool,
+    /// The live outcome.
+    pub live: serde_json::Value,
+    /// The candidate's outcome.
+    pub candidate: serde_json::Value,
+}
+
+impl Store {
+    /// Append an entry to the audit log; returns once it is durable.
+    pub async fn audit(&self, entry: AuditEntry) -> Result<i64, StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO audit (at, action, trigger, actor, result, from_generation,
+                                    to_generation, manifest_sha256, changes, note)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    entry.at,
+                    entry.action,
+                    entry.trigger,
+                    entry.actor,
+                    entry.result,
+                    entry.from_generation.map(|g| g as i64),
+                    entry.to_generation.map(|g| g as i64),
+                    entry.manifest_sha256,
+                    entry.changes.to_string(),
+                    entry.note,
+                ],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
+    }
+
+    /// The newest audit entries, newest first.
+    pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, at, action, trigger, actor, result, from_generation, to_generation,
+                        manifest_sha256, changes, note
+                 FROM audit ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = statement.query_map(params![limit], |row| {
+                Ok(AuditEntry {
+                    id: row.get(0)?,
+                    at: row.get(1)?,
+                    action: row.get(2)?,
+                    trigger: row.get(3)?,
+                    actor: row.get(4)?,
+                    result: row.get(5)?,
+                    from_generation: row.get::<_, Option<i64>>(6)?.map(|g| g as u64),
+                    to_generation: row.get::<_, Option<i64>>(7)?.map(|g| g as u64),
+                    manifest_sha256: row.get(8)?,
+                    changes: serde_json::from_str(&row.get::<_, String>(9)?)
+                        .unwrap_or(serde_json::Value::Null),
+                    note: row.get(10)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Queue a shadow comparison without waiting. Comparisons are
+    /// observations, not promises: when the queue is full one is dropped
+    /// (and logged) rather than slowing live traffic.
+    pub fn record_shadow(&self, run: ShadowRecord) {
+        let job: WriteOp = Box::new(move |conn| {
+            let result = conn
+                .prepare_cached(
+                    "INSERT INTO shadow_runs (at, request_id, pipeline, stage, live_digest,
+                                              candidate_digest, same, live, candidate)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        now_millis(),
+                        run.request_id,
+                        run.pipeline,
+                        run.stage,
+                        run.live_digest,
+                        run.candidate_digest,
+                        run.same,
+                        run.live.to_string(),
+                        run.candidate.to_string(),
+                    ])
+                })
+                .map(|_| ())
+                .map_err(StoreError::from);
+            let failed = result.is_err();
+            let completion: Completion = Box::new(move |commit| {
+                if let Err(error) = commit.and(result) {
+                    tracing::warn!(%error, "cannot record a shadow comparison");
+                }
+            });
+            (failed, completion)
+        });
+        if self
+            .jobs
+            .try_send(Message::Job {
+                job,
+                durable: false,
+            })
+            .is_err()
+        {
+            tracing::warn!("the store queue is full; a shadow comparison was dropped");
+        }
+    }
+
+    /// Shadow comparisons of a pipeline: per stage and candidate, how many
+    /// ran and how many differed, with the newest differing ones.
+    pub async fn shadow_summary(
+        &self,
+        pipeline: String,
+        examples: u32,
+    ) -> Result<serde_json::Value, StoreError> {
+        self.read(move |conn| {
+            let mut groups = conn.prepare_cached(
+                "SELECT stage, candidate_digest, live_digest, COUNT(*), SUM(1 - same)
+                 FROM shadow_runs WHERE pipeline = ?1
+                 GROUP BY stage, candidate_digest, live_digest ORDER BY stage",
+            )?;
+            let mut out = Vec::new();
+            let rows = groups.query_map(params![pipeline], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })?;
+            for row in rows {
+                let (stage, candidate, live, runs, differing) = row?;
+                let mut recent = conn.prepare_cached(
+                    "SELECT request_id, live, candidate, at FROM shadow_runs
+                     WHERE pipeline = ?1 AND stage = ?2 AND candidate_digest = ?3 AND same = 0
+                     ORDER BY id DESC LIMIT ?4",
+                )?;
+                let differences = recent
+                    .query_map(params![pipeline, stage, candidate, examples], |row| {
+                        let parse = |text: String| {
+                            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+                        };
+                        Ok(serde_json::json!({
+                            "request_id": row.get::<_, String>(0)?,
+                            "live": parse(row.get(1)?),
+                            "candidate": parse(row.get(2)?),
+                            "at": row.get::<_, i64>(3)?,
+                        }))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                out.push(serde_json::json!({
+                    "stage": stage,
+                    "live_digest": live,
+                    "candidate_digest": candidate,
+                    "runs": runs,
+                    "differing": differing,
+                    "differences": differences,
+                }));
+            }
+            Ok(serde_json::json!({ "pipeline": pipeline, "stages": out }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,112 @@
+//! Callbacks due and their delivery attempts.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError, now_millis};
+
+impl Store {
+    /// Up to `limit` callbacks due for delivery at `now`, the earliest
+    /// first: `(request_id, url, attempts)`.
+    pub async fn due_callbacks(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT request_id, url, attempts FROM callbacks
+                 WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![now, limit as i64], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The earliest time after `after` a pending callback is due, if any.
+    pub async fn next_callback_at(&self, after: i64) -> Result<Option<i64>, StoreError> {
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT MIN(next_at) FROM callbacks WHERE state = 'pending' AND next_at > ?1",
+                params![after],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Record one delivery attempt and what comes next: delivered, another
+    /// attempt at `retry_at`, or failed for good.
+    pub async fn record_delivery(
+        &self,
+        request_id: String,
+        attempt: i64,
+        status: Option<u16>,
+        error: Option<String>,
+        retry_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let ok = error.is_none();
+            conn.execute(
+                "INSERT INTO deliveries (request_id, attempt, at, status, error, ok)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![request_id, attempt, now_millis(), status, error, ok],
+            )?;
+            let (state, next_at) = match (ok, retry_at) {
+                (true, _) => ("delivered", None),
+                (false, Some(at)) => ("pending", Some(at)),
+                (false, None) => ("failed", None),
+            };
+            conn.execute(
+                "UPDATE callbacks SET state = ?2, attempts = ?3, next_at = ?4
+                 WHERE request_id = ?1",
+                params![request_id, state, attempt, next_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A request's callback and its delivery attempts.
+    pub async fn callback(
+        &self,
+        request_id: String,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        self.read(move |conn| {
+            let found: Option<(String, String, i64)> = conn
+                .query_row(
+                    "SELECT url, state, attempts FROM callbacks WHERE request_id = ?1",
+                    params![request_id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .optional()?;
+            let Some((url, state, attempts)) = found else {
+                return Ok(None);
+            };
+            let mut statement = conn.prepare_cached(
+                "SELECT attempt, at, status, error, ok FROM deliveries
+                 WHERE request_id = ?1 ORDER BY id",
+            )?;
+            let deliveries = statement
+                .query_map(params![request_id], |row| {
+                    Ok(serde_json::json!({
+                        "attempt": row.get::<_, i64>(0)?,
+                        "at": row.get::<_, i64>(1)?,
+                        "status": row.get::<_, Option<i64>>(2)?,
+                        "error": row.get::<_, Option<String>>(3)?,
+                        "ok": row.get::<_, bool>(4)?,
+                    }))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(serde_json::json!({
+                "url": url,
+                "state": state,
+                "attempts": attempts,
+                "deliveries": deliveries,
+            })))
+        })
+        .await
+    }
+}

@@ -1,0 +1,252 @@
+//! The schema: migrations applied in order at open, one transaction each.
+
+use rusqlite::Connection;
+
+/// Schema migrations, applied in order; `user_version` counts those applied.
+pub(super) const MIGRATIONS: &[&str] = &["
+    CREATE TABLE requests (
+        id           TEXT PRIMARY KEY,
+        pipeline     TEXT NOT NULL,
+        generation   INTEGER NOT NULL,
+        status       TEXT NOT NULL CHECK (status IN ('answered', 'escalated', 'rejected', 'failed')),
+        input        TEXT NOT NULL,
+        attributes   TEXT NOT NULL,
+        output       TEXT,
+        confidence   REAL,
+        stage        TEXT,
+        layer        TEXT,
+        code         TEXT,
+        message      TEXT,
+        trace        TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        completed_at INTEGER
+    );
+    CREATE TABLE tickets (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id  TEXT NOT NULL UNIQUE REFERENCES requests (id),
+        pipeline    TEXT NOT NULL,
+        stage       TEXT,
+        reason      TEXT NOT NULL,
+        draft       TEXT,
+        state       TEXT NOT NULL CHECK (state IN ('open', 'claimed', 'resolved')),
+        claimed_by  TEXT,
+        claimed_at  INTEGER,
+        resolution  TEXT,
+        resolved_by TEXT,
+        resolved_at INTEGER,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE INDEX tickets_by_state ON tickets (state, id);
+", "
+    CREATE TABLE audit (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        at              INTEGER NOT NULL,
+        action          TEXT NOT NULL,
+        trigger         TEXT NOT NULL,
+        actor           TEXT NOT NULL,
+        result          TEXT NOT NULL CHECK (result IN ('applied', 'unchanged', 'failed')),
+        from_generation INTEGER,
+        to_generation   INTEGER,
+        manifest_sha256 TEXT,
+        changes         TEXT NOT NULL,
+        note            TEXT
+    );
+    CREATE TABLE shadow_runs (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        at               INTEGER NOT NULL,
+        request_id       TEXT NOT NULL,
+        pipeline         TEXT NOT NULL,
+        stage            TEXT NOT NULL,
+        live_digest      TEXT NOT NULL,
+        candidate_digest TEXT NOT NULL,
+        same             INTEGER NOT NULL,
+        live             TEXT NOT NULL,
+        candidate        TEXT NOT NULL
+    );
+    CREATE INDEX shadow_runs_by_stage ON shadow_runs (pipeline, stage, candidate_digest, id);
+", "
+    ALTER TABLE requests ADD COLUMN remember_key TEXT;
+    ALTER TABLE requests ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+    CREATE TABLE answer_bank (
+        pipeline    TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        answer      TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        approved_by TEXT NOT NULL,
+        request_id  TEXT,
+        updated_at  INTEGER NOT NULL,
+        PRIMARY KEY (pipeline, key)
+    );
+    CREATE TABLE feedback (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at         INTEGER NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('rating', 'correction', 'resolution')),
+        request_id TEXT NOT NULL,
+        pipeline   TEXT NOT NULL,
+        key        TEXT,
+        input      TEXT NOT NULL,
+        answer     TEXT,
+        rating     TEXT CHECK (rating IN ('good', 'bad')),
+        correction TEXT,
+        actor      TEXT NOT NULL
+    );
+", "
+    CREATE TABLE jobs (
+        id         TEXT PRIMARY KEY,
+        pipeline   TEXT NOT NULL,
+        input      TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        callback   TEXT,
+        state      TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done')),
+        runs       INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        done_at    INTEGER
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, created_at);
+    CREATE TABLE callbacks (
+        request_id TEXT PRIMARY KEY,
+        url        TEXT NOT NULL,
+        state      TEXT NOT NULL CHECK (state IN ('waiting', 'pending', 'delivered', 'failed')),
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        next_at    INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX callbacks_due ON callbacks (state, next_at);
+    CREATE TABLE deliveries (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id TEXT NOT NULL,
+        attempt    INTEGER NOT NULL,
+        at         INTEGER NOT NULL,
+        status     INTEGER,
+        error      TEXT,
+        ok         INTEGER NOT NULL
+    );
+    CREATE INDEX deliveries_by_request ON deliveries (request_id, id);
+", "
+    -- Tickets of a second kind: a client's proposed correction of an answer,
+    -- waiting for a reviewer to accept or reject it. A request has at most
+    -- one escalation ticket and any number of correction tickets.
+    CREATE TABLE tickets_v5 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        request_id  TEXT NOT NULL REFERENCES requests (id),
+        kind        TEXT NOT NULL DEFAULT 'escalation'
+                    CHECK (kind IN ('escalation', 'correction')),
+        pipeline    TEXT NOT NULL,
+        stage       TEXT,
+        reason      TEXT NOT NULL,
+        draft       TEXT,
+        state       TEXT NOT NULL CHECK (state IN ('open', 'claimed', 'resolved', 'rejected')),
+        claimed_by  TEXT,
+        claimed_at  INTEGER,
+        resolution  TEXT,
+        resolved_by TEXT,
+        resolved_at INTEGER,
+        created_at  INTEGER NOT NULL,
+        proposed_by TEXT
+    );
+    INSERT INTO tickets_v5 (id, request_id, pipeline, stage, reason, draft, state, claimed_by,
+                            claimed_at, resolution, resolved_by, resolved_at, created_at)
+        SELECT id, request_id, pipeline, stage, reason, draft, state, claimed_by, claimed_at,
+               resolution, resolved_by, resolved_at, created_at FROM tickets;
+    DROP TABLE tickets;
+    ALTER TABLE tickets_v5 RENAME TO tickets;
+    CREATE UNIQUE INDEX tickets_escalation ON tickets (request_id) WHERE kind = 'escalation';
+    CREATE INDEX tickets_by_state ON tickets (state, id);
+    CREATE INDEX tickets_by_request ON tickets (request_id);
+    CREATE TABLE feedback_v5 (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at         INTEGER NOT NULL,
+        kind       TEXT NOT NULL
+                   CHECK (kind IN ('rating', 'correction', 'resolution', 'proposal')),
+        request_id TEXT NOT NULL,
+        pipeline   TEXT NOT NULL,
+        key        TEXT,
+        input      TEXT NOT NULL,
+        answer     TEXT,
+        rating     TEXT CHECK (rating IN ('good', 'bad')),
+        correction TEXT,
+        actor      TEXT NOT NULL
+    );
+    INSERT INTO feedback_v5 SELECT * FROM feedback;
+    DROP TABLE feedback;
+    ALTER TABLE feedback_v5 RENAME TO feedback;
+    -- A job that ran too often without completing is dead: kept, with why,
+    -- and never run again.
+    CREATE TABLE jobs_v5 (
+        id         TEXT PRIMARY KEY,
+        pipeline   TEXT NOT NULL,
+        input      TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        callback   TEXT,
+        state      TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'dead')),
+        runs       INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        done_at    INTEGER,
+        reason     TEXT
+    );
+    INSERT INTO jobs_v5 (id, pipeline, input, attributes, callback, state, runs, created_at,
+                         done_at)
+        SELECT id, pipeline, input, attributes, callback, state, runs, created_at, done_at
+        FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v5 RENAME TO jobs;
+    CREATE INDEX jobs_by_state ON jobs (state, created_at);
+    CREATE INDEX requests_by_completion ON requests (completed_at);
+    CREATE INDEX audit_by_time ON audit (at);
+    CREATE INDEX shadow_runs_by_time ON shadow_runs (at);
+    CREATE INDEX deliveries_by_time ON deliveries (at);
+", "
+    -- The learned answer bank: approved answers with the example questions
+    -- they answer. A label (intent) names at most one pattern per pipeline.
+    CREATE TABLE patterns (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        pipeline   TEXT NOT NULL,
+        answer     TEXT NOT NULL,
+        label      TEXT,
+        source     TEXT NOT NULL,
+        strictness REAL NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX patterns_by_label ON patterns (pipeline, label) WHERE label IS NOT NULL;
+    CREATE INDEX patterns_by_answer ON patterns (pipeline, answer);
+    CREATE TABLE examples (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        pattern    INTEGER NOT NULL REFERENCES patterns (id) ON DELETE CASCADE,
+        question   TEXT NOT NULL,
+        source     TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (pattern, question)
+    );
+    -- The pattern whose answer a request got from the bank, so a rating of
+    -- the answer counts against the pattern.
+    ALTER TABLE requests ADD COLUMN pattern INTEGER;
+", "
+    -- Embeddings of example questions, per embeddings model (the provider's
+    -- model name), so a restart embeds only what is new and another model
+    -- embeds everything again. Little-endian f32s.
+    CREATE TABLE example_vectors (
+        example INTEGER NOT NULL REFERENCES examples (id) ON DELETE CASCADE,
+        model   TEXT NOT NULL,
+        vector  BLOB NOT NULL,
+        PRIMARY KEY (example, model)
+    ) WITHOUT ROWID;
+"];
+
+pub(super) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let applied: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if applied > MIGRATIONS.len() {
+        anyhow::bail!(
+            "the database is at schema version {applied}, newer than this build knows ({}); \
+             use a newer strata",
+            MIGRATIONS.len()
+        );
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
