@@ -12,10 +12,11 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{EmbeddingsSpec, ProviderSpec};
-use crate::model::{MAX_RETRY_AFTER, snippet, without_url};
+use crate::model::{MAX_RETRY_AFTER, retry_after, snippet, without_url};
 
 /// The body of `POST /embeddings`.
 #[derive(Debug, Serialize)]
@@ -172,7 +173,12 @@ impl Embedder {
                 .iter()
                 .map(|t| strata_patterns::text::truncate(t))
                 .collect();
-            let mut backoff = Duration::from_millis(self.spec.backoff_ms);
+            let mut backoff = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(self.spec.backoff_ms))
+                .with_max_delay(MAX_RETRY_AFTER)
+                .with_jitter()
+                .without_max_times()
+                .build();
             let mut attempts = 0;
             let vectors = loop {
                 attempts += 1;
@@ -187,10 +193,9 @@ impl Embedder {
                             EmbedError::RateLimited(Some(after)) if after <= MAX_RETRY_AFTER => {
                                 after
                             }
-                            _ => backoff,
+                            _ => backoff.next().unwrap_or(MAX_RETRY_AFTER),
                         };
                         tokio::time::sleep(wait).await;
-                        backoff *= 2;
                     }
                     Err(error) => return Err(error),
                 }
@@ -227,8 +232,7 @@ impl Embedder {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(retry_after);
         let text = response.text().await.map_err(failed)?;
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             // The wait it asks for is the caller's to honour: a lookup

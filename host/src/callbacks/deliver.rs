@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use tokio::task::JoinSet;
 
 use crate::app::App;
@@ -158,8 +159,17 @@ pub(super) async fn deliver(app: &App, request_id: String, url: &str, attempt: i
     };
     let retry_at = match &error {
         Some(_) if attempt < i64::from(app.callbacks.max_attempts) => {
-            let backoff =
-                (app.callbacks.backoff * 2u32.saturating_pow(attempt as u32 - 1)).min(MAX_BACKOFF);
+            // The attempt-th wait of an exponential back-off from
+            // `backoff_ms`, capped, with jitter so that callbacks failing
+            // together do not retry together.
+            let backoff = ExponentialBuilder::default()
+                .with_min_delay(app.callbacks.backoff)
+                .with_max_delay(MAX_BACKOFF)
+                .with_jitter()
+                .without_max_times()
+                .build()
+                .nth(usize::try_from(attempt - 1).unwrap_or(0))
+                .unwrap_or(MAX_BACKOFF);
             Some(crate::store::now_millis() + backoff.as_millis() as i64)
         }
         _ => None,

@@ -32,7 +32,8 @@
 //! it (after a restart too), and every attempt is recorded and shown under
 //! the request's `callback`. A 2xx answer delivers; anything else, or no
 //! answer within ten seconds, is retried after `backoff_ms`, doubling (to an
-//! hour at most), up to `max_attempts`. Up to `[callbacks] concurrency`
+//! hour at most, with jitter of up to `backoff_ms` so that receivers failing
+//! together are not retried together), up to `max_attempts`. Up to `[callbacks] concurrency`
 //! deliveries run at once, so a slow receiver holds up only its own. Delivery
 //! is at least once: a receiver should treat a second delivery with the same
 //! `Strata-Request-Id` as a repeat.

@@ -9,14 +9,17 @@
 //! their cost at the tier's prices. API keys are read from the environment
 //! here and never reach a stage.
 
+mod batch;
+mod openai;
+
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use serde::Serialize;
-use serde_json::json;
-
 use tokio::sync::{mpsc, oneshot};
 
+use self::batch::{BatchItem, collect_batches, prompt_of};
 use crate::manifest::{BatchSpec, ModelsSpec, TierSpec};
 
 /// The longest `Retry-After` honoured; longer ones count as giving up.
@@ -282,19 +285,24 @@ impl ModelRouter {
             error: None,
             batched: false,
         };
-        let mut body = json!({
-            "model": tier.spec.model,
-            "messages": request.messages.iter()
-                .map(|(role, content)| json!({"role": role, "content": content}))
-                .collect::<Vec<_>>(),
-        });
-        if let Some(max) = request.max_tokens {
-            body["max_tokens"] = json!(max);
-        }
-        if let Some(temperature) = request.temperature {
-            body["temperature"] = json!(temperature);
-        }
-        let mut backoff = Duration::from_millis(tier.spec.backoff_ms);
+        let body = openai::ChatRequest {
+            model: &tier.spec.model,
+            messages: request
+                .messages
+                .iter()
+                .map(|(role, content)| openai::ChatMessage { role, content })
+                .collect(),
+            max_tokens: request.max_tokens,
+            temperature: request.temperature,
+        };
+        // Exponential from the tier's back-off, with jitter so that callers
+        // failing together do not retry together; a `Retry-After` overrides.
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(tier.spec.backoff_ms))
+            .with_max_delay(MAX_RETRY_AFTER)
+            .with_jitter()
+            .without_max_times()
+            .build();
         let result = loop {
             call.attempts += 1;
             let outcome = self.attempt(tier, &body).await;
@@ -313,12 +321,11 @@ impl ModelRouter {
                             )));
                         }
                         Some(after) => after,
-                        None => backoff,
+                        None => backoff.next().unwrap_or(MAX_RETRY_AFTER),
                     }
                 }
             };
             tokio::time::sleep(wait).await;
-            backoff *= 2;
         };
         call.ms = started.elapsed().as_secs_f64() * 1000.0;
         let result = result.map(|(text, model, input, output)| {
@@ -344,7 +351,7 @@ impl ModelRouter {
         (result, call)
     }
 
-    async fn attempt(&self, tier: &Tier, body: &serde_json::Value) -> Attempt {
+    async fn attempt(&self, tier: &Tier, body: &openai::ChatRequest<'_>) -> Attempt {
         let mut request = self
             .client
             .post(&tier.url)
@@ -373,8 +380,7 @@ impl ModelRouter {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(retry_after);
         let text = match response.text().await {
             Ok(text) => text,
             Err(error) if error.is_timeout() => {
@@ -421,155 +427,6 @@ impl ModelRouter {
     }
 }
 
-/// One call waiting in a batch, with where its answer goes:
-/// `(text, model, prompt tokens, answer tokens)`.
-struct BatchItem {
-    prompt: String,
-    max_tokens: Option<u32>,
-    reply: oneshot::Sender<Result<(String, String, u64, u64), String>>,
-}
-
-/// The chat messages as one completion prompt.
-fn prompt_of(messages: &[(String, String)]) -> String {
-    let mut prompt = String::new();
-    for (role, content) in messages {
-        prompt.push_str(&format!("{role}: {content}\n\n"));
-    }
-    prompt.push_str("assistant:");
-    prompt
-}
-
-/// Gather calls for one tier: a batch is sent when it is full or when its
-/// first call has waited `max_wait_ms`.
-async fn collect_batches(
-    client: reqwest::Client,
-    tier: Tier,
-    batch: BatchSpec,
-    mut calls: mpsc::Receiver<BatchItem>,
-) {
-    while let Some(first) = calls.recv().await {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(batch.max_wait_ms);
-        let mut items = vec![first];
-        while items.len() < batch.max_size as usize {
-            match tokio::time::timeout_at(deadline, calls.recv()).await {
-                Ok(Some(item)) => items.push(item),
-                _ => break,
-            }
-        }
-        let client = client.clone();
-        let tier = tier.clone();
-        // Sent while the next batch gathers.
-        tokio::spawn(async move {
-            let prompts: Vec<&str> = items.iter().map(|i| i.prompt.as_str()).collect();
-            let max_tokens = items.iter().filter_map(|i| i.max_tokens).max();
-            match send_batch(&client, &tier, &prompts, max_tokens).await {
-                Ok(answers) => {
-                    for (item, answer) in items.into_iter().zip(answers) {
-                        let _ = item.reply.send(Ok(answer));
-                    }
-                }
-                Err(error) => {
-                    for item in items {
-                        let _ = item.reply.send(Err(error.clone()));
-                    }
-                }
-            }
-        });
-    }
-}
-
-/// One `POST /completions` with a list of prompts. The provider reports
-/// usage for the whole batch; each answer is charged its share, in
-/// proportion to the length of its prompt (input) and of its text (output).
-async fn send_batch(
-    client: &reqwest::Client,
-    tier: &Tier,
-    prompts: &[&str],
-    max_tokens: Option<u32>,
-) -> Result<Vec<(String, String, u64, u64)>, String> {
-    let mut body = json!({"model": tier.spec.model, "prompt": prompts});
-    if let Some(max) = max_tokens {
-        body["max_tokens"] = json!(max);
-    }
-    let mut request = client
-        .post(&tier.completions_url)
-        .timeout(Duration::from_millis(tier.spec.timeout_ms))
-        .json(&body);
-    if let Some(key) = &tier.api_key {
-        request = request.bearer_auth(key);
-    }
-    let response = request.send().await.map_err(|e| without_url(&e))?;
-    let status = response.status();
-    let text = response.text().await.map_err(|e| without_url(&e))?;
-    if !status.is_success() {
-        return Err(format!(
-            "the provider answered {status}: {}",
-            snippet(&text)
-        ));
-    }
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|_| format!("not JSON: {}", snippet(&text)))?;
-    let model = value["model"]
-        .as_str()
-        .unwrap_or(&tier.spec.model)
-        .to_owned();
-    let mut texts = vec![None; prompts.len()];
-    for choice in value["choices"].as_array().into_iter().flatten() {
-        let index = choice["index"].as_u64().unwrap_or(u64::MAX);
-        if let Some(slot) = usize::try_from(index).ok().and_then(|i| texts.get_mut(i)) {
-            *slot = choice["text"].as_str().map(str::to_owned);
-        }
-    }
-    let texts: Vec<String> = texts
-        .into_iter()
-        .collect::<Option<_>>()
-        .ok_or_else(|| "the provider did not answer every prompt of the batch".to_owned())?;
-    let inputs = shares(
-        value["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
-        prompts.iter().map(|p| p.len() as u64),
-    );
-    let outputs = shares(
-        value["usage"]["completion_tokens"].as_u64().unwrap_or(0),
-        texts.iter().map(|t| t.len() as u64),
-    );
-    Ok(texts
-        .into_iter()
-        .zip(inputs.into_iter().zip(outputs))
-        .map(|(text, (input, output))| (text, model.clone(), input, output))
-        .collect())
-}
-
-/// `total` split in proportion to `weights`, in whole units that add up to
-/// `total` exactly (the units left by rounding down go to the largest
-/// remainders).
-fn shares(total: u64, weights: impl Iterator<Item = u64>) -> Vec<u64> {
-    let weights: Vec<u128> = weights.map(|w| u128::from(w.max(1))).collect();
-    let sum: u128 = weights.iter().sum();
-    if sum == 0 {
-        return Vec::new();
-    }
-    let total = u128::from(total);
-    let mut parts: Vec<(usize, u128, u128)> = weights
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (i, total * w / sum, total * w % sum))
-        .collect();
-    let mut left = total - parts.iter().map(|p| p.1).sum::<u128>();
-    let mut by_remainder: Vec<usize> = (0..parts.len()).collect();
-    by_remainder.sort_by(|a, b| parts[*b].2.cmp(&parts[*a].2).then(a.cmp(b)));
-    for i in by_remainder {
-        if left == 0 {
-            break;
-        }
-        parts[i].1 += 1;
-        left -= 1;
-    }
-    parts
-        .into_iter()
-        .map(|(_, share, _)| share as u64)
-        .collect()
-}
-
 enum Attempt {
     /// (text, model, prompt tokens, answer tokens)
     Answered((String, String, u64, u64)),
@@ -581,18 +438,28 @@ enum Attempt {
 }
 
 fn parse_completion(text: &str) -> Option<(String, String, u64, u64)> {
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    let content = value["choices"][0]["message"]["content"]
-        .as_str()?
-        .to_owned();
-    let model = value["model"].as_str().unwrap_or_default().to_owned();
-    let usage = &value["usage"];
+    let response: openai::ChatResponse = serde_json::from_str(text).ok()?;
+    let content = response.choices.into_iter().next()?.message.content?;
     Some((
         content,
-        model,
-        usage["prompt_tokens"].as_u64().unwrap_or(0),
-        usage["completion_tokens"].as_u64().unwrap_or(0),
+        response.model,
+        response.usage.prompt_tokens,
+        response.usage.completion_tokens,
     ))
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (RFC 9110), as a wait
+/// from now (none for a date already past).
+pub(crate) fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 /// reqwest errors name the URL; keep them short and free of query strings.
@@ -629,15 +496,15 @@ mod tests {
     }
 
     #[test]
-    fn batch_usage_is_shared_in_proportion_and_adds_up() {
-        assert_eq!(shares(10, [1, 1].into_iter()), vec![5, 5]);
-        assert_eq!(shares(10, [1, 3].into_iter()), vec![3, 7]);
-        let split = shares(100, [3, 3, 3].into_iter());
-        assert_eq!(split.iter().sum::<u64>(), 100);
-        assert_eq!(split, vec![34, 33, 33]);
-        // Empty texts still get a (small) share; nothing is lost or made up.
-        assert_eq!(shares(7, [0, 0, 5].into_iter()).iter().sum::<u64>(), 7);
-        assert_eq!(shares(0, [4, 2].into_iter()), vec![0, 0]);
-        assert!(shares(5, std::iter::empty()).is_empty());
+    fn retry_after_is_seconds_or_an_http_date() {
+        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(
+            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let waited = retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(waited > Duration::from_secs(100) && waited <= Duration::from_secs(120));
+        assert_eq!(retry_after("soon"), None);
     }
 }
