@@ -115,13 +115,26 @@ pub async fn stored_view(app: &App, id: &str) -> Result<Option<Value>, StoreErro
             view["async"]["reason"] = json!(reason);
         }
     }
-    if let Some(mut callback) = app.store.callback(id.to_owned()).await? {
-        for delivery in callback["deliveries"].as_array_mut().into_iter().flatten() {
-            if let Some(at) = delivery["at"].as_i64() {
-                delivery["at"] = json!(timestamp(at));
-            }
-        }
-        view["callback"] = callback;
+    if let Some(callback) = app.store.callback(id.to_owned()).await? {
+        let deliveries: Vec<Value> = callback
+            .deliveries
+            .iter()
+            .map(|d| {
+                json!({
+                    "attempt": d.attempt,
+                    "at": timestamp(d.at),
+                    "status": d.status,
+                    "error": d.error,
+                    "ok": d.ok,
+                })
+            })
+            .collect();
+        view["callback"] = json!({
+            "url": callback.url,
+            "state": callback.state,
+            "attempts": callback.attempts,
+            "deliveries": deliveries,
+        });
     }
     Ok(Some(view))
 }

@@ -4,6 +4,35 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Store, StoreError, now_millis};
 
+/// A request's callback: where it goes, where it stands, every attempt.
+#[derive(Debug, Clone)]
+pub struct CallbackState {
+    /// The receiver.
+    pub url: String,
+    /// `waiting` (for its asynchronous request), `pending`, `delivered` or
+    /// `failed`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Each attempt, oldest first.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// One delivery attempt of a callback.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Its number, from 1.
+    pub attempt: i64,
+    /// When it was made (Unix milliseconds).
+    pub at: i64,
+    /// The receiver's HTTP status, if it answered.
+    pub status: Option<i64>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// Whether it delivered.
+    pub ok: bool,
+}
+
 impl Store {
     /// Up to `limit` callbacks due for delivery at `now`, the earliest
     /// first: `(request_id, url, attempts)`.
@@ -70,10 +99,7 @@ impl Store {
     }
 
     /// A request's callback and its delivery attempts.
-    pub async fn callback(
-        &self,
-        request_id: String,
-    ) -> Result<Option<serde_json::Value>, StoreError> {
+    pub async fn callback(&self, request_id: String) -> Result<Option<CallbackState>, StoreError> {
         self.read(move |conn| {
             let found: Option<(String, String, i64)> = conn
                 .query_row(
@@ -91,21 +117,21 @@ impl Store {
             )?;
             let deliveries = statement
                 .query_map(params![request_id], |row| {
-                    Ok(serde_json::json!({
-                        "attempt": row.get::<_, i64>(0)?,
-                        "at": row.get::<_, i64>(1)?,
-                        "status": row.get::<_, Option<i64>>(2)?,
-                        "error": row.get::<_, Option<String>>(3)?,
-                        "ok": row.get::<_, bool>(4)?,
-                    }))
+                    Ok(Delivery {
+                        attempt: row.get(0)?,
+                        at: row.get(1)?,
+                        status: row.get(2)?,
+                        error: row.get(3)?,
+                        ok: row.get(4)?,
+                    })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(Some(serde_json::json!({
-                "url": url,
-                "state": state,
-                "attempts": attempts,
-                "deliveries": deliveries,
-            })))
+            Ok(Some(CallbackState {
+                url,
+                state,
+                attempts,
+                deliveries,
+            }))
         })
         .await
     }

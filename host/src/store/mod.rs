@@ -30,6 +30,7 @@ mod schema;
 mod tickets;
 
 pub use self::audit::*;
+pub use self::callbacks::{CallbackState, Delivery};
 pub use self::feedback::*;
 pub use self::jobs::*;
 pub use self::patterns::*;
