@@ -4,11 +4,11 @@
 
 use serde_json::{Value, json};
 
-use crate::app::App;
 use crate::pipeline::{Execution, Verdict};
 use crate::runtime::StageFailure;
 use crate::states::RequestStatus;
-use crate::store::{Job, NewTicket, RequestRecord, StoreError};
+use crate::metrics::Metrics;
+use crate::store::{Store, Job, NewTicket, RequestRecord, StoreError};
 
 /// How a finished run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +69,8 @@ impl NotKept {
 /// real-time record is queued for the writer: losing it in a crash loses no
 /// promise, and waiting for it would cost every response a commit.
 pub async fn complete(
-    app: &App,
+    store: &Store,
+    metrics: &Metrics,
     execution: &Execution,
     created_at: i64,
     callback: Option<String>,
@@ -95,7 +96,7 @@ pub async fn complete(
             // Time to value runs from acceptance, the wait in the queue
             // included.
             let waited = (crate::store::now_millis() - created_at).max(0) as f64 / 1000.0;
-            app.metrics.answered(&record.pipeline, &by.layer, waited);
+            metrics.answered(&record.pipeline, &by.layer, waited);
         }
         return Ok(Completed {
             record,
@@ -105,20 +106,20 @@ pub async fn complete(
     }
     let ticket = match new_ticket {
         Some(ticket) => Some(
-            app.store
+            store
                 .escalate(record.clone(), ticket)
                 .await
                 .map_err(NotKept::Ticket)?,
         ),
         None if record.callback.is_some() => {
-            app.store
+            store
                 .record_durably(record.clone())
                 .await
                 .map_err(NotKept::Callback)?;
             None
         }
         None => {
-            if let Err(error) = app.store.record(record.clone()).await {
+            if let Err(error) = store.record(record.clone()).await {
                 tracing::error!(request_id = %record.id, %error, "cannot queue the request record");
             }
             None

@@ -167,7 +167,8 @@ async fn run(app: &App, job: Job) {
         .run(&app.background, generation.number, request)
         .await;
     let completed = crate::complete::complete(
-        app,
+        &app.store,
+        &app.metrics,
         &execution,
         job.created_at,
         job.callback.clone(),

@@ -6,8 +6,9 @@
 //! Modules follow the path a request takes:
 //!
 //! - [`manifest`]: parse and validate the TOML manifest (no wasmtime here);
-//! - [`runtime`]: the wasmtime engine, limits, loading and invoking stages;
-//! - `imports`: the host side of each interface a stage may import;
+//! - [`runtime`]: the wasmtime engine, limits, loading and invoking stages,
+//!   and (`runtime::imports`) the host side of each interface a stage may
+//!   import;
 //! - [`request`]: the request and outcome types passed between stages;
 //! - [`bank`]: per-pipeline answer banks (the `cache` interface);
 //! - [`patterns`]: approved answers with examples, matched by a learned model;
@@ -24,6 +25,8 @@
 //! - [`http`]: the HTTP edge: routers, extractors, error bodies, the tower
 //!   stack and the accept loop (the API and the admin API);
 //! - [`complete`]: what is kept of a finished run;
+//! - [`views`]: the JSON of requests and tickets, as clients, reviewers and
+//!   callback receivers see them;
 //! - [`jobs`]: asynchronous requests, their queue and workers;
 //! - [`callbacks`]: signed completion callbacks, delivered with retries;
 //! - [`auth`]: bearer tokens and roles;
@@ -50,7 +53,6 @@ pub mod embeddings;
 pub mod eval;
 pub mod http;
 pub mod import;
-mod imports;
 pub mod jobs;
 pub mod manifest;
 pub mod metrics;
@@ -66,6 +68,7 @@ pub mod runtime;
 pub mod server;
 pub mod slo;
 pub mod states;
+pub mod views;
 pub mod store;
 
 pub use manifest::{Manifest, ManifestError, ManifestErrorKind};

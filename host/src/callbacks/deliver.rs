@@ -120,7 +120,7 @@ pub fn spawn_worker(app: Arc<App>) {
 }
 
 pub(super) async fn deliver(app: &App, request_id: String, url: &str, attempt: i64) {
-    let body = match crate::http::views::stored_view(app, &request_id).await {
+    let body = match crate::views::stored_view(&app.store, &request_id).await {
         Ok(Some(mut view)) => {
             // The receiver gets the request, not the history of deliveries.
             if let Some(fields) = view.as_object_mut() {

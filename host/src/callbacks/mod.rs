@@ -49,7 +49,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use self::deliver::DELIVERY_TIMEOUT;
-use crate::manifest::CallbackSettings;
+use crate::manifest::{CallbackSettings, split_host_port};
 
 /// Where an allow entry points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,27 +96,6 @@ struct Route {
     secret: Vec<u8>,
 }
 
-/// Split an allow entry into its host and port: `hooks.example.com`,
-/// `127.0.0.1:9000`, `[::1]:9000`, `::1`. `None` when the port is not a
-/// number or an IPv6 address is not in brackets but has a port.
-pub fn split_host_port(entry: &str) -> Option<(String, Option<u16>)> {
-    if let Some(rest) = entry.strip_prefix('[') {
-        let (address, after) = rest.split_once(']')?;
-        let address: Ipv6Addr = address.parse().ok()?;
-        let port = match after {
-            "" => None,
-            after => Some(after.strip_prefix(':')?.parse().ok()?),
-        };
-        return Some((address.to_string(), port));
-    }
-    if let Ok(address) = entry.parse::<Ipv6Addr>() {
-        return Some((address.to_string(), None));
-    }
-    match entry.rsplit_once(':') {
-        Some((host, port)) => Some((host.to_ascii_lowercase(), Some(port.parse().ok()?))),
-        None => Some((entry.to_ascii_lowercase(), None)),
-    }
-}
 
 fn target_of(host: &str) -> Target {
     match host.parse::<IpAddr>() {

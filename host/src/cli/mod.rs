@@ -350,7 +350,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             };
             let context = RunContext::new(Arc::new(runtime), Arc::new(Unobserved), 0);
             let execution = pipeline.run(&context, generation.number, request).await;
-            let view = crate::http::views::execution_view(&execution);
+            let view = crate::views::execution_view(&execution);
             writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, json_response};
 use super::extract::{Admin, Deliberate, QueryOf, RequireRole};
 use super::only;
-use super::views::timestamp;
+use crate::views::timestamp;
 use crate::app::App;
 use crate::ops::{CandidateError, Report, Trigger};
 use crate::pipeline::Stage;

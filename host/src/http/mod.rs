@@ -4,8 +4,9 @@
 //! - [`public`]: the API for applications and reviewers;
 //! - [`admin`]: the admin API for operators, on its own listener;
 //! - [`extract`]: authentication, bodies, queries and headers as extractors;
-//! - [`error`]: the typed error body every refusal becomes;
-//! - [`views`]: the JSON shapes of requests and tickets.
+//! - [`error`]: the typed error body every refusal becomes.
+//!
+//! The JSON of requests and tickets is built in [`crate::views`].
 //!
 //! Handlers get the shared [`App`] as axum state and never see a raw
 //! request: each check is an extractor, each refusal an [`ApiError`].
@@ -15,7 +16,6 @@ pub mod error;
 pub mod extract;
 pub mod public;
 pub mod review;
-pub mod views;
 
 use std::convert::Infallible;
 use std::future::Future;

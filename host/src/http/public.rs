@@ -43,7 +43,7 @@ use super::error::{ApiError, json_response};
 use super::extract::{Client, ClientRequestId, JsonBody, PreferAsync, RequireRole, Target};
 use super::only;
 use super::review::{claim, export_feedback, feedback, get_ticket, list_tickets, reject, resolve};
-use super::views::{request_view, stored_view};
+use crate::views::{request_view, stored_view};
 use crate::app::App;
 use crate::complete::{self, Mode};
 use crate::jobs::SubmitError;
@@ -173,7 +173,7 @@ async fn run_pipeline(
         ));
     }
     let execution = pipeline.run(&app.run, generation.number, request).await;
-    let completed = complete::complete(app, &execution, created_at, body.callback, Mode::RealTime)
+    let completed = complete::complete(&app.store, &app.metrics, &execution, created_at, body.callback, Mode::RealTime)
         .await
         .map_err(|error| {
             tracing::error!(request_id = %execution.request.id, %error, "cannot keep a request");
@@ -274,7 +274,7 @@ async fn get_request(
     _: RequireRole<Client>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match stored_view(&app, &id).await? {
+    match stored_view(&app.store, &id).await? {
         Some(view) => Ok(json_response(StatusCode::OK, &view)),
         None => Err(ApiError::not_found(
             "unknown_request",

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, json_response};
 use super::extract::{FeedbackCaller, JsonBody, QueryOf, RequireRole, Reviewer};
-use super::views::ticket_view;
+use crate::views::ticket_view;
 use crate::app::App;
 use crate::auth::Caller;
 use crate::states::TicketState;

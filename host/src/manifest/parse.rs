@@ -6,6 +6,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use super::split_host_port;
 use super::{
     AsyncSettings, DEFAULT_LISTEN, Fallthrough, Location, Manifest, ManifestError,
     ManifestErrorKind, PipelineSpec, RawManifest, RawPipeline, RuntimeSettings, check_name,
@@ -86,7 +87,7 @@ impl Parser<'_> {
             host.is_empty()
                 || host.contains(['/', '?', '#', '@'])
                 || host.contains(char::is_whitespace)
-                || crate::callbacks::split_host_port(host).is_none()
+                || split_host_port(host).is_none()
         }) {
             return Err(self.error(
                 key_location("callbacks.allow"),

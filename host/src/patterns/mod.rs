@@ -25,6 +25,8 @@
 
 mod embedding;
 
+pub use crate::store::StoredPattern;
+
 pub use self::embedding::{Embeddings, FALLBACK_REASONS, PatternFeatures};
 
 use std::collections::HashMap;
@@ -38,24 +40,6 @@ use strata_patterns::{Model, PatternId, Rating};
 use self::embedding::attach;
 use crate::embeddings::EmbedError;
 
-/// A stored pattern, as the store keeps it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredPattern {
-    /// Its id in the store (unique across pipelines).
-    pub id: i64,
-    /// Its pipeline.
-    pub pipeline: String,
-    /// The approved answer.
-    pub answer: String,
-    /// The intent it answers, if known.
-    pub label: Option<String>,
-    /// `import`, `human` or `correction`.
-    pub source: String,
-    /// How much bad ratings raised its threshold (0 = none).
-    pub strictness: f32,
-    /// Its example questions.
-    pub examples: Vec<String>,
-}
 
 /// The best match for a question.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,7 +13,7 @@
 //! below serve both. The host interfaces (`log`, `config`, `cache`, `model`)
 //! cannot be shared that way: a `with:`-remapped interface is linked under
 //! the name of the version it was generated for, so `v0_1` has its own
-//! traits and records, and `crate::imports::v0_1` serves them by delegating
+//! traits and records, and `crate::runtime::imports::v0_1` serves them by delegating
 //! to the current implementation.
 
 use wasmtime::component::{HasSelf, InstancePre, Linker};

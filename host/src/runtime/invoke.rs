@@ -91,7 +91,7 @@ impl Runtime {
                 generation = tag.generation, stage = %tag.stage, digest = %tag.digest,
                 dropped = state.log_lines_dropped,
                 "stage logged more than {} lines; the rest were dropped",
-                crate::imports::log::MAX_LINES
+                crate::runtime::imports::log::MAX_LINES
             );
         }
         let (outcome, instance) = match result {
@@ -156,7 +156,7 @@ impl Runtime {
     }
 
     fn new_store(&self, stage: &LoadedStage, request: &Request, tag: &LogTag) -> Store<StageState> {
-        let logs = crate::imports::wasi::GuestLogs::new(tag.clone());
+        let logs = crate::runtime::imports::wasi::GuestLogs::new(tag.clone());
         let seed = stage.spec.deterministic.map(|seed| {
             // The same input meets the same randomness, whatever the request
             // id: a replay decides alike.
@@ -165,7 +165,7 @@ impl Runtime {
         let mut store = Store::new(
             &self.engine,
             StageState {
-                wasi: crate::imports::wasi::locked_down(&logs, seed, &stage.spec.wasi),
+                wasi: crate::runtime::imports::wasi::locked_down(&logs, seed, &stage.spec.wasi),
                 table: ResourceTable::new(),
                 limiter: StageLimiter::new(stage.spec.limits.memory_mib),
                 context: stage.context.clone(),
@@ -448,7 +448,7 @@ pub(crate) struct StageState {
     pub(super) limiter: StageLimiter,
     pub(crate) context: Arc<StageContext>,
     pub(crate) tag: LogTag,
-    pub(super) logs: crate::imports::wasi::GuestLogs,
+    pub(super) logs: crate::runtime::imports::wasi::GuestLogs,
     pub(crate) services: Services,
     pub(crate) effects: Effects,
     pub(super) timed_out: bool,

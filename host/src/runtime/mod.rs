@@ -21,6 +21,7 @@ pub(crate) mod bindings;
 pub use self::bindings::Contract;
 pub mod capabilities;
 mod engine;
+pub(crate) mod imports;
 mod invoke;
 mod limits;
 mod load;

@@ -7,7 +7,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::{Store, StoreError, now_millis};
-use crate::patterns::StoredPattern;
 
 /// A fingerprint of the answer bank's tables (see [`Store::bank_version`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +107,25 @@ pub(super) fn floats(blob: &[u8]) -> Vec<f32> {
     blob.chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
+}
+
+/// A stored pattern, as the store keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPattern {
+    /// Its id in the store (unique across pipelines).
+    pub id: i64,
+    /// Its pipeline.
+    pub pipeline: String,
+    /// The approved answer.
+    pub answer: String,
+    /// The intent it answers, if known.
+    pub label: Option<String>,
+    /// `import`, `human` or `correction`.
+    pub source: String,
+    /// How much bad ratings raised its threshold (0 = none).
+    pub strictness: f32,
+    /// Its example questions.
+    pub examples: Vec<String>,
 }
 
 impl Store {

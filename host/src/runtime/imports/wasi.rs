@@ -24,7 +24,7 @@ use wasmtime_wasi::{
     Deterministic, FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder,
 };
 
-use crate::imports::log::{MAX_LINE_BYTES, escape, truncate};
+use crate::runtime::imports::log::{MAX_LINE_BYTES, escape, truncate};
 use crate::manifest::WasiSpec;
 use crate::runtime::LogTag;
 

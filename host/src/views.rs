@@ -5,10 +5,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::app::App;
 use crate::pipeline::{Execution, Verdict};
 use crate::states::{JobStatus, RequestStatus, TicketState};
-use crate::store::{RequestRecord, RequestState, StoreError, Ticket};
+use crate::store::{Store, RequestRecord, RequestState, StoreError, Ticket};
 
 /// The JSON a client sees for a request, fresh or looked up later.
 /// `stages` is the record's trace: fresh from the run, or read back.
@@ -74,14 +73,14 @@ pub(crate) fn request_view(
 /// A request as `GET /v1/requests/{id}` shows it: its record (and ticket)
 /// once it ran, its job's state while it waits or runs, and its callback's
 /// deliveries when it named one.
-pub async fn stored_view(app: &App, id: &str) -> Result<Option<Value>, StoreError> {
+pub async fn stored_view(store: &Store, id: &str) -> Result<Option<Value>, StoreError> {
     // The record first: a job's end and its record commit together, so a
     // record read before the job never shows a job still running.
-    let mut record = app.store.request(id.to_owned()).await?;
-    let job = app.store.job_state(id.to_owned()).await?;
+    let mut record = store.request(id.to_owned()).await?;
+    let job = store.job_state(id.to_owned()).await?;
     if record.is_none() && job.as_ref().is_some_and(|j| j.state.finished()) {
         // It completed between the two reads.
-        record = app.store.request(id.to_owned()).await?;
+        record = store.request(id.to_owned()).await?;
     }
     let mut view = match (record, &job) {
         (
@@ -115,7 +114,7 @@ pub async fn stored_view(app: &App, id: &str) -> Result<Option<Value>, StoreErro
             view["async"]["reason"] = json!(reason);
         }
     }
-    if let Some(callback) = app.store.callback(id.to_owned()).await? {
+    if let Some(callback) = store.callback(id.to_owned()).await? {
         let deliveries: Vec<Value> = callback
             .deliveries
             .iter()
