@@ -4,11 +4,11 @@
 
 use serde_json::{Value, json};
 
+use crate::metrics::Metrics;
 use crate::pipeline::{Execution, Verdict};
 use crate::runtime::StageFailure;
 use crate::states::RequestStatus;
-use crate::metrics::Metrics;
-use crate::store::{Store, Job, NewTicket, RequestRecord, StoreError};
+use crate::store::{Job, NewTicket, RequestRecord, Store, StoreError};
 
 /// How a finished run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +87,7 @@ pub async fn complete(
         _ => None,
     };
     if mode == Mode::Job {
-        let ticket = app
-            .store
+        let ticket = store
             .complete_job(record.clone(), new_ticket)
             .await
             .map_err(NotKept::Job)?;

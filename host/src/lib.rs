@@ -68,8 +68,8 @@ pub mod runtime;
 pub mod server;
 pub mod slo;
 pub mod states;
-pub mod views;
 pub mod store;
+pub mod views;
 
 pub use manifest::{Manifest, ManifestError, ManifestErrorKind};
 pub use server::{HostOptions, RunningHost, start};

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::pipeline::{Execution, Verdict};
 use crate::states::{JobStatus, RequestStatus, TicketState};
-use crate::store::{Store, RequestRecord, RequestState, StoreError, Ticket};
+use crate::store::{RequestRecord, RequestState, Store, StoreError, Ticket};
 
 /// The JSON a client sees for a request, fresh or looked up later.
 /// `stages` is the record's trace: fresh from the run, or read back.

@@ -42,7 +42,7 @@ mod deliver;
 
 pub use self::deliver::spawn_worker;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -95,7 +95,6 @@ struct Route {
     addresses: Vec<SocketAddr>,
     secret: Vec<u8>,
 }
-
 
 fn target_of(host: &str) -> Target {
     match host.parse::<IpAddr>() {

@@ -31,12 +31,12 @@ use serde_json::{Value, json};
 use super::error::{ApiError, json_response};
 use super::extract::{Admin, Deliberate, QueryOf, RequireRole};
 use super::only;
-use crate::views::timestamp;
 use crate::app::App;
 use crate::ops::{CandidateError, Report, Trigger};
 use crate::pipeline::Stage;
 use crate::runtime::capabilities::ImportRule;
 use crate::slo::SeriesKey;
+use crate::views::timestamp;
 
 /// The admin API's routes.
 pub fn router(app: Arc<App>) -> Router {

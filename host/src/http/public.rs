@@ -43,7 +43,6 @@ use super::error::{ApiError, json_response};
 use super::extract::{Client, ClientRequestId, JsonBody, PreferAsync, RequireRole, Target};
 use super::only;
 use super::review::{claim, export_feedback, feedback, get_ticket, list_tickets, reject, resolve};
-use crate::views::{request_view, stored_view};
 use crate::app::App;
 use crate::complete::{self, Mode};
 use crate::jobs::SubmitError;
@@ -51,6 +50,7 @@ use crate::pipeline::Verdict;
 use crate::request::Request;
 use crate::runtime::StageFailure;
 use crate::store::{Job, StoreError};
+use crate::views::{request_view, stored_view};
 
 /// The API's routes.
 pub fn router(app: Arc<App>) -> Router {
@@ -173,12 +173,19 @@ async fn run_pipeline(
         ));
     }
     let execution = pipeline.run(&app.run, generation.number, request).await;
-    let completed = complete::complete(&app.store, &app.metrics, &execution, created_at, body.callback, Mode::RealTime)
-        .await
-        .map_err(|error| {
-            tracing::error!(request_id = %execution.request.id, %error, "cannot keep a request");
-            ApiError::store_unavailable(error.client_message())
-        })?;
+    let completed = complete::complete(
+        &app.store,
+        &app.metrics,
+        &execution,
+        created_at,
+        body.callback,
+        Mode::RealTime,
+    )
+    .await
+    .map_err(|error| {
+        tracing::error!(request_id = %execution.request.id, %error, "cannot keep a request");
+        ApiError::store_unavailable(error.client_message())
+    })?;
     let (record, ticket) = (completed.record, completed.ticket);
     let status = match (&execution.verdict, ticket) {
         (_, Some(_)) => StatusCode::ACCEPTED,

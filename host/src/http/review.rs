@@ -16,11 +16,11 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, json_response};
 use super::extract::{FeedbackCaller, JsonBody, QueryOf, RequireRole, Reviewer};
-use crate::views::ticket_view;
 use crate::app::App;
 use crate::auth::Caller;
 use crate::states::TicketState;
 use crate::store::{StoreError, TicketFilter, TicketKind};
+use crate::views::ticket_view;
 
 /// Default and largest page of `GET /v1/tickets`.
 const DEFAULT_TICKET_PAGE: u32 = 100;

@@ -2,7 +2,7 @@
 //! `[async]`, `[callbacks]`, `[retention]`.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 
 use serde::Deserialize;
 

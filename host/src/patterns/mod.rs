@@ -40,7 +40,6 @@ use strata_patterns::{Model, PatternId, Rating};
 use self::embedding::attach;
 use crate::embeddings::EmbedError;
 
-
 /// The best match for a question.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lookup {

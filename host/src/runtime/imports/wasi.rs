@@ -24,9 +24,9 @@ use wasmtime_wasi::{
     Deterministic, FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder,
 };
 
-use crate::runtime::imports::log::{MAX_LINE_BYTES, escape, truncate};
 use crate::manifest::WasiSpec;
 use crate::runtime::LogTag;
+use crate::runtime::imports::log::{MAX_LINE_BYTES, escape, truncate};
 
 /// The most bytes of stdout plus stderr logged per invocation.
 const MAX_OUTPUT_BYTES: usize = 16 * 1024;
