@@ -1,6 +1,7 @@
 //! The application state every request handler, worker and operation
-//! shares. It sits below the HTTP routers, the job workers, callbacks and
-//! reloads: they all import it, it imports none of them back.
+//! shares. It sits below the HTTP routers, the job workers, the callback
+//! delivery worker and the operator's actions (`control`): they all import
+//! it, it imports none of them back.
 
 use std::sync::Arc;
 
@@ -10,10 +11,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Tokens;
 use crate::callbacks::Callbacks;
-use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::ops::Operations;
 use crate::pipeline::{Generation, RunContext};
+use crate::queue::Jobs;
 use crate::runtime::Runtime;
 use crate::store::Store;
 

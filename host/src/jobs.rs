@@ -17,69 +17,12 @@
 //! reason shows at `GET /v1/requests/{id}`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use tokio::sync::{Mutex, mpsc};
+use std::sync::atomic::Ordering;
 
 use crate::app::App;
-use crate::manifest::AsyncSettings;
+use crate::queue::SubmitError;
 use crate::request::Request;
 use crate::store::{Job, JobStart, StoreError};
-
-/// The queue of accepted asynchronous requests.
-pub struct Jobs {
-    sender: mpsc::UnboundedSender<Job>,
-    receiver: Mutex<mpsc::UnboundedReceiver<Job>>,
-    /// Accepted and not yet completed.
-    pending: AtomicUsize,
-    capacity: usize,
-    workers: usize,
-    /// Starts after which a job that never completes is dead.
-    max_runs: u32,
-}
-
-/// Why a request was not accepted.
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    /// The queue is full.
-    #[error("the queue of asynchronous requests is full")]
-    Full,
-    /// The store refused it.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl Jobs {
-    /// An empty queue with the manifest's bounds.
-    pub fn new(settings: &AsyncSettings) -> Jobs {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        Jobs {
-            sender,
-            receiver: Mutex::new(receiver),
-            pending: AtomicUsize::new(0),
-            capacity: settings.queue as usize,
-            workers: settings.workers as usize,
-            max_runs: settings.max_runs,
-        }
-    }
-
-    /// Accepted requests not yet completed.
-    pub fn pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
-    }
-
-    fn reserve(&self) -> bool {
-        self.pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.capacity).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    fn release(&self) {
-        self.pending.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Accept `job`: durable before this returns.
 pub async fn submit(app: &App, job: Job) -> Result<(), SubmitError> {

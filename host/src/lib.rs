@@ -27,8 +27,11 @@
 //! - [`complete`]: what is kept of a finished run;
 //! - [`views`]: the JSON of requests and tickets, as clients, reviewers and
 //!   callback receivers see them;
-//! - [`jobs`]: asynchronous requests, their queue and workers;
-//! - [`callbacks`]: signed completion callbacks, delivered with retries;
+//! - [`queue`]: the bounded queue of accepted asynchronous requests;
+//! - [`jobs`]: the workers that run them;
+//! - [`callbacks`]: the callback policy: allowed receivers, address checks,
+//!   signatures;
+//! - [`delivery`]: the worker that delivers due callbacks, with retries;
 //! - [`auth`]: bearer tokens and roles;
 //! - [`slo`]: error budgets, multiwindow burn rates;
 //! - [`metrics`]: Prometheus metrics by pipeline, layer and stage;
@@ -49,6 +52,8 @@ pub mod callbacks;
 pub mod cases;
 pub mod cli;
 pub mod complete;
+pub mod control;
+pub mod delivery;
 pub mod embeddings;
 pub mod eval;
 pub mod http;
@@ -60,6 +65,7 @@ pub mod model;
 pub mod ops;
 pub mod patterns;
 pub mod pipeline;
+pub mod queue;
 pub mod record;
 pub mod replay;
 pub mod request;

@@ -21,11 +21,11 @@ use crate::app::{App, Lifecycle};
 use crate::auth::{Role, Tokens};
 use crate::callbacks::Callbacks;
 use crate::http::Bounds;
-use crate::jobs::Jobs;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
 use crate::ops::{Operations, Trigger};
 use crate::pipeline::{Generation, RunContext};
+use crate::queue::Jobs;
 use crate::runtime::Runtime;
 use crate::store::Store;
 
@@ -253,16 +253,16 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         app.lifecycle
             .spawn(crate::http::serve(listener, header_timeout, cancel, edge));
     }
-    crate::ops::spawn_burn_worker(app.clone());
+    crate::control::spawn_burn_worker(app.clone());
     if manifest.reload.watch {
-        crate::ops::spawn_watcher(
+        crate::control::spawn_watcher(
             app.clone(),
             manifest.watched_files(),
             Duration::from_millis(manifest.reload.debounce_ms),
         )
         .context("cannot watch the manifest and plugin files")?;
     }
-    crate::callbacks::spawn_worker(app.clone());
+    crate::delivery::spawn_worker(app.clone());
     crate::retention::spawn(
         app.store.clone(),
         Arc::new(manifest.retention.clone()),
@@ -305,7 +305,7 @@ fn spawn_signal_reloads(app: Arc<App>) {
             loop {
                 tokio::select! {
                     Some(()) = hangups.recv() => {
-                        crate::ops::reload(&app, Trigger::host("signal")).await;
+                        crate::control::reload(&app, Trigger::host("signal")).await;
                     }
                     () = cancel.cancelled() => return,
                 }

@@ -1,6 +1,8 @@
 //! Completion callbacks: when a request that named a callback URL is final
 //! (answered, rejected or failed; an escalated one when a reviewer resolves
 //! it), the host POSTs its result there, signed, retrying with back-off.
+//! This module is the policy and the signing; the worker that delivers is
+//! [`crate::delivery`].
 //!
 //! Only receivers the manifest allows may be called (`[callbacks] allow`),
 //! and a URL naming any other is refused when the request is submitted. An
@@ -38,18 +40,17 @@
 //! is at least once: a receiver should treat a second delivery with the same
 //! `Strata-Request-Id` as a repeat.
 
-mod deliver;
-
-pub use self::deliver::spawn_worker;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use self::deliver::DELIVERY_TIMEOUT;
 use crate::manifest::{CallbackSettings, split_host_port};
+
+/// How long one delivery may take, and separately how long resolving its
+/// host may take.
+pub(crate) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where an allow entry points.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,14 +83,14 @@ impl Receiver {
 /// Who may be called back, and how deliveries are signed and retried.
 pub struct Callbacks {
     receivers: Vec<Receiver>,
-    max_attempts: u32,
-    backoff: Duration,
-    concurrency: usize,
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Duration,
+    pub(crate) concurrency: usize,
 }
 
 /// Where one delivery goes: the addresses checked against the policy, and
 /// the key to sign it with.
-struct Route {
+pub(crate) struct Route {
     /// The URL's host when it is a name, to pin to `addresses`.
     name: Option<String>,
     addresses: Vec<SocketAddr>,
@@ -236,7 +237,7 @@ impl Callbacks {
 
     /// Check `url` again, resolve its host, and keep the addresses the
     /// policy allows; the reason when none is left.
-    async fn route(&self, url: &str) -> Result<Route, String> {
+    pub(crate) async fn route(&self, url: &str) -> Result<Route, String> {
         let (receiver, target, port) = self.receiver_of(url)?;
         let secret = receiver
             .secret
@@ -330,7 +331,7 @@ fn is_public_v4(v4: Ipv4Addr) -> bool {
 
 impl Route {
     /// The `Strata-Signature` header value for `body` at `timestamp`.
-    fn sign(&self, timestamp: i64, body: &[u8]) -> String {
+    pub(crate) fn sign(&self, timestamp: i64, body: &[u8]) -> String {
         format!(
             "t={timestamp},v1={}",
             signature(&self.secret, timestamp, body)
@@ -339,7 +340,7 @@ impl Route {
 
     /// A client that connects to the checked addresses and nowhere else:
     /// no lookup of its own, no proxy, no redirects.
-    fn client(&self) -> Result<reqwest::Client, String> {
+    pub(crate) fn client(&self) -> Result<reqwest::Client, String> {
         let mut builder = reqwest::Client::builder()
             .timeout(DELIVERY_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())

@@ -88,7 +88,7 @@ async fn reload(
     RequireRole(caller, _): RequireRole<Admin>,
     _: Deliberate,
 ) -> Response {
-    report_response(crate::ops::reload(&app, trigger(caller)).await)
+    report_response(crate::control::reload(&app, trigger(caller)).await)
 }
 
 async fn rollback(
@@ -96,7 +96,7 @@ async fn rollback(
     RequireRole(caller, _): RequireRole<Admin>,
     _: Deliberate,
 ) -> Response {
-    report_response(crate::ops::rollback(&app, trigger(caller)).await)
+    report_response(crate::control::rollback(&app, trigger(caller)).await)
 }
 
 /// Promote a stage's candidate, or roll it back.
@@ -116,7 +116,8 @@ async fn settle(
             ));
         }
     };
-    match crate::ops::settle_candidate(&app, &pipeline, &stage, promote, trigger(caller)).await {
+    match crate::control::settle_candidate(&app, &pipeline, &stage, promote, trigger(caller)).await
+    {
         Ok(report) => Ok(report_response(report)),
         Err(CandidateError::NotFound(message)) => Err(ApiError::not_found("not_found", message)),
         Err(CandidateError::NoCandidate(message)) => {

@@ -11,21 +11,14 @@
 //! and finishes there. A failed reload changes nothing and says why in its
 //! report, the log, `GET /admin/pipelines` and the audit log.
 //!
-//! - `reload`: reloads, rollbacks, what changed;
-//! - `rollout`: candidates promoted or rolled back, by hand or on a burn;
-//! - `edit`: the manifest edited in place;
-//! - `watch`: the file watcher;
-//! - `telemetry`: the pipelines' observer (budgets, metrics, recording).
+//! This module holds the state (`Operations`: the operations lock, the
+//! previous generation, the audit trail) and `telemetry`, the pipelines'
+//! observer (budgets, metrics, recording, burn alarms); `changes` says what
+//! changed. The actions that take the application (reload, rollback,
+//! promote, the watcher) are in [`crate::control`].
 
-mod edit;
-mod reload;
-mod rollout;
+mod changes;
 mod telemetry;
-mod watch;
-
-pub use self::reload::{files_changed, reload, rollback};
-pub use self::rollout::{settle_candidate, spawn_burn_worker};
-pub use self::watch::spawn_watcher;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -35,9 +28,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use self::reload::diff;
-use self::rollout::BurnAlarm;
-use self::watch::fingerprint;
+pub(crate) use self::changes::{diff, fingerprint, restart_only_changes, same_content};
+pub(crate) use self::telemetry::BurnAlarm;
 use crate::bank::Banks;
 use crate::manifest::Manifest;
 use crate::metrics::Metrics;
@@ -142,19 +134,19 @@ pub enum CandidateError {
 }
 
 /// Size of one file, and when it last changed: enough to notice a change.
-type Fingerprint = BTreeMap<PathBuf, Option<(u64, SystemTime)>>;
+pub(crate) type Fingerprint = BTreeMap<PathBuf, Option<(u64, SystemTime)>>;
 
-struct State {
+pub(crate) struct State {
     /// The generation before the serving one, for one-call rollback.
-    previous: Option<Arc<Generation>>,
+    pub(crate) previous: Option<Arc<Generation>>,
     /// The files a change to which should reload.
-    watched: Vec<PathBuf>,
+    pub(crate) watched: Vec<PathBuf>,
     /// What those files looked like when last acted on.
-    fingerprint: Fingerprint,
+    pub(crate) fingerprint: Fingerprint,
     /// While a rollback is in force, what the serving generation is instead
     /// of the manifest file ("generation 5 serves the pipelines of
     /// generation 3"); cleared when the file is loaded again.
-    rolled_back: Option<String>,
+    pub(crate) rolled_back: Option<String>,
 }
 
 /// Reload state, error budgets and the observer of pipeline runs.
@@ -163,14 +155,14 @@ pub struct Operations {
     pub budgets: Budgets,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
-    recorders: Recorders,
-    store: Store,
-    manifest_path: PathBuf,
-    state: tokio::sync::Mutex<State>,
-    last: Mutex<Option<Report>>,
-    burning: Mutex<HashSet<SeriesKey>>,
-    alarms: mpsc::UnboundedSender<BurnAlarm>,
-    alarm_queue: Mutex<Option<mpsc::UnboundedReceiver<BurnAlarm>>>,
+    pub(crate) recorders: Recorders,
+    pub(crate) store: Store,
+    pub(crate) manifest_path: PathBuf,
+    pub(crate) state: tokio::sync::Mutex<State>,
+    pub(crate) last: Mutex<Option<Report>>,
+    pub(crate) burning: Mutex<HashSet<SeriesKey>>,
+    pub(crate) alarms: mpsc::UnboundedSender<BurnAlarm>,
+    pub(crate) alarm_queue: Mutex<Option<mpsc::UnboundedReceiver<BurnAlarm>>>,
 }
 
 impl Operations {
@@ -252,7 +244,7 @@ impl Operations {
         self.finish(report).await;
     }
 
-    async fn finish(&self, report: Report) -> Report {
+    pub(crate) async fn finish(&self, report: Report) -> Report {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
         self.metrics
             .operation(report.action, report.result, report.to_generation);
@@ -300,7 +292,7 @@ impl Operations {
     }
 
     /// The canary alarms, for the worker that acts on them (taken once).
-    fn take_alarms(&self) -> Option<mpsc::UnboundedReceiver<BurnAlarm>> {
+    pub(crate) fn take_alarms(&self) -> Option<mpsc::UnboundedReceiver<BurnAlarm>> {
         self.alarm_queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())

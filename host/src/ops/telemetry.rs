@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use super::Operations;
-use super::rollout::BurnAlarm;
 use crate::manifest::RolloutMode;
 use crate::pipeline::{Candidate, Execution, Observer, Pipeline, ShadowComparison};
 use crate::record::Line;
@@ -96,4 +95,16 @@ impl Observer for Operations {
             .unwrap_or_else(|e| e.into_inner())
             .record(bad);
     }
+}
+
+/// A canary whose failures burn the error budget too fast.
+#[derive(Debug, Clone)]
+pub(crate) struct BurnAlarm {
+    pub(crate) key: SeriesKey,
+    pub(crate) pipeline: String,
+    pub(crate) stage: String,
+    pub(crate) digest: String,
+    pub(crate) burn_rate: f64,
+    pub(crate) threshold: f64,
+    pub(crate) windows: (u64, u64),
 }

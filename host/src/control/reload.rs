@@ -2,17 +2,15 @@
 //! its golden cases, published whole; the previous one kept for rollback;
 //! what changed between two generations.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::watch::fingerprint;
-use super::{Report, StageChange, State, Trigger};
 use crate::app::App;
 use crate::manifest::{Manifest, ManifestErrorKind};
+use crate::ops::{Report, State, Trigger, diff, fingerprint, restart_only_changes, same_content};
 use crate::pipeline::Generation;
-use crate::runtime::capabilities::ImportRule;
 
 /// Read the manifest again and publish it as a new generation if it loads.
 pub async fn reload(app: &Arc<App>, trigger: Trigger) -> Report {
@@ -237,162 +235,4 @@ pub async fn rollback(app: &Arc<App>, trigger: Trigger) -> Report {
     report.took_ms = started.elapsed().as_secs_f64() * 1000.0;
     drop(state);
     app.ops.finish(report).await
-}
-
-/// Whether two manifests would build the same generation: same text and
-/// same plugin bytes everywhere.
-pub(super) fn same_content(a: &Manifest, b: &Manifest) -> bool {
-    let digests = |m: &Manifest| -> Vec<(String, Option<String>)> {
-        m.stages()
-            .map(|(_, s)| {
-                (
-                    s.plugin.sha256.clone(),
-                    s.candidate.as_ref().map(|c| c.plugin.sha256.clone()),
-                )
-            })
-            .collect()
-    };
-    a.sha256 == b.sha256 && digests(a) == digests(b)
-}
-
-/// Settings a reload cannot change, named so the operator knows.
-pub(super) fn restart_only_changes(old: &Manifest, new: &Manifest) -> Option<String> {
-    let mut keys = Vec::new();
-    if old.listen != new.listen {
-        keys.push("listen");
-    }
-    if old.data_dir != new.data_dir {
-        keys.push("data_dir");
-    }
-    if old.admin != new.admin {
-        keys.push("[admin]");
-    }
-    if old.reload != new.reload {
-        keys.push("[reload]");
-    }
-    if old.server.max_body_kib != new.server.max_body_kib {
-        keys.push("[server]");
-    }
-    if old.background != new.background {
-        keys.push("[async]");
-    }
-    if old.callbacks != new.callbacks {
-        keys.push("[callbacks]");
-    }
-    (!keys.is_empty()).then(|| {
-        format!(
-            "{} changed; these take effect when the host restarts",
-            keys.join(", ")
-        )
-    })
-}
-
-/// Per stage, what differs between `old` (none at start-up) and `new`.
-pub(super) fn diff(old: Option<&Generation>, new: &Generation) -> Vec<StageChange> {
-    type Key = (String, String);
-    let index = |generation: &Generation| -> BTreeMap<Key, StageFacts> {
-        generation
-            .pipelines
-            .values()
-            .flat_map(|p| {
-                p.stages
-                    .iter()
-                    .map(move |s| ((p.name.clone(), s.name().to_owned()), StageFacts::of(s)))
-            })
-            .collect()
-    };
-    let before = old.map(index).unwrap_or_default();
-    let after = index(new);
-    let keys: BTreeSet<&Key> = before.keys().chain(after.keys()).collect();
-    let mut changes = Vec::new();
-    for key in keys {
-        let (old, new) = (before.get(key), after.get(key));
-        if let (Some(old), Some(new)) = (old, new)
-            && old == new
-        {
-            continue;
-        }
-        let empty = StageFacts::default();
-        let (o, n) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
-        changes.push(StageChange {
-            pipeline: key.0.clone(),
-            stage: key.1.clone(),
-            change: match (old, new) {
-                (None, _) => "added",
-                (_, None) => "removed",
-                _ => "changed",
-            },
-            old_digest: old.map(|f| f.digest.clone()),
-            new_digest: new.map(|f| f.digest.clone()),
-            old_candidate: o.candidate.clone(),
-            new_candidate: n.candidate.clone(),
-            grants_added: n.grants.difference(&o.grants).cloned().collect(),
-            grants_removed: o.grants.difference(&n.grants).cloned().collect(),
-            imports_added: n.imports.difference(&o.imports).cloned().collect(),
-            imports_removed: o.imports.difference(&n.imports).cloned().collect(),
-            settings_changed: old.is_some() && new.is_some() && o.settings != n.settings,
-        });
-    }
-    changes
-}
-
-/// What the audit log compares about a stage.
-#[derive(Debug, Default, PartialEq)]
-pub(super) struct StageFacts {
-    pub(super) digest: String,
-    pub(super) candidate: Option<String>,
-    pub(super) grants: BTreeSet<String>,
-    pub(super) imports: BTreeSet<String>,
-    pub(super) settings: String,
-}
-
-impl StageFacts {
-    fn of(stage: &crate::pipeline::Stage) -> StageFacts {
-        let live = &stage.live;
-        let spec = &live.spec;
-        let mut grants: BTreeSet<String> =
-            spec.grants.iter().map(|g| g.as_str().to_owned()).collect();
-        let mut imports: BTreeSet<String> = live
-            .imports
-            .iter()
-            .filter(|i| i.rule != ImportRule::Baseline)
-            .map(|i| i.name.clone())
-            .collect();
-        // A candidate's capabilities count: it runs on real requests too.
-        if let Some(candidate) = &stage.candidate {
-            grants.extend(
-                candidate
-                    .stage
-                    .spec
-                    .grants
-                    .iter()
-                    .map(|g| format!("{} (candidate)", g.as_str())),
-            );
-            imports.extend(
-                candidate
-                    .stage
-                    .imports
-                    .iter()
-                    .filter(|i| i.rule != ImportRule::Baseline)
-                    .map(|i| format!("{} (candidate)", i.name)),
-            );
-        }
-        StageFacts {
-            digest: live.digest.clone(),
-            candidate: stage.candidate.as_ref().map(|c| c.stage.digest.clone()),
-            grants,
-            imports,
-            settings: format!(
-                "{:?}|{:?}|{}|{}|{:?}",
-                spec.limits,
-                spec.on_error,
-                spec.layer,
-                serde_json::Value::Object(spec.config.clone()),
-                stage
-                    .candidate
-                    .as_ref()
-                    .map(|c| (c.mode, c.percent, c.max_burn_rate))
-            ),
-        }
-    }
 }

@@ -11,29 +11,25 @@ use tokio::task::JoinSet;
 
 use crate::app::App;
 
-/// How long one delivery may take, and separately how long resolving its
-/// host may take.
-pub(super) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The longest wait between two attempts.
-pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// The first wait after the store failed to read a request or to record an
 /// attempt; it doubles up to [`MAX_STORE_BACKOFF`].
-pub(super) const STORE_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const STORE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The longest wait between two tries of a failing store.
-pub(super) const MAX_STORE_BACKOFF: Duration = Duration::from_secs(60);
+pub(crate) const MAX_STORE_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The callbacks being delivered, by request id, so that the worker does not
 /// start a second delivery of one that is under way.
-pub(super) type InFlight = Arc<Mutex<HashSet<String>>>;
+pub(crate) type InFlight = Arc<Mutex<HashSet<String>>>;
 
 /// A delivery's claim on its request id, given up when the delivery ends
 /// however it ends (a panic included).
-pub(super) struct Claim {
-    pub(super) id: String,
-    pub(super) in_flight: InFlight,
+pub(crate) struct Claim {
+    pub(crate) id: String,
+    pub(crate) in_flight: InFlight,
 }
 
 impl Drop for Claim {
@@ -119,7 +115,7 @@ pub fn spawn_worker(app: Arc<App>) {
     });
 }
 
-pub(super) async fn deliver(app: &App, request_id: String, url: &str, attempt: i64) {
+pub(crate) async fn deliver(app: &App, request_id: String, url: &str, attempt: i64) {
     let body = match crate::views::stored_view(&app.store, &request_id).await {
         Ok(Some(mut view)) => {
             // The receiver gets the request, not the history of deliveries.
@@ -189,7 +185,7 @@ pub(super) async fn deliver(app: &App, request_id: String, url: &str, attempt: i
 
 /// POST `body` to `url`, signed, if the policy lets it go there; the
 /// receiver's status, or why nothing was answered.
-pub(super) async fn send(
+pub(crate) async fn send(
     app: &App,
     request_id: &str,
     url: &str,
@@ -213,7 +209,7 @@ pub(super) async fn send(
 
 /// Record an attempt, trying again with back-off while the store fails: the
 /// attempt was made, and a callback left due would be POSTed again at once.
-pub(super) async fn record(
+pub(crate) async fn record(
     app: &App,
     request_id: String,
     attempt: i64,
@@ -245,7 +241,7 @@ pub(super) async fn record(
 
 /// A transport error with its causes ("error sending request: connection
 /// refused"), without the URL, which the delivery record already names.
-pub(super) fn describe(error: reqwest::Error) -> String {
+pub(crate) fn describe(error: reqwest::Error) -> String {
     let error = error.without_url();
     let mut text = error.to_string();
     let mut source = std::error::Error::source(&error);

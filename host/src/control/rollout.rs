@@ -5,21 +5,9 @@ use std::sync::Arc;
 
 use super::edit::edit_manifest;
 use super::reload::reload_locked;
-use super::{CandidateError, Report, Trigger};
 use crate::app::App;
+use crate::ops::{CandidateError, Report, Trigger};
 use crate::slo::SeriesKey;
-
-/// A canary whose failures burn the error budget too fast.
-#[derive(Debug, Clone)]
-pub(super) struct BurnAlarm {
-    pub(super) key: SeriesKey,
-    pub(super) pipeline: String,
-    pub(super) stage: String,
-    pub(super) digest: String,
-    pub(super) burn_rate: f64,
-    pub(super) threshold: f64,
-    pub(super) windows: (u64, u64),
-}
 
 /// Make a stage's candidate its live version (`promote`), or drop the
 /// candidate (`rollback_stage`). The manifest file is edited (written aside,

@@ -9,7 +9,6 @@ use std::time::Duration;
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use tokio::sync::mpsc;
 
-use super::Fingerprint;
 use super::reload::files_changed;
 use crate::app::App;
 
@@ -72,16 +71,4 @@ pub(super) fn watch_directories(
         }
     }
     *directories = wanted;
-}
-
-pub(super) fn fingerprint(files: &[PathBuf]) -> Fingerprint {
-    files
-        .iter()
-        .map(|path| {
-            let seen = std::fs::metadata(path)
-                .ok()
-                .and_then(|m| Some((m.len(), m.modified().ok()?)));
-            (path.clone(), seen)
-        })
-        .collect()
 }
