@@ -152,9 +152,26 @@ pub struct Banks {
     /// The store's bank version the patterns were last loaded at, and the
     /// embeddings settings they were loaded with.
     loaded: std::sync::Mutex<Option<(crate::store::BankVersion, String)>>,
+    /// Where background embedding runs, and the signal that stops it: the
+    /// host's own, so shutdown waits for a pass in hand before the store
+    /// closes (a fresh, untracked pair for tools).
+    tasks: tokio_util::task::TaskTracker,
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Banks {
+    /// Banks whose background work runs on `tasks` and stops on `cancel`.
+    pub fn tracked(
+        tasks: tokio_util::task::TaskTracker,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Banks {
+        Banks {
+            tasks,
+            cancel,
+            ..Banks::default()
+        }
+    }
+
     /// The bank of `pipeline`, created with `spec` if it has none. Its
     /// settings are the last ones [`Banks::configure`] applied: a request
     /// still running on an older generation uses the bank as it is.
@@ -299,7 +316,8 @@ pub async fn load_patterns(
                     .map(|(pattern, question, v)| ((pattern, question), v))
                     .collect();
                 let embeddings =
-                    crate::patterns::Embeddings::new(embedder, name, Some(store.clone()));
+                    crate::patterns::Embeddings::new(embedder, name, Some(store.clone()))
+                        .tracked(banks.tasks.clone(), banks.cancel.clone());
                 (Some(embeddings), vectors)
             }
         };

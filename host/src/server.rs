@@ -178,6 +178,10 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     let lifecycle = Lifecycle::default();
     let mut run = RunContext::new(runtime.clone(), ops.clone(), shadow_slots);
     run.tasks = lifecycle.tasks.clone();
+    run.banks = Arc::new(crate::bank::Banks::tracked(
+        lifecycle.tasks.clone(),
+        lifecycle.cancel.clone(),
+    ));
     let callbacks = match options.callback_secret {
         Some(secret) => Callbacks::with_secret(&manifest.callbacks, Some(secret)),
         None => Callbacks::new(&manifest.callbacks),

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strata_patterns::PatternId;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Patterns, Served};
 use crate::embeddings::{EmbedError, Embedder};
@@ -67,6 +69,9 @@ pub struct Embeddings {
     /// When a failure was last logged, and how many were not logged since.
     pub(super) warned: Mutex<(Option<Instant>, u64)>,
     pub(super) last_error: Mutex<Option<String>>,
+    /// Where the background pass runs, and what stops it.
+    pub(super) tasks: TaskTracker,
+    pub(super) cancel: CancellationToken,
 }
 
 impl Embeddings {
@@ -81,7 +86,17 @@ impl Embeddings {
             again: AtomicBool::new(false),
             warned: Mutex::new((None, 0)),
             last_error: Mutex::new(None),
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
         }
+    }
+
+    /// The same, with background passes spawned on `tasks` and stopped by
+    /// `cancel` (the host's, so shutdown waits for a pass in hand).
+    pub fn tracked(mut self, tasks: TaskTracker, cancel: CancellationToken) -> Embeddings {
+        self.tasks = tasks;
+        self.cancel = cancel;
+        self
     }
 
     /// Log a failure, at most once per [`WARN_EVERY`].
@@ -173,15 +188,15 @@ impl Patterns {
         let Some(embeddings) = &self.embeddings else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() || embeddings.cancel.is_cancelled() {
             return;
-        };
+        }
         if embeddings.running.swap(true, Ordering::AcqRel) {
             embeddings.again.store(true, Ordering::Release);
             return;
         }
         let this = self.clone();
-        runtime.spawn(async move {
+        embeddings.tasks.spawn(async move {
             let embeddings = this.embeddings.as_ref().expect("checked above");
             let retry = loop {
                 embeddings.again.store(false, Ordering::Release);
@@ -209,7 +224,10 @@ impl Patterns {
                 return;
             }
             if retry {
-                tokio::time::sleep(RETRY_EVERY).await;
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY_EVERY) => {}
+                    () = embeddings.cancel.cancelled() => return,
+                }
                 // A weak handle would let a replaced catalogue go; a strong
                 // one keeps it a minute longer at most, which is harmless.
                 this.embed_in_background();
