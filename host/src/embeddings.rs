@@ -114,20 +114,11 @@ impl Embedder {
         provider: &ProviderSpec,
         client: reqwest::Client,
     ) -> Result<Embedder, String> {
-        let api_key = match &provider.api_key_env {
-            None => None,
-            Some(variable) => Some(std::env::var(variable).map_err(|_| {
-                format!(
-                    "provider \"{}\" needs its API key in the environment variable \
-                     {variable}, which is not set",
-                    spec.provider
-                )
-            })?),
-        };
+        let api_key = provider.api_key(&spec.provider)?;
         Ok(Embedder {
             name: name.to_owned(),
             spec: spec.clone(),
-            url: format!("{}/embeddings", provider.base_url.trim_end_matches('/')),
+            url: provider.url("embeddings"),
             api_key,
             client,
         })

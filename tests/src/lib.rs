@@ -70,6 +70,34 @@ pub const CALLBACK_SECRET: &str = "test-callback-secret";
 /// A manifest header small enough for tests: few pooled instances.
 pub const SMALL_RUNTIME: &str = "[runtime]\ninstances = 16\n";
 
+/// Pipeline `desk` with answer bank settings `answer_bank` (the inside of
+/// its `{ ... }`): the answer-bank stage (exact keys, then `lookup`), then a
+/// stage that escalates. `preamble` goes first (a `[models]` section, say).
+pub fn bank_desk(preamble: &str, answer_bank: &str) -> String {
+    format!(
+        "{SMALL_RUNTIME}{preamble}
+[pipelines.desk]
+answer_bank = {{ {answer_bank} }}
+
+[[pipelines.desk.stages]]
+name = \"bank\"
+layer = \"cache\"
+plugin = {bank}
+grants = [\"config\", \"cache\"]
+on_error = \"skip\"
+
+[[pipelines.desk.stages]]
+name = \"triage\"
+layer = \"rules\"
+plugin = {scripted}
+grants = [\"config\", \"log\"]
+config = {{ outcome = \"escalate\", reason = \"a person\" }}
+",
+        bank = toml_str(components::ANSWER_BANK),
+        scripted = toml_str(components::SCRIPTED),
+    )
+}
+
 /// A host serving a manifest from a temporary directory.
 pub struct TestHost {
     host: Option<RunningHost>,

@@ -289,28 +289,7 @@ fn eval_scores_layers_and_the_bank_on_held_out_questions() {
 
 /// answer-bank (exact keys, then `lookup`) -> a stage that escalates.
 fn banked_desk() -> String {
-    format!(
-        "{SMALL_RUNTIME}
-[pipelines.desk]
-answer_bank = {{ max_error = 0.1 }}
-
-[[pipelines.desk.stages]]
-name = \"bank\"
-layer = \"cache\"
-plugin = {bank}
-grants = [\"config\", \"cache\"]
-on_error = \"skip\"
-
-[[pipelines.desk.stages]]
-name = \"triage\"
-layer = \"rules\"
-plugin = {scripted}
-grants = [\"config\", \"log\"]
-config = {{ outcome = \"escalate\", reason = \"a person\" }}
-",
-        bank = toml_str(components::ANSWER_BANK),
-        scripted = toml_str(components::SCRIPTED),
-    )
+    strata_tests::bank_desk("", "max_error = 0.1")
 }
 
 #[tokio::test]

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use local_llm::LocalLlm;
 use serde_json::json;
 use strata::store::{ImportRow, Store};
-use strata_tests::{SMALL_RUNTIME, TestHost, components, toml_str};
+use strata_tests::TestHost;
 
 /// The bank stage (exact keys, then `lookup`), then a stage that escalates,
 /// with the answer bank's embeddings from `base_url` under `model`.
 fn manifest(base_url: &str, model: &str) -> String {
-    format!(
-        "{SMALL_RUNTIME}
+    let models = format!(
+        "
 [models.providers.local]
 base_url = \"{base_url}\"
 
@@ -24,27 +24,9 @@ model = \"{model}\"
 timeout_ms = 2000
 retries = 0
 batch = 16
-
-[pipelines.desk]
-answer_bank = {{ max_error = 0.1, embeddings = \"stand-in\" }}
-
-[[pipelines.desk.stages]]
-name = \"bank\"
-layer = \"cache\"
-plugin = {bank}
-grants = [\"config\", \"cache\"]
-on_error = \"skip\"
-
-[[pipelines.desk.stages]]
-name = \"triage\"
-layer = \"rules\"
-plugin = {scripted}
-grants = [\"config\", \"log\"]
-config = {{ outcome = \"escalate\", reason = \"a person\" }}
-",
-        bank = toml_str(components::ANSWER_BANK),
-        scripted = toml_str(components::SCRIPTED),
-    )
+"
+    );
+    strata_tests::bank_desk(&models, "max_error = 0.1, embeddings = \"stand-in\"")
 }
 
 const CARD: &str = "Cards arrive within 5 working days.";

@@ -48,20 +48,7 @@ pub(super) async fn reload_locked(
 ) -> Report {
     let started = Instant::now();
     let current = app.current.load_full();
-    let mut report = Report {
-        action,
-        trigger: trigger.source,
-        actor: trigger.actor.clone(),
-        result: "failed",
-        from_generation: current.number,
-        to_generation: current.number,
-        manifest_sha256: None,
-        changes: Vec::new(),
-        error: None,
-        note: None,
-        took_ms: 0.0,
-        at: 0,
-    };
+    let mut report = Report::begin(action, trigger, current.number);
     let finish = |mut report: Report| {
         report.took_ms = started.elapsed().as_secs_f64() * 1000.0;
         report.at = crate::store::now_millis();
@@ -194,20 +181,7 @@ pub async fn rollback(app: &Arc<App>, trigger: Trigger) -> Report {
     let started = Instant::now();
     let mut state = app.ops.state.lock().await;
     let current = app.current.load_full();
-    let mut report = Report {
-        action: "rollback",
-        trigger: trigger.source,
-        actor: trigger.actor.clone(),
-        result: "failed",
-        from_generation: current.number,
-        to_generation: current.number,
-        manifest_sha256: None,
-        changes: Vec::new(),
-        error: None,
-        note: None,
-        took_ms: 0.0,
-        at: crate::store::now_millis(),
-    };
+    let mut report = Report::begin("rollback", &trigger, current.number);
     match state.previous.clone() {
         None => {
             report.error = Some("there is no previous generation to roll back to".to_owned());

@@ -144,6 +144,29 @@ pub struct ProviderSpec {
     pub api_key_env: Option<String>,
 }
 
+impl ProviderSpec {
+    /// The API key of provider `name`, read from its environment variable
+    /// (none if it needs none). Fails, naming the variable, when it is not
+    /// set.
+    pub fn api_key(&self, name: &str) -> Result<Option<String>, String> {
+        let Some(variable) = &self.api_key_env else {
+            return Ok(None);
+        };
+        std::env::var(variable).map(Some).map_err(|_| {
+            format!(
+                "provider \"{name}\" needs its API key in the environment variable \
+                 {variable}, which is not set"
+            )
+        })
+    }
+
+    /// The URL of `endpoint` (such as `chat/completions`) under the API
+    /// root.
+    pub fn url(&self, endpoint: &str) -> String {
+        format!("{}/{endpoint}", self.base_url.trim_end_matches('/'))
+    }
+}
+
 /// A model tier.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

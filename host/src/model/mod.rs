@@ -125,28 +125,13 @@ impl ModelRouter {
         let mut tiers = HashMap::new();
         for (name, tier) in &spec.tiers {
             let provider = &spec.providers[&tier.provider];
-            let api_key = match &provider.api_key_env {
-                None => None,
-                Some(variable) => Some(std::env::var(variable).map_err(|_| {
-                    format!(
-                        "provider \"{}\" needs its API key in the environment variable \
-                         {variable}, which is not set",
-                        tier.provider
-                    )
-                })?),
-            };
+            let api_key = provider.api_key(&tier.provider)?;
             tiers.insert(
                 name.clone(),
                 Tier {
                     spec: tier.clone(),
-                    url: format!(
-                        "{}/chat/completions",
-                        provider.base_url.trim_end_matches('/')
-                    ),
-                    completions_url: format!(
-                        "{}/completions",
-                        provider.base_url.trim_end_matches('/')
-                    ),
+                    url: provider.url("chat/completions"),
+                    completions_url: provider.url("completions"),
                     api_key,
                 },
             );

@@ -116,6 +116,25 @@ pub struct Report {
 }
 
 impl Report {
+    /// A report of `action` by `trigger` on generation `generation` that
+    /// has changed nothing yet: failed until the operation says otherwise.
+    pub(crate) fn begin(action: &'static str, trigger: &Trigger, generation: u64) -> Report {
+        Report {
+            action,
+            trigger: trigger.source,
+            actor: trigger.actor.clone(),
+            result: "failed",
+            from_generation: generation,
+            to_generation: generation,
+            manifest_sha256: None,
+            changes: Vec::new(),
+            error: None,
+            note: None,
+            took_ms: 0.0,
+            at: crate::store::now_millis(),
+        }
+    }
+
     /// Whether the operation changed nothing because it failed.
     pub fn failed(&self) -> bool {
         self.result == "failed"
@@ -228,18 +247,11 @@ impl Operations {
     /// Record that the host started serving `generation`.
     pub async fn started(&self, generation: &Generation) {
         let report = Report {
-            action: "start",
-            trigger: "startup",
-            actor: "strata".to_owned(),
             result: "applied",
             from_generation: 0,
-            to_generation: generation.number,
             manifest_sha256: Some(generation.manifest.sha256.clone()),
             changes: diff(None, generation),
-            error: None,
-            note: None,
-            took_ms: 0.0,
-            at: crate::store::now_millis(),
+            ..Report::begin("start", &Trigger::host("startup"), generation.number)
         };
         self.finish(report).await;
     }

@@ -3,4 +3,4 @@
 
 const VERSION: &str = "v1";
 
-include!("stage.rs");
+mod stage;

@@ -1,7 +1,10 @@
-// The body of the `version-one` and `version-two` test components; each
-// crate defines `VERSION` and includes this file.
+//! The stage shared by the `version-one` and `version-two` test
+//! components: each crate defines `VERSION` and mounts this file as its
+//! `stage` module.
 
 use strata_sdk::{Outcome, Request, Stage, config, export_stage};
+
+use crate::VERSION;
 
 struct Versioned;
 

@@ -2,4 +2,5 @@
 
 const VERSION: &str = "v2";
 
-include!("../../version-one/src/stage.rs");
+#[path = "../../version-one/src/stage.rs"]
+mod stage;
