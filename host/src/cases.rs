@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::bank::Banks;
 use crate::pipeline::{Generation, Pipeline, RunContext, Unobserved, Verdict};
 use crate::request::{Outcome, Request};
-use crate::runtime::{LoadedStage, LogTag, Runtime, Services};
+use crate::runtime::{Access, BankAccess, LoadedStage, LogTag, Runtime};
 
 /// A parsed, checked cases file.
 #[derive(Debug, Clone)]
@@ -249,13 +249,14 @@ impl FileReport {
     }
 }
 
-/// Services for cases: an empty bank of their own, no models.
-fn isolated(pipeline: &str) -> Services {
-    Services {
-        bank: Some(Banks::default().bank(pipeline, &Default::default())),
-        models: None,
-        read_only_bank: false,
-        batch: false,
+/// What cases may use: an empty bank of their own, no models.
+fn isolated(pipeline: &str) -> Access {
+    Access {
+        bank: BankAccess {
+            bank: Some(Banks::default().bank(pipeline, &Default::default())),
+            read_only: false,
+        },
+        models: Default::default(),
     }
 }
 
@@ -272,7 +273,7 @@ pub async fn run_stage(
         passed: 0,
         failures: Vec::new(),
     };
-    let services = isolated(&file.pipeline);
+    let access = isolated(&file.pipeline);
     for (index, case) in file.cases.iter().enumerate() {
         let request = Request {
             id: format!("case-{}", index + 1),
@@ -287,10 +288,7 @@ pub async fn run_stage(
             generation: 0,
             digest: stage.digest.as_str().into(),
         };
-        let outcome = runtime
-            .invoke(stage, &request, &tag, &services)
-            .await
-            .outcome;
+        let outcome = runtime.invoke(stage, &request, &tag, &access).await.outcome;
         let (kind, text, code) = match &outcome {
             Ok(Outcome::Next { input, .. }) => ("next", input.clone(), None),
             Ok(Outcome::Respond { output, .. }) => ("respond", output.clone(), None),

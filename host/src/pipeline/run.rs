@@ -15,7 +15,7 @@ use super::{
 use crate::bank::Banks;
 use crate::manifest::{Fallthrough, OnError, RolloutMode};
 use crate::request::{Outcome, Request};
-use crate::runtime::{LoadedStage, LogTag, Runtime, Services, StageFailure};
+use crate::runtime::{Access, BankAccess, LoadedStage, LogTag, ModelAccess, Runtime, StageFailure};
 
 /// Where a run through some stages got to.
 pub(super) struct Progress {
@@ -103,14 +103,14 @@ impl Pipeline {
     }
 
     async fn run_stages(&self, ctx: &RunContext, generation: u64, request: Request) -> Execution {
-        let (progress, services) = self
+        let (progress, access) = self
             .advance(ctx, generation, request, 0..self.stages.len())
             .await;
         let verdict = progress
             .verdict
             .unwrap_or_else(|| self.fallthrough_verdict());
         self.finish(
-            &services,
+            &access,
             progress.request,
             verdict,
             progress.trace,
@@ -157,16 +157,20 @@ impl Pipeline {
         generation: u64,
         request: Request,
         range: std::ops::Range<usize>,
-    ) -> (Progress, Services) {
+    ) -> (Progress, Access) {
         let mut request = request;
         let mut trace = Vec::with_capacity(self.stages.len());
         let request_id: Arc<str> = request.id.as_str().into();
         let pipeline: Arc<str> = self.name.as_str().into();
-        let services = Services {
-            bank: Some(ctx.banks.bank(&self.name, &self.answer_bank)),
-            models: ctx.models.then(|| self.models.clone()),
-            read_only_bank: false,
-            batch: ctx.background,
+        let access = Access {
+            bank: BankAccess {
+                bank: Some(ctx.banks.bank(&self.name, &self.answer_bank)),
+                read_only: false,
+            },
+            models: ModelAccess {
+                router: ctx.models.then(|| self.models.clone()),
+                batch: ctx.background,
+            },
         };
         let mut remember_key = None;
         let mut recorded = None;
@@ -197,12 +201,12 @@ impl Pipeline {
             let shadow_input = shadow.map(|_| request.clone());
 
             let started = Instant::now();
-            let invocation = ctx.runtime.invoke(version, &request, &tag, &services).await;
+            let invocation = ctx.runtime.invoke(version, &request, &tag, &access).await;
             let elapsed = started.elapsed();
             let result = invocation.outcome;
             let effects = invocation.effects;
-            if effects.remember_key.is_some() {
-                remember_key = effects.remember_key;
+            if effects.cache.remember_key.is_some() {
+                remember_key = effects.cache.remember_key;
             }
             trace.push(StageRun {
                 stage: by.stage.clone(),
@@ -220,23 +224,22 @@ impl Pipeline {
                 failure: result.as_ref().err().map(StageFailure::kind),
                 elapsed,
                 model_calls: effects.model_calls,
-                cache_hits: effects.cache_hits,
-                cache_misses: effects.cache_misses,
-                pattern: effects.pattern,
-                pattern_lookups: effects.pattern_lookups,
-                pattern_features: effects.pattern_features,
+                cache_hits: effects.cache.hits,
+                cache_misses: effects.cache.misses,
+                pattern: effects.cache.pattern,
+                pattern_lookups: effects.cache.pattern_lookups,
+                pattern_features: effects.cache.pattern_features,
             });
             if let Some(candidate) = canary {
                 ctx.observer
                     .candidate_served(self, candidate, result.is_err());
             }
             if let (Some(candidate), Some(input)) = (shadow, shadow_input) {
-                let services = Services {
-                    read_only_bank: true,
-                    ..services.clone()
-                };
+                // The shadow reads the bank but leaves it as it was.
+                let mut access = access.clone();
+                access.bank.read_only = true;
                 let live = summarize(&result);
-                self.spawn_shadow(ctx, candidate, &stage.live, input, live, tag, services);
+                self.spawn_shadow(ctx, candidate, &stage.live, input, live, tag, access);
             }
 
             let verdict = match result {
@@ -312,7 +315,7 @@ impl Pipeline {
                     recorded,
                     verdict: Some(verdict),
                 },
-                services,
+                access,
             );
         }
         (
@@ -323,7 +326,7 @@ impl Pipeline {
                 recorded,
                 verdict: None,
             },
-            services,
+            access,
         )
     }
 
@@ -331,7 +334,7 @@ impl Pipeline {
     /// answering layer is one the pipeline remembers.
     fn finish(
         &self,
-        services: &Services,
+        access: &Access,
         request: Request,
         verdict: Verdict,
         trace: Vec<StageRun>,
@@ -339,7 +342,7 @@ impl Pipeline {
         (remember_key, recorded): (Option<String>, Option<Request>),
     ) -> Execution {
         if let (Some(bank), Some(key), Verdict::Answered { output, by, .. }) =
-            (&services.bank, &remember_key, &verdict)
+            (&access.bank.bank, &remember_key, &verdict)
             && self.answer_bank.remember.contains(&by.layer)
         {
             let answering = trace.iter().rev().find(|run| run.stage == by.stage);
@@ -369,7 +372,7 @@ impl Pipeline {
         input: Request,
         live_outcome: Value,
         tag: LogTag,
-        services: Services,
+        access: Access,
     ) {
         let Ok(permit) = ctx.shadow_slots.clone().try_acquire_owned() else {
             tracing::debug!(stage = %tag.stage, "no shadow slot free; shadow run skipped");
@@ -381,10 +384,7 @@ impl Pipeline {
         let pipeline = self.name.clone();
         let live_digest = live.digest.clone();
         ctx.tasks.spawn(async move {
-            let result = runtime
-                .invoke(&shadow, &input, &tag, &services)
-                .await
-                .outcome;
+            let result = runtime.invoke(&shadow, &input, &tag, &access).await.outcome;
             drop(permit);
             observer.shadow_compared(ShadowComparison {
                 request_id: input.id,

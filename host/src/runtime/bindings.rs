@@ -14,12 +14,12 @@
 //! cannot be shared that way: a `with:`-remapped interface is linked under
 //! the name of the version it was generated for, so `v0_1` has its own
 //! traits and records, and `crate::runtime::imports::v0_1` serves them by delegating
-//! to the current implementation.
+//! to the current implementation. Each interface is linked, both versions at
+//! once, by its own file under `crate::runtime::imports`.
 
-use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::component::InstancePre;
 use wasmtime::{AsContextMut, Result};
 
-use super::StageState;
 use crate::request::{Outcome, Request};
 
 /// `strata:pipeline@0.2.0`, the current contract (`wit/pipeline.wit`).
@@ -96,13 +96,6 @@ impl std::fmt::Display for Contract {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "strata:pipeline@{}", self.version())
     }
-}
-
-/// Link the host side of every supported version into `linker`.
-pub(crate) fn add_to_linker(linker: &mut Linker<StageState>) -> Result<()> {
-    v0_2::Plugin::add_to_linker::<_, HasSelf<_>>(linker, |state: &mut StageState| state)?;
-    v0_1::Plugin::add_to_linker::<_, HasSelf<_>>(linker, |state: &mut StageState| state)?;
-    Ok(())
 }
 
 /// A stage component pre-instantiated with its version's bindings.

@@ -15,7 +15,6 @@ use wasmtime::{
     PoolingAllocationConfig,
 };
 
-use super::bindings;
 use super::invoke::StageState;
 use crate::manifest::{MAX_MEMORY_MIB, PluginFile, RuntimeSettings};
 
@@ -102,7 +101,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
         // Every supported contract version, side by side: a component built
         // against an older one links to the same host code it always did.
-        bindings::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+        super::imports::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
 
         Ok(Runtime {
             engine,

@@ -2,7 +2,6 @@
 //! them) bounded by the stage's limits, the call, and every way it can fail
 //! as a [`StageFailure`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,11 @@ use super::load::Idle;
 use super::load::LoadedStage;
 use crate::manifest::Limits;
 use crate::request::{Outcome, Request};
+use crate::runtime::imports::cache::{BankAccess, CacheCtx, CacheUse};
+use crate::runtime::imports::config::ConfigCtx;
+use crate::runtime::imports::log::LogCtx;
+use crate::runtime::imports::model::{ModelAccess, ModelCtx};
+use crate::runtime::imports::wasi::GuestLogs;
 
 /// The most bytes a guest may pass to the host in one call (a log line, an
 /// answer to remember, a model prompt); more is a trap, not a host
@@ -33,7 +37,7 @@ impl Runtime {
         stage: &LoadedStage,
         request: &Request,
         tag: &LogTag,
-        services: &Services,
+        access: &Access,
     ) -> Invocation {
         let limits = stage.spec.limits;
         let idle = stage
@@ -43,7 +47,8 @@ impl Runtime {
         let (mut store, instance, slot, uses) = match idle {
             Some(idle) => (idle.store, Some(idle.instance), idle.slot, idle.uses),
             None => {
-                let Some(slot) = self.slot(services.batch).await else {
+                // A request that may wait for a batch may wait for a slot.
+                let Some(slot) = self.slot(access.models.batch).await else {
                     return Invocation {
                         outcome: Err(StageFailure::Overloaded {
                             waited_ms: self.settings.slot_wait_ms,
@@ -54,13 +59,7 @@ impl Runtime {
                 (self.new_store(stage, request, tag), None, slot, 0)
             }
         };
-        prepare(
-            &mut store,
-            stage,
-            tag,
-            services,
-            self.settings.fuel_metering,
-        );
+        prepare(&mut store, stage, tag, access, self.settings.fuel_metering);
 
         let timeout = Duration::from_millis(limits.timeout_ms);
         let call = async {
@@ -83,17 +82,15 @@ impl Runtime {
         let result = tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await;
         // What the stage did before it finished (or was stopped) still
         // counts: a model call it made was paid for.
-        let effects = std::mem::take(&mut store.data_mut().effects);
+        let effects = {
+            let state = store.data_mut();
+            Effects {
+                cache: state.cache.take_use(),
+                model_calls: state.model.take_calls(),
+            }
+        };
         let state = store.data();
-        if state.log_lines_dropped > 0 {
-            tracing::warn!(
-                request_id = %tag.request_id, pipeline = %tag.pipeline,
-                generation = tag.generation, stage = %tag.stage, digest = %tag.digest,
-                dropped = state.log_lines_dropped,
-                "stage logged more than {} lines; the rest were dropped",
-                crate::runtime::imports::log::MAX_LINES
-            );
-        }
+        state.log.report_dropped();
         let (outcome, instance) = match result {
             Err(_) => (
                 Err(StageFailure::Timeout {
@@ -156,7 +153,7 @@ impl Runtime {
     }
 
     fn new_store(&self, stage: &LoadedStage, request: &Request, tag: &LogTag) -> Store<StageState> {
-        let logs = crate::runtime::imports::wasi::GuestLogs::new(tag.clone());
+        let logs = GuestLogs::new(tag.clone());
         let seed = stage.spec.deterministic.map(|seed| {
             // The same input meets the same randomness, whatever the request
             // id: a replay decides alike.
@@ -168,15 +165,12 @@ impl Runtime {
                 wasi: crate::runtime::imports::wasi::locked_down(&logs, seed, &stage.spec.wasi),
                 table: ResourceTable::new(),
                 limiter: StageLimiter::new(stage.spec.limits.memory_mib),
-                context: stage.context.clone(),
-                tag: tag.clone(),
                 logs,
-                services: Services::default(),
-                effects: Effects::default(),
+                log: LogCtx::new(tag.clone()),
+                config: stage.config.clone(),
+                cache: CacheCtx::new(tag.clone()),
+                model: ModelCtx::default(),
                 timed_out: false,
-                deadline: Instant::now(),
-                log_lines: 0,
-                log_lines_dropped: 0,
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -185,36 +179,23 @@ impl Runtime {
     }
 }
 
-/// Host services an invocation may use, as its grants allow.
+/// What the caller lends an invocation, one part per host interface that
+/// needs one (the stage's grants decide whether it may import them at all).
 #[derive(Clone, Default)]
-pub struct Services {
-    /// The pipeline's answer bank.
-    pub bank: Option<Arc<crate::bank::Bank>>,
-    /// The generation's model tiers.
-    pub models: Option<Arc<crate::model::ModelRouter>>,
-    /// A shadow run reads the bank but must not change it.
-    pub read_only_bank: bool,
-    /// Model calls may wait to join a batch (asynchronous requests only).
-    pub batch: bool,
+pub struct Access {
+    /// For `cache`.
+    pub bank: BankAccess,
+    /// For `model`.
+    pub models: ModelAccess,
 }
 
-/// What an invocation did besides deciding.
+/// What an invocation did besides deciding, one part per host interface.
 #[derive(Debug, Clone, Default)]
 pub struct Effects {
-    /// The key the stage asked its request's final answer be kept under.
-    pub remember_key: Option<String>,
-    /// Model calls it made.
+    /// Through `cache`.
+    pub cache: CacheUse,
+    /// Through `model`: every call it made.
     pub model_calls: Vec<crate::model::ModelCall>,
-    /// Answer-bank lookups that found an answer.
-    pub cache_hits: u32,
-    /// Answer-bank lookups that found nothing.
-    pub cache_misses: u32,
-    /// The pattern the stage's last answer-bank lookup matched.
-    pub pattern: Option<i64>,
-    /// Its `lookup` calls by result: trusted, untrusted, no match.
-    pub pattern_lookups: [u32; 3],
-    /// Its `lookup` calls by the model that matched them.
-    pub pattern_features: crate::patterns::PatternFeatures,
 }
 
 /// The result of one invocation.
@@ -231,27 +212,24 @@ pub(super) fn prepare(
     store: &mut Store<StageState>,
     stage: &LoadedStage,
     tag: &LogTag,
-    services: &Services,
+    access: &Access,
     fuel_metering: bool,
 ) {
     let limits = stage.spec.limits;
+    let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
     let state = store.data_mut();
-    if state.tag.request_id != tag.request_id {
+    if state.log.tag().request_id != tag.request_id {
         state.logs.restart(tag.clone());
-        state.tag = tag.clone();
     }
-    state.services = services.clone();
-    state.effects = Effects::default();
+    state.log.restart(tag);
+    state.cache.restart(&access.bank, tag, deadline);
+    state.model.restart(&access.models);
     state.timed_out = false;
-    state.log_lines = 0;
-    state.log_lines_dropped = 0;
     if fuel_metering {
         store
             .set_fuel(limits.fuel.unwrap_or(u64::MAX))
             .expect("fuel metering is enabled on this engine");
     }
-    let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
-    store.data_mut().deadline = deadline;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |mut ctx| {
         if Instant::now() >= deadline {
@@ -405,58 +383,26 @@ pub struct LogTag {
     pub digest: Arc<str>,
 }
 
-/// Per-stage data every invocation's store shares.
-pub(crate) struct StageContext {
-    #[allow(dead_code, reason = "kept for debugging and future host imports")]
-    pub(crate) pipeline: Arc<str>,
-    #[allow(dead_code, reason = "kept for debugging and future host imports")]
-    pub(crate) stage: Arc<str>,
-    pub(crate) config: StageConfig,
-}
-
-/// A stage's config table, prepared for the `config` interface.
-pub(crate) struct StageConfig {
-    /// Top-level values: strings as they are, anything else as JSON.
-    pub(crate) values: HashMap<String, String>,
-    /// The whole table as JSON.
-    pub(crate) json: String,
-}
-
-impl StageConfig {
-    pub(super) fn new(table: &serde_json::Map<String, serde_json::Value>) -> Self {
-        let values = table
-            .iter()
-            .map(|(key, value)| {
-                let text = match value {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (key.clone(), text)
-            })
-            .collect();
-        StageConfig {
-            values,
-            json: serde_json::Value::Object(table.clone()).to_string(),
-        }
-    }
-}
-
 /// The data of one invocation's store.
+///
+/// One field per host interface, each that interface's own context; the
+/// imports reach only their own (see [`crate::runtime::imports`]).
 pub(crate) struct StageState {
+    /// WASI, locked down (`wasi:*`).
     pub(super) wasi: WasiCtx,
     pub(super) table: ResourceTable,
+    /// Where the guest's stdout and stderr go.
+    pub(super) logs: GuestLogs,
+    /// `strata:pipeline/log`.
+    pub(crate) log: LogCtx,
+    /// `strata:pipeline/config`.
+    pub(crate) config: Arc<ConfigCtx>,
+    /// `strata:pipeline/cache`.
+    pub(crate) cache: CacheCtx,
+    /// `strata:pipeline/model`.
+    pub(crate) model: ModelCtx,
     pub(super) limiter: StageLimiter,
-    pub(crate) context: Arc<StageContext>,
-    pub(crate) tag: LogTag,
-    pub(super) logs: crate::runtime::imports::wasi::GuestLogs,
-    pub(crate) services: Services,
-    pub(crate) effects: Effects,
     pub(super) timed_out: bool,
-    /// When the invocation's wall-clock limit runs out: host calls that
-    /// wait on the network (an embeddings lookup) keep within it.
-    pub(crate) deadline: Instant,
-    pub(crate) log_lines: u32,
-    pub(crate) log_lines_dropped: u32,
 }
 
 impl WasiView for StageState {

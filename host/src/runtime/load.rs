@@ -10,7 +10,8 @@ use super::Contract;
 use super::bindings::{STAGE_EXPORT_EXPECTED, StageInstance, StagePre};
 use super::capabilities::ImportRule;
 use super::engine::Runtime;
-use super::invoke::{StageConfig, StageContext, StageState};
+use super::imports::config::ConfigCtx;
+use super::invoke::StageState;
 use crate::manifest::{ManifestError, ManifestErrorKind, PluginFile, StageSpec, UngrantedImport};
 
 impl Runtime {
@@ -105,11 +106,7 @@ impl Runtime {
             })?;
 
         Ok(LoadedStage {
-            context: Arc::new(StageContext {
-                pipeline: pipeline.into(),
-                stage: spec.name.as_str().into(),
-                config: StageConfig::new(&spec.config),
-            }),
+            config: ConfigCtx::new(&spec.config),
             spec: spec.clone(),
             digest: spec.plugin.digest(),
             contract,
@@ -159,7 +156,7 @@ pub struct LoadedStage {
     /// The component's exports.
     pub exports: Vec<String>,
     pub(super) pre: StagePre<StageState>,
-    pub(super) context: Arc<StageContext>,
+    pub(super) config: Arc<ConfigCtx>,
     pub(super) reuse: Option<ReusePool>,
 }
 

@@ -27,6 +27,8 @@ mod limits;
 mod load;
 
 pub use self::engine::Runtime;
+pub use self::imports::cache::{BankAccess, CacheUse};
+pub use self::imports::model::ModelAccess;
 pub(crate) use self::invoke::StageState;
-pub use self::invoke::{Effects, Invocation, LogTag, Services, StageFailure};
+pub use self::invoke::{Access, Effects, Invocation, LogTag, StageFailure};
 pub use self::load::{ComponentFacts, ImportInfo, LoadedStage};

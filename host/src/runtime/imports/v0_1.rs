@@ -6,13 +6,19 @@
 //! (see `runtime::bindings`). Each method here converts its arguments,
 //! calls the 0.2.0 implementation and converts the result back, so both
 //! versions share one implementation and cannot drift apart: a 0.1.0
-//! component behaves as it did because the same code serves it.
+//! component behaves as it did because the same code serves it. Each
+//! interface's `add_to_linker` (in its own file) links both versions.
 
-use crate::runtime::StageState;
+use std::sync::Arc;
+
+use super::cache::CacheCtx;
+use super::config::ConfigCtx;
+use super::log::LogCtx;
+use super::model::ModelCtx;
 use crate::runtime::bindings::v0_1::strata::pipeline as old;
 use crate::runtime::bindings::v0_2::strata::pipeline as current;
 
-impl old::log::Host for StageState {
+impl old::log::Host for LogCtx {
     fn log(&mut self, level: old::log::Level, message: String) {
         let level = match level {
             old::log::Level::Trace => current::log::Level::Trace,
@@ -25,7 +31,7 @@ impl old::log::Host for StageState {
     }
 }
 
-impl old::config::Host for StageState {
+impl old::config::Host for Arc<ConfigCtx> {
     fn get(&mut self, key: String) -> Option<String> {
         current::config::Host::get(self, key)
     }
@@ -35,7 +41,7 @@ impl old::config::Host for StageState {
     }
 }
 
-impl old::cache::Host for StageState {
+impl old::cache::Host for CacheCtx {
     fn get(&mut self, key: String) -> Option<old::cache::Entry> {
         current::cache::Host::get(self, key).map(|entry| old::cache::Entry {
             answer: entry.answer,
@@ -53,7 +59,7 @@ impl old::cache::Host for StageState {
     }
 }
 
-impl old::model::Host for StageState {
+impl old::model::Host for ModelCtx {
     async fn complete(
         &mut self,
         request: old::model::CompletionRequest,
