@@ -30,6 +30,8 @@ pub struct App {
     pub max_body: usize,
     /// How long a client may take to send a body.
     pub body_timeout: std::time::Duration,
+    /// How long a real-time request's client waits for its answer.
+    pub request_timeout: std::time::Duration,
     /// Reloads, rollouts and error budgets.
     pub ops: Arc<Operations>,
     /// What pipeline runs need (engine, observer, shadow bound).

@@ -196,6 +196,7 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         store,
         max_body: manifest.server.max_body_kib as usize * 1024,
         body_timeout: Duration::from_millis(manifest.server.body_timeout_ms),
+        request_timeout: Duration::from_millis(manifest.server.request_timeout_ms),
         ops,
         tokens,
         metrics,

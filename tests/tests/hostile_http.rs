@@ -264,3 +264,56 @@ async fn a_trailing_slash_names_the_same_route() {
     assert_eq!(status, 200, "{body}");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_past_the_request_timeout_answers_504_and_is_still_kept() {
+    let manifest = format!(
+        "{SMALL_RUNTIME}
+[server]
+request_timeout_ms = 200
+
+[pipelines.spin]
+[[pipelines.spin.stages]]
+name = \"spin\"
+layer = \"rules\"
+plugin = {}
+grants = [\"config\", \"log\"]
+on_error = \"skip\"
+limits = {{ timeout_ms = 1500 }}
+config = {{ mode = \"loop\" }}
+",
+        toml_str(components::MISBEHAVE)
+    );
+    let host = TestHost::start(&manifest).await;
+    let started = Instant::now();
+    let (status, body) = host
+        .send(
+            host.request(reqwest::Method::POST, "/v1/pipelines/spin")
+                .header("X-Request-Id", "slow-1")
+                .json(&json!({"input": "x"})),
+        )
+        .await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["code"], "still_running", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("/v1/requests/slow-1"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the client waited for the whole run"
+    );
+    // The run went on after its client was answered, and was recorded: the
+    // stage's timeout skipped it, so the request ended unanswered.
+    let mut record = None;
+    for _ in 0..100 {
+        let (status, body) = host.get("/v1/requests/slow-1").await;
+        if status == 200 {
+            record = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let record = record.expect("the run past the request timeout was never recorded");
+    assert_eq!(record["request_id"], "slow-1", "{record}");
+    assert_eq!(record["stages"][0]["failure"], "timeout", "{record}");
+    host.shutdown().await;
+}

@@ -24,6 +24,8 @@
 //! background (see [`crate::jobs`]); 429 with `Retry-After` when the queue
 //! is full. Any request may name a `callback` URL on a host the manifest
 //! allows; its result is POSTed there when final (see [`crate::callbacks`]).
+//! A real-time request still running after `[server] request_timeout_ms`
+//! is answered 504 `still_running` with its id; it goes on, and is kept.
 //!
 //! Every error is a JSON body `{"error": {"code": "...", "message": "..."}}`
 //! with a 4xx or 5xx status; guest and engine internals stay in the log.
@@ -45,7 +47,7 @@ use super::only;
 use super::review::{claim, export_feedback, feedback, get_ticket, list_tickets, reject, resolve};
 use crate::app::App;
 use crate::complete::{self, Mode};
-use crate::pipeline::Verdict;
+use crate::pipeline::{Generation, Pipeline, Verdict};
 use crate::queue::SubmitError;
 use crate::request::Request;
 use crate::runtime::StageFailure;
@@ -130,6 +132,7 @@ async fn run_pipeline(
     PreferAsync(prefer_async): PreferAsync,
     JsonBody(body): JsonBody<RunBody>,
 ) -> Result<Response, ApiError> {
+    let shared = app.clone();
     let app = &*app;
     let client_id_given = client_id.is_some();
     if let Some(url) = &body.callback {
@@ -172,13 +175,58 @@ async fn run_pipeline(
             ),
         ));
     }
+    // The run and its record are one of the host's tasks: a client that
+    // hangs up, or one not answered within `[server] request_timeout_ms`,
+    // stops only the waiting. What the run did (a model call is paid for)
+    // is kept either way, and shutdown waits for it.
+    let id = request.id.clone();
+    let run = app.lifecycle.spawn(run_and_keep(
+        shared,
+        generation,
+        pipeline,
+        request,
+        created_at,
+        body.callback,
+    ));
+    match tokio::time::timeout(app.request_timeout, run).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(panicked)) => {
+            tracing::error!(request_id = %id, error = %panicked, "a request's run panicked");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the host failed while running the request; it is in the log",
+            ))
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "still_running",
+            format!(
+                "request \"{id}\" is still running after {} ms; it goes on and its answer \
+                 is kept: GET /v1/requests/{id}",
+                app.request_timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+/// Run a real-time request and keep what it did: its record, a ticket for
+/// an escalation, a callback to deliver.
+async fn run_and_keep(
+    app: Arc<App>,
+    generation: Arc<Generation>,
+    pipeline: Arc<Pipeline>,
+    request: Request,
+    created_at: i64,
+    callback: Option<String>,
+) -> Result<Response, ApiError> {
     let execution = pipeline.run(&app.run, generation.number, request).await;
     let completed = complete::complete(
         &app.store,
         &app.metrics,
         &execution,
         created_at,
-        body.callback,
+        callback,
         Mode::RealTime,
     )
     .await

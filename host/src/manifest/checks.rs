@@ -51,6 +51,11 @@ impl Parser<'_> {
             server.body_timeout_ms,
             1..=600_000,
         )?;
+        self.bounded(
+            key("server.request_timeout_ms"),
+            server.request_timeout_ms,
+            1..=3_600_000,
+        )?;
         self.bounded(key("runtime.instances"), runtime.instances, 1..=10_000)?;
         self.bounded(
             key("runtime.slot_wait_ms"),

@@ -63,6 +63,11 @@ pub struct ServerSettings {
     /// gets a 408.
     #[serde(default = "default_client_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// How long a real-time request's client is answered within. A run
+    /// still going then gets 504 `still_running` with its id; it goes on,
+    /// and its answer is kept for `GET /v1/requests/{id}`.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
     /// How many requests the API and the admin API each handle at once;
     /// more are refused at once with 503 `overloaded` rather than queued.
     #[serde(default = "default_max_in_flight")]
@@ -75,6 +80,7 @@ impl Default for ServerSettings {
             max_body_kib: DEFAULT_MAX_BODY_KIB,
             header_timeout_ms: default_client_timeout_ms(),
             body_timeout_ms: default_client_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
             max_in_flight: default_max_in_flight(),
         }
     }
@@ -337,6 +343,10 @@ pub(super) fn default_max_body_kib() -> u32 {
 
 pub(super) fn default_client_timeout_ms() -> u64 {
     10_000
+}
+
+pub(super) fn default_request_timeout_ms() -> u64 {
+    60_000
 }
 
 pub(super) fn default_max_in_flight() -> u32 {
