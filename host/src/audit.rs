@@ -335,7 +335,7 @@ fn audit_version(
     let limits = spec.limits;
     let mut audit = StageAudit {
         pipeline: pipeline.to_owned(),
-        stage: spec.name.clone(),
+        stage: spec.name.to_string(),
         version: if rollout.is_some() {
             "candidate"
         } else {
@@ -343,7 +343,7 @@ fn audit_version(
         },
         layer: spec.layer.to_string(),
         path: plugin.path.clone(),
-        sha256: plugin.sha256.clone(),
+        sha256: plugin.digest.hex().to_owned(),
         size: plugin.bytes.len(),
         pinned: plugin.pinned,
         exports: Vec::new(),

@@ -296,7 +296,7 @@ pub async fn load_patterns(
     for (name, pipeline) in &manifest.pipelines {
         let mine: Vec<StoredPattern> = stored
             .iter()
-            .filter(|p| &p.pipeline == name)
+            .filter(|p| *name == p.pipeline)
             .cloned()
             .collect();
         let max_error = pipeline.answer_bank.max_error;
@@ -309,7 +309,7 @@ pub async fn load_patterns(
                     crate::embeddings::Embedder::new(wanted, spec, provider, client.clone())
                         .map_err(|why| anyhow::anyhow!("embeddings model \"{wanted}\": {why}"))?;
                 let vectors: HashMap<(i64, String), Vec<f32>> = store
-                    .example_vectors(name.clone(), spec.model.clone())
+                    .example_vectors(name.to_string(), spec.model.clone())
                     .await
                     .context("cannot read the examples' embeddings")?
                     .into_iter()

@@ -286,7 +286,7 @@ pub async fn run_stage(
             pipeline: file.pipeline.as_str().into(),
             stage: stage.spec.name.as_str().into(),
             generation: 0,
-            digest: stage.digest.as_str().into(),
+            digest: stage.digest.to_string().into(),
         };
         let outcome = runtime.invoke(stage, &request, &tag, &access).await.outcome;
         let (kind, text, code) = match &outcome {
@@ -320,7 +320,7 @@ pub async fn run_pipeline(
     for (index, case) in file.cases.iter().enumerate() {
         let request = Request {
             id: format!("case-{}", index + 1),
-            pipeline: pipeline.name.clone(),
+            pipeline: pipeline.name.to_string(),
             input: case.input.clone(),
             attributes: case.attributes.clone(),
         };

@@ -117,7 +117,11 @@ pub async fn evaluate(
     models: bool,
 ) -> anyhow::Result<EvalReport> {
     let Some(spec) = generation.pipelines.get(pipeline) else {
-        let known: Vec<&str> = generation.pipelines.keys().map(String::as_str).collect();
+        let known: Vec<&str> = generation
+            .pipelines
+            .keys()
+            .map(|name| name.as_str())
+            .collect();
         anyhow::bail!(
             "no pipeline named \"{pipeline}\"; the manifest defines: {}",
             known.join(", ")

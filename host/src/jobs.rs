@@ -92,7 +92,7 @@ async fn run(app: &App, job: Job) {
     }
     let generation = app.current.load_full();
     let attributes = serde_json::from_str(&job.attributes).unwrap_or_default();
-    let Some(pipeline) = generation.pipelines.get(&job.pipeline).cloned() else {
+    let Some(pipeline) = generation.pipelines.get(job.pipeline.as_str()).cloned() else {
         // The pipeline went away in a reload since the request was accepted.
         let record = crate::complete::unknown_pipeline_record(&job, generation.number);
         if let Err(error) = app.store.complete_job(record, None).await {

@@ -169,7 +169,7 @@ impl Replayer {
         let pipeline = self
             .generation
             .pipelines
-            .get(&line.pipeline)
+            .get(line.pipeline.as_str())
             .ok_or_else(|| format!("no pipeline \"{}\"", line.pipeline))?;
         let range = Self::range(pipeline, &line.after).ok_or_else(|| {
             format!(
@@ -198,7 +198,7 @@ impl Replayer {
         let in_range = self
             .generation
             .pipelines
-            .get(&line.pipeline)
+            .get(line.pipeline.as_str())
             .and_then(|p| Some((p, Self::range(p, &line.after)?)))
             .is_some_and(|(pipeline, range)| match &line.stage {
                 Some(stage) => pipeline

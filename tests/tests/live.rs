@@ -126,7 +126,7 @@ fn digest_of(file: &str) -> String {
     )
     .unwrap();
     let manifest = strata::Manifest::load(&dir.path().join("m.toml")).unwrap();
-    manifest.pipelines["x"].stages[0].plugin.digest()
+    manifest.pipelines["x"].stages[0].plugin.digest.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

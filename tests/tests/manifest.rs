@@ -161,7 +161,7 @@ fn digest_mismatch() {
         message,
         format!(
             "$DIR/strata.toml: pipeline \"support\", stage \"only\", key \"sha256\": digest \
-             mismatch for $GUESTS/scripted.wasm: the manifest pins sha256 {wrong}, the file has \
+             mismatch for $GUESTS/scripted.wasm: the manifest pins sha256:{wrong}, the file has \
              {actual}"
         )
     );
@@ -174,8 +174,9 @@ fn digest_pin_that_matches_is_accepted() {
     std::fs::write(&path, one_stage(components::NORMALISE, "")).unwrap();
     let digest = Manifest::load(&path).unwrap().pipelines["support"].stages[0]
         .plugin
-        .sha256
-        .clone();
+        .digest
+        .hex()
+        .to_owned();
     // Both spellings of a pin are accepted.
     for pin in [digest.clone(), format!("sha256:{}", digest.to_uppercase())] {
         std::fs::write(

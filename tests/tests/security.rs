@@ -228,8 +228,9 @@ fn audit_describes_every_stage_and_enforces_chosen_policies() {
         .unwrap();
         strata::Manifest::load(&path).unwrap().pipelines["p"].stages[0]
             .plugin
-            .sha256
-            .clone()
+            .digest
+            .hex()
+            .to_owned()
     };
     // One pinned stage with limits; one unpinned stage, without limits,
     // importing what it is not granted (it could never load).
@@ -316,7 +317,7 @@ plugin = {}
         format!(
             "[pipelines.p]\n[[pipelines.p.stages]]\nname = \"x\"\nlayer = \"rules\"\nplugin = {}\nsha256 = \"{}\"\nlimits = {{}}\n",
             toml_str(components::NOT_A_STAGE),
-            strata::Manifest::parse(&path, &format!("[pipelines.p]\n[[pipelines.p.stages]]\nname = \"x\"\nlayer = \"rules\"\nplugin = {}\n", toml_str(components::NOT_A_STAGE))).unwrap().pipelines["p"].stages[0].plugin.sha256
+            strata::Manifest::parse(&path, &format!("[pipelines.p]\n[[pipelines.p.stages]]\nname = \"x\"\nlayer = \"rules\"\nplugin = {}\n", toml_str(components::NOT_A_STAGE))).unwrap().pipelines["p"].stages[0].plugin.digest.hex()
         ),
     )
     .unwrap();

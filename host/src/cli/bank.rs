@@ -76,7 +76,11 @@ fn known_pipeline(manifest: &Manifest, pipeline: &str) -> anyhow::Result<()> {
     if manifest.pipelines.contains_key(pipeline) {
         return Ok(());
     }
-    let known: Vec<&str> = manifest.pipelines.keys().map(String::as_str).collect();
+    let known: Vec<&str> = manifest
+        .pipelines
+        .keys()
+        .map(|name| name.as_str())
+        .collect();
     anyhow::bail!(
         "no pipeline named \"{pipeline}\"; the manifest defines: {}",
         known.join(", ")
@@ -167,7 +171,7 @@ pub async fn execute(command: BankCommand, out: &mut dyn Write) -> anyhow::Resul
                         entry["lexical_stats"] =
                             serde_json::to_value(bank.patterns().lexical_stats())?;
                     }
-                    all.insert(name.clone(), entry);
+                    all.insert(name.to_string(), entry);
                     continue;
                 }
                 if let Some(embeddings) = &embeddings {

@@ -190,13 +190,16 @@ pub(super) async fn run_cases(
     }
     let mut reports = Vec::new();
     for file in &loaded {
-        let pipeline = generation.pipelines.get(&file.pipeline).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{}: the manifest has no pipeline \"{}\"",
-                file.path.display(),
-                file.pipeline
-            )
-        })?;
+        let pipeline = generation
+            .pipelines
+            .get(file.pipeline.as_str())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: the manifest has no pipeline \"{}\"",
+                    file.path.display(),
+                    file.pipeline
+                )
+            })?;
         match &file.stage {
             None => reports.push(
                 crate::cases::run_pipeline(runtime.clone(), generation, pipeline, file).await,

@@ -335,8 +335,12 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             attributes,
         } => {
             let (_manifest, runtime, generation) = load(&manifest, true).await?;
-            let Some(pipeline) = generation.pipelines.get(&pipeline) else {
-                let known: Vec<&str> = generation.pipelines.keys().map(String::as_str).collect();
+            let Some(pipeline) = generation.pipelines.get(pipeline.as_str()) else {
+                let known: Vec<&str> = generation
+                    .pipelines
+                    .keys()
+                    .map(|name| name.as_str())
+                    .collect();
                 anyhow::bail!(
                     "no pipeline named \"{pipeline}\"; the manifest defines: {}",
                     known.join(", ")
@@ -344,7 +348,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             };
             let request = Request {
                 id: uuid::Uuid::now_v7().to_string(),
-                pipeline: pipeline.name.clone(),
+                pipeline: pipeline.name.to_string(),
                 input,
                 attributes: attributes.into_iter().collect(),
             };

@@ -90,7 +90,7 @@ pub async fn settle_candidate(
         app.ops.budgets.forget(&SeriesKey::Candidate {
             pipeline: pipeline.to_owned(),
             stage: stage.to_owned(),
-            digest: candidate.plugin.digest(),
+            digest: candidate.plugin.digest.to_string(),
         });
     }
     drop(state);
@@ -112,10 +112,10 @@ pub fn spawn_burn_worker(app: Arc<App>) {
             let current = app.current.load_full();
             let still_serving = current
                 .pipelines
-                .get(&alarm.pipeline)
+                .get(alarm.pipeline.as_str())
                 .and_then(|p| p.stages.iter().find(|s| s.name() == alarm.stage))
                 .and_then(|s| s.candidate.as_ref())
-                .is_some_and(|c| c.stage.digest == alarm.digest);
+                .is_some_and(|c| c.stage.digest.to_string() == alarm.digest);
             if still_serving {
                 let trigger = Trigger {
                     source: "burn",

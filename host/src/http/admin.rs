@@ -135,7 +135,7 @@ async fn metrics(State(app): State<Arc<App>>, _: RequireRole<Admin>) -> Response
         let series = app
             .ops
             .budgets
-            .series(SeriesKey::Pipeline(name.clone()), &pipeline.slo);
+            .series(SeriesKey::Pipeline(name.to_string()), &pipeline.slo);
         let alerts = series
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -284,7 +284,7 @@ async fn slo(
             let key = SeriesKey::Candidate {
                 pipeline: name.to_owned(),
                 stage: stage.name().to_owned(),
-                digest: candidate.stage.digest.clone(),
+                digest: candidate.stage.digest.to_string(),
             };
             let alerts = app
                 .ops

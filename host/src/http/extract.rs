@@ -123,8 +123,12 @@ impl FromRequestParts<Arc<App>> for Target {
         let Path(name) = Path::<String>::from_request_parts(parts, app)
             .await
             .map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
-        let Some(pipeline) = generation.pipelines.get(&name).cloned() else {
-            let known: Vec<&str> = generation.pipelines.keys().map(String::as_str).collect();
+        let Some(pipeline) = generation.pipelines.get(name.as_str()).cloned() else {
+            let known: Vec<&str> = generation
+                .pipelines
+                .keys()
+                .map(|name| name.as_str())
+                .collect();
             return Err(ApiError::not_found(
                 "unknown_pipeline",
                 format!(

@@ -155,7 +155,7 @@ async fn run_pipeline(
     let created_at = crate::store::now_millis();
     let request = Request {
         id: client_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-        pipeline: pipeline.name.clone(),
+        pipeline: pipeline.name.to_string(),
         input: body.input,
         attributes,
     };

@@ -217,7 +217,9 @@ pub(super) async fn export_feedback(
     _: RequireRole<Reviewer>,
 ) -> Response {
     let (lines, mut receiver) = tokio::sync::mpsc::channel::<String>(64);
-    app.store.export_feedback(lines);
+    // A host task, so shutdown waits for the page in hand before the store
+    // closes.
+    app.lifecycle.spawn(app.store.export_feedback(lines));
     let stream = futures_util::stream::poll_fn(move |cx| {
         receiver
             .poll_recv(cx)

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use super::{
     Limits, Location, MAX_MEMORY_MIB, MAX_TIMEOUT_MS, MAX_WINDOW_S, ManifestError,
-    ManifestErrorKind, ModelsSpec, Parser, PipelineSpec, RuntimeSettings, ServerSettings, SloSpec,
-    key_location,
+    ManifestErrorKind, ModelsSpec, Name, Parser, PipelineSpec, RuntimeSettings, ServerSettings,
+    SloSpec, key_location,
 };
 
 impl Parser<'_> {
@@ -69,7 +69,7 @@ impl Parser<'_> {
     /// the pool unable to serve.
     pub(super) fn check_idle_instances(
         &self,
-        pipelines: &BTreeMap<String, PipelineSpec>,
+        pipelines: &BTreeMap<Name, PipelineSpec>,
         instances: u32,
     ) -> Result<(), ManifestError> {
         let most = instances / 2;
@@ -183,7 +183,7 @@ impl Parser<'_> {
     pub(super) fn check_embeddings(
         &self,
         models: &ModelsSpec,
-        pipelines: &BTreeMap<String, PipelineSpec>,
+        pipelines: &BTreeMap<Name, PipelineSpec>,
     ) -> Result<(), ManifestError> {
         let invalid = |key: String, msg: String| {
             self.error(key_location(&key), ManifestErrorKind::Invalid(msg))
@@ -243,7 +243,7 @@ impl Parser<'_> {
                 let known: Vec<&str> = models.embeddings.keys().map(String::as_str).collect();
                 return Err(self.error(
                     Location {
-                        pipeline: Some(name.clone()),
+                        pipeline: Some(name.to_string()),
                         key: Some("answer_bank.embeddings".to_owned()),
                         ..Location::default()
                     },

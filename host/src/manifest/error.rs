@@ -84,14 +84,14 @@ pub enum ManifestErrorKind {
         source: std::io::Error,
     },
     /// A plugin's bytes do not match the manifest's pin.
-    #[error("digest mismatch for {}: the manifest pins sha256 {expected}, the file has {actual}", path.display())]
+    #[error("digest mismatch for {}: the manifest pins {expected}, the file has {actual}", path.display())]
     DigestMismatch {
         /// The resolved path.
         path: PathBuf,
         /// The pinned digest.
-        expected: String,
+        expected: super::Digest,
         /// The file's digest.
-        actual: String,
+        actual: super::Digest,
     },
     /// A plugin is not a component the engine accepts.
     #[error("{} is not a valid component: {reason}", path.display())]

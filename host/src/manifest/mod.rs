@@ -13,6 +13,7 @@
 
 mod checks;
 mod error;
+mod names;
 mod parse;
 mod raw;
 mod settings;
@@ -20,6 +21,7 @@ mod spec;
 mod stage;
 
 pub use self::error::*;
+pub use self::names::{Digest, Name};
 pub use self::settings::*;
 pub use self::spec::*;
 
@@ -79,7 +81,7 @@ pub struct Manifest {
     /// How long durable records are kept (`[retention]`).
     pub retention: RetentionSettings,
     /// The pipelines, by name.
-    pub pipelines: BTreeMap<String, PipelineSpec>,
+    pub pipelines: BTreeMap<Name, PipelineSpec>,
     /// Hex SHA-256 of the manifest text.
     pub sha256: String,
 }
@@ -153,23 +155,6 @@ pub(super) fn key_location(key: &str) -> Location {
 
 /// Names of pipelines, stages and layers appear in URLs, logs and metric
 /// labels, so they are kept to a safe alphabet.
-pub(super) fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "\"{name}\" is not a valid name: use 1 to 64 lower-case letters, digits, '-' or '_', \
-             starting with a letter or digit"
-        ))
-    }
-}
-
 pub(super) fn one_line(message: String) -> String {
     message
         .lines()

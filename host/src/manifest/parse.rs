@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use super::split_host_port;
 use super::{
     AsyncSettings, DEFAULT_LISTEN, Fallthrough, Location, Manifest, ManifestError,
-    ManifestErrorKind, PipelineSpec, RawManifest, RawPipeline, RuntimeSettings, check_name,
-    key_location, one_line,
+    ManifestErrorKind, Name, PipelineSpec, RawManifest, RawPipeline, RuntimeSettings, key_location,
+    one_line,
 };
 
 pub(super) struct Parser<'a> {
@@ -76,8 +76,8 @@ impl Parser<'_> {
         }
         let mut pipelines = BTreeMap::new();
         for (name, value) in raw.pipelines {
-            let pipeline = self.pipeline(name.clone(), value, &raw.runtime)?;
-            pipelines.insert(name, pipeline);
+            let pipeline = self.pipeline(name, value, &raw.runtime)?;
+            pipelines.insert(pipeline.name.clone(), pipeline);
         }
         self.check_idle_instances(&pipelines, raw.runtime.instances)?;
         let background = AsyncSettings::resolve(raw.background, raw.runtime.instances)
@@ -193,7 +193,7 @@ impl Parser<'_> {
             pipeline: Some(name.clone()),
             ..Location::default()
         };
-        check_name(&name)
+        let name = Name::parse(&name)
             .map_err(|msg| self.error(here.clone(), ManifestErrorKind::Invalid(msg)))?;
         let toml::Value::Table(table) = value else {
             return Err(self.error(
@@ -235,11 +235,11 @@ impl Parser<'_> {
             if !seen.insert(stage.name.clone()) {
                 return Err(self.error(
                     Location {
-                        stage: Some(stage.name.clone()),
+                        stage: Some(stage.name.to_string()),
                         key: Some("name".to_owned()),
                         ..here
                     },
-                    ManifestErrorKind::Duplicate(stage.name),
+                    ManifestErrorKind::Duplicate(stage.name.into()),
                 ));
             }
             stages.push(stage);

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{DEFAULT_MEMORY_MIB, DEFAULT_OUTPUT_KIB, DEFAULT_TIMEOUT_MS};
+use super::{DEFAULT_MEMORY_MIB, DEFAULT_OUTPUT_KIB, DEFAULT_TIMEOUT_MS, Digest, Name};
 
 /// One pipeline: stages run in order, cheapest layer first.
 #[derive(Debug, Clone)]
 pub struct PipelineSpec {
     /// The pipeline's name, as used in `POST /v1/pipelines/{name}`.
-    pub name: String,
+    pub name: Name,
     /// Answers with a lower confidence are escalated with the answer as draft.
     pub min_confidence: f64,
     /// What happens when every stage passed the request on.
@@ -260,7 +260,7 @@ pub struct BurnWindow {
 #[derive(Debug, Clone)]
 pub struct StageSpec {
     /// The stage's name, unique within its pipeline.
-    pub name: String,
+    pub name: Name,
     /// The layer it belongs to, for attribution in responses and metrics.
     pub layer: Layer,
     /// The plugin component, read and hashed.
@@ -362,8 +362,8 @@ pub struct PluginFile {
     pub path: PathBuf,
     /// The file's bytes; the runtime compiles exactly these.
     pub bytes: Arc<[u8]>,
-    /// Hex SHA-256 of `bytes`.
-    pub sha256: String,
+    /// The SHA-256 of `bytes`.
+    pub digest: Digest,
     /// Whether the manifest pins this digest.
     pub pinned: bool,
 }
@@ -373,16 +373,9 @@ impl fmt::Debug for PluginFile {
         f.debug_struct("PluginFile")
             .field("path", &self.path)
             .field("len", &self.bytes.len())
-            .field("sha256", &self.sha256)
+            .field("digest", &self.digest)
             .field("pinned", &self.pinned)
             .finish()
-    }
-}
-
-impl PluginFile {
-    /// The digest in the form responses and logs use: `sha256:<hex>`.
-    pub fn digest(&self) -> String {
-        format!("sha256:{}", self.sha256)
     }
 }
 
@@ -514,7 +507,7 @@ impl Fallthrough {
 /// The layer a stage belongs to: one of the four standard layers or an
 /// operator-chosen name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Layer(pub(super) String);
+pub struct Layer(pub(super) Name);
 
 impl Layer {
     /// The layers of the standard pipeline, cheapest first.

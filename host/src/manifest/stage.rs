@@ -4,12 +4,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use super::{
-    CandidateSpec, DEFAULT_MAX_BURN_RATE, Grant, Layer, Location, ManifestError, ManifestErrorKind,
-    OnError, Parser, PluginFile, RawCandidate, RawStage, RawWasi, RolloutMode, RuntimeSettings,
-    StageSpec, WasiSpec, check_name,
+    CandidateSpec, DEFAULT_MAX_BURN_RATE, Digest, Grant, Layer, Location, ManifestError,
+    ManifestErrorKind, Name, OnError, Parser, PluginFile, RawCandidate, RawStage, RawWasi,
+    RolloutMode, RuntimeSettings, StageSpec, WasiSpec,
 };
 
 impl Parser<'_> {
@@ -39,8 +37,9 @@ impl Parser<'_> {
             .try_into()
             .map_err(|e| self.schema_error(here.clone(), e))?;
 
-        check_name(&raw.name).map_err(|m| self.error(at("name"), ManifestErrorKind::Invalid(m)))?;
-        check_name(&raw.layer)
+        let name = Name::parse(&raw.name)
+            .map_err(|m| self.error(at("name"), ManifestErrorKind::Invalid(m)))?;
+        let layer = Name::parse(&raw.layer)
             .map_err(|m| self.error(at("layer"), ManifestErrorKind::Invalid(m)))?;
 
         let grants = self.grants(&raw.grants, &at("grants"))?;
@@ -106,8 +105,8 @@ impl Parser<'_> {
             }
         }
         Ok(StageSpec {
-            name: raw.name,
-            layer: Layer(raw.layer),
+            name,
+            layer: Layer(layer),
             plugin,
             grants,
             limits,
@@ -250,21 +249,10 @@ impl Parser<'_> {
         prefix: &str,
     ) -> Result<PluginFile, ManifestError> {
         let at = |key: &str| at(&format!("{prefix}{key}"));
-        let pin = match pin {
-            None => None,
-            Some(pin) => {
-                let normalised = pin.trim_start_matches("sha256:").to_ascii_lowercase();
-                if normalised.len() != 64 || !normalised.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(self.error(
-                        at("sha256"),
-                        ManifestErrorKind::Invalid(format!(
-                            "\"{pin}\" is not a SHA-256 digest (64 hexadecimal digits)"
-                        )),
-                    ));
-                }
-                Some(normalised)
-            }
-        };
+        let pin = pin
+            .map(Digest::parse)
+            .transpose()
+            .map_err(|why| self.error(at("sha256"), ManifestErrorKind::Invalid(why)))?;
         let resolved = self.base.join(path);
         let bytes = std::fs::read(&resolved).map_err(|source| {
             self.error(
@@ -277,23 +265,23 @@ impl Parser<'_> {
         })?;
         // Show the plugin's real location in messages and reports.
         let resolved = std::fs::canonicalize(&resolved).unwrap_or(resolved);
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let digest = Digest::of(&bytes);
         if let Some(expected) = &pin
-            && *expected != sha256
+            && *expected != digest
         {
             return Err(self.error(
                 at("sha256"),
                 ManifestErrorKind::DigestMismatch {
                     path: resolved,
                     expected: expected.clone(),
-                    actual: sha256,
+                    actual: digest,
                 },
             ));
         }
         Ok(PluginFile {
             path: resolved,
             bytes: bytes.into(),
-            sha256,
+            digest,
             pinned: pin.is_some(),
         })
     }

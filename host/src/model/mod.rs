@@ -203,6 +203,10 @@ impl ModelRouter {
                 .entry(name.to_owned())
                 .or_insert_with(|| {
                     let (sender, receiver) = mpsc::channel(batch.max_size as usize * 4);
+                    // Not one of the host's tasks: it holds nothing durable
+                    // and ends when this router (its generation) goes. The
+                    // tracked job workers wait for its answers, so shutdown
+                    // waits for every batch a job is in.
                     tokio::spawn(collect_batches(
                         self.client.clone(),
                         tier.clone(),

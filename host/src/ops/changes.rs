@@ -5,19 +5,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use super::{Fingerprint, StageChange};
-use crate::manifest::Manifest;
+use crate::manifest::{Digest, Manifest};
 use crate::pipeline::Generation;
 use crate::runtime::capabilities::ImportRule;
+use crate::store::ChangeKind;
 
 /// Whether two manifests would build the same generation: same text and
 /// same plugin bytes everywhere.
 pub(crate) fn same_content(a: &Manifest, b: &Manifest) -> bool {
-    let digests = |m: &Manifest| -> Vec<(String, Option<String>)> {
+    let digests = |m: &Manifest| -> Vec<(Digest, Option<Digest>)> {
         m.stages()
             .map(|(_, s)| {
                 (
-                    s.plugin.sha256.clone(),
-                    s.candidate.as_ref().map(|c| c.plugin.sha256.clone()),
+                    s.plugin.digest.clone(),
+                    s.candidate.as_ref().map(|c| c.plugin.digest.clone()),
                 )
             })
             .collect()
@@ -67,7 +68,7 @@ pub(crate) fn diff(old: Option<&Generation>, new: &Generation) -> Vec<StageChang
             .flat_map(|p| {
                 p.stages
                     .iter()
-                    .map(move |s| ((p.name.clone(), s.name().to_owned()), StageFacts::of(s)))
+                    .map(move |s| ((p.name.to_string(), s.name().to_owned()), StageFacts::of(s)))
             })
             .collect()
     };
@@ -88,9 +89,9 @@ pub(crate) fn diff(old: Option<&Generation>, new: &Generation) -> Vec<StageChang
             pipeline: key.0.clone(),
             stage: key.1.clone(),
             change: match (old, new) {
-                (None, _) => "added",
-                (_, None) => "removed",
-                _ => "changed",
+                (None, _) => ChangeKind::Added,
+                (_, None) => ChangeKind::Removed,
+                _ => ChangeKind::Changed,
             },
             old_digest: old.map(|f| f.digest.clone()),
             new_digest: new.map(|f| f.digest.clone()),
@@ -148,8 +149,8 @@ impl StageFacts {
             );
         }
         StageFacts {
-            digest: live.digest.clone(),
-            candidate: stage.candidate.as_ref().map(|c| c.stage.digest.clone()),
+            digest: live.digest.to_string(),
+            candidate: stage.candidate.as_ref().map(|c| c.stage.digest.to_string()),
             grants,
             imports,
             settings: format!(

@@ -37,6 +37,7 @@ use crate::pipeline::Generation;
 use crate::record::Recorders;
 use crate::slo::{Budgets, SeriesKey};
 use crate::store::{AuditEntry, Store};
+pub use crate::store::{ChangeKind, StageChange};
 
 /// What asked for an operation, and who.
 #[derive(Debug, Clone)]
@@ -55,35 +56,6 @@ impl Trigger {
             actor: "strata".to_owned(),
         }
     }
-}
-
-/// What changed for one stage between two generations.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct StageChange {
-    /// The pipeline.
-    pub pipeline: String,
-    /// The stage.
-    pub stage: String,
-    /// `added`, `removed` or `changed`.
-    pub change: &'static str,
-    /// The live digest before.
-    pub old_digest: Option<String>,
-    /// The live digest after.
-    pub new_digest: Option<String>,
-    /// The candidate digest before.
-    pub old_candidate: Option<String>,
-    /// The candidate digest after.
-    pub new_candidate: Option<String>,
-    /// Grants the stage gained.
-    pub grants_added: Vec<String>,
-    /// Grants the stage lost.
-    pub grants_removed: Vec<String>,
-    /// Imports the stage's component gained.
-    pub imports_added: Vec<String>,
-    /// Imports the stage's component lost.
-    pub imports_removed: Vec<String>,
-    /// Whether its config, limits, layer or `on_error` changed.
-    pub settings_changed: bool,
 }
 
 /// The result of one operation.
@@ -232,12 +204,12 @@ impl Operations {
             banks.configure(name, &pipeline.answer_bank);
             self.recorders.configure(name, pipeline.record.as_ref());
             self.budgets
-                .configure(SeriesKey::Pipeline(name.clone()), &pipeline.slo);
+                .configure(SeriesKey::Pipeline(name.to_string()), &pipeline.slo);
             for candidate in pipeline.stages.iter().filter_map(|s| s.candidate.as_ref()) {
                 let key = SeriesKey::Candidate {
-                    pipeline: name.clone(),
-                    stage: candidate.stage.spec.name.clone(),
-                    digest: candidate.stage.digest.clone(),
+                    pipeline: name.to_string(),
+                    stage: candidate.stage.spec.name.to_string(),
+                    digest: candidate.stage.digest.to_string(),
                 };
                 self.budgets.configure(key, &pipeline.slo);
             }
@@ -294,7 +266,7 @@ impl Operations {
             from_generation: Some(report.from_generation),
             to_generation: Some(report.to_generation),
             manifest_sha256: report.manifest_sha256.clone(),
-            changes: serde_json::to_value(&report.changes).unwrap_or_default(),
+            changes: report.changes.clone(),
             note: report.error.clone().or_else(|| report.note.clone()),
         };
         if let Err(error) = self.store.audit(entry).await {

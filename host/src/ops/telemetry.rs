@@ -17,9 +17,9 @@ impl Observer for Operations {
             return;
         }
         let key = SeriesKey::Candidate {
-            pipeline: pipeline.name.clone(),
-            stage: candidate.stage.spec.name.clone(),
-            digest: candidate.stage.digest.clone(),
+            pipeline: pipeline.name.to_string(),
+            stage: candidate.stage.spec.name.to_string(),
+            digest: candidate.stage.digest.to_string(),
         };
         self.metrics
             .canary_served(&pipeline.name, &candidate.stage.spec.name, failed);
@@ -46,9 +46,9 @@ impl Observer for Operations {
         if first {
             let _ = self.alarms.send(BurnAlarm {
                 key,
-                pipeline: pipeline.name.clone(),
-                stage: candidate.stage.spec.name.clone(),
-                digest: candidate.stage.digest.clone(),
+                pipeline: pipeline.name.to_string(),
+                stage: candidate.stage.spec.name.to_string(),
+                digest: candidate.stage.digest.to_string(),
                 burn_rate: alert.short.burn_rate.min(alert.long.burn_rate),
                 threshold: alert.threshold,
                 windows: (alert.long_s, alert.short_s),
@@ -90,7 +90,10 @@ impl Observer for Operations {
         let slow = !background && elapsed > Duration::from_millis(pipeline.slo.latency_ms);
         let bad = execution.had_failure() || slow;
         self.budgets
-            .series(SeriesKey::Pipeline(pipeline.name.clone()), &pipeline.slo)
+            .series(
+                SeriesKey::Pipeline(pipeline.name.to_string()),
+                &pipeline.slo,
+            )
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(bad);

@@ -30,10 +30,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
-
 use crate::manifest::{
-    AnswerBankSpec, Fallthrough, Manifest, ManifestError, RecordSpec, RolloutMode, SloSpec,
+    AnswerBankSpec, Fallthrough, Manifest, ManifestError, Name, RecordSpec, RolloutMode, SloSpec,
 };
 use crate::model::{ModelCall, ModelRouter};
 use crate::request::Request;
@@ -46,7 +44,7 @@ pub struct Generation {
     /// Counts up by one with every generation published in this process.
     pub number: u64,
     /// The pipelines, by name.
-    pub pipelines: BTreeMap<String, Arc<Pipeline>>,
+    pub pipelines: BTreeMap<Name, Arc<Pipeline>>,
     /// The manifest it was built from.
     pub manifest: Arc<Manifest>,
     /// When it was built.
@@ -165,7 +163,7 @@ impl Generation {
 /// A loaded pipeline.
 pub struct Pipeline {
     /// Its name.
-    pub name: String,
+    pub name: Name,
     /// Answers below this confidence are escalated.
     pub min_confidence: f64,
     /// What happens when no stage answers.
@@ -392,9 +390,9 @@ pub struct ShadowComparison {
     /// The candidate's digest.
     pub candidate_digest: String,
     /// The live outcome, summarised.
-    pub live: Value,
+    pub live: crate::store::ShadowOutcome,
     /// The candidate's outcome, summarised.
-    pub candidate: Value,
+    pub candidate: crate::store::ShadowOutcome,
 }
 
 impl ShadowComparison {

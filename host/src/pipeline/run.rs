@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -16,6 +15,7 @@ use crate::bank::Banks;
 use crate::manifest::{Fallthrough, OnError, RolloutMode};
 use crate::request::{Outcome, Request};
 use crate::runtime::{Access, BankAccess, LoadedStage, LogTag, ModelAccess, Runtime, StageFailure};
+use crate::store::ShadowOutcome;
 
 /// Where a run through some stages got to.
 pub(super) struct Progress {
@@ -187,7 +187,7 @@ impl Pipeline {
             let version = canary.map_or(&stage.live, |c| &c.stage);
             let spec = &version.spec;
             let by = DecidedBy {
-                stage: spec.name.clone(),
+                stage: spec.name.to_string(),
                 layer: spec.layer.to_string(),
             };
             let tag = LogTag {
@@ -195,7 +195,7 @@ impl Pipeline {
                 pipeline: pipeline.clone(),
                 stage: spec.name.as_str().into(),
                 generation,
-                digest: version.digest.as_str().into(),
+                digest: version.digest.to_string().into(),
             };
             // The shadow sees exactly what the live version saw.
             let shadow_input = shadow.map(|_| request.clone());
@@ -211,7 +211,7 @@ impl Pipeline {
             trace.push(StageRun {
                 stage: by.stage.clone(),
                 layer: by.layer.clone(),
-                digest: version.digest.clone(),
+                digest: version.digest.to_string(),
                 version: if canary.is_some() {
                     "candidate"
                 } else {
@@ -370,7 +370,7 @@ impl Pipeline {
         candidate: &Candidate,
         live: &LoadedStage,
         input: Request,
-        live_outcome: Value,
+        live_outcome: ShadowOutcome,
         tag: LogTag,
         access: Access,
     ) {
@@ -381,17 +381,17 @@ impl Pipeline {
         let runtime = ctx.runtime.clone();
         let observer = ctx.observer.clone();
         let shadow = candidate.stage.clone();
-        let pipeline = self.name.clone();
-        let live_digest = live.digest.clone();
+        let pipeline = self.name.to_string();
+        let live_digest = live.digest.to_string();
         ctx.tasks.spawn(async move {
             let result = runtime.invoke(&shadow, &input, &tag, &access).await.outcome;
             drop(permit);
             observer.shadow_compared(ShadowComparison {
                 request_id: input.id,
                 pipeline,
-                stage: shadow.spec.name.clone(),
+                stage: shadow.spec.name.to_string(),
                 live_digest,
-                candidate_digest: shadow.digest.clone(),
+                candidate_digest: shadow.digest.to_string(),
                 live: live_outcome,
                 candidate: summarize(&result),
             });
@@ -399,21 +399,17 @@ impl Pipeline {
     }
 }
 
-/// An outcome as JSON, for shadow comparisons.
-pub(super) fn summarize(result: &Result<Outcome, StageFailure>) -> Value {
-    match result {
-        Ok(Outcome::Next { input, attributes }) => {
-            json!({"kind": "next", "input": input, "attributes": attributes})
-        }
+/// An outcome as a shadow comparison keeps it.
+pub(super) fn summarize(result: &Result<Outcome, StageFailure>) -> ShadowOutcome {
+    match result.clone() {
+        Ok(Outcome::Next { input, attributes }) => ShadowOutcome::Next { input, attributes },
         Ok(Outcome::Respond { output, confidence }) => {
-            json!({"kind": "respond", "output": output, "confidence": confidence})
+            ShadowOutcome::Respond { output, confidence }
         }
-        Ok(Outcome::Escalate { reason, draft }) => {
-            json!({"kind": "escalate", "reason": reason, "draft": draft})
-        }
-        Ok(Outcome::Reject { code, message }) => {
-            json!({"kind": "reject", "code": code, "message": message})
-        }
-        Err(failure) => json!({"kind": "failed", "failure": failure.kind()}),
+        Ok(Outcome::Escalate { reason, draft }) => ShadowOutcome::Escalate { reason, draft },
+        Ok(Outcome::Reject { code, message }) => ShadowOutcome::Reject { code, message },
+        Err(failure) => ShadowOutcome::Failed {
+            failure: failure.kind().to_owned(),
+        },
     }
 }

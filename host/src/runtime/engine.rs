@@ -16,7 +16,7 @@ use wasmtime::{
 };
 
 use super::invoke::StageState;
-use crate::manifest::{MAX_MEMORY_MIB, PluginFile, RuntimeSettings};
+use crate::manifest::{Digest, MAX_MEMORY_MIB, PluginFile, RuntimeSettings};
 
 /// How often the engine's epoch advances: the resolution of stage timeouts
 /// and of yielding to other tasks.
@@ -45,7 +45,7 @@ pub struct Runtime {
     pub(super) slots: Arc<Semaphore>,
     /// Compiled components by SHA-256, so one plugin used by several stages
     /// (or by several generations) is compiled once.
-    pub(super) compiled: Mutex<HashMap<String, Component>>,
+    pub(super) compiled: Mutex<HashMap<Digest, Component>>,
     /// Shared by host services that call out (model providers).
     pub(super) http: reqwest::Client,
 }
@@ -121,7 +121,7 @@ impl Runtime {
     }
 
     pub(super) fn compile(&self, plugin: &PluginFile) -> Result<Component, String> {
-        let key = &plugin.sha256;
+        let key = &plugin.digest;
         if let Some(component) = self.lock_compiled().get(key) {
             return Ok(component.clone());
         }
@@ -132,7 +132,7 @@ impl Runtime {
         Ok(component)
     }
 
-    pub(super) fn lock_compiled(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
+    pub(super) fn lock_compiled(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Component>> {
         // A panic while holding this lock could only come from HashMap
         // itself; the map stays usable, so a poisoned lock is taken over.
         self.compiled

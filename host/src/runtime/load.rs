@@ -12,7 +12,9 @@ use super::capabilities::ImportRule;
 use super::engine::Runtime;
 use super::imports::config::ConfigCtx;
 use super::invoke::StageState;
-use crate::manifest::{ManifestError, ManifestErrorKind, PluginFile, StageSpec, UngrantedImport};
+use crate::manifest::{
+    Digest, ManifestError, ManifestErrorKind, PluginFile, StageSpec, UngrantedImport,
+};
 
 impl Runtime {
     /// Compile, check and pre-instantiate one stage.
@@ -34,7 +36,7 @@ impl Runtime {
             file: manifest.to_owned(),
             location: Box::new(crate::manifest::Location {
                 pipeline: Some(pipeline.to_owned()),
-                stage: Some(spec.name.clone()),
+                stage: Some(spec.name.to_string()),
                 key: Some(key.to_owned()),
             }),
             kind: Box::new(kind),
@@ -108,7 +110,7 @@ impl Runtime {
         Ok(LoadedStage {
             config: ConfigCtx::new(&spec.config),
             spec: spec.clone(),
-            digest: spec.plugin.digest(),
+            digest: spec.plugin.digest.clone(),
             contract,
             imports,
             exports,
@@ -146,8 +148,8 @@ impl Runtime {
 pub struct LoadedStage {
     /// The stage as the manifest describes it.
     pub spec: StageSpec,
-    /// `sha256:<hex>` of the component.
-    pub digest: String,
+    /// The component's SHA-256.
+    pub digest: Digest,
     /// The contract version the component was built against.
     pub contract: Contract,
     /// The component's imports (types-only interfaces left out) and how each

@@ -1,9 +1,52 @@
 //! The audit log of operations, and shadow comparisons.
 
 use rusqlite::params;
-use serde::Serialize;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use super::{Completion, Message, Store, StoreError, WriteOp, now_millis};
+
+/// How a stage differs between two generations.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// New in the later generation.
+    Added,
+    /// Gone from it.
+    Removed,
+    /// In both, different.
+    Changed,
+}
+
+/// What changed for one stage between two generations.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageChange {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The stage.
+    pub stage: String,
+    /// Added, removed or changed.
+    pub change: ChangeKind,
+    /// The live digest before.
+    pub old_digest: Option<String>,
+    /// The live digest after.
+    pub new_digest: Option<String>,
+    /// The candidate digest before.
+    pub old_candidate: Option<String>,
+    /// The candidate digest after.
+    pub new_candidate: Option<String>,
+    /// Grants the stage gained.
+    pub grants_added: Vec<String>,
+    /// Grants the stage lost.
+    pub grants_removed: Vec<String>,
+    /// Imports the stage's component gained.
+    pub imports_added: Vec<String>,
+    /// Imports the stage's component lost.
+    pub imports_removed: Vec<String>,
+    /// Whether its config, limits, layer or `on_error` changed.
+    pub settings_changed: bool,
+}
 
 /// One entry of the reload audit log.
 #[derive(Debug, Clone, Serialize)]
@@ -27,7 +70,7 @@ pub struct AuditEntry {
     /// The manifest's digest, when one was read.
     pub manifest_sha256: Option<String>,
     /// Per stage: old and new digests, grants and imports added or removed.
-    pub changes: serde_json::Value,
+    pub changes: Vec<StageChange>,
     /// Why it failed, or anything else worth knowing.
     pub note: Option<String>,
 }
@@ -48,9 +91,108 @@ pub struct ShadowRecord {
     /// Whether both decided the same.
     pub same: bool,
     /// The live outcome.
-    pub live: serde_json::Value,
+    pub live: ShadowOutcome,
     /// The candidate's outcome.
-    pub candidate: serde_json::Value,
+    pub candidate: ShadowOutcome,
+}
+
+/// What one version of a stage decided, as a shadow comparison keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ShadowOutcome {
+    /// Passed the request on, rewritten so.
+    Next {
+        /// The input passed on.
+        input: String,
+        /// The attributes passed on.
+        attributes: std::collections::BTreeMap<String, String>,
+    },
+    /// Answered.
+    Respond {
+        /// The answer.
+        output: String,
+        /// Its confidence.
+        confidence: f64,
+    },
+    /// Escalated to a person.
+    Escalate {
+        /// Why.
+        reason: String,
+        /// The draft offered.
+        draft: Option<String>,
+    },
+    /// Refused.
+    Reject {
+        /// The rejection's code.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// Failed (see `StageFailure::kind`).
+    Failed {
+        /// How.
+        failure: String,
+    },
+}
+
+/// Shadow comparisons of one pipeline, per stage and candidate.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowSummary {
+    /// The pipeline.
+    pub pipeline: String,
+    /// One group per stage, candidate and live version compared.
+    pub stages: Vec<ShadowGroup>,
+}
+
+/// The comparisons of one candidate against one live version.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowGroup {
+    /// The stage.
+    pub stage: String,
+    /// The live version.
+    pub live_digest: String,
+    /// The candidate.
+    pub candidate_digest: String,
+    /// Comparisons made.
+    pub runs: i64,
+    /// Comparisons whose outcomes differed.
+    pub differing: i64,
+    /// The newest differing ones.
+    pub differences: Vec<ShadowDifference>,
+}
+
+/// One request on which the candidate decided otherwise.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowDifference {
+    /// The request.
+    pub request_id: String,
+    /// What the live version decided.
+    pub live: ShadowOutcome,
+    /// What the candidate decided.
+    pub candidate: ShadowOutcome,
+    /// When (Unix milliseconds).
+    pub at: i64,
+}
+
+/// A value kept in a column as JSON text. Reading text that is not the
+/// expected shape is an error naming it, never a silent `null`.
+pub(super) struct Json<T>(pub(super) T);
+
+impl<T: Serialize> ToSql for Json<T> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let text = serde_json::to_string(&self.0)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(ToSqlOutput::from(text))
+    }
+}
+
+impl<T: DeserializeOwned> FromSql for Json<T> {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        serde_json::from_str(text)
+            .map(Json)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
 }
 
 impl Store {
@@ -70,7 +212,7 @@ impl Store {
                     entry.from_generation.map(|g| g as i64),
                     entry.to_generation.map(|g| g as i64),
                     entry.manifest_sha256,
-                    entry.changes.to_string(),
+                    Json(&entry.changes),
                     entry.note,
                 ],
             )?;
@@ -98,8 +240,7 @@ impl Store {
                     from_generation: row.get::<_, Option<i64>>(6)?.map(|g| g as u64),
                     to_generation: row.get::<_, Option<i64>>(7)?.map(|g| g as u64),
                     manifest_sha256: row.get(8)?,
-                    changes: serde_json::from_str(&row.get::<_, String>(9)?)
-                        .unwrap_or(serde_json::Value::Null),
+                    changes: row.get::<_, Json<_>>(9)?.0,
                     note: row.get(10)?,
                 })
             })?;
@@ -128,8 +269,8 @@ impl Store {
                         run.live_digest,
                         run.candidate_digest,
                         run.same,
-                        run.live.to_string(),
-                        run.candidate.to_string(),
+                        Json(&run.live),
+                        Json(&run.candidate),
                     ])
                 })
                 .map(|_| ())
@@ -160,7 +301,7 @@ impl Store {
         &self,
         pipeline: String,
         examples: u32,
-    ) -> Result<serde_json::Value, StoreError> {
+    ) -> Result<ShadowSummary, StoreError> {
         self.read(move |conn| {
             let mut groups = conn.prepare_cached(
                 "SELECT stage, candidate_digest, live_digest, COUNT(*), SUM(1 - same)
@@ -186,27 +327,27 @@ impl Store {
                 )?;
                 let differences = recent
                     .query_map(params![pipeline, stage, candidate, examples], |row| {
-                        let parse = |text: String| {
-                            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
-                        };
-                        Ok(serde_json::json!({
-                            "request_id": row.get::<_, String>(0)?,
-                            "live": parse(row.get(1)?),
-                            "candidate": parse(row.get(2)?),
-                            "at": row.get::<_, i64>(3)?,
-                        }))
+                        Ok(ShadowDifference {
+                            request_id: row.get(0)?,
+                            live: row.get::<_, Json<_>>(1)?.0,
+                            candidate: row.get::<_, Json<_>>(2)?.0,
+                            at: row.get(3)?,
+                        })
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                out.push(serde_json::json!({
-                    "stage": stage,
-                    "live_digest": live,
-                    "candidate_digest": candidate,
-                    "runs": runs,
-                    "differing": differing,
-                    "differences": differences,
-                }));
+                out.push(ShadowGroup {
+                    stage,
+                    live_digest: live,
+                    candidate_digest: candidate,
+                    runs,
+                    differing,
+                    differences,
+                });
             }
-            Ok(serde_json::json!({ "pipeline": pipeline, "stages": out }))
+            Ok(ShadowSummary {
+                pipeline,
+                stages: out,
+            })
         })
         .await
     }

@@ -140,10 +140,13 @@ impl Store {
     /// Stream the feedback dataset as JSON lines, oldest first, into `lines`
     /// (one `String` per line, newline included). Stops early if the
     /// receiver goes away. The reader is held for one page at a time, never
-    /// while the receiver is slow.
-    pub fn export_feedback(&self, lines: mpsc::Sender<String>) {
+    /// while the receiver is slow. The caller runs it as a task of its own.
+    pub fn export_feedback(
+        &self,
+        lines: mpsc::Sender<String>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let store = self.clone();
-        tokio::spawn(async move {
+        async move {
             let mut after = 0i64;
             loop {
                 let page = store
@@ -178,6 +181,6 @@ impl Store {
                     }
                 }
             }
-        });
+        }
     }
 }

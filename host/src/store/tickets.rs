@@ -74,7 +74,7 @@ pub struct Ticket {
     /// The request input as the reviewer should see it.
     pub input: String,
     /// The request attributes.
-    pub attributes: serde_json::Value,
+    pub attributes: std::collections::BTreeMap<String, String>,
     /// Where it stands (`rejected`: a correction turned down).
     pub state: TicketState,
     /// The reviewer who claimed it.
@@ -137,7 +137,6 @@ pub(super) const TICKET_SELECT: &str = "
     FROM tickets t JOIN requests r ON r.id = t.request_id";
 
 pub(super) fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
-    let attributes: String = row.get(7)?;
     Ok(Ticket {
         id: row.get(0)?,
         kind: TicketKind::parse(&row.get::<_, String>(16)?)?,
@@ -148,7 +147,7 @@ pub(super) fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticke
         reason: row.get(4)?,
         draft: row.get(5)?,
         input: row.get(6)?,
-        attributes: serde_json::from_str(&attributes).unwrap_or(serde_json::Value::Null),
+        attributes: row.get::<_, super::audit::Json<_>>(7)?.0,
         state: row.get(8)?,
         claimed_by: row.get(9)?,
         claimed_at: row.get(10)?,
