@@ -16,7 +16,7 @@ use backon::{BackoffBuilder as _, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::manifest::{EmbeddingsSpec, ProviderSpec};
-use crate::model::{MAX_RETRY_AFTER, retry_after, snippet, without_url};
+use crate::model::{MAX_RETRY_AFTER, PostError, Reply, post_json, snippet};
 
 /// The body of `POST /embeddings`.
 #[derive(Debug, Serialize)]
@@ -206,25 +206,22 @@ impl Embedder {
             input: inputs,
             encoding_format: "float",
         };
-        let mut request = self.client.post(&self.url).timeout(timeout).json(&body);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let failed = |error: reqwest::Error| {
-            if error.is_timeout() {
-                EmbedError::Timeout(timeout.as_millis() as u64)
-            } else {
-                EmbedError::Unavailable(without_url(&error))
-            }
-        };
-        let response = request.send().await.map_err(failed)?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(retry_after);
-        let text = response.text().await.map_err(failed)?;
+        let Reply {
+            status,
+            retry_after,
+            text,
+        } = post_json(
+            &self.client,
+            &self.url,
+            self.api_key.as_deref(),
+            timeout,
+            &body,
+        )
+        .await
+        .map_err(|error| match error {
+            PostError::Timeout(ms) => EmbedError::Timeout(ms),
+            other => EmbedError::Unavailable(other.to_string()),
+        })?;
         if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             // The wait it asks for is the caller's to honour: a lookup
             // does not wait at all.

@@ -44,6 +44,36 @@ const MOST_PROBLEMS: usize = 20;
 /// The longest question or answer accepted.
 const MAX_TEXT_BYTES: usize = 16 * 1024;
 
+/// The problems found reading one file, row by row: the file is taken
+/// whole or refused whole, naming every bad row.
+struct Problems<'a> {
+    file: &'a Path,
+    found: Vec<String>,
+}
+
+impl<'a> Problems<'a> {
+    fn new(file: &'a Path) -> Self {
+        Problems {
+            file,
+            found: Vec::new(),
+        }
+    }
+
+    /// Note what is wrong `at` a row or line.
+    fn add(&mut self, at: impl std::fmt::Display, why: impl std::fmt::Display) {
+        self.found.push(format!("{at}: {why}"));
+    }
+
+    /// `value` if nothing was found wrong, else the refusal.
+    fn finish<T>(self, value: T) -> Result<T, ImportError> {
+        if self.found.is_empty() {
+            Ok(value)
+        } else {
+            Err(refuse(self.file, self.found))
+        }
+    }
+}
+
 fn refuse(file: &Path, mut problems: Vec<String>) -> ImportError {
     if problems.len() > MOST_PROBLEMS {
         let more = problems.len() - MOST_PROBLEMS;
@@ -75,23 +105,21 @@ pub fn read(file: &Path, answers: Option<&Path>) -> Result<Vec<Labelled>, Import
         read_csv(file, &text)?
     };
     if let Some(answers) = &answers {
-        let mut problems = Vec::new();
+        let mut problems = Problems::new(file);
         for (index, row) in rows.iter_mut().enumerate() {
             if row.answer.is_none()
                 && let Some(label) = &row.label
             {
                 match answers.get(label) {
                     Some(answer) => row.answer = Some(answer.clone()),
-                    None => problems.push(format!(
-                        "row {}: label \"{label}\" has no answer in the answers file",
-                        index + 2
-                    )),
+                    None => problems.add(
+                        format_args!("row {}", index + 2),
+                        format_args!("label \"{label}\" has no answer in the answers file"),
+                    ),
                 }
             }
         }
-        if !problems.is_empty() {
-            return Err(refuse(file, problems));
-        }
+        problems.finish(())?;
     }
     Ok(rows)
 }
@@ -99,7 +127,7 @@ pub fn read(file: &Path, answers: Option<&Path>) -> Result<Vec<Labelled>, Import
 /// The rows as importable (question, answer, label) triples; a row without
 /// an answer is an error naming it.
 pub fn importable(file: &Path, rows: &[Labelled]) -> Result<Vec<ImportRow>, ImportError> {
-    let mut problems = Vec::new();
+    let mut problems = Problems::new(file);
     let mut out = Vec::with_capacity(rows.len());
     for (index, row) in rows.iter().enumerate() {
         match &row.answer {
@@ -108,17 +136,13 @@ pub fn importable(file: &Path, rows: &[Labelled]) -> Result<Vec<ImportRow>, Impo
                 answer: answer.clone(),
                 label: row.label.clone(),
             }),
-            None => problems.push(format!(
-                "row {}: no answer (give an answer column, or labels and --answers)",
-                index + 2
-            )),
+            None => problems.add(
+                format_args!("row {}", index + 2),
+                "no answer (give an answer column, or labels and --answers)",
+            ),
         }
     }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(refuse(file, problems))
-    }
+    problems.finish(out)
 }
 
 fn column(headers: &csv::StringRecord, names: &[&str]) -> Option<usize> {
@@ -139,6 +163,30 @@ fn check_text(what: &str, text: &str) -> Result<String, String> {
         ));
     }
     Ok(text.to_owned())
+}
+
+/// One row from its fields as a file gives them: the question is required,
+/// and so is an answer or a label; blank ones count as missing.
+fn labelled(
+    question: Option<String>,
+    answer: Option<String>,
+    label: Option<String>,
+) -> Result<Labelled, String> {
+    let given = |text: Option<String>, what: &str| match text {
+        Some(text) if !text.trim().is_empty() => check_text(what, &text).map(Some),
+        _ => Ok(None),
+    };
+    let question = check_text("question", &question.unwrap_or_default())?;
+    let answer = given(answer, "answer")?;
+    let label = given(label, "label")?;
+    if answer.is_none() && label.is_none() {
+        return Err("neither an answer nor a label".to_owned());
+    }
+    Ok(Labelled {
+        question,
+        label,
+        answer,
+    })
 }
 
 fn read_csv(file: &Path, text: &str) -> Result<Vec<Labelled>, ImportError> {
@@ -165,60 +213,37 @@ fn read_csv(file: &Path, text: &str) -> Result<Vec<Labelled>, ImportError> {
         ));
     }
     let mut rows = Vec::new();
-    let mut problems = Vec::new();
+    let mut problems = Problems::new(file);
     for (index, record) in reader.records().enumerate() {
-        let line = index + 2;
+        let at = format!("row {}", index + 2);
         let record = match record {
             Ok(record) => record,
             Err(e) => {
-                problems.push(format!("row {line}: {e}"));
+                problems.add(at, e);
                 continue;
             }
         };
         let field = |at: Option<usize>| at.and_then(|at| record.get(at)).map(str::to_owned);
-        let parsed = (|| -> Result<Labelled, String> {
-            let question = check_text("question", &field(Some(question)).unwrap_or_default())?;
-            let answer = match field(answer) {
-                Some(text) if !text.trim().is_empty() => Some(check_text("answer", &text)?),
-                _ => None,
-            };
-            let label = match field(label) {
-                Some(text) if !text.trim().is_empty() => Some(check_text("label", &text)?),
-                _ => None,
-            };
-            if answer.is_none() && label.is_none() {
-                return Err("neither an answer nor a label".to_owned());
-            }
-            Ok(Labelled {
-                question,
-                label,
-                answer,
-            })
-        })();
-        match parsed {
+        match labelled(field(Some(question)), field(answer), field(label)) {
             Ok(row) => rows.push(row),
-            Err(why) => problems.push(format!("row {line}: {why}")),
+            Err(why) => problems.add(at, why),
         }
     }
-    if problems.is_empty() {
-        Ok(rows)
-    } else {
-        Err(refuse(file, problems))
-    }
+    problems.finish(rows)
 }
 
 fn read_json_lines(file: &Path, text: &str) -> Result<Vec<Labelled>, ImportError> {
     let mut rows = Vec::new();
-    let mut problems = Vec::new();
+    let mut problems = Problems::new(file);
     for (index, line) in text.lines().enumerate() {
-        let number = index + 1;
+        let at = format!("line {}", index + 1);
         if line.trim().is_empty() {
             continue;
         }
         let value: serde_json::Value = match serde_json::from_str(line) {
             Ok(value) => value,
             Err(e) => {
-                problems.push(format!("line {number}: not JSON: {e}"));
+                problems.add(at, format_args!("not JSON: {e}"));
                 continue;
             }
         };
@@ -234,35 +259,17 @@ fn read_json_lines(file: &Path, text: &str) -> Result<Vec<Labelled>, ImportError
         {
             continue;
         }
-        let parsed = (|| -> Result<Labelled, String> {
-            let question = check_text(
-                "question",
-                &text_of(&["question", "input", "text"]).unwrap_or_default(),
-            )?;
-            let answer = match text_of(&["answer_approved", "correction", "answer"]) {
-                Some(text) if !text.trim().is_empty() => Some(check_text("answer", &text)?),
-                _ => None,
-            };
-            let label = text_of(&["label", "intent", "category"]).filter(|l| !l.trim().is_empty());
-            if answer.is_none() && label.is_none() {
-                return Err("neither an answer nor a label".to_owned());
-            }
-            Ok(Labelled {
-                question,
-                label,
-                answer,
-            })
-        })();
-        match parsed {
+        let row = labelled(
+            text_of(&["question", "input", "text"]),
+            text_of(&["answer_approved", "correction", "answer"]),
+            text_of(&["label", "intent", "category"]),
+        );
+        match row {
             Ok(row) => rows.push(row),
-            Err(why) => problems.push(format!("line {number}: {why}")),
+            Err(why) => problems.add(at, why),
         }
     }
-    if problems.is_empty() {
-        Ok(rows)
-    } else {
-        Err(refuse(file, problems))
-    }
+    problems.finish(rows)
 }
 
 /// A `label,answer` CSV.
@@ -284,30 +291,26 @@ pub fn read_answers(file: &Path) -> Result<HashMap<String, String>, ImportError>
         ));
     };
     let mut answers = HashMap::new();
-    let mut problems = Vec::new();
+    let mut problems = Problems::new(file);
     for (index, record) in reader.records().enumerate() {
-        let line = index + 2;
+        let at = format!("row {}", index + 2);
         match record {
             Ok(record) => {
                 let label = record.get(label).unwrap_or_default().trim().to_owned();
                 match check_text("answer", record.get(answer).unwrap_or_default()) {
-                    Ok(_) if label.is_empty() => problems.push(format!("row {line}: no label")),
+                    Ok(_) if label.is_empty() => problems.add(at, "no label"),
                     Ok(text) => {
                         if answers.insert(label.clone(), text).is_some() {
-                            problems.push(format!("row {line}: label \"{label}\" appears twice"));
+                            problems.add(at, format_args!("label \"{label}\" appears twice"));
                         }
                     }
-                    Err(why) => problems.push(format!("row {line}: {why}")),
+                    Err(why) => problems.add(at, why),
                 }
             }
-            Err(e) => problems.push(format!("row {line}: {e}")),
+            Err(e) => problems.add(at, e),
         }
     }
-    if problems.is_empty() {
-        Ok(answers)
-    } else {
-        Err(refuse(file, problems))
-    }
+    problems.finish(answers)
 }
 
 /// Which part of a seeded split to keep.

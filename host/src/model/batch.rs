@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Tier, openai, snippet, without_url};
+use super::{Reply, Tier, openai, post_json, snippet};
 use crate::manifest::BatchSpec;
 
 /// One call waiting in a batch, with where its answer goes:
@@ -80,16 +80,16 @@ pub(super) async fn send_batch(
         prompt: prompts,
         max_tokens,
     };
-    let mut request = client
-        .post(&tier.completions_url)
-        .timeout(Duration::from_millis(tier.spec.timeout_ms))
-        .json(&body);
-    if let Some(key) = &tier.api_key {
-        request = request.bearer_auth(key);
-    }
-    let response = request.send().await.map_err(|e| without_url(&e))?;
-    let status = response.status();
-    let text = response.text().await.map_err(|e| without_url(&e))?;
+    let timeout = Duration::from_millis(tier.spec.timeout_ms);
+    let Reply { status, text, .. } = post_json(
+        client,
+        &tier.completions_url,
+        tier.api_key.as_deref(),
+        timeout,
+        &body,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     if !status.is_success() {
         return Err(format!(
             "the provider answered {status}: {}",

@@ -11,6 +11,7 @@
 
 mod batch;
 mod openai;
+mod provider;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use self::batch::{BatchItem, collect_batches, prompt_of};
+pub(crate) use self::provider::{PostError, Reply, post_json, snippet};
 use crate::manifest::{BatchSpec, ModelsSpec, TierSpec};
 
 /// The longest `Retry-After` honoured; longer ones count as giving up.
@@ -341,46 +343,24 @@ impl ModelRouter {
     }
 
     async fn attempt(&self, tier: &Tier, body: &openai::ChatRequest<'_>) -> Attempt {
-        let mut request = self
-            .client
-            .post(&tier.url)
-            .timeout(Duration::from_millis(tier.spec.timeout_ms))
-            .json(body);
-        if let Some(key) = &tier.api_key {
-            request = request.bearer_auth(key);
-        }
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(error) if error.is_timeout() => {
-                return Attempt::Retry {
-                    why: format!("no answer within {} ms", tier.spec.timeout_ms),
-                    after: None,
-                };
-            }
+        let timeout = Duration::from_millis(tier.spec.timeout_ms);
+        let reply = post_json(
+            &self.client,
+            &tier.url,
+            tier.api_key.as_deref(),
+            timeout,
+            body,
+        )
+        .await;
+        let Reply {
+            status,
+            retry_after,
+            text,
+        } = match reply {
+            Ok(reply) => reply,
             Err(error) => {
                 return Attempt::Retry {
-                    why: format!("cannot reach the provider: {}", without_url(&error)),
-                    after: None,
-                };
-            }
-        };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(retry_after);
-        let text = match response.text().await {
-            Ok(text) => text,
-            Err(error) if error.is_timeout() => {
-                return Attempt::Retry {
-                    why: format!("no answer within {} ms", tier.spec.timeout_ms),
-                    after: None,
-                };
-            }
-            Err(error) => {
-                return Attempt::Retry {
-                    why: format!("the answer broke off: {}", without_url(&error)),
+                    why: error.to_string(),
                     after: None,
                 };
             }
@@ -437,37 +417,6 @@ fn parse_completion(text: &str) -> Option<(String, String, u64, u64)> {
     ))
 }
 
-/// A `Retry-After` value: seconds, or an HTTP date (RFC 9110), as a wait
-/// from now (none for a date already past).
-pub(crate) fn retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
-}
-
-/// reqwest errors name the URL; keep them short and free of query strings.
-pub(crate) fn without_url(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    if let Some(url) = error.url() {
-        text = text.replace(url.as_str(), "the provider");
-    }
-    text
-}
-
-pub(crate) fn snippet(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(200) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,18 +431,5 @@ mod tests {
             Some(("hi".to_owned(), "m-1".to_owned(), 12, 3))
         );
         assert_eq!(parse_completion(r#"{"error":"nope"}"#), None);
-    }
-
-    #[test]
-    fn retry_after_is_seconds_or_an_http_date() {
-        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
-        assert_eq!(
-            retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        let later = std::time::SystemTime::now() + Duration::from_secs(120);
-        let waited = retry_after(&httpdate::fmt_http_date(later)).unwrap();
-        assert!(waited > Duration::from_secs(100) && waited <= Duration::from_secs(120));
-        assert_eq!(retry_after("soon"), None);
     }
 }
