@@ -20,7 +20,11 @@ pub struct Request {
 }
 
 /// What one stage decided.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// As JSON (shadow comparisons keep it so) it is tagged by `kind`:
+/// `{"kind": "respond", "output": "...", "confidence": 0.9}`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     /// Pass the request on with this input and these attributes.
     Next {

@@ -15,7 +15,7 @@ use crate::bank::Banks;
 use crate::manifest::{Fallthrough, OnError, RolloutMode};
 use crate::request::{Outcome, Request};
 use crate::runtime::{Access, BankAccess, LoadedStage, LogTag, ModelAccess, Runtime, StageFailure};
-use crate::store::ShadowOutcome;
+use crate::store::{FailedTag, ShadowOutcome};
 
 /// Where a run through some stages got to.
 pub(super) struct Progress {
@@ -401,14 +401,10 @@ impl Pipeline {
 
 /// An outcome as a shadow comparison keeps it.
 pub(super) fn summarize(result: &Result<Outcome, StageFailure>) -> ShadowOutcome {
-    match result.clone() {
-        Ok(Outcome::Next { input, attributes }) => ShadowOutcome::Next { input, attributes },
-        Ok(Outcome::Respond { output, confidence }) => {
-            ShadowOutcome::Respond { output, confidence }
-        }
-        Ok(Outcome::Escalate { reason, draft }) => ShadowOutcome::Escalate { reason, draft },
-        Ok(Outcome::Reject { code, message }) => ShadowOutcome::Reject { code, message },
+    match result {
+        Ok(outcome) => ShadowOutcome::Decided(outcome.clone()),
         Err(failure) => ShadowOutcome::Failed {
+            kind: FailedTag::Failed,
             failure: failure.kind().to_owned(),
         },
     }

@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{Completion, Message, Store, StoreError, WriteOp, now_millis};
+use crate::request::Outcome;
 
 /// How a stage differs between two generations.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -96,43 +97,28 @@ pub struct ShadowRecord {
     pub candidate: ShadowOutcome,
 }
 
-/// What one version of a stage decided, as a shadow comparison keeps it.
+/// What one version of a stage decided, as a shadow comparison keeps it:
+/// its outcome, or `{"kind": "failed", "failure": "timeout"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(untagged)]
 pub enum ShadowOutcome {
-    /// Passed the request on, rewritten so.
-    Next {
-        /// The input passed on.
-        input: String,
-        /// The attributes passed on.
-        attributes: std::collections::BTreeMap<String, String>,
-    },
-    /// Answered.
-    Respond {
-        /// The answer.
-        output: String,
-        /// Its confidence.
-        confidence: f64,
-    },
-    /// Escalated to a person.
-    Escalate {
-        /// Why.
-        reason: String,
-        /// The draft offered.
-        draft: Option<String>,
-    },
-    /// Refused.
-    Reject {
-        /// The rejection's code.
-        code: String,
-        /// Its message.
-        message: String,
-    },
-    /// Failed (see `StageFailure::kind`).
+    /// It decided.
+    Decided(Outcome),
+    /// It failed.
     Failed {
-        /// How.
+        /// Always `failed`, the tag beside the outcomes' own.
+        kind: FailedTag,
+        /// How (see `StageFailure::kind`).
         failure: String,
     },
+}
+
+/// The `kind` of a failed shadow outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailedTag {
+    /// `failed`.
+    Failed,
 }
 
 /// Shadow comparisons of one pipeline, per stage and candidate.
@@ -350,5 +336,48 @@ impl Store {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{FailedTag, ShadowOutcome};
+    use crate::request::Outcome;
+
+    #[test]
+    fn a_shadow_outcome_is_kept_as_tagged_json_and_reads_back() {
+        let cases = [
+            (
+                ShadowOutcome::Decided(Outcome::Respond {
+                    output: "hi".to_owned(),
+                    confidence: 0.5,
+                }),
+                json!({"kind": "respond", "output": "hi", "confidence": 0.5}),
+            ),
+            (
+                ShadowOutcome::Decided(Outcome::Escalate {
+                    reason: "unsure".to_owned(),
+                    draft: None,
+                }),
+                json!({"kind": "escalate", "reason": "unsure", "draft": null}),
+            ),
+            (
+                ShadowOutcome::Failed {
+                    kind: FailedTag::Failed,
+                    failure: "timeout".to_owned(),
+                },
+                json!({"kind": "failed", "failure": "timeout"}),
+            ),
+        ];
+        for (outcome, kept) in cases {
+            assert_eq!(serde_json::to_value(&outcome).unwrap(), kept);
+            assert_eq!(
+                serde_json::from_value::<ShadowOutcome>(kept).unwrap(),
+                outcome
+            );
+        }
+        assert!(serde_json::from_value::<ShadowOutcome>(json!({"kind": "shrug"})).is_err());
     }
 }
