@@ -45,21 +45,27 @@ pub struct Figures {
     pub requests: u64,
     /// Non-2xx responses and socket errors.
     pub errors: u64,
+    /// The server's CPU time (user and system, all threads) per request,
+    /// in microseconds, when the server's process was known.
+    pub cpu_us: Option<f64>,
 }
 
 impl Figures {
     /// A Markdown table row.
     pub fn row(&self, name: &str) -> String {
+        let cpu = self
+            .cpu_us
+            .map_or_else(|| "–".to_owned(), |us| format!("{us:.0}"));
         format!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {cpu} | {} | {} |",
             self.requests_per_second, self.p50_ms, self.p99_ms, self.requests, self.errors
         )
     }
 }
 
 /// The header of a figures table.
-pub const TABLE_HEADER: &str = "| target | requests/s | p50 ms | p99 ms | requests | errors |\n\
-                                | --- | ---: | ---: | ---: | ---: | ---: |";
+pub const TABLE_HEADER: &str = "| target | requests/s | p50 ms | p99 ms | server CPU µs/request | requests | errors |\n\
+     | --- | ---: | ---: | ---: | ---: | ---: | ---: |";
 
 /// The demo manifest's text with every relative path (plugins, cases) made
 /// absolute, so that a copy works from any directory.
@@ -116,6 +122,13 @@ pub struct Host {
     pub admin: String,
     /// From spawn to "strata is serving".
     pub started_in: Duration,
+}
+
+impl Host {
+    /// The process id, for its CPU time and memory.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Host {
@@ -213,6 +226,71 @@ pub fn wrk(load: &Load, url: &str) -> anyhow::Result<Figures> {
     wrk_json(load, url, BODY)
 }
 
+/// [`wrk`], with the CPU time process `pid` spent per request.
+pub fn wrk_on(load: &Load, url: &str, pid: u32) -> anyhow::Result<Figures> {
+    with_cpu(pid, || wrk_json(load, url, BODY))
+}
+
+/// [`wrk_body`], with the CPU time process `pid` spent per request.
+pub fn wrk_body_on(load: &Load, url: &str, input: &str, pid: u32) -> anyhow::Result<Figures> {
+    with_cpu(pid, || wrk_body(load, url, input))
+}
+
+/// Run `measure` and charge the CPU time `pid` spent meanwhile to its
+/// requests.
+fn with_cpu(
+    pid: u32,
+    measure: impl FnOnce() -> anyhow::Result<Figures>,
+) -> anyhow::Result<Figures> {
+    let before = cpu_seconds(pid)?;
+    let mut figures = measure()?;
+    let spent = cpu_seconds(pid)? - before;
+    if figures.requests > 0 {
+        figures.cpu_us = Some(spent * 1e6 / figures.requests as f64);
+    }
+    Ok(figures)
+}
+
+/// User plus system CPU time of process `pid` so far, all its threads, in
+/// seconds (from `/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read the CPU time of process {pid}"))?;
+    // The command name may hold spaces; the fields after it do not.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("an unreadable /proc stat line")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`), 100 if unknown.
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The most resident memory process `pid` has held (`VmHWM`), in MiB.
+pub fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read the memory of process {pid}"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("no VmHWM line")?
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
 /// Drive `url` with wrk, POSTing `{"input": input}`.
 pub fn wrk_body(load: &Load, url: &str, input: &str) -> anyhow::Result<Figures> {
     wrk_json(
@@ -260,6 +338,7 @@ pub fn parse_wrk(text: &str) -> anyhow::Result<Figures> {
         p99_ms: 0.0,
         requests: 0,
         errors: 0,
+        cpu_us: None,
     };
     for line in text.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();

@@ -54,7 +54,12 @@ pub fn run(root: &Path, load: &Load, trace: &Trace) -> anyhow::Result<String> {
         let mut child =
             harness::spawn(Command::new(release.join("echo-baseline")).arg("127.0.0.1:0"))?;
         let addr = harness::wait_for_stdout(&mut child, "listening on ")?;
-        let figures = harness::wrk_body(load, &format!("http://{addr}/echo"), CACHED_QUESTION)?;
+        let figures = harness::wrk_body_on(
+            load,
+            &format!("http://{addr}/echo"),
+            CACHED_QUESTION,
+            child.id(),
+        )?;
         let _ = child.kill();
         let _ = child.wait();
         figures
@@ -67,10 +72,11 @@ pub fn run(root: &Path, load: &Load, trace: &Trace) -> anyhow::Result<String> {
     if second["layer"] != "cache" {
         bail!("the cache-hit request was not answered from the cache: {second} (first: {first})");
     }
-    let hit = harness::wrk_body(
+    let hit = harness::wrk_body_on(
         load,
         &format!("http://{}/v1/pipelines/support", host.addr),
         CACHED_QUESTION,
+        host.pid(),
     )?;
     host.stop();
 

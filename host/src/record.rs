@@ -29,6 +29,9 @@ use crate::pipeline::Execution;
 /// Lines queued per pipeline before new ones are dropped (and counted).
 const QUEUE: usize = 4096;
 
+/// How long the writer lets lines gather before it writes them.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// One recorded request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Line {
@@ -170,6 +173,8 @@ impl RotatingLog {
 
     fn run(mut self, queue: std::sync::mpsc::Receiver<String>) {
         while let Ok(line) = queue.recv() {
+            // Let lines gather: one wake-up and one write serve many.
+            std::thread::sleep(LINGER);
             self.write_logged(&line);
             while let Ok(next) = queue.try_recv() {
                 self.write_logged(&next);

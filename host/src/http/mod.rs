@@ -65,11 +65,12 @@ pub fn edge(router: Router, bounds: Bounds) -> Edge {
     let stack = ServiceBuilder::new()
         // `/v1/pipelines/x/` is `/v1/pipelines/x`.
         .layer(NormalizePathLayer::trim_trailing_slash())
-        // One span per request, method and path; no event per request.
+        // One span per request, method and path, at debug level: free
+        // unless `STRATA_LOG` asks for it; no event per request.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &http::Request<Incoming>| {
-                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+                    tracing::debug_span!("http", method = %request.method(), path = %request.uri().path())
                 })
                 .on_request(())
                 .on_response(())

@@ -4,6 +4,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
@@ -11,9 +12,11 @@ use sha2::{Digest as _, Sha256};
 /// The name of a pipeline, stage or layer: 1 to 64 lower-case letters,
 /// digits, `-` or `_`, starting with a letter or digit (so it is safe in a
 /// URL path, a metric label and a file name).
+///
+/// Cheap to clone: every request's log tags share the one text.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct Name(String);
+pub struct Name(Arc<str>);
 
 impl Name {
     /// The longest name.
@@ -28,7 +31,7 @@ impl Name {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
         if ok {
-            Ok(Name(text.to_owned()))
+            Ok(Name(text.into()))
         } else {
             Err(format!(
                 "\"{text}\" is not a valid name: use 1 to 64 lower-case letters, digits, '-' or \
@@ -40,6 +43,11 @@ impl Name {
     /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The name, shared rather than copied.
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
     }
 }
 
@@ -71,65 +79,82 @@ impl fmt::Display for Name {
 
 impl PartialEq<str> for Name {
     fn eq(&self, other: &str) -> bool {
-        self.0 == other
+        &*self.0 == other
     }
 }
 
 impl PartialEq<&str> for Name {
     fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
+        &*self.0 == *other
     }
 }
 
 impl PartialEq<String> for Name {
     fn eq(&self, other: &String) -> bool {
-        &self.0 == other
+        *self.0 == **other
     }
 }
 
 impl From<Name> for String {
     fn from(name: Name) -> String {
-        name.0
+        name.0.to_string()
     }
 }
 
 /// The SHA-256 of a component's bytes, written `sha256:<64 hex digits>` in
-/// responses, logs, metrics and the audit log.
+/// responses, logs, metrics and the audit log. Cheap to clone: every
+/// request's log tags share the one text.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Digest {
-    /// Lower-case hex, 64 digits.
-    hex: String,
+    /// `sha256:` and 64 lower-case hex digits.
+    text: Arc<str>,
 }
+
+const PREFIX: &str = "sha256:";
 
 impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Digest {
+        Digest::from_hex(&hex::encode(Sha256::digest(bytes)))
+    }
+
+    fn from_hex(hex: &str) -> Digest {
         Digest {
-            hex: hex::encode(Sha256::digest(bytes)),
+            text: format!("{PREFIX}{hex}").into(),
         }
     }
 
     /// A digest as a manifest pins it: 64 hex digits, in either case, with
     /// or without a `sha256:` prefix.
     pub fn parse(pin: &str) -> Result<Digest, String> {
-        let hex = pin.trim_start_matches("sha256:").to_ascii_lowercase();
+        let hex = pin.trim_start_matches(PREFIX).to_ascii_lowercase();
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!(
                 "\"{pin}\" is not a SHA-256 digest (64 hexadecimal digits)"
             ));
         }
-        Ok(Digest { hex })
+        Ok(Digest::from_hex(&hex))
     }
 
     /// The 64 hex digits, without the `sha256:` prefix.
     pub fn hex(&self) -> &str {
-        &self.hex
+        &self.text[PREFIX.len()..]
+    }
+
+    /// `sha256:<hex>`.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// `sha256:<hex>`, shared rather than copied.
+    pub fn shared(&self) -> Arc<str> {
+        self.text.clone()
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex)
+        f.write_str(&self.text)
     }
 }
 

@@ -161,7 +161,7 @@ impl Pipeline {
         let mut request = request;
         let mut trace = Vec::with_capacity(self.stages.len());
         let request_id: Arc<str> = request.id.as_str().into();
-        let pipeline: Arc<str> = self.name.as_str().into();
+        let pipeline: Arc<str> = self.name.shared();
         let access = Access {
             bank: BankAccess {
                 bank: Some(ctx.banks.bank(&self.name, &self.answer_bank)),
@@ -193,9 +193,9 @@ impl Pipeline {
             let tag = LogTag {
                 request_id: request_id.clone(),
                 pipeline: pipeline.clone(),
-                stage: spec.name.as_str().into(),
+                stage: spec.name.shared(),
                 generation,
-                digest: version.digest.to_string().into(),
+                digest: version.digest.shared(),
             };
             // The shadow sees exactly what the live version saw.
             let shadow_input = shadow.map(|_| request.clone());

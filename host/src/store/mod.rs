@@ -1,7 +1,9 @@
 //! Durable state in embedded SQLite: request records and review tickets.
 //!
 //! All writes go through one writer thread that batches whatever is queued
-//! into a single transaction (group commit), each write in its own savepoint
+//! into a single transaction (group commit; a batch that begins with a plain
+//! record first lingers a millisecond so that one wake-up and one commit
+//! serve many requests), each write in its own savepoint
 //! so one failing write does not undo the others. A caller that must know its
 //! write is durable (an escalation: the client is told "escalated" only after
 //! the ticket is committed) awaits the commit; plain request records are
@@ -57,6 +59,10 @@ const QUEUE_DEPTH: usize = 4096;
 
 /// The most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// How long the writer lets plain (not awaited) writes gather before it
+/// commits them.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +158,12 @@ fn write_loop(conn: Connection, mut queue: mpsc::Receiver<Message>) {
     let mut closing = None;
     let mut synchronous = Synchronous::Full;
     while let Some(first) = queue.blocking_recv() {
+        if matches!(first, Message::Job { durable: false, .. }) {
+            // Nobody waits for a plain record: let more gather so that one
+            // wake-up and one commit serve many. A durable write queued
+            // meanwhile waits at most this long.
+            std::thread::sleep(LINGER);
+        }
         let mut durable = false;
         let mut next = Some(first);
         while let Some(message) = next.take() {
@@ -211,8 +223,14 @@ impl Synchronous {
     }
 }
 
+/// Run one fixed statement through the connection's statement cache (so it
+/// is parsed once, not per write).
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn commit_batch(conn: &Connection, batch: &mut Vec<WriteOp>) {
-    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(error) = run(conn, "BEGIN IMMEDIATE") {
         // Dropping the jobs drops their reply channels: every waiting caller
         // learns that its write was not committed.
         tracing::error!(%error, jobs = batch.len(), "cannot begin a store transaction");
@@ -221,22 +239,22 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteOp>) {
     }
     let mut completions = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
-        let savepoint = conn.execute_batch("SAVEPOINT job");
+        let savepoint = run(conn, "SAVEPOINT job");
         let (failed, completion) = job(conn);
         let settle = if failed || savepoint.is_err() {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            run(conn, "ROLLBACK TO job").and_then(|()| run(conn, "RELEASE job"))
         } else {
-            conn.execute_batch("RELEASE job")
+            run(conn, "RELEASE job")
         };
         if let Err(error) = settle {
             tracing::error!(%error, "cannot settle a store savepoint");
         }
         completions.push(completion);
     }
-    let committed = conn.execute_batch("COMMIT").map_err(StoreError::from);
+    let committed = run(conn, "COMMIT").map_err(StoreError::from);
     if let Err(error) = &committed {
         tracing::error!(%error, "cannot commit a batch of store writes");
-        let _ = conn.execute_batch("ROLLBACK");
+        let _ = run(conn, "ROLLBACK");
     }
     for completion in completions {
         completion(match &committed {

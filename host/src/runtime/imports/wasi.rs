@@ -16,13 +16,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use rand_pcg::Mcg128Xsl64;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::sockets::SocketAddrUse;
-use wasmtime_wasi::{
-    Deterministic, FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder,
-};
+use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
 
 use crate::manifest::WasiSpec;
 use crate::runtime::LogTag;
@@ -124,8 +123,8 @@ pub(crate) fn locked_down(logs: &GuestLogs, seed: Option<u64>, wasi: &WasiSpec) 
         builder
             .wall_clock(FixedClock)
             .monotonic_clock(FixedClock)
-            .secure_random(Deterministic::new(seeded_bytes(seed)))
-            .insecure_random(Deterministic::new(seeded_bytes(seed ^ 0x5bd1_e995)))
+            .secure_random(seeded(seed))
+            .insecure_random(seeded(seed ^ 0x5bd1_e995))
             .insecure_random_seed(u128::from(seed) << 64 | u128::from(seed.rotate_left(17)));
     }
     builder.build()
@@ -156,19 +155,12 @@ impl HostMonotonicClock for FixedClock {
     }
 }
 
-/// 4 KiB of splitmix64 output: the byte stream a deterministic stage's
-/// randomness cycles through.
-fn seeded_bytes(seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut bytes = Vec::with_capacity(4096);
-    while bytes.len() < 4096 {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        bytes.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    bytes
+/// The randomness of a deterministic stage: a PCG stream drawn from
+/// `seed`, generated as the guest asks for it (most ask for a few bytes, to
+/// seed a hash map).
+fn seeded(seed: u64) -> Mcg128Xsl64 {
+    // The seed is spread over both halves of the generator's state.
+    Mcg128Xsl64::new(u128::from(seed) << 64 | u128::from(seed.rotate_left(29) ^ 0x9e37_79b9))
 }
 
 #[derive(Debug, Clone, Copy)]
