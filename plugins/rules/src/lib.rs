@@ -33,10 +33,12 @@
 //! A request no intent matches is passed on with nothing changed. Matching
 //! is case-insensitive.
 //!
-//! Every request gets a fresh instance, so nothing compiled survives from one
-//! request to the next: an intent's patterns are compiled only when a request
-//! reaches that intent and none of its keywords matched, and its exclusion
-//! patterns only once it has matched and no `unless` phrase has. Keywords
+//! A fresh instance (the default) serves one request, so nothing compiled
+//! survives from one request to the next (a stage that reuses instances
+//! keeps its config and compiled patterns): an intent's patterns are
+//! compiled only when a request reaches that intent and none of its
+//! keywords matched, and its exclusion patterns only once it has matched
+//! and no `unless` phrase has. Keywords
 //! are the cheap path; use patterns for what keywords cannot say. Compiling
 //! a pattern costs far more than matching it, so an intent may list
 //! `requires`: words (plain substrings) at least one of which every text its
@@ -49,6 +51,8 @@
 //! which the host logs, and the stage's `on_error` decides what happens.
 //! `strata run` with a request that reaches every intent checks a config.
 
+use std::sync::OnceLock;
+
 use regex_lite::{Regex, RegexBuilder};
 use serde::Deserialize;
 use strata_sdk::{Outcome, Request};
@@ -59,21 +63,27 @@ use strata_sdk::{Outcome, Request};
 // and its symbol names are not ones a native linker accepts.
 #[cfg(target_family = "wasm")]
 mod component {
+    use std::sync::OnceLock;
+
     use strata_sdk::{Outcome, Request, Stage, config, export_stage};
 
     use super::{Compiled, RulesConfig};
 
     struct Rules;
 
+    /// The config, read and checked on the instance's first request. A
+    /// fresh instance serves one request; one that is reused (`reuse` in
+    /// the manifest) keeps its config and compiled patterns for the next.
+    static RULES: OnceLock<Result<Compiled, String>> = OnceLock::new();
+
     impl Stage for Rules {
         fn handle(request: Request) -> Outcome {
-            match config::load::<RulesConfig>()
-                .and_then(Compiled::new)
-                .and_then(|rules| rules.decide(request))
-            {
-                Ok(outcome) => outcome,
-                Err(error) => panic!("{error}"),
-            }
+            let rules = RULES.get_or_init(|| config::load::<RulesConfig>().and_then(Compiled::new));
+            let decided = match rules {
+                Ok(rules) => rules.decide(request),
+                Err(error) => Err(error.clone()),
+            };
+            decided.unwrap_or_else(|error| panic!("{error}"))
         }
     }
 
@@ -134,13 +144,38 @@ enum Action {
     Escalate(String),
 }
 
+/// A pattern, compiled the first time a request needs it and kept for the
+/// instance's life (which, for a stage that reuses instances, spans many
+/// requests).
+struct Pattern {
+    source: String,
+    compiled: OnceLock<Regex>,
+}
+
+impl Pattern {
+    fn new(source: String) -> Pattern {
+        Pattern {
+            source,
+            compiled: OnceLock::new(),
+        }
+    }
+
+    fn is_match(&self, text: &str) -> Result<bool, String> {
+        if let Some(regex) = self.compiled.get() {
+            return Ok(regex.is_match(text));
+        }
+        let regex = compile(&self.source)?;
+        Ok(self.compiled.get_or_init(|| regex).is_match(text))
+    }
+}
+
 struct CompiledIntent {
     name: String,
     keywords: Vec<String>,
-    patterns: Vec<String>,
+    patterns: Vec<Pattern>,
     requires: Vec<String>,
     unless: Vec<String>,
-    unless_patterns: Vec<String>,
+    unless_patterns: Vec<Pattern>,
     action: Action,
 }
 
@@ -149,7 +184,7 @@ impl CompiledIntent {
         // Exclusions are checked only after a match, so a request that no
         // keyword or pattern matches compiles none of them.
         let gated = !self.requires.is_empty() && !self.requires.iter().any(|r| text.contains(r));
-        let patterns: &[String] = if gated { &[] } else { &self.patterns };
+        let patterns: &[Pattern] = if gated { &[] } else { &self.patterns };
         Ok(self.any_match(text, &self.keywords, patterns)?
             && !self.any_match(text, &self.unless, &self.unless_patterns)?)
     }
@@ -158,14 +193,16 @@ impl CompiledIntent {
         &self,
         text: &str,
         phrases: &[String],
-        patterns: &[String],
+        patterns: &[Pattern],
     ) -> Result<bool, String> {
         if phrases.iter().any(|k| contains_phrase(text, k)) {
             return Ok(true);
         }
         for pattern in patterns {
-            let regex = compile(pattern).map_err(|e| format!("intent \"{}\": {e}", self.name))?;
-            if regex.is_match(text) {
+            let matched = pattern
+                .is_match(text)
+                .map_err(|e| format!("intent \"{}\": {e}", self.name))?;
+            if matched {
                 return Ok(true);
             }
         }
@@ -208,10 +245,14 @@ impl Compiled {
                 }
                 Ok(CompiledIntent {
                     keywords: intent.keywords.iter().map(|k| k.to_lowercase()).collect(),
-                    patterns: intent.patterns,
+                    patterns: intent.patterns.into_iter().map(Pattern::new).collect(),
                     requires: intent.requires.iter().map(|k| k.to_lowercase()).collect(),
                     unless: intent.unless.iter().map(|k| k.to_lowercase()).collect(),
-                    unless_patterns: intent.unless_patterns,
+                    unless_patterns: intent
+                        .unless_patterns
+                        .into_iter()
+                        .map(Pattern::new)
+                        .collect(),
                     action,
                     name,
                 })
