@@ -21,7 +21,7 @@ mod spec;
 mod stage;
 
 pub use self::error::*;
-pub use self::names::{Digest, Name};
+pub use self::names::{Digest, Layer, Name};
 pub use self::settings::*;
 pub use self::spec::*;
 

@@ -101,6 +101,27 @@ impl From<Name> for String {
     }
 }
 
+/// The layer a stage belongs to: one of the four standard layers or an
+/// operator-chosen name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Layer(pub(super) Name);
+
+impl Layer {
+    /// The layers of the standard pipeline, cheapest first.
+    pub const STANDARD: [&'static str; 4] = ["rules", "cache", "generation", "human"];
+
+    /// The layer's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Layer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The SHA-256 of a component's bytes, written `sha256:<64 hex digits>` in
 /// responses, logs, metrics and the audit log. Cheap to clone: every
 /// request's log tags share the one text.

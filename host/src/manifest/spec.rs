@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{DEFAULT_MEMORY_MIB, DEFAULT_OUTPUT_KIB, DEFAULT_TIMEOUT_MS, Digest, Name};
+use super::{DEFAULT_MEMORY_MIB, DEFAULT_OUTPUT_KIB, DEFAULT_TIMEOUT_MS, Digest, Layer, Name};
 
 /// One pipeline: stages run in order, cheapest layer first.
 #[derive(Debug, Clone)]
@@ -501,27 +501,6 @@ impl Fallthrough {
             Fallthrough::Escalate => "escalate",
             Fallthrough::Reject => "reject",
         }
-    }
-}
-
-/// The layer a stage belongs to: one of the four standard layers or an
-/// operator-chosen name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Layer(pub(super) Name);
-
-impl Layer {
-    /// The layers of the standard pipeline, cheapest first.
-    pub const STANDARD: [&'static str; 4] = ["rules", "cache", "generation", "human"];
-
-    /// The layer's name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Layer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
