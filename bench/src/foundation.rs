@@ -26,14 +26,15 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
         (loaded?, single?)
     };
 
-    let (fresh, fresh_one, rss) = serve(
+    let (fresh, fresh_one, rss, phases) = serve(
         &release,
         "foundation",
         &harness::demo_manifest(root)?,
         |url, pid| {
             let loaded = harness::wrk_on(load, url, pid)?;
             let single = harness::wrk_on(&one, url, pid)?;
-            Ok((loaded, single, harness::peak_rss_mib(pid)?))
+            let rss = harness::peak_rss_mib(pid)?;
+            Ok((loaded, single, rss, phases(url, PHASE_SAMPLES)?))
         },
     )?;
     let reused = serve(
@@ -59,7 +60,12 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
          | throughput | **{:.3}** | {:.3} |\n\
          | server CPU per request | **{}** | {} |\n\n\
          Host peak resident memory (`VmHWM`) after the loaded and one-connection runs: \
-         {rss:.0} MiB.\n",
+         {rss:.0} MiB.\n\n\
+         Where one request's time goes, fresh instances, the mean of {PHASE_SAMPLES} requests \
+         sent one at a time after the runs above (each stage as the host timed it, in the \
+         response's `stages`; the rest is the client's wall time less the stages: connect, \
+         parse, route, record, respond):\n\n\
+         | phase | µs |\n| --- | ---: |\n{phases}",
         baseline.row("bare hyper echo (baseline)"),
         fresh.row("strata, 4 fresh-instance stages"),
         reused.row("strata, the same 4 stages reusing instances"),
@@ -72,6 +78,46 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
         commit = harness::commit(),
         loaded = load.describe(),
     ))
+}
+
+/// Requests sent one at a time for the per-phase breakdown.
+const PHASE_SAMPLES: usize = 300;
+
+/// The mean time of each stage over `samples` requests sent one at a time,
+/// and the rest of the client's wall time, as Markdown table rows.
+fn phases(url: &str, samples: usize) -> anyhow::Result<String> {
+    let rest = url.trim_start_matches("http://");
+    let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stages: Vec<(String, f64)> = Vec::new();
+    let mut wall = 0.0;
+    for _ in 0..samples {
+        let started = std::time::Instant::now();
+        let (_, body) = harness::http("POST", addr, path, BODY)?;
+        wall += started.elapsed().as_secs_f64() * 1e6;
+        let body: serde_json::Value = serde_json::from_str(&body)?;
+        for (index, stage) in body["stages"].as_array().into_iter().flatten().enumerate() {
+            let micros = stage["micros"].as_f64().unwrap_or(0.0);
+            match stages.get_mut(index) {
+                Some((_, total)) => *total += micros,
+                None => stages.push((
+                    stage["stage"].as_str().unwrap_or("?").to_owned(),
+                    micros,
+                )),
+            }
+        }
+    }
+    let n = samples as f64;
+    let in_stages: f64 = stages.iter().map(|(_, total)| total).sum();
+    let mut rows = String::new();
+    for (name, total) in &stages {
+        rows.push_str(&format!("| stage `{name}` | {:.0} |\n", total / n));
+    }
+    rows.push_str(&format!(
+        "| the rest (connect, parse, route, record, respond) | {:.0} |\n",
+        (wall - in_stages) / n
+    ));
+    rows.push_str(&format!("| **whole request, client wall time** | **{:.0}** |\n", wall / n));
+    Ok(rows)
 }
 
 /// Serve `manifest` from a scratch directory, check it answers the
