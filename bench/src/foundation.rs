@@ -99,10 +99,7 @@ fn phases(url: &str, samples: usize) -> anyhow::Result<String> {
             let micros = stage["micros"].as_f64().unwrap_or(0.0);
             match stages.get_mut(index) {
                 Some((_, total)) => *total += micros,
-                None => stages.push((
-                    stage["stage"].as_str().unwrap_or("?").to_owned(),
-                    micros,
-                )),
+                None => stages.push((stage["stage"].as_str().unwrap_or("?").to_owned(), micros)),
             }
         }
     }
@@ -116,7 +113,10 @@ fn phases(url: &str, samples: usize) -> anyhow::Result<String> {
         "| the rest (connect, parse, route, record, respond) | {:.0} |\n",
         (wall - in_stages) / n
     ));
-    rows.push_str(&format!("| **whole request, client wall time** | **{:.0}** |\n", wall / n));
+    rows.push_str(&format!(
+        "| **whole request, client wall time** | **{:.0}** |\n",
+        wall / n
+    ));
     Ok(rows)
 }
 

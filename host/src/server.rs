@@ -120,12 +120,15 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     let manifest_path = options.manifest.clone();
     let data_override = options.data_dir.clone();
     let cache_override = options.compile_cache.clone();
+    // Every task the host starts, the runtime's included, is tracked here.
+    let lifecycle = Lifecycle::default();
+    let tasks = lifecycle.tasks.clone();
     // Reading plugins and compiling them is blocking, CPU-heavy work.
     let (manifest, runtime, generation) = tokio::task::spawn_blocking(move || {
         let manifest = Arc::new(Manifest::load(&manifest_path)?);
         let data_dir = data_override.unwrap_or_else(|| manifest.data_dir.clone());
         let cache = cache_override.unwrap_or_else(|| data_dir.join("compile-cache"));
-        let runtime = Runtime::new(&manifest.runtime, Some(&cache))?;
+        let runtime = Runtime::new(&manifest.runtime, Some(&cache))?.with_tasks(tasks);
         let generation = Generation::load(manifest.clone(), &runtime, 1)?;
         anyhow::Ok((manifest, runtime, generation))
     })
@@ -175,7 +178,6 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     ));
     // Shadows get a quarter of the instance slots at most.
     let shadow_slots = (manifest.runtime.instances as usize / 4).max(1);
-    let lifecycle = Lifecycle::default();
     let mut run = RunContext::new(runtime.clone(), ops.clone(), shadow_slots);
     run.tasks = lifecycle.tasks.clone();
     run.banks = Arc::new(crate::bank::Banks::tracked(

@@ -34,6 +34,7 @@ pub(super) async fn collect_batches(
     tier: Tier,
     batch: BatchSpec,
     mut calls: mpsc::Receiver<BatchItem>,
+    tasks: tokio_util::task::TaskTracker,
 ) {
     while let Some(first) = calls.recv().await {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(batch.max_wait_ms);
@@ -46,8 +47,8 @@ pub(super) async fn collect_batches(
         }
         let client = client.clone();
         let tier = tier.clone();
-        // Sent while the next batch gathers.
-        tokio::spawn(async move {
+        // Sent while the next batch gathers, as one of the host's tasks.
+        tasks.spawn(async move {
             let prompts: Vec<&str> = items.iter().map(|i| i.prompt.as_str()).collect();
             let max_tokens = items.iter().filter_map(|i| i.max_tokens).max();
             match send_batch(&client, &tier, &prompts, max_tokens).await {

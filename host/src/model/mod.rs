@@ -118,12 +118,18 @@ pub struct ModelRouter {
     client: reqwest::Client,
     /// One collector per batching tier, started on first use.
     batchers: std::sync::Mutex<HashMap<String, mpsc::Sender<BatchItem>>>,
+    /// Where batches are sent from (the host's task tracker).
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl ModelRouter {
     /// Tiers from the manifest. Fails, naming the variable, when a
     /// provider's API key variable is not set.
-    pub fn new(spec: &ModelsSpec, client: reqwest::Client) -> Result<ModelRouter, String> {
+    pub fn new(
+        spec: &ModelsSpec,
+        client: reqwest::Client,
+        tasks: tokio_util::task::TaskTracker,
+    ) -> Result<ModelRouter, String> {
         let mut tiers = HashMap::new();
         for (name, tier) in &spec.tiers {
             let provider = &spec.providers[&tier.provider];
@@ -142,6 +148,7 @@ impl ModelRouter {
             tiers,
             client,
             batchers: std::sync::Mutex::new(HashMap::new()),
+            tasks,
         })
     }
 
@@ -205,15 +212,16 @@ impl ModelRouter {
                 .entry(name.to_owned())
                 .or_insert_with(|| {
                     let (sender, receiver) = mpsc::channel(batch.max_size as usize * 4);
-                    // Not one of the host's tasks: it holds nothing durable
-                    // and ends when this router (its generation) goes. The
-                    // tracked job workers wait for its answers, so shutdown
-                    // waits for every batch a job is in.
+                    // The gathering loop holds nothing durable and ends when
+                    // this router (its generation) goes, so it is not one of
+                    // the host's tasks (shutdown would wait for it forever);
+                    // each batch it sends is.
                     tokio::spawn(collect_batches(
                         self.client.clone(),
                         tier.clone(),
                         batch,
                         receiver,
+                        self.tasks.clone(),
                     ));
                     sender
                 })

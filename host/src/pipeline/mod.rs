@@ -84,15 +84,18 @@ impl Generation {
         number: u64,
     ) -> Result<Generation, ManifestError> {
         let models = Arc::new(
-            ModelRouter::new(&manifest.models, runtime.http().clone()).map_err(|message| {
-                ManifestError {
-                    file: manifest.path.clone(),
-                    location: Box::new(crate::manifest::Location {
-                        key: Some("models".to_owned()),
-                        ..Default::default()
-                    }),
-                    kind: Box::new(crate::manifest::ManifestErrorKind::Invalid(message)),
-                }
+            ModelRouter::new(
+                &manifest.models,
+                runtime.http().clone(),
+                runtime.tasks().clone(),
+            )
+            .map_err(|message| ManifestError {
+                file: manifest.path.clone(),
+                location: Box::new(crate::manifest::Location {
+                    key: Some("models".to_owned()),
+                    ..Default::default()
+                }),
+                kind: Box::new(crate::manifest::ManifestErrorKind::Invalid(message)),
             })?,
         );
         let mut pipelines = BTreeMap::new();

@@ -48,6 +48,10 @@ pub struct Runtime {
     pub(super) compiled: Mutex<HashMap<Digest, Component>>,
     /// Shared by host services that call out (model providers).
     pub(super) http: reqwest::Client,
+    /// Where host services run work that outlives the call that started it
+    /// (a batch of model calls): the host's own tracker when it serves, so
+    /// shutdown waits for that work.
+    pub(super) tasks: tokio_util::task::TaskTracker,
 }
 
 impl Runtime {
@@ -121,6 +125,7 @@ impl Runtime {
             http: reqwest::Client::builder()
                 .build()
                 .context("cannot build the HTTP client for model providers")?,
+            tasks: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -152,6 +157,18 @@ impl Runtime {
     /// The HTTP client host services (model providers) share.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// Run host services' background work on `tasks` (the host's tracker)
+    /// instead of a tracker of the runtime's own.
+    pub fn with_tasks(mut self, tasks: tokio_util::task::TaskTracker) -> Runtime {
+        self.tasks = tasks;
+        self
+    }
+
+    /// Where host services' background work runs.
+    pub fn tasks(&self) -> &tokio_util::task::TaskTracker {
+        &self.tasks
     }
 }
 
