@@ -58,7 +58,7 @@ fn unknown_top_level_key() {
     assert!(matches!(*error.kind, ManifestErrorKind::Schema(_)));
     assert_eq!(
         message,
-        "$DIR/strata.toml: unknown field `lisen`, expected one of `listen`, `data_dir`, `server`, \
+        "$DIR/strata.toml: key \"lisen\": unknown field `lisen`, expected one of `listen`, `data_dir`, `server`, \
          `runtime`, `admin`, `reload`, `models`, `async`, `callbacks`, `retention`, `pipelines`"
     );
 }
@@ -68,7 +68,8 @@ fn unknown_stage_key() {
     let (_, message) = refusal(&one_stage(components::SCRIPTED, "timeout_ms = 5"));
     assert_eq!(
         message,
-        "$DIR/strata.toml: pipeline \"support\", stage \"only\": unknown field `timeout_ms`, \
+        "$DIR/strata.toml: pipeline \"support\", stage \"only\", key \"timeout_ms\": unknown field \
+         `timeout_ms`, \
          expected one of `name`, `plugin`, `layer`, `sha256`, `grants`, `limits`, `on_error`, \
          `config`, `candidate`, `cases`, `deterministic`, `seed`, `wasi`, `reuse`"
     );
@@ -79,7 +80,8 @@ fn unknown_limits_key() {
     let (_, message) = refusal(&one_stage(components::SCRIPTED, "limits = { timeout = 5 }"));
     assert_eq!(
         message,
-        "$DIR/strata.toml: pipeline \"support\", stage \"only\": unknown field `timeout`, \
+        "$DIR/strata.toml: pipeline \"support\", stage \"only\", key \"limits.timeout\": unknown \
+         field `timeout`, \
          expected one of `timeout_ms`, `memory_mib`, `fuel`, `output_kib`"
     );
 }
@@ -93,7 +95,8 @@ fn unknown_pipeline_key() {
     let (_, message) = refusal(&manifest);
     assert_eq!(
         message,
-        "$DIR/strata.toml: pipeline \"support\": unknown field `min_confidenc`, expected one of \
+        "$DIR/strata.toml: pipeline \"support\", key \"min_confidenc\": unknown field \
+         `min_confidenc`, expected one of \
          `min_confidence`, `fallthrough`, `slo`, `answer_bank`, `record`, `cases`, `stages`"
     );
 }
@@ -276,7 +279,7 @@ fn invalid_values() {
         ),
         (
             "[pipelines.support]\nfallthrough = \"ignore\"\n".to_owned(),
-            "pipeline \"support\": unknown variant `ignore`, expected `escalate` or `reject`",
+            "pipeline \"support\", key \"fallthrough\": unknown variant `ignore`, expected `escalate` or `reject`",
         ),
         (
             "[pipelines.support]\nmin_confidence = 0.5\n".to_owned(),
@@ -315,7 +318,7 @@ fn invalid_values() {
         ),
         (
             stage("on_error = \"retry\""),
-            "pipeline \"support\", stage \"only\": unknown variant `retry`, expected one of \
+            "pipeline \"support\", stage \"only\", key \"on_error\": unknown variant `retry`, expected one of \
              `skip`, `escalate`, `fail`",
         ),
         (
@@ -329,7 +332,8 @@ fn invalid_values() {
         ),
         (
             stage("limits = { timeout_ms = \"fast\" }"),
-            "pipeline \"support\", stage \"only\": invalid type: string \"fast\", expected u64",
+            "pipeline \"support\", stage \"only\", key \"limits.timeout_ms\": expected an \
+             integer, found \"fast\"",
         ),
         (
             "[server]\nmax_body_kib = 0\n".to_owned() + &stage(""),
@@ -353,7 +357,7 @@ fn invalid_values() {
         ),
         (
             "[async]\nqueue = 10\nthreads = 2\n".to_owned() + &stage(""),
-            "unknown field `threads`, expected one of `queue`, `workers`, `max_runs`",
+            "key \"async.threads\": unknown field `threads`, expected one of `queue`, `workers`, `max_runs`",
         ),
         (
             "[callbacks]\nallow = [\"https://hooks.example.com/x\"]\n".to_owned() + &stage(""),
@@ -377,7 +381,7 @@ fn invalid_values() {
         (
             "[callbacks]\nallow = [{ host = \"hooks.example.com\", secret = \"x\" }]\n".to_owned()
                 + &stage(""),
-            "unknown field `secret`, expected `host` or `secret_env`",
+            "key \"callbacks.allow[0].secret\": unknown field `secret`, expected `host` or `secret_env`",
         ),
         (
             "[callbacks]\nconcurrency = 0\n".to_owned() + &stage(""),

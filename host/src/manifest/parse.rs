@@ -46,9 +46,7 @@ impl Parser<'_> {
                 )),
             )
         })?;
-        let raw: RawManifest = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| self.schema_error(Location::default(), e))?;
+        let raw: RawManifest = self.typed(Location::default(), table)?;
 
         let listen = match raw.listen.as_deref() {
             None => DEFAULT_LISTEN
@@ -204,9 +202,7 @@ impl Parser<'_> {
                 )),
             ));
         };
-        let raw: RawPipeline = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| self.schema_error(here.clone(), e))?;
+        let raw: RawPipeline = self.typed(here.clone(), table)?;
 
         let min_confidence = raw.min_confidence.unwrap_or(0.0);
         if !(0.0..=1.0).contains(&min_confidence) {
@@ -338,10 +334,56 @@ impl Parser<'_> {
         }
     }
 
-    pub(super) fn schema_error(&self, location: Location, error: toml::de::Error) -> ManifestError {
-        self.error(
-            location,
-            ManifestErrorKind::Schema(one_line(error.message().to_owned())),
-        )
+    /// `table` as a `T`. A value of the wrong type or shape is an error
+    /// located at its full key path below `location` (`limits.timeout_ms`,
+    /// `intents[2].name`), not only at the table.
+    pub(super) fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        location: Location,
+        table: toml::Table,
+    ) -> Result<T, ManifestError> {
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
+            let path = error.path().to_string();
+            let key = match (location.key.as_deref(), path.as_str()) {
+                (_, "" | ".") => location.key.clone(),
+                (Some(parent), path) => Some(format!("{parent}.{path}")),
+                (None, path) => Some(path.to_owned()),
+            };
+            let message = plain_type_error(&one_line(error.inner().message().to_owned()));
+            self.error(
+                Location { key, ..location },
+                ManifestErrorKind::Schema(message),
+            )
+        })
     }
+}
+
+/// serde's "invalid type: string \"fast\", expected u64" as a person would
+/// say it: "expected an integer, found \"fast\"". Other messages are kept.
+pub(super) fn plain_type_error(message: &str) -> String {
+    let Some((found, expected)) = message
+        .strip_prefix("invalid type: ")
+        .and_then(|rest| rest.split_once(", expected "))
+    else {
+        return message.to_owned();
+    };
+    let expected = match expected {
+        "u8" | "u16" | "u32" | "u64" | "i8" | "i16" | "i32" | "i64" | "usize" => "an integer",
+        "f32" | "f64" => "a number",
+        "a boolean" | "bool" => "true or false",
+        "a string" | "a borrowed string" => "a string",
+        other => other,
+    };
+    let found = match found.split_once(' ') {
+        Some(("string", text)) => text.to_owned(),
+        Some(("integer", number) | ("floating", number)) => {
+            number.trim_start_matches("point ").to_owned()
+        }
+        _ => match found {
+            "sequence" => "an array".to_owned(),
+            "map" => "a table".to_owned(),
+            other => other.to_owned(),
+        },
+    };
+    format!("expected {expected}, found {found}")
 }

@@ -33,9 +33,7 @@ impl Parser<'_> {
             key: Some(key.to_owned()),
             ..here.clone()
         };
-        let raw: RawStage = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| self.schema_error(here.clone(), e))?;
+        let raw: RawStage = self.typed(here.clone(), table)?;
 
         let name = Name::parse(&raw.name)
             .map_err(|m| self.error(at("name"), ManifestErrorKind::Invalid(m)))?;
