@@ -43,6 +43,7 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
         &with_reuse(&harness::demo_manifest(root)?),
         |url, pid| harness::wrk_on(load, url, pid),
     )?;
+    let wasmtime = wasmtime_serve(root, load);
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu_ratio = |f: &Figures| match (f.cpu_us, baseline.cpu_us) {
@@ -59,6 +60,7 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
          | --- | ---: | ---: |\n\
          | throughput | **{:.3}** | {:.3} |\n\
          | server CPU per request | **{}** | {} |\n\n\
+         {wasmtime}\n\n\
          Host peak resident memory (`VmHWM`) after the loaded and one-connection runs: \
          {rss:.0} MiB.\n\n\
          Where one request's time goes, fresh instances, the mean of {PHASE_SAMPLES} requests \
@@ -75,9 +77,58 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
         reused.requests_per_second / baseline.requests_per_second,
         cpu_ratio(&fresh),
         cpu_ratio(&reused),
+        wasmtime = match wasmtime {
+            Ok((serve_fresh, serve_reused)) => format!(
+                "`wasmtime serve` 48.0.8 with one wasi:http component \
+                 (`tests/components/http-echo`, answering with the request body), same load:\n\n\
+                 {TABLE_HEADER}\n{}\n{}\n\n\
+                 | strata / `wasmtime serve` | fresh instances | reused instances |\n\
+                 | --- | ---: | ---: |\n\
+                 | throughput (4 stages against 1 component) | **{:.2}** | {:.2} |",
+                serve_fresh.row("wasmtime serve, fresh instance per request"),
+                serve_reused.row("wasmtime serve --max-instance-reuse-count 10000"),
+                fresh.requests_per_second / serve_fresh.requests_per_second,
+                reused.requests_per_second / serve_reused.requests_per_second,
+            ),
+            Err(why) => format!("`wasmtime serve` was not measured: {why:#}."),
+        },
         commit = harness::commit(),
         loaded = load.describe(),
     ))
+}
+
+/// `wasmtime serve` (installed by `scripts/bench` into `target/tools`) with
+/// the wasi:http echo component: fresh instances, then reused ones.
+fn wasmtime_serve(root: &Path, load: &Load) -> anyhow::Result<(Figures, Figures)> {
+    let wasmtime = root.join("target/tools/wasmtime/bin/wasmtime");
+    let echo = root.join("target/guests/wasm32-wasip2/release/http_echo.wasm");
+    for (path, what) in [
+        (&wasmtime, "the wasmtime CLI"),
+        (&echo, "the http-echo component"),
+    ] {
+        if !path.exists() {
+            anyhow::bail!(
+                "{what} is not at {} (scripts/bench builds it)",
+                path.display()
+            );
+        }
+    }
+    let run = |extra: &[&str]| -> anyhow::Result<Figures> {
+        let mut child = harness::spawn(
+            Command::new(&wasmtime)
+                .args(["serve", "--addr", "127.0.0.1:0"])
+                .args(extra)
+                .arg(&echo),
+        )?;
+        let result = harness::wait_for_stderr(&mut child, "Serving HTTP on ").and_then(|url| {
+            let url = url.trim_end_matches('/');
+            harness::wrk_on(load, &format!("{url}/"), child.id())
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+        result
+    };
+    Ok((run(&[])?, run(&["--max-instance-reuse-count", "10000"])?))
 }
 
 /// Requests sent one at a time for the per-phase breakdown.

@@ -113,6 +113,21 @@ pub fn wait_for_stdout(child: &mut Child, prefix: &str) -> anyhow::Result<String
     bail!("the process exited before printing {prefix:?}")
 }
 
+/// Wait for the line starting with `prefix` on stderr; returns the rest.
+/// The rest of stderr is drained so the process never blocks on it.
+pub fn wait_for_stderr(child: &mut Child, prefix: &str) -> anyhow::Result<String> {
+    let stderr = child.stderr.take().context("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix(prefix) {
+            std::thread::spawn(move || for _ in lines {});
+            return Ok(rest.trim().to_owned());
+        }
+    }
+    bail!("the process exited before printing {prefix:?}")
+}
+
 /// A running `strata serve`.
 pub struct Host {
     child: Child,
