@@ -98,7 +98,9 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
 }
 
 /// `wasmtime serve` (installed by `scripts/bench` into `target/tools`) with
-/// the wasi:http echo component: fresh instances, then reused ones.
+/// the wasi:http echo component: fresh instances, then reused ones. `-S cli`
+/// gives the component the `wasi:cli` imports a std-built guest has (the
+/// host gives its stages locked-down ones).
 fn wasmtime_serve(root: &Path, load: &Load) -> anyhow::Result<(Figures, Figures)> {
     let wasmtime = root.join("target/tools/wasmtime/bin/wasmtime");
     let echo = root.join("target/guests/wasm32-wasip2/release/http_echo.wasm");
@@ -116,7 +118,7 @@ fn wasmtime_serve(root: &Path, load: &Load) -> anyhow::Result<(Figures, Figures)
     let run = |extra: &[&str]| -> anyhow::Result<Figures> {
         let mut child = harness::spawn(
             Command::new(&wasmtime)
-                .args(["serve", "--addr", "127.0.0.1:0"])
+                .args(["serve", "-S", "cli", "--addr", "127.0.0.1:0"])
                 .args(extra)
                 .arg(&echo),
         )?;
