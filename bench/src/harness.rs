@@ -103,21 +103,18 @@ pub fn spawn(command: &mut Command) -> anyhow::Result<Child> {
 
 /// Wait for the line starting with `prefix` on stdout; returns the rest.
 pub fn wait_for_stdout(child: &mut Child, prefix: &str) -> anyhow::Result<String> {
-    let stdout = child.stdout.take().context("no stdout")?;
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        if let Some(rest) = line.strip_prefix(prefix) {
-            return Ok(rest.trim().to_owned());
-        }
-    }
-    bail!("the process exited before printing {prefix:?}")
+    wait_for_line(child.stdout.take().context("no stdout")?, prefix)
 }
 
 /// Wait for the line starting with `prefix` on stderr; returns the rest.
-/// The rest of stderr is drained so the process never blocks on it.
 pub fn wait_for_stderr(child: &mut Child, prefix: &str) -> anyhow::Result<String> {
-    let stderr = child.stderr.take().context("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
+    wait_for_line(child.stderr.take().context("no stderr")?, prefix)
+}
+
+/// Read `output` until a line starts with `prefix`; returns the rest of it.
+/// The rest of the output is drained so the process never blocks on it.
+fn wait_for_line(output: impl Read + Send + 'static, prefix: &str) -> anyhow::Result<String> {
+    let mut lines = BufReader::new(output).lines();
     for line in lines.by_ref() {
         let line = line?;
         if let Some(rest) = line.strip_prefix(prefix) {

@@ -159,28 +159,10 @@ async fn feedback_a_client_correction_is_only_a_proposal_until_a_reviewer_accept
 async fn feedback_an_anonymous_correction_after_a_resolution_does_not_override_the_reviewer() {
     // The reproduced finding: no tokens at all (the demo), a reviewer on
     // this machine resolves, then an anonymous client corrects.
-    let manifest = format!(
-        "{SMALL_RUNTIME}
-[pipelines.p]
-[[pipelines.p.stages]]
-name = \"bank\"
-layer = \"cache\"
-plugin = {bank}
-grants = [\"config\", \"cache\"]
-on_error = \"skip\"
-
-[[pipelines.p.stages]]
-name = \"triage\"
-layer = \"rules\"
-plugin = {scripted}
-grants = [\"config\", \"log\"]
-config = {{ outcome = \"escalate\", reason = \"a person\" }}
-",
-        bank = toml_str(components::ANSWER_BANK),
-        scripted = toml_str(components::SCRIPTED),
-    );
+    // The answer bank, then a stage that escalates everything.
+    let manifest = strata_tests::bank_desk("", "");
     let host = TestHost::start(&manifest).await;
-    let (status, escalated) = host.ask("p", "Where is my refund?").await;
+    let (status, escalated) = host.ask("desk", "Where is my refund?").await;
     assert_eq!(status, 202);
     let ticket = escalated["ticket"]["id"].as_i64().unwrap();
     let id = escalated["request_id"].as_str().unwrap();
@@ -198,7 +180,7 @@ config = {{ outcome = \"escalate\", reason = \"a person\" }}
         )
         .await;
     assert_eq!(status, 202, "{body}");
-    let (_, again) = host.ask("p", "Where is my refund?").await;
+    let (_, again) = host.ask("desk", "Where is my refund?").await;
     assert_eq!(again["output"], "Refunds take 5 days.", "{again}");
     host.shutdown().await;
 }

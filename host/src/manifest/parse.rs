@@ -2,7 +2,7 @@
 //! model, one pipeline at a time.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
@@ -287,25 +287,13 @@ impl Parser<'_> {
                 ));
             }
         }
-        let cases = match raw.cases {
-            None => None,
-            Some(path) => {
-                let resolved = self.base.join(&path);
-                if !resolved.is_file() {
-                    return Err(self.error(
-                        Location {
-                            key: Some("cases".to_owned()),
-                            ..here
-                        },
-                        ManifestErrorKind::Invalid(format!(
-                            "no cases file at {}",
-                            resolved.display()
-                        )),
-                    ));
-                }
-                Some(std::fs::canonicalize(&resolved).unwrap_or(resolved))
-            }
-        };
+        let cases = self.cases_file(
+            raw.cases,
+            Location {
+                key: Some("cases".to_owned()),
+                ..here
+            },
+        )?;
         Ok(PipelineSpec {
             name,
             min_confidence,
@@ -332,6 +320,26 @@ impl Parser<'_> {
                 ManifestErrorKind::Invalid(format!("cannot be represented as JSON: {e}")),
             )),
         }
+    }
+
+    /// A golden-cases file named at `location`, resolved against the
+    /// manifest's directory; it must exist.
+    pub(super) fn cases_file(
+        &self,
+        path: Option<PathBuf>,
+        location: Location,
+    ) -> Result<Option<PathBuf>, ManifestError> {
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let resolved = self.base.join(&path);
+        if !resolved.is_file() {
+            return Err(self.error(
+                location,
+                ManifestErrorKind::Invalid(format!("no cases file at {}", resolved.display())),
+            ));
+        }
+        Ok(Some(std::fs::canonicalize(&resolved).unwrap_or(resolved)))
     }
 
     /// `table` as a `T`. A value of the wrong type or shape is an error

@@ -65,22 +65,7 @@ impl Parser<'_> {
             }
             _ => None,
         };
-        let cases = match raw.cases {
-            None => None,
-            Some(path) => {
-                let resolved = self.base.join(&path);
-                if !resolved.is_file() {
-                    return Err(self.error(
-                        at("cases"),
-                        ManifestErrorKind::Invalid(format!(
-                            "no cases file at {}",
-                            resolved.display()
-                        )),
-                    ));
-                }
-                Some(std::fs::canonicalize(&resolved).unwrap_or(resolved))
-            }
-        };
+        let cases = self.cases_file(raw.cases, at("cases"))?;
         let wasi = self.wasi(raw.wasi, &grants, &at)?;
         if let Some(reuse) = &raw.reuse {
             if reuse.max_uses < 1 || reuse.max_idle > 1_000 {

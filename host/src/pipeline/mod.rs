@@ -31,7 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::manifest::{
-    AnswerBankSpec, Fallthrough, Manifest, ManifestError, Name, RecordSpec, RolloutMode, SloSpec,
+    AnswerBankSpec, Digest, Fallthrough, Manifest, ManifestError, Name, RecordSpec, RolloutMode,
+    SloSpec,
 };
 use crate::model::{ModelCall, ModelRouter};
 use crate::request::Request;
@@ -308,7 +309,7 @@ pub struct StageRun {
     /// Its layer.
     pub layer: String,
     /// The digest of the version that ran.
-    pub digest: String,
+    pub digest: Digest,
     /// `live`, or `candidate` when a canary served the request.
     pub version: &'static str,
     /// `next`, `respond`, `escalate`, `reject`, or `failed`.

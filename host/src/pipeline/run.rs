@@ -211,7 +211,7 @@ impl Pipeline {
             trace.push(StageRun {
                 stage: by.stage.clone(),
                 layer: by.layer.clone(),
-                digest: version.digest.to_string(),
+                digest: version.digest.clone(),
                 version: if canary.is_some() {
                     "candidate"
                 } else {

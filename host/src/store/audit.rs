@@ -1,11 +1,9 @@
 //! The audit log of operations, and shadow comparisons.
 
 use rusqlite::params;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Completion, Message, Store, StoreError, WriteOp, now_millis};
+use super::{Completion, Json, Message, Store, StoreError, WriteOp, now_millis};
 use crate::request::Outcome;
 
 /// How a stage differs between two generations.
@@ -158,27 +156,6 @@ pub struct ShadowDifference {
     pub candidate: ShadowOutcome,
     /// When (Unix milliseconds).
     pub at: i64,
-}
-
-/// A value kept in a column as JSON text. Reading text that is not the
-/// expected shape is an error naming it, never a silent `null`.
-pub(super) struct Json<T>(pub(super) T);
-
-impl<T: Serialize> ToSql for Json<T> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        let text = serde_json::to_string(&self.0)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(ToSqlOutput::from(text))
-    }
-}
-
-impl<T: DeserializeOwned> FromSql for Json<T> {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let text = value.as_str()?;
-        serde_json::from_str(text)
-            .map(Json)
-            .map_err(|e| FromSqlError::Other(Box::new(e)))
-    }
 }
 
 impl Store {

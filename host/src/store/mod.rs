@@ -46,7 +46,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use self::schema::migrate;
@@ -261,6 +264,27 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteOp>) {
             Ok(()) => Ok(()),
             Err(error) => Err(StoreError::Database(error.to_string())),
         });
+    }
+}
+
+/// A value kept in a column as JSON text. Reading text that is not the
+/// expected shape is an error naming it, never a silent `null`.
+pub(crate) struct Json<T>(pub(crate) T);
+
+impl<T: Serialize> ToSql for Json<T> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let text = serde_json::to_string(&self.0)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(ToSqlOutput::from(text))
+    }
+}
+
+impl<T: DeserializeOwned> FromSql for Json<T> {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        serde_json::from_str(text)
+            .map(Json)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
     }
 }
 

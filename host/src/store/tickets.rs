@@ -147,7 +147,7 @@ pub(super) fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticke
         reason: row.get(4)?,
         draft: row.get(5)?,
         input: row.get(6)?,
-        attributes: row.get::<_, super::audit::Json<_>>(7)?.0,
+        attributes: row.get::<_, super::Json<_>>(7)?.0,
         state: row.get(8)?,
         claimed_by: row.get(9)?,
         claimed_at: row.get(10)?,
@@ -208,6 +208,15 @@ pub(super) fn accept_correction(
 }
 
 /// Say why a claim or resolution changed nothing.
+/// The ticket as a state change left it, or, when the change touched no
+/// row (`changed` is 0), why it was refused.
+fn after_update(conn: &Connection, ticket: i64, changed: usize) -> Result<Ticket, StoreError> {
+    if changed == 0 {
+        return Err(explain_refusal(conn, ticket)?);
+    }
+    read_ticket(conn, ticket)?.ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))
+}
+
 pub(super) fn explain_refusal(conn: &Connection, ticket: i64) -> Result<StoreError, StoreError> {
     let Some(current) = read_ticket(conn, ticket)? else {
         return Ok(StoreError::NotFound(format!("ticket {ticket}")));
@@ -253,11 +262,7 @@ impl Store {
                  WHERE id = ?1 AND (state = 'open' OR (state = 'claimed' AND claimed_by = ?2))",
                 params![ticket, reviewer, now_millis()],
             )?;
-            if changed == 0 {
-                return Err(explain_refusal(conn, ticket)?);
-            }
-            read_ticket(conn, ticket)?
-                .ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))
+            after_update(conn, ticket, changed)
         })
         .await
     }
@@ -281,11 +286,7 @@ impl Store {
                  WHERE id = ?1 AND (state = 'open' OR (state = 'claimed' AND claimed_by = ?3))",
                     params![ticket, answer, reviewer, now],
                 )?;
-                if changed == 0 {
-                    return Err(explain_refusal(conn, ticket)?);
-                }
-                let resolved = read_ticket(conn, ticket)?
-                    .ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))?;
+                let resolved = after_update(conn, ticket, changed)?;
                 if resolved.kind == TicketKind::Correction {
                     // An accepted correction changes the bank, not the request:
                     // the client was answered long ago.
@@ -412,11 +413,7 @@ impl Store {
                    AND (state = 'open' OR (state = 'claimed' AND claimed_by = ?3))",
                 params![ticket, note, reviewer, now],
             )?;
-            if changed == 0 {
-                return Err(explain_refusal(conn, ticket)?);
-            }
-            read_ticket(conn, ticket)?
-                .ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))
+            after_update(conn, ticket, changed)
         })
         .await
     }
