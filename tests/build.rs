@@ -28,6 +28,8 @@ const GUESTS: &[(&str, &str)] = &[
     ("counter", "tests/components/counter"),
     ("dialer", "tests/components/dialer"),
     ("cache-v1", "tests/components/cache-v1"),
+    ("http-stage", "tests/components/http-stage"),
+    ("http-dialer", "tests/components/http-dialer"),
 ];
 
 const TARGET: &str = "wasm32-wasip2";

@@ -12,13 +12,16 @@
 //! - `polyglot`: a stage's cost per request in Rust, Python and JavaScript,
 //!   fresh and reused, and four Rust stages with reuse against bare hyper;
 //! - `async`: the same requests real-time and asynchronous (provider calls
-//!   with batching, time to finish), and real-time latency beside a backlog.
+//!   with batching, time to finish), and real-time latency beside a backlog;
+//! - `http-stage`: a `wasi:http` handler as a stage against a
+//!   `strata:pipeline` stage doing the same work.
 //!
 //! Run it through `scripts/bench`, which builds what it needs first.
 
 mod background;
 mod foundation;
 mod harness;
+mod http_stage;
 mod layers;
 mod polyglot;
 mod reload;
@@ -34,7 +37,7 @@ use crate::harness::Load;
 #[derive(Debug, Parser)]
 struct Args {
     /// Which scenarios to run.
-    #[arg(long, value_enum, default_values_t = [Scenario::Foundation, Scenario::Reload, Scenario::Layers, Scenario::Polyglot, Scenario::Async])]
+    #[arg(long, value_enum, default_values_t = [Scenario::Foundation, Scenario::Reload, Scenario::Layers, Scenario::Polyglot, Scenario::Async, Scenario::HttpStage])]
     scenario: Vec<Scenario>,
     /// Seconds of load per measurement.
     #[arg(long, default_value_t = 10)]
@@ -81,6 +84,8 @@ enum Scenario {
     Polyglot,
     /// Real-time against asynchronous with batching; latency beside a backlog.
     Async,
+    /// A wasi:http stage against a strata:pipeline stage doing the same work.
+    HttpStage,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,6 +114,7 @@ fn main() -> anyhow::Result<()> {
                 ("layers", layers::run(&root, &load, &trace)?)
             }
             Scenario::Polyglot => ("polyglot", polyglot::run(&root, &load)?),
+            Scenario::HttpStage => ("http-stage", http_stage::run(&root, &load)?),
             Scenario::Async => {
                 let settings = background::Settings {
                     trace: layers::Trace {

@@ -261,6 +261,7 @@ impl AuditReport {
             }
             if s.wasi["dirs"].as_array().is_some_and(|d| !d.is_empty())
                 || s.wasi["allow"].as_array().is_some_and(|a| !a.is_empty())
+                || s.wasi["http"].as_array().is_some_and(|h| !h.is_empty())
             {
                 let _ = writeln!(out, "  wasi      {}", s.wasi);
             }
@@ -364,6 +365,7 @@ fn audit_version(
                 .map(|(host, guest)| serde_json::json!({"host": host, "guest": guest, "access": "read-only"}))
                 .collect::<Vec<_>>(),
             "allow": spec.wasi.allow.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "http": spec.wasi.http.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
         }),
         reuse: spec
             .reuse
@@ -383,6 +385,13 @@ fn audit_version(
                 ));
             }
             audit.contract = facts.contract().map(|c| c.to_string());
+            if let (Some(declared), Some(contract)) = (spec.kind, facts.contract())
+                && declared != contract.kind()
+            {
+                audit.broken = Some(format!(
+                    "declares kind = \"{declared}\" but exports {contract}"
+                ));
+            }
             audit.exports = facts.exports.clone();
             let mut ungranted = Vec::new();
             for import in facts.imports {

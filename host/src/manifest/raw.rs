@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{
     AdminSettings, AnswerBankSpec, CallbackSettings, Fallthrough, Limits, ModelsSpec, OnError,
     RecordSpec, ReloadSettings, RetentionSettings, ReuseSpec, RolloutMode, RuntimeSettings,
-    ServerSettings, SloSpec,
+    ServerSettings, SloSpec, StageKind,
 };
 
 /// `[async]` as written.
@@ -39,6 +39,8 @@ pub(super) struct RawWasi {
     pub(super) dirs: Vec<RawDir>,
     #[serde(default)]
     pub(super) allow: Vec<String>,
+    #[serde(default)]
+    pub(super) http: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +122,8 @@ pub(super) struct RawStage {
     pub(super) wasi: Option<RawWasi>,
     #[serde(default)]
     pub(super) reuse: Option<ReuseSpec>,
+    #[serde(default)]
+    pub(super) kind: Option<StageKind>,
 }
 
 #[derive(Deserialize)]

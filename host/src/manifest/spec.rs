@@ -287,6 +287,8 @@ pub struct StageSpec {
     pub wasi: WasiSpec,
     /// Instance reuse, when the stage opts in.
     pub reuse: Option<ReuseSpec>,
+    /// The interface its components must export, when the manifest says.
+    pub kind: Option<StageKind>,
 }
 
 /// What a stage's granted WASI families may reach (`[...stages.wasi]`).
@@ -296,6 +298,73 @@ pub struct WasiSpec {
     pub dirs: Vec<(PathBuf, String)>,
     /// Addresses the stage may connect to or send to.
     pub allow: Vec<SocketAddr>,
+    /// Hosts the stage may send HTTP requests to (`wasi:http`).
+    pub http: Vec<HttpHost>,
+}
+
+/// A host a stage may send HTTP requests to: `host` (the scheme's default
+/// port only) or `host:port`. Names are compared without regard to case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpHost {
+    /// The host name or IP address, lower-cased.
+    pub host: String,
+    /// The port, or `None` for the scheme's default (80 or 443).
+    pub port: Option<u16>,
+}
+
+impl HttpHost {
+    /// Read `host` or `host:port` (an IPv6 address in brackets).
+    pub fn parse(text: &str) -> Result<HttpHost, String> {
+        let authority: http::uri::Authority = text.parse().map_err(|_| {
+            format!("\"{text}\" is not a host or host:port such as api.example.com:443")
+        })?;
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return Err(format!(
+                "\"{text}\" is not a host or host:port such as api.example.com:443"
+            ));
+        }
+        Ok(HttpHost {
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16(),
+        })
+    }
+
+    /// Whether a request to `host` on `port` (`default_port` being the
+    /// scheme's) is allowed by this entry.
+    pub fn allows(&self, host: &str, port: u16, default_port: u16) -> bool {
+        self.host.eq_ignore_ascii_case(host) && self.port.unwrap_or(default_port) == port
+    }
+}
+
+impl fmt::Display for HttpHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host),
+            None => f.write_str(&self.host),
+        }
+    }
+}
+
+/// Which interface a stage's component exports (`kind = ...`): detected
+/// from the component; declaring it makes a component of the other kind an
+/// error at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// `strata:pipeline/stage`.
+    Pipeline,
+    /// `wasi:http/incoming-handler@0.2.x`: an HTTP handler; each request
+    /// reaches it as `POST /` with a JSON body.
+    Http,
+}
+
+impl fmt::Display for StageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StageKind::Pipeline => "pipeline",
+            StageKind::Http => "http",
+        })
+    }
 }
 
 /// Instance reuse (`reuse = { max_uses = N, max_idle = M }`): an instance
@@ -425,17 +494,21 @@ pub enum Grant {
     /// `wasi:sockets`: linked, but every address refused unless the stage's
     /// `wasi.allow` lists it.
     WasiSockets,
+    /// `wasi:http/outgoing-handler`: outgoing HTTP requests, each refused
+    /// unless the stage's `wasi.http` lists its host.
+    WasiHttp,
 }
 
 impl Grant {
     /// Every grant, in the order they are documented.
-    pub const ALL: [Grant; 6] = [
+    pub const ALL: [Grant; 7] = [
         Grant::Log,
         Grant::Config,
         Grant::Cache,
         Grant::Model,
         Grant::WasiFilesystem,
         Grant::WasiSockets,
+        Grant::WasiHttp,
     ];
 
     /// The name used in manifests.
@@ -447,6 +520,7 @@ impl Grant {
             Grant::Model => "model",
             Grant::WasiFilesystem => "wasi:filesystem",
             Grant::WasiSockets => "wasi:sockets",
+            Grant::WasiHttp => "wasi:http",
         }
     }
 

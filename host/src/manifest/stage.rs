@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::{
-    CandidateSpec, DEFAULT_MAX_BURN_RATE, Digest, Grant, Layer, Location, ManifestError,
+    CandidateSpec, DEFAULT_MAX_BURN_RATE, Digest, Grant, HttpHost, Layer, Location, ManifestError,
     ManifestErrorKind, Name, OnError, Parser, PluginFile, RawCandidate, RawStage, RawWasi,
     RolloutMode, RuntimeSettings, StageSpec, WasiSpec,
 };
@@ -101,6 +101,7 @@ impl Parser<'_> {
             deterministic,
             wasi,
             reuse: raw.reuse,
+            kind: raw.kind,
         })
     }
 
@@ -124,6 +125,12 @@ impl Parser<'_> {
             return Err(invalid(
                 "wasi.allow",
                 "addresses need the \"wasi:sockets\" grant".to_owned(),
+            ));
+        }
+        if !raw.http.is_empty() && !grants.contains(&Grant::WasiHttp) {
+            return Err(invalid(
+                "wasi.http",
+                "hosts need the \"wasi:http\" grant".to_owned(),
             ));
         }
         let mut dirs = Vec::new();
@@ -152,7 +159,12 @@ impl Parser<'_> {
                 )
             })?);
         }
-        Ok(WasiSpec { dirs, allow })
+        let http = raw
+            .http
+            .iter()
+            .map(|host| HttpHost::parse(host).map_err(|m| invalid("wasi.http", m)))
+            .collect::<Result<_, _>>()?;
+        Ok(WasiSpec { dirs, allow, http })
     }
 
     pub(super) fn candidate(

@@ -20,7 +20,9 @@
 use wasmtime::component::InstancePre;
 use wasmtime::{AsContextMut, Result};
 
+use crate::manifest::StageKind;
 use crate::request::{Outcome, Request};
+use crate::runtime::StageFailure;
 
 /// `strata:pipeline@0.2.0`, the current contract (`wit/pipeline.wit`).
 pub(crate) mod v0_2 {
@@ -54,13 +56,17 @@ pub(crate) mod v0_1 {
 
 pub(crate) use self::v0_2::strata::pipeline::types as wit;
 
-/// A version of the contract a stage can be built against.
+/// A contract a stage can be built against: a version of
+/// `strata:pipeline`, or `wasi:http`'s incoming handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contract {
     /// `strata:pipeline@0.1.0`.
     V0_1,
     /// `strata:pipeline@0.2.0`.
     V0_2,
+    /// `wasi:http/incoming-handler@0.2.x`: an HTTP handler, called as
+    /// `crate::runtime::http_stage` describes.
+    WasiHttp,
 }
 
 /// The stage export of each supported version, newest first.
@@ -69,32 +75,55 @@ const STAGE_EXPORTS: [(&str, Contract); 2] = [
     ("strata:pipeline/stage@0.1.0", Contract::V0_1),
 ];
 
+/// The export of an HTTP stage, any 0.2 patch version.
+const HTTP_HANDLER_EXPORT: &str = "wasi:http/incoming-handler@0.2.";
+
 /// What a stage must export, for error messages.
-pub(crate) const STAGE_EXPORT_EXPECTED: &str = "strata:pipeline/stage@0.2.0 or @0.1.0";
+pub(crate) const STAGE_EXPORT_EXPECTED: &str =
+    "strata:pipeline/stage@0.2.0 or @0.1.0, or wasi:http/incoming-handler@0.2.x";
 
 impl Contract {
     /// The version whose `stage` a component exports (the newest, should it
-    /// export more than one), or `None` when it is not a stage.
+    /// export more than one; a `strata:pipeline` stage before an HTTP
+    /// handler), or `None` when it is not a stage.
     pub fn of_exports<'a>(exports: impl IntoIterator<Item = &'a str>) -> Option<Contract> {
         let exports: Vec<&str> = exports.into_iter().collect();
         STAGE_EXPORTS
             .iter()
             .find(|(name, _)| exports.contains(name))
             .map(|&(_, contract)| contract)
+            .or_else(|| {
+                exports
+                    .iter()
+                    .any(|name| name.starts_with(HTTP_HANDLER_EXPORT))
+                    .then_some(Contract::WasiHttp)
+            })
     }
 
-    /// The version number, e.g. `0.2.0`.
+    /// The version number, e.g. `0.2.0` (`0.2` for any HTTP handler).
     pub fn version(self) -> &'static str {
         match self {
             Contract::V0_1 => "0.1.0",
             Contract::V0_2 => "0.2.0",
+            Contract::WasiHttp => "0.2",
+        }
+    }
+
+    /// The kind of stage the contract makes.
+    pub fn kind(self) -> StageKind {
+        match self {
+            Contract::V0_1 | Contract::V0_2 => StageKind::Pipeline,
+            Contract::WasiHttp => StageKind::Http,
         }
     }
 }
 
 impl std::fmt::Display for Contract {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "strata:pipeline@{}", self.version())
+        match self {
+            Contract::WasiHttp => write!(f, "wasi:http/incoming-handler@{}", self.version()),
+            _ => write!(f, "strata:pipeline@{}", self.version()),
+        }
     }
 }
 
@@ -104,6 +133,8 @@ pub(crate) enum StagePre<T: 'static> {
     V0_1(v0_1::PluginPre<T>),
     /// Built against 0.2.0.
     V0_2(v0_2::PluginPre<T>),
+    /// An HTTP handler.
+    Http(wasmtime_wasi_http::p2::bindings::ProxyPre<T>),
 }
 
 impl<T: Send + 'static> StagePre<T> {
@@ -112,6 +143,9 @@ impl<T: Send + 'static> StagePre<T> {
         Ok(match contract {
             Contract::V0_1 => StagePre::V0_1(v0_1::PluginPre::new(pre)?),
             Contract::V0_2 => StagePre::V0_2(v0_2::PluginPre::new(pre)?),
+            Contract::WasiHttp => {
+                StagePre::Http(wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre)?)
+            }
         })
     }
 
@@ -123,6 +157,7 @@ impl<T: Send + 'static> StagePre<T> {
         Ok(match self {
             StagePre::V0_1(pre) => StageInstance::V0_1(pre.instantiate_async(store).await?),
             StagePre::V0_2(pre) => StageInstance::V0_2(pre.instantiate_async(store).await?),
+            StagePre::Http(pre) => StageInstance::Http(pre.instantiate_async(store).await?),
         })
     }
 }
@@ -133,29 +168,39 @@ pub(crate) enum StageInstance {
     V0_1(v0_1::Plugin),
     /// Built against 0.2.0.
     V0_2(v0_2::Plugin),
+    /// An HTTP handler.
+    Http(wasmtime_wasi_http::p2::bindings::Proxy),
 }
 
 impl StageInstance {
-    /// Call the stage's `handle`.
-    pub(crate) async fn handle<S: AsContextMut<Data: Send>>(
+    /// Call the stage's handler on `request`. The outer error is the call
+    /// failing (a trap, a limit); the inner one an HTTP stage's response
+    /// that is no outcome (a 5xx, a body that is not the contract's JSON).
+    pub(crate) async fn handle(
         &self,
-        store: S,
-        request: &wit::Request,
-    ) -> Result<wit::Outcome> {
-        match self {
+        store: &mut wasmtime::Store<crate::runtime::StageState>,
+        request: &Request,
+        stage: &str,
+        output_limit: usize,
+    ) -> Result<Result<Outcome, StageFailure>> {
+        let outcome = match self {
             StageInstance::V0_1(plugin) => {
                 plugin
                     .strata_pipeline_stage()
-                    .call_handle(store, request)
-                    .await
+                    .call_handle(store, &request.into())
+                    .await?
             }
             StageInstance::V0_2(plugin) => {
                 plugin
                     .strata_pipeline_stage()
-                    .call_handle(store, request)
-                    .await
+                    .call_handle(store, &request.into())
+                    .await?
             }
-        }
+            StageInstance::Http(proxy) => {
+                return super::http_stage::handle(proxy, store, request, stage, output_limit).await;
+            }
+        };
+        Ok(Ok(outcome.into()))
     }
 }
 

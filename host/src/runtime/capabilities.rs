@@ -3,10 +3,11 @@
 //! Every import of a component is classified here. Types-only interfaces and
 //! the WASI interfaces that Rust's standard library pulls in (I/O streams,
 //! CLI environment and stdio, clocks, randomness) are always satisfied, by a
-//! locked-down WASI context. Host interfaces need their grant, and so do the
-//! WASI filesystem and sockets, which are linked confined (no directory, no
-//! address, unless the stage's `wasi` table names some). Anything else
-//! (`wasi:http`, unknown packages) is refused. The check runs on
+//! locked-down WASI context, and so are `wasi:http/types` (an HTTP stage's
+//! requests and responses). Host interfaces need their grant, and so do the
+//! WASI filesystem, sockets and outgoing HTTP, which are linked confined (no
+//! directory, no address, no host, unless the stage's `wasi` table names
+//! some). Anything else (unknown packages) is refused. The check runs on
 //! the component's declared imports before linking, so a refusal names every
 //! offending import rather than only the first one the linker trips over.
 
@@ -42,6 +43,10 @@ impl ImportRule {
                 ImportRule::Grant(Grant::WasiFilesystem)
             }
             _ if interface.starts_with("wasi:sockets/") => ImportRule::Grant(Grant::WasiSockets),
+            // The types every HTTP handler imports: requests and responses,
+            // nothing that reaches out.
+            "wasi:http/types" => ImportRule::Baseline,
+            "wasi:http/outgoing-handler" => ImportRule::Grant(Grant::WasiHttp),
             _ if BASELINE_PACKAGES.iter().any(|p| interface.starts_with(p)) => ImportRule::Baseline,
             _ => ImportRule::Denied,
         }
@@ -111,7 +116,12 @@ mod tests {
                 "wasi:sockets/tcp@0.2.6",
                 ImportRule::Grant(Grant::WasiSockets),
             ),
-            ("wasi:http/outgoing-handler@0.2.6", ImportRule::Denied),
+            ("wasi:http/types@0.2.4", ImportRule::Baseline),
+            (
+                "wasi:http/outgoing-handler@0.2.6",
+                ImportRule::Grant(Grant::WasiHttp),
+            ),
+            ("wasi:http/incoming-handler@0.2.0", ImportRule::Denied),
             ("example:other/thing", ImportRule::Denied),
         ];
         for (import, expected) in cases {

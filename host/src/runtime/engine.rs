@@ -115,6 +115,9 @@ impl Runtime {
         // Every supported contract version, side by side: a component built
         // against an older one links to the same host code it always did.
         super::imports::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
+        // `wasi:http`: its types for HTTP stages, its outgoing handler for
+        // those granted it (the capability check runs before linking).
+        super::imports::http::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
 
         Ok(Runtime {
             engine,

@@ -18,6 +18,7 @@ use crate::manifest::Limits;
 use crate::request::{Outcome, Request};
 use crate::runtime::imports::cache::{BankAccess, CacheCtx, CacheUse};
 use crate::runtime::imports::config::ConfigCtx;
+use crate::runtime::imports::http::HttpCtx;
 use crate::runtime::imports::log::LogCtx;
 use crate::runtime::imports::model::{ModelAccess, ModelCtx};
 use crate::runtime::imports::wasi::GuestLogs;
@@ -72,7 +73,12 @@ impl Runtime {
                     .map_err(|e| (true, e))?,
             };
             let outcome = instance
-                .handle(&mut store, &request.into())
+                .handle(
+                    &mut store,
+                    request,
+                    &tag.stage,
+                    limits.output_kib as usize * 1024,
+                )
                 .await
                 .map_err(|e| (false, e))?;
             Ok((instance, outcome))
@@ -98,7 +104,10 @@ impl Runtime {
                 }),
                 None,
             ),
-            Ok(Ok((instance, outcome))) => (check_outcome(outcome.into(), &limits), Some(instance)),
+            Ok(Ok((instance, outcome))) => (
+                outcome.and_then(|outcome| check_outcome(outcome, &limits)),
+                Some(instance),
+            ),
             Ok(Err((instantiating, error))) => {
                 let failure = classify(error, state, &limits);
                 // A trap while instantiating is the instance's own start-up
@@ -170,6 +179,7 @@ impl Runtime {
                 config: stage.config.clone(),
                 cache: CacheCtx::new(tag.clone()),
                 model: ModelCtx::default(),
+                http: HttpCtx::new(stage.http_hosts.clone()),
                 timed_out: false,
             },
         );
@@ -328,6 +338,14 @@ pub enum StageFailure {
     /// The outcome broke the contract (e.g. confidence outside 0..1).
     #[error("returned an invalid outcome: {0}")]
     InvalidOutcome(String),
+    /// An HTTP stage answered 5xx, or set an error code as its response.
+    #[error("{}", match status { Some(status) => format!("answered HTTP {status}"), None => "answered with an HTTP error".to_owned() })]
+    Http {
+        /// The status, when there was a response.
+        status: Option<u16>,
+        /// The start of the body, or the error code: for the log.
+        detail: String,
+    },
     /// No instance could be made: the instance pool is exhausted for this
     /// component's shape, or its start-up code failed.
     #[error("could not be instantiated")]
@@ -354,6 +372,7 @@ impl StageFailure {
             StageFailure::Trap { .. } => "trap",
             StageFailure::OutputTooLarge { .. } => "output_too_large",
             StageFailure::InvalidOutcome(_) => "invalid_outcome",
+            StageFailure::Http { .. } => "http",
             StageFailure::Instantiate { .. } => "instantiate",
             StageFailure::Overloaded { .. } => "overloaded",
         }
@@ -362,7 +381,9 @@ impl StageFailure {
     /// Internals for the log, never for the client.
     pub fn detail(&self) -> Option<&str> {
         match self {
-            StageFailure::Trap { detail } | StageFailure::Instantiate { detail } => Some(detail),
+            StageFailure::Trap { detail }
+            | StageFailure::Instantiate { detail }
+            | StageFailure::Http { detail, .. } => Some(detail),
             _ => None,
         }
     }
@@ -401,6 +422,8 @@ pub(crate) struct StageState {
     pub(crate) cache: CacheCtx,
     /// `strata:pipeline/model`.
     pub(crate) model: ModelCtx,
+    /// `wasi:http`.
+    pub(crate) http: HttpCtx,
     pub(super) limiter: StageLimiter,
     pub(super) timed_out: bool,
 }

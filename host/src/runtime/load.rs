@@ -61,6 +61,14 @@ impl Runtime {
                 found: exports,
             }));
         };
+        if let Some(declared) = spec.kind
+            && declared != contract.kind()
+        {
+            return Err(fail(ManifestErrorKind::Invalid(format!(
+                "the stage declares kind = \"{declared}\", but {} exports {contract}",
+                path.display()
+            ))));
+        }
 
         let mut imports = Vec::new();
         let mut ungranted = Vec::new();
@@ -109,6 +117,7 @@ impl Runtime {
 
         Ok(LoadedStage {
             config: ConfigCtx::new(&spec.config),
+            http_hosts: spec.wasi.http.clone().into(),
             spec: spec.clone(),
             digest: spec.plugin.digest.clone(),
             contract,
@@ -159,6 +168,8 @@ pub struct LoadedStage {
     pub exports: Vec<String>,
     pub(super) pre: StagePre<StageState>,
     pub(super) config: Arc<ConfigCtx>,
+    /// The hosts its outgoing HTTP requests may reach.
+    pub(super) http_hosts: Arc<[crate::manifest::HttpHost]>,
     pub(super) reuse: Option<ReusePool>,
 }
 

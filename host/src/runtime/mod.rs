@@ -15,12 +15,15 @@
 //! - `engine`: the engine, pool, epoch ticker, compile cache and linker;
 //! - `load`: compiling, checking and pre-instantiating a stage;
 //! - `invoke`: an instance per call within the stage's limits, and its
-//!   failures.
+//!   failures;
+//! - `http_stage`: a `wasi:http` handler called as a stage, its response
+//!   read as an outcome.
 
 pub(crate) mod bindings;
 pub use self::bindings::Contract;
 pub mod capabilities;
 mod engine;
+mod http_stage;
 pub(crate) mod imports;
 mod invoke;
 mod limits;

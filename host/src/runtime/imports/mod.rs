@@ -4,6 +4,7 @@
 //! - [`config`]: `strata:pipeline/config`, the stage's own manifest table;
 //! - [`cache`]: `strata:pipeline/cache`, the pipeline's answer bank;
 //! - [`model`]: `strata:pipeline/model`, completions by tier;
+//! - [`http`]: `wasi:http`, outgoing requests to the hosts a stage lists;
 //! - [`wasi`]: the locked-down WASI context that std-built guests need;
 //! - [`v0_1`]: the same interfaces as `strata:pipeline@0.1.0` declares them,
 //!   delegating to the files above.
@@ -20,6 +21,7 @@
 
 pub(crate) mod cache;
 pub(crate) mod config;
+pub(crate) mod http;
 pub(crate) mod log;
 pub(crate) mod model;
 pub(crate) mod v0_1;
