@@ -52,6 +52,7 @@ pub mod callbacks;
 pub mod cases;
 pub mod cli;
 pub mod complete;
+pub mod console;
 pub mod control;
 pub mod delivery;
 pub mod embeddings;

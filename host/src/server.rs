@@ -252,8 +252,20 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         max_in_flight: manifest.server.max_in_flight as usize,
     };
     for (listener, router) in [
-        (listener, crate::http::public::router(app.clone())),
-        (admin_listener, crate::http::admin::router(app.clone())),
+        (
+            listener,
+            crate::http::public::router(app.clone()).merge(crate::console::router(
+                app.clone(),
+                crate::console::Listener::Api,
+            )),
+        ),
+        (
+            admin_listener,
+            crate::http::admin::router(app.clone()).merge(crate::console::router(
+                app.clone(),
+                crate::console::Listener::Admin,
+            )),
+        ),
     ] {
         let edge = crate::http::edge(router, bounds);
         let cancel = app.lifecycle.cancel.clone();

@@ -71,7 +71,7 @@ fn unknown_stage_key() {
         "$DIR/strata.toml: pipeline \"support\", stage \"only\", key \"timeout_ms\": unknown field \
          `timeout_ms`, \
          expected one of `name`, `plugin`, `layer`, `sha256`, `grants`, `limits`, `on_error`, \
-         `config`, `candidate`, `cases`, `deterministic`, `seed`, `wasi`, `reuse`"
+         `config`, `candidate`, `cases`, `deterministic`, `seed`, `wasi`, `reuse`, `kind`"
     );
 }
 
@@ -201,7 +201,7 @@ fn component_without_the_stage_export() {
     assert_eq!(
         message,
         "$DIR/strata.toml: pipeline \"support\", stage \"only\", key \"plugin\": \
-         $GUESTS/not_a_stage.wasm does not export strata:pipeline/stage@0.2.0 or @0.1.0 (it exports run)"
+         $GUESTS/not_a_stage.wasm does not export strata:pipeline/stage@0.2.0 or @0.1.0, or wasi:http/incoming-handler@0.2.x (it exports run)"
     );
 }
 
@@ -295,7 +295,7 @@ fn invalid_values() {
         (
             stage("grants = [\"network\"]"),
             "pipeline \"support\", stage \"only\", key \"grants\": unknown grant \"network\"; \
-             known grants: log, config, cache, model, wasi:filesystem, wasi:sockets",
+             known grants: log, config, cache, model, wasi:filesystem, wasi:sockets, wasi:http",
         ),
         (
             stage("grants = [\"log\", \"log\"]"),

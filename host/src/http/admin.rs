@@ -12,6 +12,7 @@
 //! | `/admin/rollback` | POST | serve the previous generation again (as a new generation number) |
 //! | `/admin/pipelines/{p}/slo` | GET | error budget burn rates of the pipeline and its canaries |
 //! | `/admin/pipelines/{p}/shadow` | GET | shadow comparisons per stage, with differing examples |
+//! | `/admin/pipelines/{p}/traffic?hours=24` | GET | answers by layer per bucket of time, completion rate, time to value p50/p99, cost per answered request (the console's dashboard) |
 //! | `/admin/pipelines/{p}/stages/{s}/promote` | POST | make the candidate live (edits the manifest) |
 //! | `/admin/pipelines/{p}/stages/{s}/rollback` | POST | drop the candidate (edits the manifest) |
 //! | `/admin/audit?limit=N` | GET | the reload audit log, newest first |
@@ -29,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, json_response};
-use super::extract::{Admin, Deliberate, QueryOf, RequireRole};
+use super::extract::{Admin, Deliberate, QueryOf, RequireRole, bounded_query};
 use super::only;
 use crate::app::App;
 use crate::ops::{CandidateError, Report, Trigger};
@@ -48,6 +49,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/admin/pipelines/{pipeline}/shadow",
             only(get(shadow), "GET"),
+        )
+        .route(
+            "/admin/pipelines/{pipeline}/traffic",
+            only(get(traffic), "GET"),
         )
         .route("/admin/reload", only(post(reload), "POST"))
         .route("/admin/rollback", only(post(rollback), "POST"))
@@ -81,6 +86,35 @@ async fn shadow(
     known_pipeline(&app, &name)?;
     let summary = app.store.shadow_summary(name, 10).await?;
     Ok(json_response(StatusCode::OK, &summary))
+}
+
+/// The query of `GET /admin/pipelines/{p}/traffic`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrafficQuery {
+    #[serde(default)]
+    hours: Option<String>,
+}
+
+/// The longest window `traffic` looks back over: 30 days.
+const MAX_TRAFFIC_HOURS: i64 = 24 * 30;
+
+async fn traffic(
+    State(app): State<Arc<App>>,
+    _: RequireRole<Admin>,
+    Path(name): Path<String>,
+    QueryOf(query): QueryOf<TrafficQuery>,
+) -> Result<Response, ApiError> {
+    known_pipeline(&app, &name)?;
+    let hours = bounded_query("hours", query.hours, 24, MAX_TRAFFIC_HOURS)?;
+    let hour = 3_600_000;
+    // Buckets on whole hours, a day of them or fewer (a bucket per hour up
+    // to two days, wider beyond).
+    let bucket = hour * (hours / 48).max(1);
+    let now = crate::store::now_millis();
+    let since = (now - hours * hour) / bucket * bucket;
+    let stats = app.store.traffic(name, since, bucket).await?;
+    Ok(json_response(StatusCode::OK, &stats))
 }
 
 async fn reload(
@@ -331,16 +365,7 @@ async fn audit(
     _: RequireRole<Admin>,
     QueryOf(query): QueryOf<AuditQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = match query.limit {
-        None => 100,
-        Some(value) => value
-            .parse()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!("limit \"{value}\" is not a number in 1..=1000"))
-            })?,
-    };
+    let limit = bounded_query("limit", query.limit, 100, 1000)?;
     let entries = app.store.audit_log(limit).await?;
     let entries: Vec<Value> = entries
         .into_iter()

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use super::error::ApiError;
 use crate::app::App;
 use crate::auth::{Caller, Role};
+use crate::console::session::{self, Refused, Session};
 use crate::pipeline::{Generation, Pipeline};
 
 /// The address of the connection a request came on, which the accept loop
@@ -33,12 +34,18 @@ fn peer_ip(parts: &Parts) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.0.ip())
 }
 
-/// Check that the caller may act as `role` (see [`crate::auth`]).
+/// Check that the caller may act as `role` (see [`crate::auth`]): by its
+/// bearer token, or else by its console session.
 fn authorize(app: &App, parts: &Parts, role: Role) -> Result<Caller, ApiError> {
     let header = parts
         .headers
         .get(http::header::AUTHORIZATION)
         .map(|v| v.as_bytes());
+    if header.is_none()
+        && let Some(sealed) = session::cookie_value(&parts.headers)
+    {
+        return session_caller(sealed, parts, role);
+    }
     // The name the caller used for this host, which same-machine trust
     // needs to be a loopback one (HTTP/1.1 always sends Host; an absolute
     // request target carries it instead).
@@ -48,6 +55,40 @@ fn authorize(app: &App, parts: &Parts, role: Role) -> Result<Caller, ApiError> {
         .map(|v| v.as_bytes())
         .or_else(|| parts.uri.authority().map(|a| a.as_str().as_bytes()));
     Ok(app.tokens.authorize(role, header, peer_ip(parts), host)?)
+}
+
+/// The caller a console session stands for (see [`crate::console::session`]):
+/// a valid, unexpired session of a role that may call the route, and for a
+/// request that changes anything, the session's CSRF token in
+/// `X-CSRF-Token`.
+fn session_caller(sealed: &str, parts: &Parts, role: Role) -> Result<Caller, ApiError> {
+    let session = Session::open_sealed(sealed, crate::store::now_millis()).map_err(|refused| {
+        let message = match refused {
+            Refused::Expired => "the console session has expired; sign in again",
+            Refused::Invalid => {
+                "the console session is not valid (the host may have restarted); sign in again"
+            }
+        };
+        ApiError::new(StatusCode::UNAUTHORIZED, "session_expired", message)
+    })?;
+    if !matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+        use subtle::ConstantTimeEq;
+        let sent = parts
+            .headers
+            .get(session::CSRF_HEADER)
+            .map(|v| v.as_bytes());
+        let matches = sent.is_some_and(|sent| bool::from(sent.ct_eq(session.csrf.as_bytes())));
+        if !matches {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "a console request that changes something must carry the page's X-CSRF-Token",
+            ));
+        }
+    }
+    session
+        .caller_for(role)
+        .map_err(|message| ApiError::new(StatusCode::FORBIDDEN, "forbidden", message))
 }
 
 /// A role a route requires, as a type.
@@ -94,7 +135,9 @@ impl FromRequestParts<Arc<App>> for FeedbackCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
-        if parts.headers.contains_key(http::header::AUTHORIZATION)
+        let credentials = parts.headers.contains_key(http::header::AUTHORIZATION)
+            || session::cookie_value(&parts.headers).is_some();
+        if credentials
             && let Ok(caller) = authorize(app, parts, Role::Reviewer)
             && caller.is_reviewer()
         {
@@ -172,6 +215,28 @@ impl<S: Sync> FromRequestParts<S> for Deliberate {
             ))
         }
     }
+}
+
+/// A number a query names as `name`, within `1..=max`; `default` when it
+/// is absent, a 400 naming the parameter when it is not such a number.
+pub fn bounded_query<T>(
+    name: &str,
+    value: Option<String>,
+    default: T,
+    max: T,
+) -> Result<T, ApiError>
+where
+    T: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display + Copy,
+{
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    text.parse()
+        .ok()
+        .filter(|n| (T::from(1)..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{name} \"{text}\" is not a number in 1..={max}"))
+        })
 }
 
 /// The client's own request id (`X-Request-Id`), if it sent one: 1 to 128

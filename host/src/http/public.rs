@@ -11,6 +11,8 @@
 //! | `/v1/tickets/{id}/claim` | POST | reviewer | `{"reviewer": "..."}` |
 //! | `/v1/tickets/{id}/resolve` | POST | reviewer | `{"answer": "..."}`: answer the ticket (or accept a correction, edited or not) |
 //! | `/v1/tickets/{id}/reject` | POST | reviewer | `{"note": "..."}`: turn a proposed correction down |
+//! | `/v1/tickets/{id}/release` | POST | reviewer | `{}`: put a ticket one holds back in the queue (an admin: any claimed ticket) |
+//! | `/v1/tickets/{id}/similar` | GET | reviewer | approved answers of the pipeline's bank that fit the ticket's question |
 //! | `/v1/feedback` | POST | client | `{"request_id", "rating": "good"\|"bad", "correction"}` |
 //! | `/v1/feedback/export` | GET | reviewer | rated and corrected requests as JSON lines |
 //!
@@ -44,7 +46,9 @@ use serde_json::{Value, json};
 use super::error::{ApiError, json_response};
 use super::extract::{Client, ClientRequestId, JsonBody, PreferAsync, RequireRole, Target};
 use super::only;
-use super::review::{claim, export_feedback, feedback, get_ticket, list_tickets, reject, resolve};
+use super::review::{
+    claim, export_feedback, feedback, get_ticket, list_tickets, reject, release, resolve, similar,
+};
 use crate::app::App;
 use crate::complete::{self, Mode};
 use crate::pipeline::{Generation, Pipeline, Verdict};
@@ -66,6 +70,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/tickets/{id}/claim", only(post(claim), "POST"))
         .route("/v1/tickets/{id}/resolve", only(post(resolve), "POST"))
         .route("/v1/tickets/{id}/reject", only(post(reject), "POST"))
+        .route("/v1/tickets/{id}/release", only(post(release), "POST"))
+        .route("/v1/tickets/{id}/similar", only(get(similar), "GET"))
         .route("/v1/feedback", only(post(feedback), "POST"))
         .route("/v1/feedback/export", only(get(export_feedback), "GET"))
         .fallback(|uri: http::Uri| async move {

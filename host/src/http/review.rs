@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, json_response};
-use super::extract::{FeedbackCaller, JsonBody, QueryOf, RequireRole, Reviewer};
+use super::extract::{FeedbackCaller, JsonBody, QueryOf, RequireRole, Reviewer, bounded_query};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::states::TicketState;
@@ -249,18 +249,7 @@ pub(super) async fn list_tickets(
             )));
         }
     };
-    let limit = match query.limit {
-        None => DEFAULT_TICKET_PAGE,
-        Some(value) => value
-            .parse()
-            .ok()
-            .filter(|n| (1..=MAX_TICKET_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "limit \"{value}\" is not a number in 1..={MAX_TICKET_PAGE}"
-                ))
-            })?,
-    };
+    let limit = bounded_query("limit", query.limit, DEFAULT_TICKET_PAGE, MAX_TICKET_PAGE)?;
     let tickets = app.store.tickets(filter, limit).await?;
     let views: Vec<Value> = tickets.iter().map(ticket_view).collect();
     Ok(json_response(StatusCode::OK, &json!({"tickets": views})))
@@ -271,14 +260,17 @@ pub(super) async fn get_ticket(
     _: RequireRole<Reviewer>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = parse_ticket_id(&id)?;
-    match app.store.ticket(id).await? {
-        Some(ticket) => Ok(json_response(StatusCode::OK, &ticket_view(&ticket))),
-        None => Err(ApiError::not_found(
-            "unknown_ticket",
-            format!("no ticket {id}"),
-        )),
-    }
+    let ticket = known_ticket(&app, &id).await?;
+    Ok(json_response(StatusCode::OK, &ticket_view(&ticket)))
+}
+
+/// The ticket a path names, or a 404 saying so.
+async fn known_ticket(app: &App, id: &str) -> Result<crate::store::Ticket, ApiError> {
+    let id = parse_ticket_id(id)?;
+    app.store
+        .ticket(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_ticket", format!("no ticket {id}")))
 }
 
 pub(super) async fn claim(
@@ -293,6 +285,39 @@ pub(super) async fn claim(
         .claim(id, reviewer_of(&caller, body.reviewer)?)
         .await?;
     Ok(json_response(StatusCode::OK, &ticket_view(&ticket)))
+}
+
+pub(super) async fn release(
+    State(app): State<Arc<App>>,
+    RequireRole(caller, _): RequireRole<Reviewer>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ClaimBody>,
+) -> Result<Response, ApiError> {
+    let id = parse_ticket_id(&id)?;
+    let anyone = caller.token == Some(crate::auth::Role::Admin);
+    let ticket = app
+        .store
+        .release(id, reviewer_of(&caller, body.reviewer)?, anyone)
+        .await?;
+    Ok(json_response(StatusCode::OK, &ticket_view(&ticket)))
+}
+
+/// Approved answers of the ticket's pipeline that fit its question: the
+/// bank's best match (lexical), for the reviewer to use or adapt.
+pub(super) async fn similar(
+    State(app): State<Arc<App>>,
+    _: RequireRole<Reviewer>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ticket = known_ticket(&app, &id).await?;
+    let bank = app.bank(&ticket.pipeline);
+    let matches: Vec<Value> = bank
+        .patterns()
+        .lookup_lexical(&ticket.input)
+        .into_iter()
+        .map(|m| json!({"answer": m.answer, "score": m.score, "label": m.label, "trusted": m.trusted}))
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({"similar": matches})))
 }
 
 pub(super) async fn reject(

@@ -29,6 +29,7 @@ mod jobs;
 mod patterns;
 mod requests;
 mod schema;
+mod stats;
 mod tickets;
 
 pub use self::audit::*;
@@ -37,6 +38,7 @@ pub use self::feedback::*;
 pub use self::jobs::*;
 pub use self::patterns::*;
 pub use self::requests::*;
+pub use self::stats::{Bucket, TrafficStats};
 pub use self::tickets::*;
 pub use crate::states::{JobStatus, RequestStatus, TicketState};
 

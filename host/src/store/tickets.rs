@@ -230,7 +230,7 @@ pub(super) fn explain_refusal(conn: &Connection, ticket: i64) -> Result<StoreErr
             "ticket {ticket} was already rejected by {}",
             current.resolved_by.unwrap_or_default()
         )),
-
+        TicketState::Open => StoreError::Conflict(format!("ticket {ticket} is not claimed")),
         _ => StoreError::Conflict(format!(
             "ticket {ticket} is claimed by {}",
             current.claimed_by.unwrap_or_default()
@@ -261,6 +261,26 @@ impl Store {
                 "UPDATE tickets SET state = 'claimed', claimed_by = ?2, claimed_at = ?3
                  WHERE id = ?1 AND (state = 'open' OR (state = 'claimed' AND claimed_by = ?2))",
                 params![ticket, reviewer, now_millis()],
+            )?;
+            after_update(conn, ticket, changed)
+        })
+        .await
+    }
+
+    /// Put a claimed ticket back in the queue, unclaimed. Only the reviewer
+    /// holding it may, unless `anyone` (an admin freeing a ticket a reviewer
+    /// left).
+    pub async fn release(
+        &self,
+        ticket: i64,
+        reviewer: String,
+        anyone: bool,
+    ) -> Result<Ticket, StoreError> {
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE tickets SET state = 'open', claimed_by = NULL, claimed_at = NULL
+                 WHERE id = ?1 AND state = 'claimed' AND (claimed_by = ?2 OR ?3)",
+                params![ticket, reviewer, anyone],
             )?;
             after_update(conn, ticket, changed)
         })
