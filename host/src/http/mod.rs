@@ -3,6 +3,7 @@
 //!
 //! - [`public`]: the API for applications and reviewers;
 //! - [`admin`]: the admin API for operators, on its own listener;
+//! - [`openai`]: the OpenAI-compatible front door (chat, completions, models);
 //! - [`extract`]: authentication, bodies, queries and headers as extractors;
 //! - [`error`]: the typed error body every refusal becomes.
 //!
@@ -14,6 +15,7 @@
 pub mod admin;
 pub mod error;
 pub mod extract;
+pub mod openai;
 pub mod public;
 pub mod review;
 

@@ -15,6 +15,7 @@
 //! | `/v1/tickets/{id}/similar` | GET | reviewer | approved answers of the pipeline's bank that fit the ticket's question |
 //! | `/v1/feedback` | POST | client | `{"request_id", "rating": "good"\|"bad", "correction"}` |
 //! | `/v1/feedback/export` | GET | reviewer | rated and corrected requests as JSON lines |
+//! | `/v1/chat/completions`, `/v1/completions`, `/v1/models` | POST, POST, GET | client | the OpenAI-compatible front door (see [`super::openai`]) |
 //!
 //! A client may name its request with an `X-Request-Id` header (1 to 128
 //! letters, digits, `-`, `_`, `.` or `:`): canary routing hashes the id, so a
@@ -74,6 +75,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/tickets/{id}/similar", only(get(similar), "GET"))
         .route("/v1/feedback", only(post(feedback), "POST"))
         .route("/v1/feedback/export", only(get(export_feedback), "GET"))
+        .route(
+            "/v1/chat/completions",
+            only(post(super::openai::chat_completions), "POST"),
+        )
+        .route(
+            "/v1/completions",
+            only(post(super::openai::completions), "POST"),
+        )
+        .route("/v1/models", only(get(super::openai::models), "GET"))
         .fallback(|uri: http::Uri| async move {
             ApiError::not_found("no_route", format!("no route for {}", uri.path()))
         })
@@ -181,21 +191,61 @@ async fn run_pipeline(
             ),
         ));
     }
-    // The run and its record are one of the host's tasks: a client that
-    // hangs up, or one not answered within `[server] request_timeout_ms`,
-    // stops only the waiting. What the run did (a model call is paid for)
-    // is kept either way, and shutdown waits for it.
-    let id = request.id.clone();
-    let run = app.lifecycle.spawn(run_and_keep(
+    run_real_time(
         shared,
         generation,
         pipeline,
         request,
         created_at,
         body.callback,
+    )
+    .await
+    .map(Ran::into_response)
+}
+
+/// A real-time run's outcome: the status and the request's JSON view.
+pub(super) struct Ran {
+    pub(super) status: StatusCode,
+    pub(super) view: Value,
+}
+
+impl Ran {
+    fn into_response(self) -> Response {
+        let mut response = json_response(self.status, &self.view);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1));
+        }
+        response
+    }
+}
+
+/// Run `request` now and wait for it, within `[server] request_timeout_ms`.
+///
+/// The run and its record are one of the host's tasks: a client that hangs
+/// up, or one not answered in time, stops only the waiting. What the run
+/// did (a model call is paid for) is kept either way, and shutdown waits
+/// for it.
+pub(super) async fn run_real_time(
+    app: Arc<App>,
+    generation: Arc<Generation>,
+    pipeline: Arc<Pipeline>,
+    request: Request,
+    created_at: i64,
+    callback: Option<String>,
+) -> Result<Ran, ApiError> {
+    let id = request.id.clone();
+    let run = app.lifecycle.spawn(run_and_keep(
+        app.clone(),
+        generation,
+        pipeline,
+        request,
+        created_at,
+        callback,
     ));
     match tokio::time::timeout(app.request_timeout, run).await {
-        Ok(Ok(response)) => response,
+        Ok(Ok(ran)) => ran,
         Ok(Err(panicked)) => {
             tracing::error!(request_id = %id, error = %panicked, "a request's run panicked");
             Err(ApiError::new(
@@ -225,7 +275,7 @@ async fn run_and_keep(
     request: Request,
     created_at: i64,
     callback: Option<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Ran, ApiError> {
     let execution = pipeline.run(&app.run, generation.number, request).await;
     let completed = complete::complete(
         &app.store,
@@ -249,13 +299,7 @@ async fn run_and_keep(
     if let Some(id) = ticket {
         view["ticket"] = json!({"id": id, "state": "open", "reason": record.message});
     }
-    let mut response = json_response(status, &view);
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1));
-    }
-    Ok(response)
+    Ok(Ran { status, view })
 }
 
 /// The status of a response to a run that ended without a ticket.
