@@ -346,6 +346,35 @@ async fn a_reviewer_and_an_operator_work_through_the_console() {
     let (_, state) = host.get(&format!("/v1/requests/{late}")).await;
     assert_eq!(state["output"], "Yes, in the app", "changed once only");
 
+    // A double click resolves once: the second click finds the button
+    // disabled while the first is in flight, and no conflict is reported.
+    let twice = escalate(&host, "Is there a fee for transfers?").await;
+    let double = ticket_of(&host, &twice).await;
+    client.refresh().await.unwrap();
+    click(&client, &format!("#ticket-{double}")).await;
+    wait_text(&client, "#detail h2", &format!("#{double}")).await;
+    client
+        .execute(
+            "const b = document.getElementById('resolve'); b.click(); b.click();",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let said = wait_text(&client, "#status-message", "Resolved").await;
+    assert!(!said.contains("already"), "{said}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let message = client
+        .find(Locator::Css("#status-message"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        message.starts_with("Resolved"),
+        "a second resolve was sent: {message}"
+    );
+
     // At phone width the queue still works.
     client.set_window_size(390, 844).await.unwrap();
     click(&client, "#tab-resolved").await;

@@ -21,8 +21,8 @@
 //!
 //! A stage only imports the host interfaces it calls: one that never calls
 //! [`log`] needs no `log` grant, one that never calls [`config`] needs no
-//! `config` grant. The contract itself is `wit/pipeline.wit`, which documents
-//! every type below.
+//! `config` grant. The contract itself is `wit/pipeline.wit` (shipped in this
+//! crate), which documents every type below.
 //!
 //! The SDK targets `strata:pipeline@0.2.0`, so a stage built with it needs a
 //! host that links 0.2.0. Stages built with an older SDK (0.1.0) keep
@@ -33,7 +33,8 @@
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        // The crate's own copy, so the published crate carries its contract.
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
