@@ -49,6 +49,8 @@ pub struct App {
     pub callbacks: Callbacks,
     /// Every task the host spawns, and the signal that stops them.
     pub lifecycle: Lifecycle,
+    /// Teams' recent requests, for their rate limits.
+    pub teams: crate::teams::Teams,
 }
 
 impl App {

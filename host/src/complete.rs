@@ -74,11 +74,13 @@ pub async fn complete(
     execution: &Execution,
     created_at: i64,
     callback: Option<String>,
+    team: Option<String>,
     mode: Mode,
 ) -> Result<Completed, NotKept> {
     let trace = trace_of(execution);
     let mut record = record_with_trace(execution, created_at, &trace);
     record.callback = callback;
+    record.team = team;
     let new_ticket = match &execution.verdict {
         Verdict::Escalated { reason, draft, .. } => Some(NewTicket {
             reason: reason.clone(),
@@ -190,6 +192,7 @@ fn record_with_trace(execution: &Execution, created_at: i64, trace: &Value) -> R
         pattern: execution.pattern(),
         cost_usd: execution.cost_usd(),
         callback: None,
+        team: None,
     };
     match &execution.verdict {
         Verdict::Answered {
@@ -251,5 +254,6 @@ pub fn unknown_pipeline_record(job: &Job, generation: u64) -> RequestRecord {
         cost_usd: 0.0,
         callback: job.callback.clone(),
         pattern: None,
+        team: job.team.clone(),
     }
 }

@@ -115,9 +115,14 @@ async fn run(app: &App, job: Job) {
         &execution,
         job.created_at,
         job.callback.clone(),
+        job.team.clone(),
         crate::complete::Mode::Job,
     )
     .await;
+    if let (Ok(completed), Some(team)) = (&completed, &job.team) {
+        app.teams.charge(team, completed.record.cost_usd).await;
+        app.metrics.team_request(team, completed.record.cost_usd);
+    }
     // Not completed: the job stays unfinished and runs again at the next start.
     if let Err(error) = completed {
         tracing::error!(request_id = %id, %error, "cannot complete an asynchronous request");

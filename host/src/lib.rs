@@ -76,6 +76,7 @@ pub mod server;
 pub mod slo;
 pub mod states;
 pub mod store;
+pub mod teams;
 pub mod views;
 
 pub use manifest::{Manifest, ManifestError, ManifestErrorKind};

@@ -191,6 +191,7 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     let app = Arc::new(App {
         background: run.clone().batched(),
         run,
+        teams: crate::teams::Teams::default(),
         jobs: Jobs::new(&manifest.background),
         callbacks,
         runtime,

@@ -332,6 +332,7 @@ pub struct HostProcess {
     child: std::process::Child,
     events: std::sync::mpsc::Receiver<Value>,
     base: String,
+    admin: String,
 }
 
 impl HostProcess {
@@ -368,15 +369,25 @@ impl HostProcess {
             child,
             events,
             base: String::new(),
+            admin: String::new(),
         };
         let serving = process.next_event(|e| e["message"] == "strata is serving");
         process.base = format!("http://{}", serving["addr"].as_str().unwrap_or_default());
+        process.admin = format!(
+            "http://{}",
+            serving["admin_addr"].as_str().unwrap_or_default()
+        );
         process
     }
 
     /// The API's base URL.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The admin API's base URL.
+    pub fn admin_base(&self) -> &str {
+        &self.admin
     }
 
     /// The process id.

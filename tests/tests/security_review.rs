@@ -463,6 +463,7 @@ async fn exactly_once_a_job_that_never_completes_goes_to_the_dead_letter_state()
             attributes: "{}".to_owned(),
             callback: None,
             created_at: strata::store::now_millis(),
+            team: None,
         })
         .await
         .unwrap();

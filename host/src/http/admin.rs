@@ -16,6 +16,7 @@
 //! | `/admin/pipelines/{p}/stages/{s}/promote` | POST | make the candidate live (edits the manifest) |
 //! | `/admin/pipelines/{p}/stages/{s}/rollback` | POST | drop the candidate (edits the manifest) |
 //! | `/admin/audit?limit=N` | GET | the reload audit log, newest first |
+//! | `/admin/teams` | GET | each team's limits, and its spend today and this month against its budgets |
 //! | `/metrics` | GET | Prometheus metrics (see [`crate::metrics`]) |
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/admin/pipelines", only(get(pipelines), "GET"))
         .route("/admin/audit", only(get(audit), "GET"))
+        .route("/admin/teams", only(get(teams), "GET"))
         .route("/metrics", only(get(metrics), "GET"))
         .route("/admin/pipelines/{pipeline}/slo", only(get(slo), "GET"))
         .route(
@@ -115,6 +117,34 @@ async fn traffic(
     let since = (now - hours * hour) / bucket * bucket;
     let stats = app.store.traffic(name, since, bucket).await?;
     Ok(json_response(StatusCode::OK, &stats))
+}
+
+/// Every team with its limits, and its spend against its budgets.
+async fn teams(State(app): State<Arc<App>>, _: RequireRole<Admin>) -> Result<Response, ApiError> {
+    let generation = app.current.load_full();
+    let mut views = Vec::new();
+    for team in generation.manifest.teams.values() {
+        let spend = crate::teams::spend(&app.store, &team.name).await?;
+        let over = team.usd_per_day.is_some_and(|b| spend.today_usd >= b)
+            || team.usd_per_month.is_some_and(|b| spend.month_usd >= b);
+        views.push(json!({
+            "name": team.name,
+            "token_env": team.token_env,
+            "pipelines": team.pipelines,
+            "requests_per_minute": team.requests_per_minute,
+            "budget": {"usd_per_day": team.usd_per_day, "usd_per_month": team.usd_per_month},
+            "over_budget": team.over_budget.as_str(),
+            "spend": {"today_usd": spend.today_usd, "month_usd": spend.month_usd},
+            "month": {
+                "requests": spend.month_requests,
+                "answered": spend.month_answered,
+                "cost_per_answered_usd": (spend.month_answered > 0)
+                    .then(|| spend.month_usd / spend.month_answered as f64),
+            },
+            "over_budget_now": over,
+        }));
+    }
+    Ok(json_response(StatusCode::OK, &json!({"teams": views})))
 }
 
 async fn reload(

@@ -34,6 +34,11 @@ impl ApiError {
         }
     }
 
+    /// The status the error is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// 400 `invalid_request`.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)

@@ -46,6 +46,13 @@ fn authorize(app: &App, parts: &Parts, role: Role) -> Result<Caller, ApiError> {
     {
         return session_caller(sealed, parts, role);
     }
+    // A team's token is a client's credential, naming the team.
+    if role == Role::Client
+        && let Some(header) = header
+        && let Some(team) = crate::teams::team_of_token(&app.current.load().manifest, header)
+    {
+        return Ok(crate::teams::caller(team));
+    }
     // The name the caller used for this host, which same-machine trust
     // needs to be a loopback one (HTTP/1.1 always sends Host; an absolute
     // request target carries it instead).

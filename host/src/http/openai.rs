@@ -176,20 +176,20 @@ enum Shape {
 
 pub(super) async fn chat_completions(
     State(app): State<Arc<App>>,
-    _: RequireRole<Client>,
+    RequireRole(caller, _): RequireRole<Client>,
     ClientRequestId(client_id): ClientRequestId,
     JsonBody(body): JsonBody<ChatBody>,
 ) -> Result<Response, ApiError> {
-    answer(app, client_id, body.asked()?, Shape::Chat).await
+    answer(app, &caller, client_id, body.asked()?, Shape::Chat).await
 }
 
 pub(super) async fn completions(
     State(app): State<Arc<App>>,
-    _: RequireRole<Client>,
+    RequireRole(caller, _): RequireRole<Client>,
     ClientRequestId(client_id): ClientRequestId,
     JsonBody(body): JsonBody<CompletionBody>,
 ) -> Result<Response, ApiError> {
-    answer(app, client_id, body.asked()?, Shape::Text).await
+    answer(app, &caller, client_id, body.asked()?, Shape::Text).await
 }
 
 pub(super) async fn models(State(app): State<Arc<App>>, _: RequireRole<Client>) -> Response {
@@ -210,6 +210,7 @@ pub(super) async fn models(State(app): State<Arc<App>>, _: RequireRole<Client>) 
 
 async fn answer(
     app: Arc<App>,
+    caller: &crate::auth::Caller,
     client_id: Option<String>,
     asked: Asked,
     shape: Shape,
@@ -224,6 +225,15 @@ async fn answer(
             ),
         ));
     };
+    let admission = app
+        .teams
+        .admit(
+            &app.store,
+            &generation.manifest,
+            caller,
+            pipeline.name.as_str(),
+        )
+        .await?;
     let mut attributes = BTreeMap::new();
     if let Some(user) = asked.user {
         attributes.insert("user".to_owned(), user);
@@ -235,8 +245,16 @@ async fn answer(
         attributes,
     };
     let created_at = crate::store::now_millis();
-    let Ran { status, view } =
-        run_real_time(app.clone(), generation, pipeline, request, created_at, None).await?;
+    let Ran { status, view } = run_real_time(
+        app.clone(),
+        generation,
+        pipeline,
+        request,
+        created_at,
+        None,
+        admission,
+    )
+    .await?;
     let content = match view["status"].as_str() {
         Some("answered") => view["output"].as_str().unwrap_or_default().to_owned(),
         Some("escalated") => escalation_message(&view),

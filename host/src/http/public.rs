@@ -52,11 +52,12 @@ use super::review::{
 };
 use crate::app::App;
 use crate::complete::{self, Mode};
-use crate::pipeline::{Generation, Pipeline, Verdict};
+use crate::pipeline::{Generation, Pipeline, RunContext, Verdict};
 use crate::queue::SubmitError;
 use crate::request::Request;
 use crate::runtime::StageFailure;
 use crate::store::{Job, StoreError};
+use crate::teams::Admission;
 use crate::views::{request_view, stored_view};
 
 /// The API's routes.
@@ -138,7 +139,7 @@ async fn pipelines(State(app): State<Arc<App>>, _: RequireRole<Client>) -> Respo
 
 async fn run_pipeline(
     State(app): State<Arc<App>>,
-    RequireRole(_, _): RequireRole<Client>,
+    RequireRole(caller, _): RequireRole<Client>,
     Target {
         generation,
         pipeline,
@@ -150,6 +151,15 @@ async fn run_pipeline(
 ) -> Result<Response, ApiError> {
     let shared = app.clone();
     let app = &*app;
+    let admission = app
+        .teams
+        .admit(
+            &app.store,
+            &generation.manifest,
+            &caller,
+            pipeline.name.as_str(),
+        )
+        .await?;
     let client_id_given = client_id.is_some();
     if let Some(url) = &body.callback {
         app.callbacks
@@ -176,7 +186,15 @@ async fn run_pipeline(
         attributes,
     };
     if body.background || prefer_async {
-        return accept(app, request, body.callback, created_at).await;
+        if admission.cheap_only {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "budget_exhausted",
+                "the team is over its budget: asynchronous requests are refused until it \
+                 resets; real-time requests are served by the cheap layers",
+            ));
+        }
+        return accept(app, request, body.callback, admission.team, created_at).await;
     }
     if client_id_given && app.store.job_state(request.id.clone()).await?.is_some() {
         // Running it now would record an answer the accepted job then could
@@ -198,6 +216,7 @@ async fn run_pipeline(
         request,
         created_at,
         body.callback,
+        admission,
     )
     .await
     .map(Ran::into_response)
@@ -234,6 +253,7 @@ pub(super) async fn run_real_time(
     request: Request,
     created_at: i64,
     callback: Option<String>,
+    admission: Admission,
 ) -> Result<Ran, ApiError> {
     let id = request.id.clone();
     let run = app.lifecycle.spawn(run_and_keep(
@@ -243,6 +263,7 @@ pub(super) async fn run_real_time(
         request,
         created_at,
         callback,
+        admission,
     ));
     match tokio::time::timeout(app.request_timeout, run).await {
         Ok(Ok(ran)) => ran,
@@ -275,14 +296,28 @@ async fn run_and_keep(
     request: Request,
     created_at: i64,
     callback: Option<String>,
+    admission: Admission,
 ) -> Result<Ran, ApiError> {
-    let execution = pipeline.run(&app.run, generation.number, request).await;
+    // A team over its budget with `over_budget = "cheap_layers"`: the same
+    // stages, with model calls off.
+    let cheap;
+    let ctx = if admission.cheap_only {
+        cheap = RunContext {
+            models: false,
+            ..app.run.clone()
+        };
+        &cheap
+    } else {
+        &app.run
+    };
+    let execution = pipeline.run(ctx, generation.number, request).await;
     let completed = complete::complete(
         &app.store,
         &app.metrics,
         &execution,
         created_at,
         callback,
+        admission.team.clone(),
         Mode::RealTime,
     )
     .await
@@ -290,6 +325,10 @@ async fn run_and_keep(
         tracing::error!(request_id = %execution.request.id, %error, "cannot keep a request");
         ApiError::store_unavailable(error.client_message())
     })?;
+    if let Some(team) = &admission.team {
+        app.teams.charge(team, completed.record.cost_usd).await;
+        app.metrics.team_request(team, completed.record.cost_usd);
+    }
     let (record, ticket) = (completed.record, completed.ticket);
     let status = match (&execution.verdict, ticket) {
         (_, Some(_)) => StatusCode::ACCEPTED,
@@ -320,6 +359,7 @@ async fn accept(
     app: &App,
     request: Request,
     callback: Option<String>,
+    team: Option<String>,
     created_at: i64,
 ) -> Result<Response, ApiError> {
     let job = Job {
@@ -329,6 +369,7 @@ async fn accept(
         attributes: serde_json::to_string(&request.attributes).expect("a string map serializes"),
         callback,
         created_at,
+        team,
     };
     match crate::jobs::submit(app, job).await {
         Ok(()) => {

@@ -19,6 +19,7 @@ mod raw;
 mod settings;
 mod spec;
 mod stage;
+mod teams;
 
 pub use self::error::*;
 pub use self::names::{Digest, Layer, Name};
@@ -82,6 +83,8 @@ pub struct Manifest {
     pub retention: RetentionSettings,
     /// The pipelines, by name.
     pub pipelines: BTreeMap<Name, PipelineSpec>,
+    /// Teams of clients, by name (`[teams.NAME]`).
+    pub teams: BTreeMap<String, TeamSpec>,
     /// Hex SHA-256 of the manifest text.
     pub sha256: String,
 }

@@ -78,6 +78,7 @@ impl Parser<'_> {
             pipelines.insert(pipeline.name.clone(), pipeline);
         }
         self.check_idle_instances(&pipelines, raw.runtime.instances)?;
+        let teams = self.teams(raw.teams, &pipelines)?;
         let background = AsyncSettings::resolve(raw.background, raw.runtime.instances)
             .map_err(|(key, why)| self.error(key_location(key), ManifestErrorKind::Invalid(why)))?;
         if let Some(entry) = raw.callbacks.allow.iter().find(|entry| {
@@ -177,6 +178,7 @@ impl Parser<'_> {
             callbacks: raw.callbacks,
             retention: raw.retention,
             pipelines,
+            teams,
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
         })
     }

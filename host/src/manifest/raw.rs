@@ -73,6 +73,8 @@ pub(super) struct RawManifest {
     pub(super) retention: RetentionSettings,
     #[serde(default)]
     pub(super) pipelines: toml::Table,
+    #[serde(default)]
+    pub(super) teams: toml::Table,
 }
 
 #[derive(Deserialize)]

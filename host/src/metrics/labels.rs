@@ -75,6 +75,13 @@ pub struct RatingLabels {
     pub rating: String,
 }
 
+/// Labels of a team alone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TeamLabels {
+    /// The team.
+    pub team: String,
+}
+
 /// Labels of a pipeline alone.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PipelineLabels {

@@ -41,7 +41,8 @@ use prometheus_client::registry::{Registry, Unit};
 use self::labels::{
     CallLabels, CostLabels, DeliveryLabels, FailureLabels, FeaturesLabels, LayerLabels,
     LookupLabels, OperationLabels, PipelineLabels, RatingLabels, ReasonLabels, RequestLabels,
-    StageLabels, StageResultLabels, StatusLabels, TierLabels, TokenLabels, WindowLabels,
+    StageLabels, StageResultLabels, StatusLabels, TeamLabels, TierLabels, TokenLabels,
+    WindowLabels,
 };
 use crate::pipeline::Execution;
 
@@ -87,6 +88,8 @@ pub struct Metrics {
     bank_examples: Family<PipelineLabels, Gauge>,
     async_pending: Gauge,
     async_refused: Family<PipelineLabels, Counter>,
+    team_requests: Family<TeamLabels, Counter>,
+    team_cost: Family<TeamLabels, Counter<f64, AtomicU64>>,
     callback_deliveries: Family<DeliveryLabels, Counter>,
 }
 
@@ -255,6 +258,19 @@ impl Metrics {
             "Asynchronous requests refused with 429 because the queue was full",
             async_refused.clone(),
         );
+        let team_requests = Family::default();
+        registry.register(
+            "team_requests",
+            "Requests completed for each team (`[teams.NAME]`)",
+            team_requests.clone(),
+        );
+        let team_cost: Family<TeamLabels, Counter<f64, AtomicU64>> = Family::default();
+        registry.register_with_unit(
+            "team_cost",
+            "Model spend of each team's requests",
+            Unit::Other("usd".to_owned()),
+            team_cost.clone(),
+        );
         let callback_deliveries = Family::default();
         registry.register(
             "callback_deliveries",
@@ -264,6 +280,8 @@ impl Metrics {
         Metrics {
             async_pending,
             async_refused,
+            team_requests,
+            team_cost,
             callback_deliveries,
             ratings,
             rated_cost,
@@ -536,6 +554,15 @@ impl Metrics {
     /// scrape).
     pub fn async_pending(&self, pending: usize) {
         self.async_pending.set(pending as i64);
+    }
+
+    /// Count a completed request of `team`, and its model spend.
+    pub fn team_request(&self, team: &str, cost_usd: f64) {
+        let labels = TeamLabels {
+            team: team.to_owned(),
+        };
+        self.team_requests.get_or_create(&labels).inc();
+        self.team_cost.get_or_create(&labels).inc_by(cost_usd);
     }
 
     /// Count an asynchronous request refused for a full queue.

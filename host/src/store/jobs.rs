@@ -23,6 +23,8 @@ pub struct Job {
     pub callback: Option<String>,
     /// When it was accepted (Unix milliseconds).
     pub created_at: i64,
+    /// The team whose token sent it, if a team's did.
+    pub team: Option<String>,
 }
 
 /// What [`Store::start_job`] decided.
@@ -37,7 +39,7 @@ pub enum JobStart {
 }
 
 /// A job from a row of `SELECT id, pipeline, input, attributes, callback,
-/// created_at FROM jobs`.
+/// created_at, team FROM jobs`.
 pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
         id: row.get(0)?,
@@ -46,12 +48,13 @@ pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         attributes: row.get(3)?,
         callback: row.get(4)?,
         created_at: row.get(5)?,
+        team: row.get(6)?,
     })
 }
 
 pub(super) fn read_job(conn: &Connection, id: &str) -> Result<Job, StoreError> {
     Ok(conn.query_row(
-        "SELECT id, pipeline, input, attributes, callback, created_at FROM jobs WHERE id = ?1",
+        "SELECT id, pipeline, input, attributes, callback, created_at, team FROM jobs WHERE id = ?1",
         params![id],
         job_from_row,
     )?)
@@ -90,15 +93,17 @@ impl Store {
                 )));
             }
             conn.execute(
-                "INSERT INTO jobs (id, pipeline, input, attributes, callback, state, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+                "INSERT INTO jobs (id, pipeline, input, attributes, callback, state, created_at,
+                                   team)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)",
                 params![
                     job.id,
                     job.pipeline,
                     job.input,
                     job.attributes,
                     job.callback,
-                    job.created_at
+                    job.created_at,
+                    job.team
                 ],
             )
             .map_err(|e| match e {
@@ -119,7 +124,7 @@ impl Store {
     pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
         self.read(|conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT id, pipeline, input, attributes, callback, created_at FROM jobs
+                "SELECT id, pipeline, input, attributes, callback, created_at, team FROM jobs
                  WHERE state IN ('queued', 'running') ORDER BY created_at, id",
             )?;
             let rows = statement.query_map([], job_from_row)?;
@@ -173,6 +178,7 @@ impl Store {
                     created_at: job.created_at,
                     remember_key: None,
                     cost_usd: 0.0,
+                    team: job.team.clone(),
                     callback: job.callback,
                     pattern: None,
                 };

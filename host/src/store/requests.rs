@@ -41,6 +41,8 @@ pub struct RequestRecord {
     pub remember_key: Option<String>,
     /// What its model calls cost, in US dollars.
     pub cost_usd: f64,
+    /// The team whose token made the request, if a team's did.
+    pub team: Option<String>,
     /// Where to POST the result when the request completes.
     pub callback: Option<String>,
     /// The answer-bank pattern whose answer it got, if any.
@@ -80,7 +82,7 @@ pub(super) fn read_request(
         .query_row(
             "SELECT id, pipeline, generation, status, input, attributes, output,
                             confidence, stage, layer, code, message, trace, created_at,
-                            completed_at, remember_key, cost_usd, pattern
+                            completed_at, remember_key, cost_usd, pattern, team
                      FROM requests WHERE id = ?1",
             params![id],
             |row| {
@@ -103,6 +105,7 @@ pub(super) fn read_request(
                         remember_key: row.get(15)?,
                         cost_usd: row.get(16)?,
                         pattern: row.get(17)?,
+                        team: row.get(18)?,
                         // Kept in the callbacks table, shown from there.
                         callback: None,
                     },
@@ -132,9 +135,9 @@ pub(super) fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(),
     conn.prepare_cached(
         "INSERT INTO requests (id, pipeline, generation, status, input, attributes, output,
                                confidence, stage, layer, code, message, trace, created_at,
-                               completed_at, remember_key, cost_usd, pattern)
+                               completed_at, remember_key, cost_usd, pattern, team)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18)
+                 ?18, ?19)
          ON CONFLICT (id) DO NOTHING",
     )?
     .execute(params![
@@ -155,7 +158,8 @@ pub(super) fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(),
         completed_at,
         r.remember_key,
         r.cost_usd,
-        r.pattern
+        r.pattern,
+        r.team
     ])?;
     Ok(())
 }

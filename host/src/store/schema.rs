@@ -231,6 +231,12 @@ pub(super) const MIGRATIONS: &[&str] = &["
         vector  BLOB NOT NULL,
         PRIMARY KEY (example, model)
     ) WITHOUT ROWID;
+", "
+    -- The team whose token made a request (`[teams.NAME]`), for spend
+    -- against its budgets; carried by an asynchronous request's job.
+    ALTER TABLE requests ADD COLUMN team TEXT;
+    CREATE INDEX requests_by_team ON requests (team, created_at) WHERE team IS NOT NULL;
+    ALTER TABLE jobs ADD COLUMN team TEXT;
 "];
 
 pub(super) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {

@@ -141,6 +141,36 @@ impl Store {
     }
 }
 
+impl Store {
+    /// `team`'s model spend since `day` and since `month` (Unix
+    /// milliseconds), and its requests and answers since `month`.
+    pub async fn team_spend(
+        &self,
+        team: String,
+        day: i64,
+        month: i64,
+    ) -> Result<(f64, f64, u64, u64), StoreError> {
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT COALESCE(SUM(CASE WHEN created_at >= ?2 THEN cost_usd END), 0),
+                        COALESCE(SUM(cost_usd), 0), COUNT(*),
+                        COALESCE(SUM(status = 'answered'), 0)
+                 FROM requests WHERE team = ?1 AND created_at >= ?3",
+                rusqlite::params![team, day, month],
+                |row| {
+                    Ok((
+                        row.get::<_, f64>(0)?,
+                        row.get::<_, f64>(1)?,
+                        row.get::<_, i64>(2)? as u64,
+                        row.get::<_, i64>(3)? as u64,
+                    ))
+                },
+            )?)
+        })
+        .await
+    }
+}
+
 /// The `q` quantile of sorted `values` (nearest rank).
 fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     if sorted.is_empty() {
