@@ -51,6 +51,8 @@ pub struct App {
     pub lifecycle: Lifecycle,
     /// Teams' recent requests, for their rate limits.
     pub teams: crate::teams::Teams,
+    /// The OTLP trace exporter, when `[telemetry] otlp` is set.
+    pub telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 impl App {

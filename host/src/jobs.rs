@@ -119,6 +119,9 @@ async fn run(app: &App, job: Job) {
         crate::complete::Mode::Job,
     )
     .await;
+    if let (Ok(completed), Some(telemetry)) = (&completed, &app.telemetry) {
+        telemetry.request(&completed.record, &completed.trace, job.created_at);
+    }
     if let (Ok(completed), Some(team)) = (&completed, &job.team) {
         app.teams.charge(team, completed.record.cost_usd).await;
         app.metrics.team_request(team, completed.record.cost_usd);

@@ -77,6 +77,7 @@ pub mod slo;
 pub mod states;
 pub mod store;
 pub mod teams;
+pub mod telemetry;
 pub mod views;
 
 pub use manifest::{Manifest, ManifestError, ManifestErrorKind};

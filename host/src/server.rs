@@ -105,6 +105,16 @@ impl RunningHost {
             tracing::warn!("tasks still running after {STOP_TIMEOUT:?}; closing the store anyway");
         }
         self.app.store.close().await;
+        if self.app.telemetry.is_some() {
+            // The SDK's shutdown blocks until the last batch is sent.
+            let app = self.app.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(telemetry) = &app.telemetry {
+                    telemetry.shutdown();
+                }
+            })
+            .await;
+        }
     }
 
     /// Serve until `signal` resolves, then shut down.
@@ -192,6 +202,8 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         background: run.clone().batched(),
         run,
         teams: crate::teams::Teams::default(),
+        telemetry: crate::telemetry::Telemetry::start(&manifest.telemetry)
+            .context("cannot start the OTLP exporter ([telemetry])")?,
         jobs: Jobs::new(&manifest.background),
         callbacks,
         runtime,

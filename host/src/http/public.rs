@@ -329,6 +329,9 @@ async fn run_and_keep(
         app.teams.charge(team, completed.record.cost_usd).await;
         app.metrics.team_request(team, completed.record.cost_usd);
     }
+    if let Some(telemetry) = &app.telemetry {
+        telemetry.request(&completed.record, &completed.trace, created_at);
+    }
     let (record, ticket) = (completed.record, completed.ticket);
     let status = match (&execution.verdict, ticket) {
         (_, Some(_)) => StatusCode::ACCEPTED,

@@ -83,6 +83,8 @@ pub struct Manifest {
     pub retention: RetentionSettings,
     /// The pipelines, by name.
     pub pipelines: BTreeMap<Name, PipelineSpec>,
+    /// OpenTelemetry export (`[telemetry]`).
+    pub telemetry: TelemetrySettings,
     /// Teams of clients, by name (`[teams.NAME]`).
     pub teams: BTreeMap<String, TeamSpec>,
     /// Hex SHA-256 of the manifest text.

@@ -79,6 +79,28 @@ impl Parser<'_> {
         }
         self.check_idle_instances(&pipelines, raw.runtime.instances)?;
         let teams = self.teams(raw.teams, &pipelines)?;
+        if let Some(url) = &raw.telemetry.otlp {
+            let valid = url.parse::<http::Uri>().ok().is_some_and(|uri| {
+                matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+            });
+            if !valid {
+                return Err(self.error(
+                    key_location("telemetry.otlp"),
+                    ManifestErrorKind::Invalid(format!(
+                        "\"{url}\" is not an http:// or https:// URL such as http://127.0.0.1:4318"
+                    )),
+                ));
+            }
+        }
+        if !(1..=60_000).contains(&raw.telemetry.export_delay_ms) {
+            return Err(self.error(
+                key_location("telemetry.export_delay_ms"),
+                ManifestErrorKind::Invalid(format!(
+                    "{} is outside 1..=60000",
+                    raw.telemetry.export_delay_ms
+                )),
+            ));
+        }
         let background = AsyncSettings::resolve(raw.background, raw.runtime.instances)
             .map_err(|(key, why)| self.error(key_location(key), ManifestErrorKind::Invalid(why)))?;
         if let Some(entry) = raw.callbacks.allow.iter().find(|entry| {
@@ -178,6 +200,7 @@ impl Parser<'_> {
             callbacks: raw.callbacks,
             retention: raw.retention,
             pipelines,
+            telemetry: raw.telemetry,
             teams,
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
         })

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{
     AdminSettings, AnswerBankSpec, CallbackSettings, Fallthrough, Limits, ModelsSpec, OnError,
     RecordSpec, ReloadSettings, RetentionSettings, ReuseSpec, RolloutMode, RuntimeSettings,
-    ServerSettings, SloSpec, StageKind,
+    ServerSettings, SloSpec, StageKind, TelemetrySettings,
 };
 
 /// `[async]` as written.
@@ -71,6 +71,8 @@ pub(super) struct RawManifest {
     pub(super) callbacks: CallbackSettings,
     #[serde(default)]
     pub(super) retention: RetentionSettings,
+    #[serde(default)]
+    pub(super) telemetry: TelemetrySettings,
     #[serde(default)]
     pub(super) pipelines: toml::Table,
     #[serde(default)]

@@ -408,3 +408,55 @@ pub fn split_host_port(entry: &str) -> Option<(String, Option<u16>)> {
         None => Some((entry.to_ascii_lowercase(), None)),
     }
 }
+
+/// OpenTelemetry export (`[telemetry]`): with `otlp` set, a trace per
+/// request, a span per stage, sent to that OTLP/HTTP endpoint. Read at
+/// start; a change needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318`
+    /// (traces go to `/v1/traces` under it).
+    #[serde(default)]
+    pub otlp: Option<String>,
+    /// `http/protobuf` (the default) or `http/json`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// The `service.name` of the resource.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Longest wait before a batch of spans is sent, in milliseconds.
+    #[serde(default = "default_export_delay_ms")]
+    pub export_delay_ms: u64,
+}
+
+/// How spans are encoded for the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP.
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    /// JSON over HTTP.
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otlp: None,
+            protocol: OtlpProtocol::default(),
+            service_name: default_service_name(),
+            export_delay_ms: default_export_delay_ms(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "strata".to_owned()
+}
+
+fn default_export_delay_ms() -> u64 {
+    1000
+}
