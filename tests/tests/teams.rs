@@ -151,6 +151,7 @@ async fn teams_are_held_to_their_pipelines_rates_and_budgets() {
     let (status, body) = ask(&host, CHECKOUT, "p", "How do I change my PIN?").await;
     assert_eq!(status, 200, "{body}");
     assert!(body["cost_usd"].as_f64().unwrap() > 0.0, "{body}");
+    let checkout_request = body["request_id"].as_str().unwrap().to_owned();
     let (status, body) = ask(&host, CHECKOUT, "quick", "anything").await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "budget_exhausted");
@@ -222,6 +223,27 @@ async fn teams_are_held_to_their_pipelines_rates_and_budgets() {
         metrics.contains("strata_team_cost_usd_total{team=\"checkout\"}"),
         "{metrics}"
     );
+    // A team's rating is exported with the team.
+    let rated = reqwest::Client::new()
+        .post(format!("{}/v1/feedback", host.base()))
+        .bearer_auth(CHECKOUT)
+        .json(&json!({"request_id": checkout_request, "rating": "good"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rated.status(), 200);
+    let export = reqwest::Client::new()
+        .get(format!("{}/v1/feedback/export", host.base()))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line: Value = serde_json::from_str(export.lines().last().unwrap()).unwrap();
+    assert_eq!(line["team"], "checkout", "{export}");
+    assert_eq!(line["request_id"], checkout_request);
     let capped = team("capped");
     assert_eq!(capped["spend"]["month_usd"], 0.0);
     assert_eq!(capped["over_budget_now"], false);

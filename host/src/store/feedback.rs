@@ -152,12 +152,14 @@ impl Store {
                 let page = store
                     .read(move |conn| {
                         let mut statement = conn.prepare_cached(
-                            "SELECT id, json_object(
-                                'id', id, 'at', at, 'kind', kind, 'request_id', request_id,
-                                'pipeline', pipeline, 'key', key, 'input', input,
-                                'answer', answer, 'rating', rating, 'correction', correction,
-                                'actor', actor)
-                             FROM feedback WHERE id > ?1 ORDER BY id LIMIT 500",
+                            "SELECT f.id, json_object(
+                                'id', f.id, 'at', f.at, 'kind', f.kind,
+                                'request_id', f.request_id, 'pipeline', f.pipeline,
+                                'key', f.key, 'input', f.input, 'answer', f.answer,
+                                'rating', f.rating, 'correction', f.correction,
+                                'actor', f.actor, 'team', r.team)
+                             FROM feedback f LEFT JOIN requests r ON r.id = f.request_id
+                             WHERE f.id > ?1 ORDER BY f.id LIMIT 500",
                         )?;
                         let rows = statement
                             .query_map(params![after], |row| Ok((row.get(0)?, row.get(1)?)))?;

@@ -160,14 +160,30 @@
         el("td", {}, `${e.from_generation ?? "–"} → ${e.to_generation ?? "–"}`))) : el("tr", {}, el("td", { colspan: 5 }, "Nothing recorded yet.")))));
   }
 
+  // Teams (`[teams.NAME]`): spend against budget, cost per answered request.
+  function teamsTable(teams) {
+    if (!teams.length) return null;
+    return [el("h2", {}, "Teams"), el("div", { class: "scroll" }, el("table", { id: "teams" },
+      el("thead", {}, el("tr", {}, ["team", "today", "this month", "requests (month)", "cost per answered", "over budget"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, teams.map((t) => el("tr", {},
+        el("td", {}, t.name),
+        el("td", {}, `${money(t.spend.today_usd)}${t.budget.usd_per_day ? ` of ${money(t.budget.usd_per_day)}` : ""}`),
+        el("td", {}, `${money(t.spend.month_usd)}${t.budget.usd_per_month ? ` of ${money(t.budget.usd_per_month)}` : ""}`),
+        el("td", {}, `${t.month.requests} (${t.month.answered} answered)`),
+        el("td", {}, money(t.month.cost_per_answered_usd)),
+        el("td", { class: t.over_budget_now ? "firing" : "calm" }, t.over_budget_now ? `yes: ${t.over_budget}` : "no"))))))];
+  }
+
   async function load() {
     try {
-      const [serving, audit] = await Promise.all([api("GET", "/admin/pipelines"), api("GET", "/admin/audit?limit=20")]);
+      const [serving, audit, teams] = await Promise.all([
+        api("GET", "/admin/pipelines"), api("GET", "/admin/audit?limit=20"), api("GET", "/admin/teams")]);
       const sections = await Promise.all(serving.pipelines.map(pipelineSection));
       app.replaceChildren(
         el("p", { id: "generation" }, `Serving generation ${serving.generation}, loaded ${new Date(serving.loaded_at).toLocaleString()}, manifest sha256 `,
           el("code", {}, String(serving.manifest.sha256).slice(0, 16))),
         ...(sections.length ? sections : [el("div", { class: "empty" }, "The manifest defines no pipelines.")]),
+        ...(teamsTable(teams.teams) || []),
         el("h2", {}, "Audit log"),
         auditLog(audit.entries));
     } catch (e) {

@@ -57,7 +57,8 @@
     return el("div", { class: "tabs", role: "tablist" }, TABS.map(([key, label]) =>
       el("button", {
         type: "button", role: "tab", id: `tab-${key}`, "aria-selected": state.tab === key ? "true" : "false",
-        onclick: () => { state.tab = key; state.selected = 0; load(); },
+        // The old tab's tickets go at once, so nothing stale is clicked.
+        onclick: () => { state.tab = key; state.selected = 0; state.tickets = []; render(); load(); },
       }, label)));
   }
 
