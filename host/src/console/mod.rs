@@ -23,7 +23,8 @@ pub mod session;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -62,9 +63,13 @@ pub fn router(app: Arc<App>, listener: Listener) -> Router {
         .route("/console", get(move || async move { redirect(home) }))
         .route(
             "/console/login",
-            get(move |headers: HeaderMap, query: RawQuery| async move {
-                login_page(listener, &headers, query.0.as_deref())
-            })
+            get(
+                move |headers: HeaderMap, query: Result<Query<LoginQuery>, QueryRejection>| async move {
+                    // A query that does not parse is no reason to refuse the page.
+                    let why = query.ok().and_then(|Query(q)| q.why);
+                    login_page(listener, &headers, why.as_deref())
+                },
+            )
             .post(login),
         )
         .route("/console/logout", post(logout))
@@ -177,19 +182,14 @@ fn frame(title: &str, session: Option<&Session>, script: &str, main: &str) -> St
     )
 }
 
-fn login_page(listener: Listener, headers: &HeaderMap, query: Option<&str>) -> Response {
-    let params: Vec<(String, String)> = query
-        .map(|q| {
-            url_pairs(q)
-                .into_iter()
-                .filter(|(k, _)| k == "why" || k == "next")
-                .collect()
-        })
-        .unwrap_or_default();
-    let why = params
-        .iter()
-        .find(|(k, _)| k == "why")
-        .map(|(_, v)| v.as_str());
+/// The sign-in page's query: why the user was sent there.
+#[derive(Deserialize)]
+struct LoginQuery {
+    #[serde(default)]
+    why: Option<String>,
+}
+
+fn login_page(listener: Listener, headers: &HeaderMap, why: Option<&str>) -> Response {
     let notice = match why {
         Some("expired") => "Your session has expired. Sign in again.",
         Some("signed-out") => "You have signed out.",
@@ -220,36 +220,6 @@ fn login_page(listener: Listener, headers: &HeaderMap, query: Option<&str>) -> R
         escape(listener.home()),
     );
     html(StatusCode::OK, frame("Sign in", None, "login", &main))
-}
-
-/// `a=b&c=d`, percent-decoded.
-fn url_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((decode(k)?, decode(v)?))
-        })
-        .collect()
-}
-
-fn decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 /// A page that needs a session of `role`: without one, to sign-in.
@@ -284,12 +254,12 @@ struct LoginBody {
 async fn login(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    parts_peer: Option<axum::Extension<crate::http::extract::Peer>>,
+    peer: Option<axum::Extension<crate::http::extract::Peer>>,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> Result<Response, ApiError> {
     let token = body.token.trim();
     let authorization = (!token.is_empty()).then(|| format!("Bearer {token}"));
-    let peer = parts_peer.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |p| {
+    let peer = peer.map_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |p| {
         p.0.0.ip()
     });
     let host = headers.get(header::HOST).map(|v| v.as_bytes());
@@ -390,18 +360,5 @@ mod tests {
             escape("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
-    }
-
-    #[test]
-    fn queries_are_decoded() {
-        assert_eq!(
-            url_pairs("why=expired&next=%2Fconsole%2Fqueue&x=a+b"),
-            vec![
-                ("why".to_owned(), "expired".to_owned()),
-                ("next".to_owned(), "/console/queue".to_owned()),
-                ("x".to_owned(), "a b".to_owned()),
-            ]
-        );
-        assert!(url_pairs("bad=%zz").is_empty());
     }
 }

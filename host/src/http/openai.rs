@@ -39,6 +39,13 @@ use crate::request::Request;
 pub(super) struct ChatBody {
     model: String,
     messages: Vec<Message>,
+    #[serde(flatten)]
+    options: Options,
+}
+
+/// What both kinds of request may say besides their input.
+#[derive(Deserialize)]
+struct Options {
     #[serde(default)]
     stream: bool,
     #[serde(default)]
@@ -75,12 +82,8 @@ struct Part {
 pub(super) struct CompletionBody {
     model: String,
     prompt: Prompt,
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    n: Option<u32>,
-    #[serde(default)]
-    user: Option<String>,
+    #[serde(flatten)]
+    options: Options,
 }
 
 #[derive(Deserialize)]
@@ -94,8 +97,7 @@ enum Prompt {
 struct Asked {
     pipeline: String,
     input: String,
-    stream: bool,
-    user: Option<String>,
+    options: Options,
 }
 
 fn one_choice(n: Option<u32>) -> Result<(), ApiError> {
@@ -109,7 +111,7 @@ fn one_choice(n: Option<u32>) -> Result<(), ApiError> {
 
 impl ChatBody {
     fn asked(self) -> Result<Asked, ApiError> {
-        one_choice(self.n)?;
+        one_choice(self.options.n)?;
         let last = self
             .messages
             .iter()
@@ -136,15 +138,14 @@ impl ChatBody {
         Ok(Asked {
             pipeline: self.model,
             input,
-            stream: self.stream,
-            user: self.user,
+            options: self.options,
         })
     }
 }
 
 impl CompletionBody {
     fn asked(self) -> Result<Asked, ApiError> {
-        one_choice(self.n)?;
+        one_choice(self.options.n)?;
         let input = match self.prompt {
             Prompt::One(text) => text,
             Prompt::Many(mut texts) if texts.len() == 1 => texts.remove(0),
@@ -161,8 +162,7 @@ impl CompletionBody {
         Ok(Asked {
             pipeline: self.model,
             input,
-            stream: self.stream,
-            user: self.user,
+            options: self.options,
         })
     }
 }
@@ -235,7 +235,7 @@ async fn answer(
         )
         .await?;
     let mut attributes = BTreeMap::new();
-    if let Some(user) = asked.user {
+    if let Some(user) = asked.options.user {
         attributes.insert("user".to_owned(), user);
     }
     let request = Request {
@@ -307,7 +307,7 @@ async fn answer(
         Shape::Text => ("text_completion", "cmpl-"),
     };
     let id = format!("{prefix}{id}");
-    if asked.stream {
+    if asked.options.stream {
         return Ok(stream(shape, &id, created, &model, &content, strata, usage));
     }
     let choice = match shape {

@@ -25,6 +25,8 @@ pub use self::error::*;
 pub use self::names::{Digest, Layer, Name};
 pub use self::settings::*;
 pub use self::spec::*;
+pub use self::stage::HttpHost;
+pub use self::teams::{OverBudget, TeamSpec};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{DEFAULT_MEMORY_MIB, DEFAULT_OUTPUT_KIB, DEFAULT_TIMEOUT_MS, Digest, Layer, Name};
+use super::{
+    DEFAULT_MEMORY_MIB, DEFAULT_OUTPUT_KIB, DEFAULT_TIMEOUT_MS, Digest, HttpHost, Layer, Name,
+};
 
 /// One pipeline: stages run in order, cheapest layer first.
 #[derive(Debug, Clone)]
@@ -300,49 +302,6 @@ pub struct WasiSpec {
     pub allow: Vec<SocketAddr>,
     /// Hosts the stage may send HTTP requests to (`wasi:http`).
     pub http: Vec<HttpHost>,
-}
-
-/// A host a stage may send HTTP requests to: `host` (the scheme's default
-/// port only) or `host:port`. Names are compared without regard to case.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpHost {
-    /// The host name or IP address, lower-cased.
-    pub host: String,
-    /// The port, or `None` for the scheme's default (80 or 443).
-    pub port: Option<u16>,
-}
-
-impl HttpHost {
-    /// Read `host` or `host:port` (an IPv6 address in brackets).
-    pub fn parse(text: &str) -> Result<HttpHost, String> {
-        let authority: http::uri::Authority = text.parse().map_err(|_| {
-            format!("\"{text}\" is not a host or host:port such as api.example.com:443")
-        })?;
-        if authority.as_str().contains('@') || authority.host().is_empty() {
-            return Err(format!(
-                "\"{text}\" is not a host or host:port such as api.example.com:443"
-            ));
-        }
-        Ok(HttpHost {
-            host: authority.host().to_ascii_lowercase(),
-            port: authority.port_u16(),
-        })
-    }
-
-    /// Whether a request to `host` on `port` (`default_port` being the
-    /// scheme's) is allowed by this entry.
-    pub fn allows(&self, host: &str, port: u16, default_port: u16) -> bool {
-        self.host.eq_ignore_ascii_case(host) && self.port.unwrap_or(default_port) == port
-    }
-}
-
-impl fmt::Display for HttpHost {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.port {
-            Some(port) => write!(f, "{}:{port}", self.host),
-            None => f.write_str(&self.host),
-        }
-    }
 }
 
 /// Which interface a stage's component exports (`kind = ...`): detected
@@ -659,61 +618,4 @@ pub(super) fn default_burn_windows() -> Vec<BurnWindow> {
             burn: 6.0,
         },
     ]
-}
-
-/// A team of clients (`[teams.NAME]`): its token, the pipelines it may
-/// call, its rate limit and its budgets.
-#[derive(Clone, PartialEq)]
-pub struct TeamSpec {
-    /// The team's name.
-    pub name: String,
-    /// The environment variable its token was read from.
-    pub token_env: String,
-    /// SHA-256 of the token (the token itself is not kept).
-    pub token: [u8; 32],
-    /// The pipelines it may call; `None`: all of them.
-    pub pipelines: Option<BTreeSet<String>>,
-    /// Requests per minute, per host; `None`: no limit.
-    pub requests_per_minute: Option<u32>,
-    /// Model spend per UTC day.
-    pub usd_per_day: Option<f64>,
-    /// Model spend per UTC calendar month.
-    pub usd_per_month: Option<f64>,
-    /// What a team over a budget gets.
-    pub over_budget: OverBudget,
-}
-
-impl fmt::Debug for TeamSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TeamSpec")
-            .field("name", &self.name)
-            .field("token_env", &self.token_env)
-            .field("pipelines", &self.pipelines)
-            .field("requests_per_minute", &self.requests_per_minute)
-            .field("usd_per_day", &self.usd_per_day)
-            .field("usd_per_month", &self.usd_per_month)
-            .field("over_budget", &self.over_budget)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What a team over one of its budgets gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OverBudget {
-    /// 429 `budget_exhausted`.
-    Refuse,
-    /// Served by the cheap layers only: stages run with model calls off,
-    /// so rules, the answer bank and people answer, never a model.
-    CheapLayers,
-}
-
-impl OverBudget {
-    /// The name used in manifests.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OverBudget::Refuse => "refuse",
-            OverBudget::CheapLayers => "cheap_layers",
-        }
-    }
 }

@@ -2,10 +2,11 @@
 //! WASI access, limits and candidate.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::path::Path;
 
 use super::{
-    CandidateSpec, DEFAULT_MAX_BURN_RATE, Digest, Grant, HttpHost, Layer, Location, ManifestError,
+    CandidateSpec, DEFAULT_MAX_BURN_RATE, Digest, Grant, Layer, Location, ManifestError,
     ManifestErrorKind, Name, OnError, Parser, PluginFile, RawCandidate, RawStage, RawWasi,
     RolloutMode, RuntimeSettings, StageSpec, WasiSpec,
 };
@@ -279,5 +280,48 @@ impl Parser<'_> {
             digest,
             pinned: pin.is_some(),
         })
+    }
+}
+
+/// A host a stage may send HTTP requests to: `host` (the scheme's default
+/// port only) or `host:port`. Names are compared without regard to case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpHost {
+    /// The host name or IP address, lower-cased.
+    pub host: String,
+    /// The port, or `None` for the scheme's default (80 or 443).
+    pub port: Option<u16>,
+}
+
+impl HttpHost {
+    /// Read `host` or `host:port` (an IPv6 address in brackets).
+    pub fn parse(text: &str) -> Result<HttpHost, String> {
+        let authority: http::uri::Authority = text.parse().map_err(|_| {
+            format!("\"{text}\" is not a host or host:port such as api.example.com:443")
+        })?;
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return Err(format!(
+                "\"{text}\" is not a host or host:port such as api.example.com:443"
+            ));
+        }
+        Ok(HttpHost {
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16(),
+        })
+    }
+
+    /// Whether a request to `host` on `port` (`default_port` being the
+    /// scheme's) is allowed by this entry.
+    pub fn allows(&self, host: &str, port: u16, default_port: u16) -> bool {
+        self.host.eq_ignore_ascii_case(host) && self.port.unwrap_or(default_port) == port
+    }
+}
+
+impl fmt::Display for HttpHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host),
+            None => f.write_str(&self.host),
+        }
     }
 }

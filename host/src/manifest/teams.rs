@@ -2,13 +2,12 @@
 //! for how much.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{
-    Location, ManifestError, ManifestErrorKind, Name, OverBudget, Parser, PipelineSpec, TeamSpec,
-};
+use super::{Location, ManifestError, ManifestErrorKind, Name, Parser, PipelineSpec};
 
 /// `[teams.NAME]` as written.
 #[derive(Deserialize)]
@@ -131,5 +130,62 @@ impl Parser<'_> {
             );
         }
         Ok(teams)
+    }
+}
+
+/// A team of clients (`[teams.NAME]`): its token, the pipelines it may
+/// call, its rate limit and its budgets.
+#[derive(Clone, PartialEq)]
+pub struct TeamSpec {
+    /// The team's name.
+    pub name: String,
+    /// The environment variable its token was read from.
+    pub token_env: String,
+    /// SHA-256 of the token (the token itself is not kept).
+    pub token: [u8; 32],
+    /// The pipelines it may call; `None`: all of them.
+    pub pipelines: Option<BTreeSet<String>>,
+    /// Requests per minute, per host; `None`: no limit.
+    pub requests_per_minute: Option<u32>,
+    /// Model spend per UTC day.
+    pub usd_per_day: Option<f64>,
+    /// Model spend per UTC calendar month.
+    pub usd_per_month: Option<f64>,
+    /// What a team over a budget gets.
+    pub over_budget: OverBudget,
+}
+
+impl fmt::Debug for TeamSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TeamSpec")
+            .field("name", &self.name)
+            .field("token_env", &self.token_env)
+            .field("pipelines", &self.pipelines)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("usd_per_day", &self.usd_per_day)
+            .field("usd_per_month", &self.usd_per_month)
+            .field("over_budget", &self.over_budget)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a team over one of its budgets gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverBudget {
+    /// 429 `budget_exhausted`.
+    Refuse,
+    /// Served by the cheap layers only: stages run with model calls off,
+    /// so rules, the answer bank and people answer, never a model.
+    CheapLayers,
+}
+
+impl OverBudget {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverBudget::Refuse => "refuse",
+            OverBudget::CheapLayers => "cheap_layers",
+        }
     }
 }
