@@ -55,6 +55,7 @@ pub mod complete;
 pub mod console;
 pub mod control;
 pub mod delivery;
+pub mod develop;
 pub mod embeddings;
 pub mod eval;
 pub mod http;

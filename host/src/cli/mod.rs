@@ -1,5 +1,5 @@
 //! The `strata` command line: `serve`, `check`, `audit`, `test`, `replay`,
-//! `run`, `bank` and `eval`.
+//! `run`, `bank`, `eval`, and the rule writer's `new`, `build` and `watch`.
 //!
 //! The binary's `main` calls [`main`]; everything else lives in the library
 //! so that the commands are the same code the tests drive.
@@ -23,6 +23,7 @@ use crate::server::{HostOptions, start};
 
 mod bank;
 mod check;
+mod develop;
 
 use self::check::{plural, run_cases, write_check_report};
 
@@ -146,6 +147,32 @@ pub enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Start a stage project from a template (Rust, Python or JavaScript).
+    New {
+        /// What to create.
+        #[command(subcommand)]
+        command: develop::NewCommand,
+    },
+    /// Build every stage whose `build` table says how (or the ones named),
+    /// put each component at its `plugin` path, and print its size, digest
+    /// and imports. Toolchains for Python and JavaScript are installed on
+    /// first use.
+    Build {
+        /// The manifest file.
+        #[arg(default_value = "strata.toml")]
+        manifest: PathBuf,
+        /// Build only this stage; may be repeated.
+        #[arg(long = "stage", value_name = "NAME")]
+        stages: Vec<String>,
+        /// Where toolchains are cached.
+        #[command(flatten)]
+        tools: develop::ToolchainArgs,
+    },
+    /// Build the manifest's stages, serve it (or reload a running host with
+    /// --admin), and on every saved change to a stage's source rebuild it,
+    /// run its golden cases and reload. A failed build or case keeps the
+    /// previous version serving.
+    Watch(develop::WatchArgs),
     /// Run one request through a pipeline, without a server or a store, and
     /// print the result as JSON.
     Run {
@@ -174,7 +201,7 @@ pub fn main() -> ExitCode {
     // A server logs what it does; the one-shot commands print their report
     // and log only errors (a golden case that traps on purpose is not news).
     let default = match cli.command {
-        Command::Serve { .. } => "info",
+        Command::Serve { .. } | Command::Watch(_) => "info",
         _ => "error",
     };
     init_tracing(cli.log_format, default);
@@ -308,6 +335,13 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             Ok(ExitCode::SUCCESS)
         }
         Command::Bank { command } => bank::execute(command, out).await,
+        Command::New { command } => develop::new(command, out),
+        Command::Build {
+            manifest,
+            stages,
+            tools,
+        } => develop::build_all(manifest, stages, tools, out).await,
+        Command::Watch(args) => develop::watch_manifest(args, shutdown_signal(), out).await,
         Command::Eval {
             manifest,
             pipeline,

@@ -11,6 +11,7 @@
 //! each level (top, pipeline, stage) is deserialized on its own with
 //! `deny_unknown_fields`, and its errors are wrapped with that level's names.
 
+mod build;
 mod checks;
 mod error;
 mod names;
@@ -21,6 +22,7 @@ mod spec;
 mod stage;
 mod teams;
 
+pub use self::build::{BuildSpec, BuildTarget, Recipe, World};
 pub use self::error::*;
 pub use self::names::{Digest, Layer, Name};
 pub use self::settings::*;
@@ -113,6 +115,22 @@ impl Manifest {
             base: path.parent().unwrap_or(Path::new(".")),
         }
         .manifest(text)
+    }
+
+    /// Every stage of the manifest at `path` with its `plugin`, `build` and
+    /// `cases`, read without loading any plugin (for `strata build`, when
+    /// components may not exist yet). Candidates are not included.
+    pub fn build_plan(path: &Path) -> Result<Vec<BuildTarget>, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            file: path.to_owned(),
+            location: Box::default(),
+            kind: Box::new(ManifestErrorKind::Unreadable(e)),
+        })?;
+        Parser {
+            file: path,
+            base: path.parent().unwrap_or(Path::new(".")),
+        }
+        .build_plan(&text)
     }
 
     /// The files a change to which should reload this manifest: the manifest

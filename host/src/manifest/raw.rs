@@ -128,6 +128,8 @@ pub(super) struct RawStage {
     pub(super) reuse: Option<ReuseSpec>,
     #[serde(default)]
     pub(super) kind: Option<StageKind>,
+    #[serde(default)]
+    pub(super) build: Option<super::build::RawBuild>,
 }
 
 #[derive(Deserialize)]

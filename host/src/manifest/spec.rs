@@ -291,6 +291,8 @@ pub struct StageSpec {
     pub reuse: Option<ReuseSpec>,
     /// The interface its components must export, when the manifest says.
     pub kind: Option<StageKind>,
+    /// How `strata build` makes its component, when the manifest says.
+    pub build: Option<super::BuildSpec>,
 }
 
 /// What a stage's granted WASI families may reach (`[...stages.wasi]`).

@@ -67,6 +67,7 @@ impl Parser<'_> {
             _ => None,
         };
         let cases = self.cases_file(raw.cases, at("cases"))?;
+        let build = raw.build.map(|b| self.build(b, &at)).transpose()?;
         let wasi = self.wasi(raw.wasi, &grants, &at)?;
         if let Some(reuse) = &raw.reuse {
             if reuse.max_uses < 1 || reuse.max_idle > 1_000 {
@@ -103,6 +104,7 @@ impl Parser<'_> {
             wasi,
             reuse: raw.reuse,
             kind: raw.kind,
+            build,
         })
     }
 
