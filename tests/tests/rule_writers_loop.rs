@@ -139,18 +139,29 @@ struct Watch {
 }
 
 impl Watch {
+    /// `strata watch` serving the project's `strata.toml` itself.
     fn start(project: &Path) -> Watch {
+        let mut watch = Watch::spawn(
+            project,
+            &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        );
+        let serving = watch.line_with("serving ");
+        // "serving strata.toml on http://A (admin http://B)"
+        let urls: Vec<&str> = serving
+            .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+            .filter(|w| w.starts_with("http://"))
+            .collect();
+        watch.base = urls[0].to_owned();
+        watch.admin = urls[1].to_owned();
+        watch.line_with("watching ");
+        watch
+    }
+
+    /// `strata watch strata.toml ARGS` in `project`.
+    fn spawn(project: &Path, args: &[&str]) -> Watch {
         let mut child = command(project)
-            .args([
-                "watch",
-                "strata.toml",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--debounce-ms",
-                "200",
-            ])
+            .args(["watch", "strata.toml", "--debounce-ms", "200"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -162,22 +173,12 @@ impl Watch {
                 let _ = sender.send(line);
             }
         });
-        let mut watch = Watch {
+        Watch {
             child,
             lines,
             base: String::new(),
             admin: String::new(),
-        };
-        let serving = watch.line_with("serving ");
-        // "serving strata.toml on http://A (admin http://B)"
-        let urls: Vec<&str> = serving
-            .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
-            .filter(|w| w.starts_with("http://"))
-            .collect();
-        watch.base = urls[0].to_owned();
-        watch.admin = urls[1].to_owned();
-        watch.line_with("watching ");
-        watch
+        }
     }
 
     /// The next output line containing `text` (earlier ones are dropped).
@@ -277,4 +278,96 @@ async fn watch_serves_an_edit_and_keeps_the_old_version_when_an_edit_is_bad() {
         .unwrap();
     let (_, serving) = watch.ping().await;
     assert!(pipelines.to_string().contains(&serving), "{pipelines}");
+}
+
+/// What pipeline `echo` at `base` answers "ping" with.
+async fn ping_at(base: &str) -> String {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/pipelines/echo"))
+        .json(&serde_json::json!({ "input": "ping" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["output"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_reloads_a_running_host_through_its_admin_api() {
+    use strata_tests::components::{VERSION_ONE, VERSION_TWO};
+
+    // A stage built by a command that copies `variant.wasm`; the host does
+    // not watch files itself, so only the admin API can make it reload.
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("variant");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::copy(VERSION_ONE, project.join("variant.wasm")).unwrap();
+    std::fs::create_dir_all(dir.path().join("out")).unwrap();
+    std::fs::copy(VERSION_ONE, dir.path().join("out/v.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("strata.toml"),
+        "[reload]\nwatch = false\n\n[pipelines.echo]\n[[pipelines.echo.stages]]\n\
+         name = \"v\"\nlayer = \"rules\"\nplugin = \"out/v.wasm\"\ngrants = [\"config\"]\n\
+         config = { respond = \"true\" }\n\
+         build = { command = 'cp variant.wasm \"$STRATA_OUT\"', path = \"variant\" }\n",
+    )
+    .unwrap();
+    let host = strata_tests::HostProcess::serve(STRATA, &dir.path().join("strata.toml"), |c| {
+        c.env_remove("STRATA_ADMIN_TOKEN")
+            .env_remove("STRATA_CLIENT_TOKEN");
+    });
+    assert_eq!(ping_at(host.base()).await, "ping |v1");
+
+    let mut watch = Watch::spawn(dir.path(), &["--admin", host.admin_base()]);
+    watch.line_with("reloading the host at");
+    watch.line_with("watching ");
+
+    std::fs::copy(VERSION_TWO, project.join("variant.wasm")).unwrap();
+    let line = watch.line_with("v: built");
+    assert!(line.contains("reload applied"), "{line}");
+    assert_eq!(ping_at(host.base()).await, "ping |v2");
+    host.kill();
+}
+
+#[test]
+fn an_unreachable_package_registry_is_named() {
+    // A fresh toolchain cache and registries on a closed port.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    for lang in ["python", "js"] {
+        let (ok, text) = strata(dir.path(), &["new", "stage", lang, "--lang", lang]);
+        assert!(ok, "{text}");
+        let output = command(&dir.path().join(lang))
+            .args(["build", "--toolchains"])
+            .arg(cache.path())
+            .env("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+            .env("PIP_RETRIES", "0")
+            .env("PIP_TIMEOUT", "2")
+            .env("PIP_NO_CACHE_DIR", "1")
+            .env("npm_config_registry", "http://127.0.0.1:9/")
+            .env("npm_config_fetch_retries", "0")
+            .env("npm_config_cache", cache.path().join("npm-cache"))
+            .env("npm_config_prefer_online", "true")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "{text}");
+        let (tool, registry) = match lang {
+            "python" => ("componentize-py", "Python package index"),
+            _ => ("componentize-js", "npm registry"),
+        };
+        assert!(
+            text.contains(&format!("cannot install {tool}")) && text.contains(registry),
+            "{text}"
+        );
+        assert!(
+            !cache
+                .path()
+                .join(format!("{tool}-0.25.1/bin/{tool}"))
+                .exists(),
+            "nothing half-installed"
+        );
+    }
 }
