@@ -71,7 +71,7 @@ fn unknown_stage_key() {
         "$DIR/strata.toml: pipeline \"support\", stage \"only\", key \"timeout_ms\": unknown field \
          `timeout_ms`, \
          expected one of `name`, `plugin`, `layer`, `sha256`, `grants`, `limits`, `on_error`, \
-         `config`, `candidate`, `cases`, `deterministic`, `seed`, `wasi`, `reuse`, `kind`"
+         `config`, `candidate`, `cases`, `deterministic`, `seed`, `wasi`, `reuse`, `kind`, `build`"
     );
 }
 
