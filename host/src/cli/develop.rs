@@ -3,13 +3,16 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use crate::develop::{Lang, Reloads, Toolchains, build, new_stage, watch};
+use crate::develop::{
+    COMPONENTIZE_JS, COMPONENTIZE_PY, Lang, RUST_TARGET, Reloads, Toolchains, build, new_stage,
+    watch,
+};
 use crate::manifest::{Manifest, World};
 
 /// What `strata new` makes.
@@ -68,7 +71,7 @@ pub struct WatchArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// How long sources must stay unchanged before a rebuild.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     debounce_ms: u64,
     #[command(flatten)]
     tools: ToolchainArgs,
@@ -96,6 +99,44 @@ pub(super) fn new(command: NewCommand, out: &mut dyn Write) -> anyhow::Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
+pub(super) fn install_toolchains(
+    langs: Vec<Lang>,
+    tools: ToolchainArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let tools = Toolchains::new(tools.toolchains)?;
+    let langs = if langs.is_empty() {
+        vec![Lang::Rust, Lang::Python, Lang::Js]
+    } else {
+        langs
+    };
+    for lang in langs {
+        match lang {
+            Lang::Rust => {
+                tools.rust_target(Path::new("."))?;
+                writeln!(out, "rust: the {RUST_TARGET} target is installed")?;
+            }
+            Lang::Python => {
+                tools.componentize_py()?;
+                writeln!(
+                    out,
+                    "python: componentize-py {COMPONENTIZE_PY} in {}",
+                    tools.dir().display()
+                )?;
+            }
+            Lang::Js => {
+                tools.componentize_js()?;
+                writeln!(
+                    out,
+                    "js: componentize-js {COMPONENTIZE_JS} in {}",
+                    tools.dir().display()
+                )?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) async fn build_all(
     manifest: PathBuf,
     stages: Vec<String>,
@@ -115,10 +156,20 @@ pub(super) async fn build_all(
         }
     }
     let (mut built, mut failed) = (0, 0);
+    let mut done: Vec<(PathBuf, String)> = Vec::new();
     for target in plan {
         if !stages.is_empty() && !stages.contains(&target.stage) {
             continue;
         }
+        if let Some((_, first)) = done.iter().find(|(plugin, _)| *plugin == target.plugin) {
+            writeln!(
+                out,
+                "{}: same plugin as stage \"{first}\", built once\n",
+                target.stage
+            )?;
+            continue;
+        }
+        done.push((target.plugin.clone(), target.stage.clone()));
         let Some(spec) = target.build.clone() else {
             if stages.contains(&target.stage) {
                 anyhow::bail!(
@@ -138,6 +189,14 @@ pub(super) async fn build_all(
             let (spec, tools) = (spec.clone(), tools.clone());
             tokio::task::spawn_blocking(move || build(&spec, &tools)).await?
         };
+        let result = result.and_then(|built| match &target.pin {
+            Some(pin) if *pin != built.digest => Err(anyhow::anyhow!(
+                "built {}, but the manifest pins sha256 = \"{pin}\"; the component was not \
+                 installed: change the pin to the new digest (or remove it) and build again",
+                built.digest
+            )),
+            _ => Ok(built),
+        });
         match result.and_then(|b| b.install(&target.plugin).map(|()| b)) {
             Ok(component) => {
                 built += 1;

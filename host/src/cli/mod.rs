@@ -168,6 +168,17 @@ pub enum Command {
         #[command(flatten)]
         tools: develop::ToolchainArgs,
     },
+    /// Install the pinned toolchains `strata build` uses (all, or the
+    /// languages named) into the toolchain cache, so that later builds need
+    /// no network.
+    Toolchains {
+        /// The languages; all when none is named.
+        #[arg(value_enum)]
+        langs: Vec<crate::develop::Lang>,
+        /// Where toolchains are cached.
+        #[command(flatten)]
+        tools: develop::ToolchainArgs,
+    },
     /// Build the manifest's stages, serve it (or reload a running host with
     /// --admin), and on every saved change to a stage's source rebuild it,
     /// run its golden cases and reload. A failed build or case keeps the
@@ -341,6 +352,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             stages,
             tools,
         } => develop::build_all(manifest, stages, tools, out).await,
+        Command::Toolchains { langs, tools } => develop::install_toolchains(langs, tools, out),
         Command::Watch(args) => develop::watch_manifest(args, shutdown_signal(), out).await,
         Command::Eval {
             manifest,

@@ -62,9 +62,9 @@ pub fn build(spec: &BuildSpec, tools: &Toolchains) -> anyhow::Result<Built> {
     let bytes = match &spec.recipe {
         Recipe::Rust => rust(&spec.dir, tools)?,
         Recipe::Python { world, module } => {
-            let exe = tools.componentize_py()?;
+            let mut command = tools.componentize_py()?;
             let wit = tools.wit_dir(&spec.dir)?;
-            let output = Command::new(exe)
+            let output = command
                 .current_dir(&spec.dir)
                 .arg("-q")
                 .arg("-d")
@@ -129,7 +129,7 @@ fn rust(dir: &Path, tools: &Toolchains) -> anyhow::Result<Vec<u8>> {
     if !manifest.is_file() {
         bail!("no Cargo.toml in {}", dir.display());
     }
-    tools.rust_target()?;
+    tools.rust_target(dir)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(dir)
@@ -144,14 +144,20 @@ fn rust(dir: &Path, tools: &Toolchains) -> anyhow::Result<Vec<u8>> {
         .output()
         .context("cannot run cargo")?;
     check("cargo build", &output)?;
-    let manifest = std::fs::canonicalize(&manifest).unwrap_or(manifest);
+    // Compared with links resolved on both sides: cargo reports the path
+    // normalised, not canonical.
+    let canonical = |path: &Path| std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let manifest = canonical(&manifest);
     let mut found: Option<PathBuf> = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
         if message["reason"] != "compiler-artifact"
-            || message["manifest_path"].as_str().map(Path::new) != Some(manifest.as_path())
+            || message["manifest_path"]
+                .as_str()
+                .map(|p| canonical(Path::new(p)))
+                != Some(manifest.clone())
         {
             continue;
         }

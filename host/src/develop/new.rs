@@ -37,9 +37,7 @@ pub fn new_stage(
     world: World,
 ) -> anyhow::Result<(PathBuf, Vec<PathBuf>)> {
     let name = Name::parse(name).map_err(|why| anyhow::anyhow!("stage name: {why}"))?;
-    if name.as_str().contains('.') {
-        bail!("stage name \"{name}\": a project name cannot contain '.'");
-    }
+    check_project_name(name.as_str(), lang)?;
     let dir = parent.join(name.as_str());
     if dir.exists() {
         bail!(
@@ -68,6 +66,73 @@ pub fn new_stage(
     Ok((dir, files.into_iter().map(|(p, _)| p.into()).collect()))
 }
 
+/// A name the project's language accepts as a crate, type or file name.
+fn check_project_name(name: &str, lang: Lang) -> anyhow::Result<()> {
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        bail!("stage name \"{name}\": a project name must start with a lower-case letter");
+    }
+    if lang == Lang::Rust {
+        // The crate, the type derived from it, and the SDK's names must not
+        // collide (`stage` would make a `struct Stage` beside the SDK's
+        // trait); keywords cannot name a crate.
+        const TAKEN: &[&str] = &[
+            "stage",
+            "request",
+            "outcome",
+            "strata-sdk",
+            "strata_sdk",
+            "as",
+            "async",
+            "await",
+            "break",
+            "const",
+            "continue",
+            "crate",
+            "dyn",
+            "else",
+            "enum",
+            "extern",
+            "false",
+            "fn",
+            "for",
+            "if",
+            "impl",
+            "in",
+            "let",
+            "loop",
+            "match",
+            "mod",
+            "move",
+            "mut",
+            "pub",
+            "ref",
+            "return",
+            "self",
+            "static",
+            "struct",
+            "super",
+            "trait",
+            "true",
+            "type",
+            "unsafe",
+            "use",
+            "where",
+            "while",
+            "test",
+            "core",
+            "std",
+            "alloc",
+        ];
+        if TAKEN.contains(&name) {
+            bail!(
+                "stage name \"{name}\": a Rust stage cannot be called that (a keyword, a \
+                 standard crate, or a name the SDK uses); choose another"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The project's files: path relative to the project, and text.
 fn files(name: &str, lang: Lang, world: World) -> Vec<(String, String)> {
     let type_name = camel_case(name);
@@ -79,11 +144,16 @@ fn files(name: &str, lang: Lang, world: World) -> Vec<(String, String)> {
             "the answer bank matches within its error budget is answered from it.",
         ],
     };
+    // A paragraph of its own after the summary, in the language's comments.
     let about = |prefix: &str| -> String {
-        about_lines
+        if about_lines.is_empty() {
+            return String::new();
+        }
+        let lines: String = about_lines
             .iter()
             .map(|line| format!("{prefix}{line}\n"))
-            .collect()
+            .collect();
+        format!("{}\n{lines}", prefix.trim_end())
     };
     let mut files = vec![
         (
@@ -339,6 +409,18 @@ mod tests {
         assert_eq!(camel_case("shout"), "Shout");
         assert_eq!(camel_case("my-stage_two"), "MyStageTwo");
         assert_eq!(camel_case("v2"), "V2");
+    }
+
+    #[test]
+    fn names_a_language_cannot_take_are_refused() {
+        assert!(check_project_name("shout", Lang::Rust).is_ok());
+        assert!(check_project_name("my-stage_2", Lang::Rust).is_ok());
+        assert!(check_project_name("2fast", Lang::Js).is_err());
+        assert!(check_project_name("_x", Lang::Python).is_err());
+        for taken in ["stage", "request", "self", "fn", "strata-sdk"] {
+            assert!(check_project_name(taken, Lang::Rust).is_err(), "{taken}");
+        }
+        assert!(check_project_name("stage", Lang::Python).is_ok());
     }
 
     #[test]

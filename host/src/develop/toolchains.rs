@@ -51,6 +51,8 @@ impl Toolchains {
                 },
             },
         };
+        // Absolute: tools run in other working directories.
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
         Ok(Toolchains { dir })
     }
 
@@ -76,40 +78,48 @@ impl Toolchains {
         Ok(dir)
     }
 
-    /// The `componentize-py` executable, installed first if missing.
-    pub fn componentize_py(&self) -> anyhow::Result<PathBuf> {
+    /// A command running componentize-py, installed first if missing.
+    ///
+    /// The virtual environment is made in a staging directory and renamed
+    /// into place, so a half-made one is never used and two first uses at
+    /// once do not undo each other. Its scripts name the staging path, so
+    /// componentize-py is run through the environment's own interpreter.
+    pub fn componentize_py(&self) -> anyhow::Result<Command> {
         let home = self.dir.join(format!("componentize-py-{COMPONENTIZE_PY}"));
-        let exe = home.join("bin/componentize-py");
-        if exe.is_file() {
-            return Ok(exe);
-        }
-        // A virtual environment records its own path, so it is made where
-        // it stays, and removed again if the install fails.
-        announce("componentize-py", COMPONENTIZE_PY, &self.dir);
-        let python = find_program(&["python3", "python"])
-            .context("Python stages need Python 3.10 or newer: no python3 on PATH")?;
-        let _ = std::fs::remove_dir_all(&home);
-        let installed = run_quietly(Command::new(python).arg("-m").arg("venv").arg(&home))
-            .context("cannot create a Python virtual environment (is the venv module installed?)")
-            .and_then(|()| {
+        let python = home.join("bin/python3");
+        if !python.is_file() {
+            self.install(&home, "componentize-py", COMPONENTIZE_PY, |staging| {
+                let system = find_program(&["python3", "python"])
+                    .context("Python stages need Python 3.10 or newer: no python3 on PATH")?;
+                run_quietly(Command::new(system).arg("-m").arg("venv").arg(staging)).context(
+                    "cannot create a Python virtual environment (is the venv module installed?)",
+                )?;
                 run_quietly(
-                    Command::new(home.join("bin/pip"))
-                        .args(["install", "--quiet", "--disable-pip-version-check"])
+                    Command::new(staging.join("bin/python3"))
+                        .args([
+                            "-m",
+                            "pip",
+                            "install",
+                            "--quiet",
+                            "--disable-pip-version-check",
+                        ])
                         .arg(format!("componentize-py=={COMPONENTIZE_PY}")),
                 )
                 .with_context(|| {
                     format!(
-                        "cannot install componentize-py {COMPONENTIZE_PY} from the Python \
-                         package index; check the network, or point pip at a mirror \
-                         (PIP_INDEX_URL)"
+                        "cannot install componentize-py {COMPONENTIZE_PY} from the Python package \
+                         index; check the network, or point pip at a mirror (PIP_INDEX_URL)"
                     )
                 })
-            });
-        if installed.is_err() {
-            let _ = std::fs::remove_dir_all(&home);
+            })?;
         }
-        installed?;
-        Ok(exe)
+        let mut command = Command::new(python);
+        command.args([
+            "-c",
+            "import sys; from componentize_py import script; \
+             sys.argv[0] = 'componentize-py'; sys.exit(script())",
+        ]);
+        Ok(command)
     }
 
     /// The componentize-js driver script, installed first if missing.
@@ -120,7 +130,7 @@ impl Toolchains {
             .join("node_modules/@bytecodealliance/componentize-js/package.json")
             .is_file();
         if !installed {
-            self.install(&home, "componentize-js", |staging| {
+            self.install(&home, "componentize-js", COMPONENTIZE_JS, |staging| {
                 find_program(&["node"])
                     .context("JavaScript stages need Node.js 18 or newer: no node on PATH")?;
                 let npm =
@@ -152,10 +162,11 @@ impl Toolchains {
         Ok(driver)
     }
 
-    /// Make sure the Rust standard library for `wasm32-wasip2` is there,
-    /// adding it with rustup if it is not.
-    pub fn rust_target(&self) -> anyhow::Result<()> {
+    /// Make sure the Rust standard library for `wasm32-wasip2` is there
+    /// (for the toolchain `project` selects), adding it with rustup if not.
+    pub fn rust_target(&self, project: &Path) -> anyhow::Result<()> {
         let sysroot = Command::new("rustc")
+            .current_dir(project)
             .args(["--print", "sysroot"])
             .output()
             .context("Rust stages need a Rust toolchain: cannot run rustc")?;
@@ -164,9 +175,16 @@ impl Toolchains {
             return Ok(());
         }
         eprintln!("strata: adding the Rust target {RUST_TARGET} (rustup target add)");
-        run_quietly(Command::new("rustup").args(["target", "add", RUST_TARGET])).with_context(
-            || format!("cannot add the Rust target {RUST_TARGET}; run `rustup target add {RUST_TARGET}`"),
-        )
+        run_quietly(Command::new("rustup").current_dir(project).args([
+            "target",
+            "add",
+            RUST_TARGET,
+        ]))
+        .with_context(|| {
+            format!(
+                "cannot add the Rust target {RUST_TARGET}; run `rustup target add {RUST_TARGET}`"
+            )
+        })
     }
 
     /// Install a toolchain into `home` through a staging directory, so a
@@ -175,26 +193,33 @@ impl Toolchains {
         &self,
         home: &Path,
         what: &str,
+        version: &str,
         fill: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        announce(what, COMPONENTIZE_JS, &self.dir);
+        eprintln!(
+            "strata: installing {what} {version} into {} (first use)",
+            self.dir.display()
+        );
         let staging = tempfile::Builder::new()
             .prefix(&format!(".{what}-"))
             .tempdir_in(&self.dir)?;
         fill(staging.path())?;
-        let _ = std::fs::remove_dir_all(home);
-        std::fs::rename(staging.keep(), home)
-            .with_context(|| format!("cannot move {what} into {}", home.display()))
+        // Another first use may have finished meanwhile; its copy is as good.
+        let staged = staging.keep();
+        match std::fs::rename(&staged, home) {
+            Ok(()) => Ok(()),
+            Err(_) if home.is_dir() => {
+                let _ = std::fs::remove_dir_all(&staged);
+                Ok(())
+            }
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&staged);
+                Err(error).with_context(|| format!("cannot move {what} into {}", home.display()))
+            }
+        }
     }
-}
-
-fn announce(what: &str, version: &str, dir: &Path) {
-    eprintln!(
-        "strata: installing {what} {version} into {} (first use)",
-        dir.display()
-    );
 }
 
 /// The first of `names` found on PATH.

@@ -57,9 +57,12 @@ pub async fn watch(
         let built = blocking_build(spec, &tools)
             .await
             .with_context(|| format!("stage \"{}\": the first build failed", target.stage))?;
+        check_pin(target, &built)
+            .map_err(|why| anyhow::anyhow!("stage \"{}\": {why}", target.stage))?;
         built.install(&target.plugin)?;
         write!(out, "{}", built.render(target, spec))?;
     }
+    let data_dir = data_dir(manifest, &reloads);
     let host = match &reloads {
         Reloads::Serve {
             listen,
@@ -87,8 +90,6 @@ pub async fn watch(
             None
         }
     };
-    writeln!(out, "watching {} stage source(s); Ctrl-C stops", plan.len())?;
-    out.flush()?;
 
     let (events, mut changes) = mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher = new_debouncer(debounce, None, move |result: DebounceEventResult| {
@@ -96,30 +97,42 @@ pub async fn watch(
             let _ = events.send(batch.into_iter().flat_map(|e| e.event.paths).collect());
         }
     })?;
-    let ignored = ignored_paths(manifest, &plan);
-    let dirs: BTreeSet<PathBuf> = plan.iter().map(|(_, spec)| canonical(&spec.dir)).collect();
+    let ignored = ignored_paths(&data_dir, &plan);
+    let dirs: BTreeSet<PathBuf> = plan.iter().map(|(_, spec)| resolved(&spec.dir)).collect();
     for dir in &dirs {
         watcher
             .watch(dir, notify::RecursiveMode::Recursive)
             .with_context(|| format!("cannot watch {}", dir.display()))?;
     }
+    // Only now: a change made once this line is out is seen.
+    writeln!(out, "watching {} stage source(s); Ctrl-C stops", plan.len())?;
+    out.flush()?;
+    let context = Rebuild {
+        manifest,
+        tools: &tools,
+        host: host.as_ref(),
+        reloads: &reloads,
+        compile_cache: data_dir.join("compile-cache"),
+    };
     tokio::pin!(stop);
     loop {
-        let paths = tokio::select! {
+        let mut paths = tokio::select! {
             paths = changes.recv() => match paths { Some(paths) => paths, None => break },
             () = &mut stop => break,
         };
+        // Saves that settled while the last build ran are one change.
+        while let Ok(more) = changes.try_recv() {
+            paths.extend(more);
+        }
         let touched: Vec<&(BuildTarget, BuildSpec)> = plan
             .iter()
             .filter(|(_, spec)| {
-                let dir = canonical(&spec.dir);
-                paths
-                    .iter()
-                    .any(|p| p.starts_with(&dir) && is_source(p, &dir, &ignored))
+                let dir = resolved(&spec.dir);
+                paths.iter().any(|p| is_source(p, &dir, &ignored))
             })
             .collect();
         for (target, spec) in touched {
-            let line = rebuild(manifest, target, spec, &tools, host.as_ref(), &reloads).await;
+            let line = context.rebuild(target, spec).await;
             writeln!(out, "{line}")?;
             out.flush()?;
         }
@@ -133,10 +146,16 @@ pub async fn watch(
 
 /// The stages with a `build` table.
 fn plan(manifest: &Path) -> anyhow::Result<Vec<(BuildTarget, BuildSpec)>> {
-    let plan: Vec<(BuildTarget, BuildSpec)> = Manifest::build_plan(manifest)?
-        .into_iter()
-        .filter_map(|t| t.build.clone().map(|b| (t, b)))
-        .collect();
+    let mut plan: Vec<(BuildTarget, BuildSpec)> = Vec::new();
+    for target in Manifest::build_plan(manifest)? {
+        // Stages sharing one plugin file are built once.
+        if plan.iter().any(|(t, _)| t.plugin == target.plugin) {
+            continue;
+        }
+        if let Some(spec) = target.build.clone() {
+            plan.push((target, spec));
+        }
+    }
     if plan.is_empty() {
         bail!(
             "no stage in {} has a `build` table, so there is nothing to rebuild \
@@ -147,57 +166,102 @@ fn plan(manifest: &Path) -> anyhow::Result<Vec<(BuildTarget, BuildSpec)>> {
     Ok(plan)
 }
 
-/// Rebuild one stage, test it, install it and reload; one line (or a few)
-/// saying what happened.
-async fn rebuild(
-    manifest: &Path,
-    target: &BuildTarget,
-    spec: &BuildSpec,
-    tools: &Toolchains,
-    host: Option<&RunningHost>,
-    reloads: &Reloads,
-) -> String {
-    let stage = &target.stage;
-    let built = match blocking_build(spec, tools).await {
-        Ok(built) => built,
-        Err(error) => {
-            return format!(
-                "{stage}: build failed; the previous version keeps serving:\n{error:#}"
-            );
+/// What a rebuild needs besides the stage.
+struct Rebuild<'a> {
+    manifest: &'a Path,
+    tools: &'a Toolchains,
+    host: Option<&'a RunningHost>,
+    reloads: &'a Reloads,
+    /// The host's compile cache, so that testing a component and then
+    /// loading it compile it once.
+    compile_cache: PathBuf,
+}
+
+impl Rebuild<'_> {
+    /// Rebuild one stage, test it, install it and reload; one line (or a
+    /// few) saying what happened.
+    async fn rebuild(&self, target: &BuildTarget, spec: &BuildSpec) -> String {
+        let stage = &target.stage;
+        let built = match blocking_build(spec, self.tools).await {
+            Ok(built) => built,
+            Err(error) => {
+                return format!(
+                    "{stage}: build failed; the previous version keeps serving:\n{error:#}"
+                );
+            }
+        };
+        let verified = match check_pin(target, &built) {
+            Ok(()) => verify(self.manifest, target, &built, &self.compile_cache).await,
+            Err(why) => Err(why),
+        };
+        let cases = match verified {
+            Ok(cases) => cases,
+            Err(error) => {
+                return format!(
+                    "{stage}: built {} but it is not installed; the previous version keeps serving:\n{error}",
+                    built.digest
+                );
+            }
+        };
+        let previous = std::fs::read(&target.plugin).ok();
+        if let Err(error) = built.install(&target.plugin) {
+            return format!("{stage}: cannot install the new component: {error:#}");
         }
-    };
-    let cases = match verify(manifest, target, &built).await {
-        Ok(cases) => cases,
-        Err(error) => {
-            return format!(
-                "{stage}: built {} but it is not installed; the previous version keeps serving:\n{error}",
-                built.digest
-            );
-        }
-    };
-    if let Err(error) = built.install(&target.plugin) {
-        return format!("{stage}: cannot install the new component: {error:#}");
-    }
-    let reload = match (host, reloads) {
-        (Some(host), _) => {
-            let report = crate::control::reload(host.app(), Trigger::host("watch")).await;
-            match report.error {
-                None => format!(
-                    "reload {} (generation {})",
-                    report.result, report.to_generation
-                ),
-                Some(error) => format!("reload failed: {error}"),
+        let reload = match (self.host, self.reloads) {
+            (Some(host), _) => {
+                let report = crate::control::reload(host.app(), Trigger::host("watch")).await;
+                match report.error {
+                    None => Ok(format!(
+                        "reload {} (generation {})",
+                        report.result, report.to_generation
+                    )),
+                    Some(error) => Err(error),
+                }
+            }
+            (None, Reloads::Admin { url, token }) => admin_reload(url, token.as_deref()).await,
+            (None, Reloads::Serve { .. }) => Err("no host to reload".to_owned()),
+        };
+        match reload {
+            Ok(reload) => format!(
+                "{stage}: built {} ({} bytes, {:.1} s), {cases} case(s) passed, {reload}",
+                built.digest,
+                built.bytes.len(),
+                built.took.as_secs_f64()
+            ),
+            Err(error) => {
+                // The host did not take it: the file goes back to what the
+                // host serves, so a restart serves the same.
+                let restored = match previous {
+                    Some(bytes) => {
+                        crate::develop::toolchains::write_atomically(&target.plugin, &bytes)
+                            .map_or_else(
+                                |e| format!("; restoring the old file failed: {e:#}"),
+                                |()| String::new(),
+                            )
+                    }
+                    None => String::new(),
+                };
+                format!(
+                    "{stage}: built {} and passed {cases} case(s), but the reload failed \
+                     (the previous version keeps serving{restored}): {error}",
+                    built.digest
+                )
             }
         }
-        (None, Reloads::Admin { url, token }) => admin_reload(url, token.as_deref()).await,
-        (None, Reloads::Serve { .. }) => "not reloaded (no host)".to_owned(),
-    };
-    format!(
-        "{stage}: built {} ({} bytes, {:.1} s), {cases} case(s) passed, {reload}",
-        built.digest,
-        built.bytes.len(),
-        built.took.as_secs_f64()
-    )
+    }
+}
+
+/// A component whose digest differs from the stage's `sha256` pin is not
+/// put in place: the host would refuse the manifest.
+fn check_pin(target: &BuildTarget, built: &Built) -> Result<(), String> {
+    match &target.pin {
+        Some(pin) if *pin != built.digest => Err(format!(
+            "the manifest pins sha256 = \"{pin}\" and the new component is {}: \
+             change the pin to the new digest (or remove it while developing) to install it",
+            built.digest
+        )),
+        _ => Ok(()),
+    }
 }
 
 async fn blocking_build(spec: &BuildSpec, tools: &Toolchains) -> anyhow::Result<Built> {
@@ -209,7 +273,13 @@ async fn blocking_build(spec: &BuildSpec, tools: &Toolchains) -> anyhow::Result<
 
 /// Load the new component in the stage's place (grants, limits, contract)
 /// and run the stage's golden cases against it. Returns how many passed.
-async fn verify(manifest: &Path, target: &BuildTarget, built: &Built) -> Result<usize, String> {
+async fn verify(
+    manifest: &Path,
+    target: &BuildTarget,
+    built: &Built,
+    compile_cache: &Path,
+) -> Result<usize, String> {
+    let compile_cache = compile_cache.to_owned();
     let (path, pipeline, name) = (
         manifest.to_owned(),
         target.pipeline.clone(),
@@ -223,24 +293,18 @@ async fn verify(manifest: &Path, target: &BuildTarget, built: &Built) -> Result<
             .find(|(p, s)| *p == pipeline && s.name.as_str() == name)
             .map(|(_, s)| s.clone())
             .ok_or_else(|| format!("the manifest no longer has stage \"{name}\""))?;
-        if spec.plugin.pinned && spec.plugin.digest != digest {
-            return Err(format!(
-                "the manifest pins sha256 = \"{}\"; the new component is {digest}: \
-                 update the pin, or remove it while developing",
-                spec.plugin.digest
-            ));
-        }
         spec.plugin = PluginFile {
             path: spec.plugin.path.clone(),
             bytes: bytes.into(),
             digest,
             pinned: spec.plugin.pinned,
         };
-        let runtime = Runtime::new(&manifest.runtime, None).map_err(|e| format!("{e:#}"))?;
+        let runtime =
+            Runtime::new(&manifest.runtime, Some(&compile_cache)).map_err(|e| format!("{e:#}"))?;
         let stage = runtime
             .load_stage(&path, &pipeline, &spec, "plugin")
             .map_err(|e| e.to_string())?;
-        Ok((runtime, stage, spec.cases.clone()))
+        Ok::<_, String>((runtime, stage, spec.cases.clone()))
     })
     .await
     .map_err(|e| format!("the test task failed: {e}"))??;
@@ -258,7 +322,7 @@ async fn verify(manifest: &Path, target: &BuildTarget, built: &Built) -> Result<
 }
 
 /// `POST {url}/admin/reload`; what the host said, in a few words.
-async fn admin_reload(url: &str, token: Option<&str>) -> String {
+async fn admin_reload(url: &str, token: Option<&str>) -> Result<String, String> {
     let client = reqwest::Client::new();
     let mut request = client
         .post(format!("{}/admin/reload", url.trim_end_matches('/')))
@@ -269,30 +333,36 @@ async fn admin_reload(url: &str, token: Option<&str>) -> String {
     }
     let response = match request.send().await {
         Ok(response) => response,
-        Err(error) => return format!("reload request to {url} failed: {error}"),
+        Err(error) => return Err(format!("the reload request to {url} failed: {error}")),
     };
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap_or_default();
     match (status.is_success(), body["result"].as_str()) {
-        (true, Some(result)) => format!(
+        (true, Some(result)) if result != "failed" => Ok(format!(
             "reload {result} (generation {})",
             body["to_generation"].as_u64().unwrap_or_default()
-        ),
-        _ => format!(
-            "reload refused ({status}): {}",
+        )),
+        _ => Err(format!(
+            "the host answered {status}: {}",
             body["error"]["message"]
                 .as_str()
                 .or(body["error"].as_str())
                 .unwrap_or("no reason given")
-        ),
+        )),
     }
 }
 
-/// Paths whose changes are the build's or the host's own writes: the
-/// components' directories and the data directory.
-fn ignored_paths(manifest: &Path, plan: &[(BuildTarget, BuildSpec)]) -> Vec<PathBuf> {
+/// The data directory the host uses: `--data`, else the manifest's
+/// `data_dir` (default `data`) beside the manifest.
+fn data_dir(manifest: &Path, reloads: &Reloads) -> PathBuf {
+    if let Reloads::Serve {
+        data: Some(data), ..
+    } = reloads
+    {
+        return resolved(data);
+    }
     let base = manifest.parent().unwrap_or(Path::new("."));
-    let data_dir = std::fs::read_to_string(manifest)
+    let configured = std::fs::read_to_string(manifest)
         .ok()
         .and_then(|text| text.parse::<toml::Table>().ok())
         .and_then(|t| {
@@ -301,13 +371,24 @@ fn ignored_paths(manifest: &Path, plan: &[(BuildTarget, BuildSpec)]) -> Vec<Path
                 .map(PathBuf::from)
         })
         .unwrap_or_else(|| "data".into());
-    let mut ignored = vec![canonical(&base.join(data_dir))];
+    resolved(&base.join(configured))
+}
+
+/// Paths whose changes are the build's or the host's own writes: the data
+/// directory, each component, and a component's directory when it lies
+/// inside its project (`build/`), never the project itself.
+fn ignored_paths(data_dir: &Path, plan: &[(BuildTarget, BuildSpec)]) -> Vec<PathBuf> {
+    let mut ignored = vec![data_dir.to_owned()];
     for (target, spec) in plan {
-        let out = target.plugin.parent().map(canonical);
-        match out {
-            Some(out) if out != canonical(&spec.dir) => ignored.push(out),
-            _ => ignored.push(canonical(&target.plugin)),
+        let plugin = resolved(&target.plugin);
+        let project = resolved(&spec.dir);
+        if let Some(out) = plugin.parent()
+            && out.starts_with(&project)
+            && out != project
+        {
+            ignored.push(out.to_owned());
         }
+        ignored.push(plugin);
     }
     ignored
 }
@@ -325,17 +406,23 @@ fn is_source(path: &Path, dir: &Path, ignored: &[PathBuf]) -> bool {
         Component::Normal(part) => {
             let part = part.to_string_lossy();
             !part.starts_with('.')
-                && !matches!(
-                    part.as_ref(),
-                    "target" | "node_modules" | "__pycache__" | "build"
-                )
+                && !matches!(part.as_ref(), "target" | "node_modules" | "__pycache__")
         }
         _ => true,
     })
 }
 
-fn canonical(path: &Path) -> PathBuf {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+/// `path` as file-system events name it: absolute, with links resolved as
+/// far as it exists (a component not built yet has a directory that does).
+fn resolved(path: &Path) -> PathBuf {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    if let Ok(real) = std::fs::canonicalize(&path) {
+        return real;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => resolved(parent).join(name),
+        _ => path,
+    }
 }
 
 #[cfg(test)]
@@ -356,7 +443,6 @@ mod tests {
             "/p/node_modules/x/index.js",
             "/p/.git/index",
             "/p/src/.lib.rs.swp",
-            "/p/build/stage.wasm",
             "/elsewhere/lib.rs",
         ] {
             assert!(!is_source(Path::new(path), dir, &ignored), "{path}");

@@ -2,7 +2,7 @@
 //! component from source. The host itself never builds; it only checks the
 //! table's shape so that a typo is caught by `strata check` too.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -118,12 +118,14 @@ pub(super) struct RawBuild {
 /// (the component may not exist yet).
 #[derive(Debug, Clone)]
 pub struct BuildTarget {
-    /// The pipeline naming the stage (the first, if several share a plugin).
+    /// The pipeline naming the stage.
     pub pipeline: String,
     /// The stage's name.
     pub stage: String,
     /// Where the component goes: the stage's `plugin`, resolved.
     pub plugin: PathBuf,
+    /// The digest the manifest pins the component to, if it does.
+    pub pin: Option<super::Digest>,
     /// How to build it; `None` when the manifest does not say.
     pub build: Option<BuildSpec>,
     /// The stage's golden cases, resolved, if it lists them.
@@ -135,6 +137,8 @@ pub struct BuildTarget {
 struct PlanStage {
     name: String,
     plugin: PathBuf,
+    #[serde(default)]
+    sha256: Option<String>,
     #[serde(default)]
     build: Option<RawBuild>,
     #[serde(default)]
@@ -220,12 +224,16 @@ impl Parser<'_> {
                 }
             }
         };
+        // Absolute, so that tools run in another working directory (cargo
+        // in the project) still find it.
         let dir = self.base.join(raw.path.unwrap_or_else(|| ".".into()));
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
         Ok(BuildSpec { recipe, dir })
     }
 
-    /// Every stage of the manifest with its `plugin`, `build` and `cases`,
-    /// without reading plugins.
+    /// Every stage of the manifest, in order, with its `plugin`, pin,
+    /// `build` and `cases`, without reading plugins. Stages sharing a plugin
+    /// file are all listed; callers build each file once.
     pub(super) fn build_plan(&self, text: &str) -> Result<Vec<BuildTarget>, ManifestError> {
         let table: toml::Table = toml::from_str(text).map_err(|e| {
             self.error(
@@ -264,14 +272,19 @@ impl Parser<'_> {
                 };
                 let raw: PlanStage = self.typed(here.clone(), table)?;
                 let plugin = self.base.join(&raw.plugin);
-                if targets.iter().any(|t| same_file(&t.plugin, &plugin)) {
-                    continue;
-                }
+                let plugin = std::path::absolute(&plugin).unwrap_or(plugin);
+                let pin = raw
+                    .sha256
+                    .as_deref()
+                    .map(super::Digest::parse)
+                    .transpose()
+                    .map_err(|why| self.error(at("sha256"), ManifestErrorKind::Invalid(why)))?;
                 let build = raw.build.map(|b| self.build(b, &at)).transpose()?;
                 targets.push(BuildTarget {
                     pipeline: pipeline.clone(),
                     stage: raw.name,
                     plugin,
+                    pin,
                     build,
                     cases: raw.cases.map(|c| self.base.join(c)),
                 });
@@ -279,12 +292,4 @@ impl Parser<'_> {
         }
         Ok(targets)
     }
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    a == b
-        || matches!(
-            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
-            (Ok(x), Ok(y)) if x == y
-        )
 }

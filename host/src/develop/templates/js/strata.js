@@ -1,10 +1,9 @@
 // Helpers for Strata stages written in JavaScript: the verbs of the
-// `strata:pipeline` contract (answer, escalate, reject, next), request
-// attributes, the stage's config, the answer bank and the host log.
-//
-// `config` needs the `configured` or `plugin` world and the `config` grant;
-// `cached`, `lookup` and `log` need the `plugin` world and the `cache` or
-// `log` grant: import them only in a stage built against such a world.
+// `strata:pipeline` contract (answer, escalate, reject, next) and request
+// attributes. They import nothing from the host, so they work in every
+// world. The helpers that call the host (config, the answer bank, the log)
+// are in `host.js`, which `strata new` writes for the `configured` and
+// `plugin` worlds.
 //
 // Written by `strata new` for `strata:pipeline@0.2.0`.
 
