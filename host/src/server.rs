@@ -53,6 +53,9 @@ pub struct HostOptions {
     /// Sign callbacks with this secret instead of the one in the
     /// environment variable `[callbacks] secret_env` names.
     pub callback_secret: Option<String>,
+    /// Leave reloads to the caller even if the manifest's `[reload] watch`
+    /// is on (`strata watch` reloads only what it has built and tested).
+    pub no_file_watch: bool,
 }
 
 impl HostOptions {
@@ -66,6 +69,7 @@ impl HostOptions {
             tokens: None,
             compile_cache: None,
             callback_secret: None,
+            no_file_watch: false,
         }
     }
 }
@@ -286,7 +290,7 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
             .spawn(crate::http::serve(listener, header_timeout, cancel, edge));
     }
     crate::control::spawn_burn_worker(app.clone());
-    if manifest.reload.watch {
+    if manifest.reload.watch && !options.no_file_watch {
         crate::control::spawn_watcher(
             app.clone(),
             manifest.watched_files(),

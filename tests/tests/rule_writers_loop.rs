@@ -238,7 +238,7 @@ fn edit(path: &Path, from: &str, to: &str) {
 
 // Multi-threaded: the test blocks on the watcher's output between requests.
 #[tokio::test(flavor = "multi_thread")]
-async fn watch_serves_an_edit_and_keeps_the_old_version_when_an_edit_is_bad() {
+async fn watch_serves_edits_keeps_the_old_version_when_an_edit_is_bad_and_follows_the_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, text) = strata(dir.path(), &["new", "stage", "echo", "--lang", "rust"]);
     assert!(ok, "{text}");
@@ -287,13 +287,34 @@ async fn watch_serves_an_edit_and_keeps_the_old_version_when_an_edit_is_bad() {
         .unwrap();
     let (_, serving) = watch.ping().await;
     assert!(pipelines.to_string().contains(&serving), "{pipelines}");
+
+    // A stage added to the manifest is built, served and watched.
+    let manifest = project.join("strata.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let added = format!(
+        "{text}\n[[pipelines.echo.stages]]\nname = \"tail\"\nlayer = \"rules\"\n\
+         plugin = \"build/tail.wasm\"\ngrants = [\"config\"]\nconfig = {{ respond = \"true\" }}\n\
+         build = {{ command = 'cp \"$(cat source)\" \"$STRATA_OUT\"', path = \"tail\" }}\n"
+    );
+    // The stage's source names the component its command copies.
+    let tail = project.join("tail");
+    std::fs::create_dir(&tail).unwrap();
+    std::fs::write(tail.join("source"), strata_tests::components::VERSION_ONE).unwrap();
+    std::fs::write(&manifest, added).unwrap();
+    let line = watch.line_with("tail: built");
+    assert!(line.contains("reload applied"), "{line}");
+    assert_eq!(ask(&watch.base, "hello").await, "hello |v1");
+    std::fs::write(tail.join("source"), strata_tests::components::VERSION_TWO).unwrap();
+    let line = watch.line_with("tail: built");
+    assert!(line.contains("reload applied"), "{line}");
+    assert_eq!(ask(&watch.base, "hello").await, "hello |v2");
 }
 
-/// What pipeline `echo` at `base` answers "ping" with.
-async fn ping_at(base: &str) -> String {
+/// What pipeline `echo` at `base` answers `input` with.
+async fn ask(base: &str, input: &str) -> String {
     let body: Value = reqwest::Client::new()
         .post(format!("{base}/v1/pipelines/echo"))
-        .json(&serde_json::json!({ "input": "ping" }))
+        .json(&serde_json::json!({ "input": input }))
         .send()
         .await
         .unwrap()
@@ -327,7 +348,7 @@ async fn watch_reloads_a_running_host_through_its_admin_api() {
         c.env_remove("STRATA_ADMIN_TOKEN")
             .env_remove("STRATA_CLIENT_TOKEN");
     });
-    assert_eq!(ping_at(host.base()).await, "ping |v1");
+    assert_eq!(ask(host.base(), "ping").await, "ping |v1");
 
     let mut watch = Watch::spawn(dir.path(), &["--admin", host.admin_base()]);
     watch.line_with("reloading the host at");
@@ -336,7 +357,7 @@ async fn watch_reloads_a_running_host_through_its_admin_api() {
     std::fs::copy(VERSION_TWO, project.join("variant.wasm")).unwrap();
     let line = watch.line_with("v: built");
     assert!(line.contains("reload applied"), "{line}");
-    assert_eq!(ping_at(host.base()).await, "ping |v2");
+    assert_eq!(ask(host.base(), "ping").await, "ping |v2");
     host.kill();
 }
 

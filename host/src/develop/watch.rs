@@ -52,7 +52,7 @@ pub async fn watch(
     stop: impl Future<Output = ()>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let plan = plan(manifest)?;
+    let mut plan = plan(manifest)?;
     for (target, spec) in &plan {
         let built = blocking_build(spec, &tools)
             .await
@@ -73,6 +73,8 @@ pub async fn watch(
                 listen: *listen,
                 admin_listen: *admin_listen,
                 data_dir: data.clone(),
+                // Reloads come from here, once a change is built and tested.
+                no_file_watch: true,
                 ..HostOptions::new(manifest)
             })
             .await?;
@@ -97,13 +99,14 @@ pub async fn watch(
             let _ = events.send(batch.into_iter().flat_map(|e| e.event.paths).collect());
         }
     })?;
-    let ignored = ignored_paths(&data_dir, &plan);
-    let dirs: BTreeSet<PathBuf> = plan.iter().map(|(_, spec)| resolved(&spec.dir)).collect();
-    for dir in &dirs {
-        watcher
-            .watch(dir, notify::RecursiveMode::Recursive)
-            .with_context(|| format!("cannot watch {}", dir.display()))?;
-    }
+    let manifest_file = resolved(manifest);
+    let manifest_dir = manifest_file
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    let mut watches = Watches::default();
+    watches.update(&mut watcher, &plan, &manifest_dir)?;
+    let mut ignored = ignored_paths(&data_dir, &plan);
     // Only now: a change made once this line is out is seen.
     writeln!(out, "watching {} stage source(s); Ctrl-C stops", plan.len())?;
     out.flush()?;
@@ -124,11 +127,40 @@ pub async fn watch(
         while let Ok(more) = changes.try_recv() {
             paths.extend(more);
         }
+        if paths.contains(&manifest_file) {
+            // The manifest changed: stages (or their `build` tables) may
+            // have come or gone. The host reloads the manifest itself.
+            match plan_of(manifest) {
+                Ok(new) => {
+                    for (target, spec) in &new {
+                        let known = plan
+                            .iter()
+                            .any(|(t, s)| t.plugin == target.plugin && s == spec);
+                        if !known {
+                            let line = context.rebuild(target, spec).await;
+                            writeln!(out, "{line}")?;
+                        }
+                    }
+                    plan = new;
+                    watches.update(&mut watcher, &plan, &manifest_dir)?;
+                    ignored = ignored_paths(&data_dir, &plan);
+                    writeln!(out, "watching {} stage source(s)", plan.len())?;
+                }
+                Err(error) => writeln!(
+                    out,
+                    "{}: {error:#}\n(the build plan stays as it was)",
+                    manifest.display()
+                )?,
+            }
+            out.flush()?;
+        }
         let touched: Vec<&(BuildTarget, BuildSpec)> = plan
             .iter()
             .filter(|(_, spec)| {
                 let dir = resolved(&spec.dir);
-                paths.iter().any(|p| is_source(p, &dir, &ignored))
+                paths
+                    .iter()
+                    .any(|p| *p != manifest_file && is_source(p, &dir, &ignored))
             })
             .collect();
         for (target, spec) in touched {
@@ -144,8 +176,69 @@ pub async fn watch(
     Ok(())
 }
 
-/// The stages with a `build` table.
+/// The stages with a `build` table; at least one.
 fn plan(manifest: &Path) -> anyhow::Result<Vec<(BuildTarget, BuildSpec)>> {
+    let plan = plan_of(manifest)?;
+    if plan.is_empty() {
+        bail!(
+            "no stage in {} has a `build` table, so there is nothing to rebuild \
+             (add e.g. build = {{ lang = \"rust\", path = \"...\" }})",
+            manifest.display()
+        );
+    }
+    Ok(plan)
+}
+
+/// The directories `watch` has asked to hear about.
+#[derive(Default)]
+struct Watches {
+    /// Stage projects, recursively.
+    projects: BTreeSet<PathBuf>,
+    /// The manifest's directory, on its own, when no project holds it.
+    manifest_dir: Option<PathBuf>,
+}
+
+impl Watches {
+    /// Watch each stage's project and the manifest; stop watching what no
+    /// stage needs any more.
+    fn update(
+        &mut self,
+        watcher: &mut Watcher,
+        plan: &[(BuildTarget, BuildSpec)],
+        manifest_dir: &Path,
+    ) -> anyhow::Result<()> {
+        let wanted: BTreeSet<PathBuf> = plan.iter().map(|(_, spec)| resolved(&spec.dir)).collect();
+        let covered = wanted.iter().any(|dir| manifest_dir.starts_with(dir));
+        if covered && let Some(dir) = self.manifest_dir.take() {
+            let _ = watcher.unwatch(&dir);
+        }
+        for gone in self.projects.difference(&wanted) {
+            let _ = watcher.unwatch(gone);
+        }
+        for dir in wanted.difference(&self.projects) {
+            watcher
+                .watch(dir, notify::RecursiveMode::Recursive)
+                .with_context(|| format!("cannot watch {}", dir.display()))?;
+        }
+        self.projects = wanted;
+        if !covered && self.manifest_dir.is_none() {
+            watcher
+                .watch(manifest_dir, notify::RecursiveMode::NonRecursive)
+                .with_context(|| format!("cannot watch {}", manifest_dir.display()))?;
+            self.manifest_dir = Some(manifest_dir.to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The file watcher, with its debouncer.
+type Watcher = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+/// The stages with a `build` table, each plugin file once.
+fn plan_of(manifest: &Path) -> anyhow::Result<Vec<(BuildTarget, BuildSpec)>> {
     let mut plan: Vec<(BuildTarget, BuildSpec)> = Vec::new();
     for target in Manifest::build_plan(manifest)? {
         // Stages sharing one plugin file are built once.
@@ -155,13 +248,6 @@ fn plan(manifest: &Path) -> anyhow::Result<Vec<(BuildTarget, BuildSpec)>> {
         if let Some(spec) = target.build.clone() {
             plan.push((target, spec));
         }
-    }
-    if plan.is_empty() {
-        bail!(
-            "no stage in {} has a `build` table, so there is nothing to rebuild \
-             (add e.g. build = {{ lang = \"rust\", path = \"...\" }})",
-            manifest.display()
-        );
     }
     Ok(plan)
 }
@@ -190,10 +276,20 @@ impl Rebuild<'_> {
                 );
             }
         };
+        // A stage new to the manifest has no component yet, and the
+        // manifest cannot be read without one: it is put in place first
+        // (nothing serves it yet) and taken away again if it fails.
+        let new_stage = !target.plugin.exists();
+        if new_stage && let Err(error) = built.install(&target.plugin) {
+            return format!("{stage}: cannot install the new component: {error:#}");
+        }
         let verified = match check_pin(target, &built) {
             Ok(()) => verify(self.manifest, target, &built, &self.compile_cache).await,
             Err(why) => Err(why),
         };
+        if new_stage && verified.is_err() {
+            let _ = std::fs::remove_file(&target.plugin);
+        }
         let cases = match verified {
             Ok(cases) => cases,
             Err(error) => {
@@ -207,21 +303,7 @@ impl Rebuild<'_> {
         if let Err(error) = built.install(&target.plugin) {
             return format!("{stage}: cannot install the new component: {error:#}");
         }
-        let reload = match (self.host, self.reloads) {
-            (Some(host), _) => {
-                let report = crate::control::reload(host.app(), Trigger::host("watch")).await;
-                match report.error {
-                    None => Ok(format!(
-                        "reload {} (generation {})",
-                        report.result, report.to_generation
-                    )),
-                    Some(error) => Err(error),
-                }
-            }
-            (None, Reloads::Admin { url, token }) => admin_reload(url, token.as_deref()).await,
-            (None, Reloads::Serve { .. }) => Err("no host to reload".to_owned()),
-        };
-        match reload {
+        match self.reload().await {
             Ok(reload) => format!(
                 "{stage}: built {} ({} bytes, {:.1} s), {cases} case(s) passed, {reload}",
                 built.digest,
@@ -247,6 +329,26 @@ impl Rebuild<'_> {
                     built.digest
                 )
             }
+        }
+    }
+}
+
+impl Rebuild<'_> {
+    /// Reload the host: this process's, or the one behind `--admin`.
+    async fn reload(&self) -> Result<String, String> {
+        match (self.host, self.reloads) {
+            (Some(host), _) => {
+                let report = crate::control::reload(host.app(), Trigger::host("watch")).await;
+                match report.error {
+                    None => Ok(format!(
+                        "reload {} (generation {})",
+                        report.result, report.to_generation
+                    )),
+                    Some(error) => Err(error),
+                }
+            }
+            (None, Reloads::Admin { url, token }) => admin_reload(url, token.as_deref()).await,
+            (None, Reloads::Serve { .. }) => Err("no host to reload".to_owned()),
         }
     }
 }
