@@ -204,15 +204,7 @@ impl Watch {
 
     /// What the pipeline answers "ping" with, and the stage's digest.
     async fn ping(&self) -> (String, String) {
-        let body: Value = reqwest::Client::new()
-            .post(format!("{}/v1/pipelines/echo", self.base))
-            .json(&serde_json::json!({ "input": "ping" }))
-            .send()
-            .await
-            .expect("the served pipeline answers")
-            .json()
-            .await
-            .expect("the answer is JSON");
+        let body = post_echo(&self.base, "ping").await;
         (
             body["output"].as_str().unwrap_or_default().to_owned(),
             body["stages"][0]["digest"]
@@ -310,17 +302,22 @@ async fn watch_serves_edits_keeps_the_old_version_when_an_edit_is_bad_and_follow
     assert_eq!(ask(&watch.base, "hello").await, "hello |v2");
 }
 
-/// What pipeline `echo` at `base` answers `input` with.
-async fn ask(base: &str, input: &str) -> String {
-    let body: Value = reqwest::Client::new()
+/// Pipeline `echo` at `base` asked `input`: the response body.
+async fn post_echo(base: &str, input: &str) -> Value {
+    reqwest::Client::new()
         .post(format!("{base}/v1/pipelines/echo"))
         .json(&serde_json::json!({ "input": input }))
         .send()
         .await
-        .unwrap()
+        .expect("the served pipeline answers")
         .json()
         .await
-        .unwrap();
+        .expect("the answer is JSON")
+}
+
+/// What pipeline `echo` at `base` answers `input` with.
+async fn ask(base: &str, input: &str) -> String {
+    let body = post_echo(base, input).await;
     body["output"].as_str().unwrap_or_default().to_owned()
 }
 

@@ -189,13 +189,9 @@ pub(super) async fn build_all(
             let (spec, tools) = (spec.clone(), tools.clone());
             tokio::task::spawn_blocking(move || build(&spec, &tools)).await?
         };
-        let result = result.and_then(|built| match &target.pin {
-            Some(pin) if *pin != built.digest => Err(anyhow::anyhow!(
-                "built {}, but the manifest pins sha256 = \"{pin}\"; the component was not \
-                 installed: change the pin to the new digest (or remove it) and build again",
-                built.digest
-            )),
-            _ => Ok(built),
+        let result = result.and_then(|built| {
+            built.check_pin(&target).map_err(anyhow::Error::msg)?;
+            Ok(built)
         });
         match result.and_then(|b| b.install(&target.plugin).map(|()| b)) {
             Ok(component) => {

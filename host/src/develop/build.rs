@@ -30,6 +30,19 @@ impl Built {
         write_atomically(plugin, &self.bytes)
     }
 
+    /// Whether the component may go where the manifest pins a digest: one
+    /// that differs is not put in place, since the host would refuse it.
+    pub fn check_pin(&self, target: &BuildTarget) -> Result<(), String> {
+        match &target.pin {
+            Some(pin) if *pin != self.digest => Err(format!(
+                "the manifest pins sha256 = \"{pin}\" and the new component is {}: \
+                 change the pin to the new digest (or remove it while developing) to install it",
+                self.digest
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// One line per fact: size, digest, imports.
     pub fn render(&self, target: &BuildTarget, spec: &BuildSpec) -> String {
         let imports = if self.imports.is_empty() {

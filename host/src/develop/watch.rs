@@ -57,12 +57,13 @@ pub async fn watch(
         let built = blocking_build(spec, &tools)
             .await
             .with_context(|| format!("stage \"{}\": the first build failed", target.stage))?;
-        check_pin(target, &built)
+        built
+            .check_pin(target)
             .map_err(|why| anyhow::anyhow!("stage \"{}\": {why}", target.stage))?;
         built.install(&target.plugin)?;
         write!(out, "{}", built.render(target, spec))?;
     }
-    let data_dir = data_dir(manifest, &reloads);
+    let data_dir = data_dir(manifest, &reloads)?;
     let host = match &reloads {
         Reloads::Serve {
             listen,
@@ -283,7 +284,7 @@ impl Rebuild<'_> {
         if new_stage && let Err(error) = built.install(&target.plugin) {
             return format!("{stage}: cannot install the new component: {error:#}");
         }
-        let verified = match check_pin(target, &built) {
+        let verified = match built.check_pin(target) {
             Ok(()) => verify(self.manifest, target, &built, &self.compile_cache).await,
             Err(why) => Err(why),
         };
@@ -350,19 +351,6 @@ impl Rebuild<'_> {
             (None, Reloads::Admin { url, token }) => admin_reload(url, token.as_deref()).await,
             (None, Reloads::Serve { .. }) => Err("no host to reload".to_owned()),
         }
-    }
-}
-
-/// A component whose digest differs from the stage's `sha256` pin is not
-/// put in place: the host would refuse the manifest.
-fn check_pin(target: &BuildTarget, built: &Built) -> Result<(), String> {
-    match &target.pin {
-        Some(pin) if *pin != built.digest => Err(format!(
-            "the manifest pins sha256 = \"{pin}\" and the new component is {}: \
-             change the pin to the new digest (or remove it while developing) to install it",
-            built.digest
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -454,26 +442,15 @@ async fn admin_reload(url: &str, token: Option<&str>) -> Result<String, String> 
     }
 }
 
-/// The data directory the host uses: `--data`, else the manifest's
-/// `data_dir` (default `data`) beside the manifest.
-fn data_dir(manifest: &Path, reloads: &Reloads) -> PathBuf {
+/// The data directory the host uses: `--data`, else the manifest's.
+fn data_dir(manifest: &Path, reloads: &Reloads) -> anyhow::Result<PathBuf> {
     if let Reloads::Serve {
         data: Some(data), ..
     } = reloads
     {
-        return resolved(data);
+        return Ok(resolved(data));
     }
-    let base = manifest.parent().unwrap_or(Path::new("."));
-    let configured = std::fs::read_to_string(manifest)
-        .ok()
-        .and_then(|text| text.parse::<toml::Table>().ok())
-        .and_then(|t| {
-            t.get("data_dir")
-                .and_then(|d| d.as_str())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| "data".into());
-    resolved(&base.join(configured))
+    Ok(resolved(&Manifest::load(manifest)?.data_dir))
 }
 
 /// Paths whose changes are the build's or the host's own writes: the data

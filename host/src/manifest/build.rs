@@ -235,12 +235,7 @@ impl Parser<'_> {
     /// `build` and `cases`, without reading plugins. Stages sharing a plugin
     /// file are all listed; callers build each file once.
     pub(super) fn build_plan(&self, text: &str) -> Result<Vec<BuildTarget>, ManifestError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| {
-            self.error(
-                Location::default(),
-                ManifestErrorKind::Syntax(super::one_line(e.message().to_owned())),
-            )
-        })?;
+        let table = self.table(text)?;
         let Some(pipelines) = table.get("pipelines").and_then(|p| p.as_table()) else {
             return Err(self.error(
                 super::key_location("pipelines"),

@@ -99,12 +99,7 @@ impl Manifest {
     /// Read, parse and validate the manifest at `path`, reading every plugin
     /// it names.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
-            file: path.to_owned(),
-            location: Box::default(),
-            kind: Box::new(ManifestErrorKind::Unreadable(e)),
-        })?;
-        Self::parse(path, &text)
+        Self::parse(path, &read(path)?)
     }
 
     /// Parse and validate manifest `text` as if read from `path`. Relative
@@ -121,16 +116,11 @@ impl Manifest {
     /// `cases`, read without loading any plugin (for `strata build`, when
     /// components may not exist yet). Candidates are not included.
     pub fn build_plan(path: &Path) -> Result<Vec<BuildTarget>, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
-            file: path.to_owned(),
-            location: Box::default(),
-            kind: Box::new(ManifestErrorKind::Unreadable(e)),
-        })?;
         Parser {
             file: path,
             base: path.parent().unwrap_or(Path::new(".")),
         }
-        .build_plan(&text)
+        .build_plan(&read(path)?)
     }
 
     /// The files a change to which should reload this manifest: the manifest
@@ -157,6 +147,15 @@ impl Manifest {
             .values()
             .flat_map(|p| p.stages.iter().map(move |s| (p.name.as_str(), s)))
     }
+}
+
+/// The manifest's text.
+fn read(path: &Path) -> Result<String, ManifestError> {
+    std::fs::read_to_string(path).map_err(|e| ManifestError {
+        file: path.to_owned(),
+        location: Box::default(),
+        kind: Box::new(ManifestErrorKind::Unreadable(e)),
+    })
 }
 
 /// The default listen address when the manifest gives none.

@@ -27,8 +27,9 @@ impl Parser<'_> {
         }
     }
 
-    pub(super) fn manifest(&self, text: &str) -> Result<Manifest, ManifestError> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| {
+    /// `text` as a TOML table; a syntax error names its line and column.
+    pub(super) fn table(&self, text: &str) -> Result<toml::Table, ManifestError> {
+        toml::from_str(text).map_err(|e| {
             let position = match e.span() {
                 Some(span) => {
                     let before = &text[..span.start.min(text.len())];
@@ -45,7 +46,11 @@ impl Parser<'_> {
                     one_line(e.message().to_owned())
                 )),
             )
-        })?;
+        })
+    }
+
+    pub(super) fn manifest(&self, text: &str) -> Result<Manifest, ManifestError> {
+        let table = self.table(text)?;
         let raw: RawManifest = self.typed(Location::default(), table)?;
 
         let listen = match raw.listen.as_deref() {
