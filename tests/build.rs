@@ -26,6 +26,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("version-two", "tests/components/version-two"),
     ("clockwork", "tests/components/clockwork"),
     ("counter", "tests/components/counter"),
+    ("primed", "tests/components/primed"),
     ("dialer", "tests/components/dialer"),
     ("cache-v1", "tests/components/cache-v1"),
     ("http-stage", "tests/components/http-stage"),

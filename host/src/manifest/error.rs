@@ -127,6 +127,15 @@ pub enum ManifestErrorKind {
         /// The engine's reason.
         reason: String,
     },
+    /// The component's `init` failed (a bad config, say), or its
+    /// initialised state could not be kept.
+    #[error("{} failed to initialise: {reason}", path.display())]
+    Init {
+        /// The resolved path.
+        path: PathBuf,
+        /// Why: the guest's own message when it panicked.
+        reason: String,
+    },
 }
 
 pub(super) fn describe_exports(found: &[String]) -> String {

@@ -46,6 +46,8 @@ pub struct Runtime {
     /// Compiled components by SHA-256, so one plugin used by several stages
     /// (or by several generations) is compiled once.
     pub(super) compiled: Mutex<HashMap<Digest, Component>>,
+    /// Pre-initialised components by digest and config (see `init`).
+    pub(super) initialised: Mutex<HashMap<(Digest, String), Component>>,
     /// Shared by host services that call out (model providers).
     pub(super) http: reqwest::Client,
     /// Where host services run work that outlives the call that started it
@@ -95,6 +97,12 @@ impl Runtime {
             // guest's own code pays a little for the checks.
             .signals_based_traps(false)
             .memory_guard_size(0);
+        // `STRATA_PERF_MAP=1` names the guests' compiled functions for
+        // `perf` (in /tmp/perf-PID.map), so a profile of the host shows
+        // which stage code runs rather than anonymous JIT addresses.
+        if std::env::var_os("STRATA_PERF_MAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         if let Some(dir) = cache_dir {
             let dir = std::path::absolute(dir)
                 .with_context(|| format!("cannot resolve {}", dir.display()))?;
@@ -125,6 +133,7 @@ impl Runtime {
             settings: settings.clone(),
             slots: Arc::new(Semaphore::new(instances as usize)),
             compiled: Mutex::new(HashMap::new()),
+            initialised: Mutex::new(HashMap::new()),
             http: reqwest::Client::builder()
                 .build()
                 .context("cannot build the HTTP client for model providers")?,
@@ -153,6 +162,15 @@ impl Runtime {
         // A panic while holding this lock could only come from HashMap
         // itself; the map stays usable, so a poisoned lock is taken over.
         self.compiled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn lock_initialised(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(Digest, String), Component>> {
+        // As for `compiled`: a poisoned map is still a usable map.
+        self.initialised
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }

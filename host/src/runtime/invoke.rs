@@ -162,24 +162,36 @@ impl Runtime {
     }
 
     fn new_store(&self, stage: &LoadedStage, request: &Request, tag: &LogTag) -> Store<StageState> {
-        let logs = GuestLogs::new(tag.clone());
         let seed = stage.spec.deterministic.map(|seed| {
             // The same input meets the same randomness, whatever the request
             // id: a replay decides alike.
             crate::request::fnv1a(request.input.as_bytes(), seed)
         });
+        self.store_for(&stage.spec, &stage.config, &stage.http_hosts, seed, tag)
+    }
+
+    /// A store for one instance of the stage `spec`, its limits set.
+    pub(super) fn store_for(
+        &self,
+        spec: &crate::manifest::StageSpec,
+        config: &Arc<ConfigCtx>,
+        http_hosts: &Arc<[crate::manifest::HttpHost]>,
+        seed: Option<u64>,
+        tag: &LogTag,
+    ) -> Store<StageState> {
+        let logs = GuestLogs::new(tag.clone());
         let mut store = Store::new(
             &self.engine,
             StageState {
-                wasi: crate::runtime::imports::wasi::locked_down(&logs, seed, &stage.spec.wasi),
+                wasi: crate::runtime::imports::wasi::locked_down(&logs, seed, &spec.wasi),
                 table: ResourceTable::new(),
-                limiter: StageLimiter::new(stage.spec.limits.memory_mib),
+                limiter: StageLimiter::new(spec.limits.memory_mib),
                 logs,
                 log: LogCtx::new(tag.clone()),
-                config: stage.config.clone(),
+                config: config.clone(),
                 cache: CacheCtx::new(tag.clone()),
                 model: ModelCtx::default(),
-                http: HttpCtx::new(stage.http_hosts.clone()),
+                http: HttpCtx::new(http_hosts.clone()),
                 timed_out: false,
             },
         );
@@ -235,9 +247,20 @@ pub(super) fn prepare(
     state.cache.restart(&access.bank, tag, deadline);
     state.model.restart(&access.models);
     state.timed_out = false;
+    set_budget(store, limits.fuel, deadline, fuel_metering);
+}
+
+/// Give a store its fuel (when the engine meters it) and its deadline:
+/// guest code past `deadline` is interrupted and marked `timed_out`.
+pub(super) fn set_budget(
+    store: &mut Store<StageState>,
+    fuel: Option<u64>,
+    deadline: Instant,
+    fuel_metering: bool,
+) {
     if fuel_metering {
         store
-            .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+            .set_fuel(fuel.unwrap_or(u64::MAX))
             .expect("fuel metering is enabled on this engine");
     }
     store.set_epoch_deadline(1);

@@ -1,5 +1,6 @@
 //! Loading a stage: compile (once per digest), check exports and imports
-//! against the contract and the stage's grants, pre-instantiate; what a
+//! against the contract and the stage's grants, pre-initialise a stage that
+//! exports `init` (see `init`), pre-instantiate; what a
 //! loaded stage is, and the idle instances of one that reuses them.
 
 use std::sync::{Arc, Mutex};
@@ -104,6 +105,16 @@ impl Runtime {
             }));
         }
 
+        let config = ConfigCtx::new(&spec.config);
+        let http_hosts: Arc<[crate::manifest::HttpHost]> = spec.wasi.http.clone().into();
+        let component = self
+            .initialise(spec, &config, &http_hosts, component)
+            .map_err(|reason| {
+                fail(ManifestErrorKind::Init {
+                    path: path.clone(),
+                    reason,
+                })
+            })?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -116,8 +127,8 @@ impl Runtime {
             })?;
 
         Ok(LoadedStage {
-            config: ConfigCtx::new(&spec.config),
-            http_hosts: spec.wasi.http.clone().into(),
+            config,
+            http_hosts,
             spec: spec.clone(),
             digest: spec.plugin.digest.clone(),
             contract,

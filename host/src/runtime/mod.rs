@@ -14,6 +14,8 @@
 //!
 //! - `engine`: the engine, pool, epoch ticker, compile cache and linker;
 //! - `load`: compiling, checking and pre-instantiating a stage;
+//! - `init`: running a stage's `init` once at load and starting every fresh
+//!   instance from the state it leaves;
 //! - `invoke`: an instance per call within the stage's limits, and its
 //!   failures;
 //! - `http_stage`: a `wasi:http` handler called as a stage, its response
@@ -25,6 +27,7 @@ pub mod capabilities;
 mod engine;
 mod http_stage;
 pub(crate) mod imports;
+mod init;
 mod invoke;
 mod limits;
 mod load;

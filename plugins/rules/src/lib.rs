@@ -33,23 +33,22 @@
 //! A request no intent matches is passed on with nothing changed. Matching
 //! is case-insensitive.
 //!
-//! A fresh instance (the default) serves one request, so nothing compiled
-//! survives from one request to the next (a stage that reuses instances
-//! keeps its config and compiled patterns): an intent's patterns are
-//! compiled only when a request reaches that intent and none of its
-//! keywords matched, and its exclusion patterns only once it has matched
-//! and no `unless` phrase has. Keywords
-//! are the cheap path; use patterns for what keywords cannot say. Compiling
-//! a pattern costs far more than matching it, so an intent may list
-//! `requires`: words (plain substrings) at least one of which every text its
-//! patterns match contains; a text with none of them skips the intent's
-//! patterns without compiling them. It must not exclude anything a pattern
-//! would match: list each pattern's mandatory words.
+//! The stage reads its config and compiles every pattern in `init`, which
+//! the host runs once when it loads the stage; every fresh instance starts
+//! from that state, so no request pays for the parse or the compile.
+//! Keywords are the cheap path at match time; use patterns for what
+//! keywords cannot say. An intent may list `requires`: words (plain
+//! substrings) at least one of which every text its patterns match
+//! contains; a text with none of them skips the intent's patterns. It must
+//! not exclude anything a pattern would match: list each pattern's
+//! mandatory words. (A host that does not run `init`, such as one that
+//! predates it, gets the same answers: the config is then read on an
+//! instance's first request and each pattern compiled when a request first
+//! reaches it.)
 //!
-//! An invalid config (including a pattern that does not compile, when a
-//! request reaches it) is a stage failure: the stage panics with the reason,
-//! which the host logs, and the stage's `on_error` decides what happens.
-//! `strata run` with a request that reaches every intent checks a config.
+//! An invalid config, a pattern that does not compile included, fails
+//! `init`: the host refuses to load the stage (`strata check` and a reload
+//! name the reason) and whatever it served before keeps serving.
 
 use std::sync::OnceLock;
 
@@ -71,19 +70,29 @@ mod component {
 
     struct Rules;
 
-    /// The config, read and checked on the instance's first request. A
-    /// fresh instance serves one request; one that is reused (`reuse` in
-    /// the manifest) keeps its config and compiled patterns for the next.
+    /// The config, read, checked and compiled by `init` (or, on a host that
+    /// does not run it, on the instance's first request).
     static RULES: OnceLock<Result<Compiled, String>> = OnceLock::new();
 
+    fn rules() -> Result<&'static Compiled, String> {
+        RULES
+            .get_or_init(|| config::load::<RulesConfig>().and_then(Compiled::new))
+            .as_ref()
+            .map_err(String::clone)
+    }
+
     impl Stage for Rules {
+        fn init() -> bool {
+            if let Err(error) = rules().and_then(Compiled::compile_all) {
+                panic!("{error}");
+            }
+            true
+        }
+
         fn handle(request: Request) -> Outcome {
-            let rules = RULES.get_or_init(|| config::load::<RulesConfig>().and_then(Compiled::new));
-            let decided = match rules {
-                Ok(rules) => rules.decide(request),
-                Err(error) => Err(error.clone()),
-            };
-            decided.unwrap_or_else(|error| panic!("{error}"))
+            rules()
+                .and_then(|rules| rules.decide(request))
+                .unwrap_or_else(|error| panic!("{error}"))
         }
     }
 
@@ -264,6 +273,19 @@ impl Compiled {
         })
     }
 
+    /// Compile every pattern now rather than when a request first needs
+    /// it; the first that does not compile is the error.
+    pub fn compile_all(&self) -> Result<(), String> {
+        for intent in &self.intents {
+            for pattern in intent.patterns.iter().chain(&intent.unless_patterns) {
+                pattern
+                    .is_match("")
+                    .map_err(|e| format!("intent \"{}\": {e}", intent.name))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The intents' names in order, each with whether it escalates.
     pub fn intents(&self) -> impl Iterator<Item = (&str, bool)> {
         self.intents
@@ -400,6 +422,27 @@ mod tests {
             compiled.decide(request("   ")),
             Ok(Outcome::Reject(_))
         ));
+    }
+
+    #[test]
+    fn compile_all_names_the_first_pattern_that_does_not_compile() {
+        let good = rules(serde_json::json!({
+            "intents": [
+                {"name": "rate", "patterns": ["exchange rates?"], "unless_patterns": ["\\bnever\\b"], "answer": "x"},
+            ]
+        }));
+        assert_eq!(good.compile_all(), Ok(()));
+        let bad = rules(serde_json::json!({
+            "intents": [
+                {"name": "rate", "patterns": ["exchange rates?"], "answer": "x"},
+                {"name": "fee", "keywords": ["fee"], "unless_patterns": ["(waived"], "answer": "y"},
+            ]
+        }));
+        let error = bad.compile_all().unwrap_err();
+        assert!(
+            error.starts_with("intent \"fee\": pattern \"(waived\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -24,6 +24,34 @@
 //! `config` grant. The contract itself is `wit/pipeline.wit` (shipped in this
 //! crate), which documents every type below.
 //!
+//! A fresh instance serves each request, so set-up that every request
+//! needs (a config parsed, patterns compiled) belongs in [`Stage::init`]:
+//! the host runs it once when it loads the stage and starts every fresh
+//! instance from the state it leaves.
+//!
+//! ```ignore
+//! use std::sync::OnceLock;
+//! use strata_sdk::{Outcome, Request, Stage, config, export_stage};
+//!
+//! static GREETING: OnceLock<String> = OnceLock::new();
+//!
+//! struct Greet;
+//!
+//! impl Stage for Greet {
+//!     fn init() -> bool {
+//!         GREETING.get_or_init(|| config::get("greeting").unwrap_or_default());
+//!         true
+//!     }
+//!
+//!     fn handle(request: Request) -> Outcome {
+//!         let greeting = GREETING.get_or_init(|| config::get("greeting").unwrap_or_default());
+//!         Outcome::respond(format!("{greeting} {}", request.input), 1.0)
+//!     }
+//! }
+//!
+//! export_stage!(Greet);
+//! ```
+//!
 //! The SDK targets `strata:pipeline@0.2.0`, so a stage built with it needs a
 //! host that links 0.2.0. Stages built with an older SDK (0.1.0) keep
 //! loading: the host links every version.
@@ -35,7 +63,9 @@ pub mod bindings {
     wit_bindgen::generate!({
         // The crate's own copy, so the published crate carries its contract.
         path: "wit",
-        world: "plugin",
+        // `plugin` and the optional `init` export, which every stage of
+        // this SDK exports (see `Stage::init`).
+        world: "plugin-with-init",
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
         default_bindings_module: "::strata_sdk::bindings",
@@ -49,6 +79,22 @@ pub use bindings::strata::pipeline::types::{
 /// A pipeline stage. Each invocation gets a fresh instance, so `handle` is an
 /// associated function: there is no state to keep between requests.
 pub trait Stage {
+    /// Set-up to run once, when the host loads the stage, instead of in
+    /// every fresh instance: read and parse the config, compile patterns,
+    /// build tables, into statics (a `OnceLock`, say). Return true to have
+    /// every fresh instance start from the memory this leaves; false (the
+    /// default) when there is nothing worth keeping.
+    ///
+    /// It may read [`config`] and write [`log`]; [`cache`] and [`model`]
+    /// calls fail here, since there is no request. What it leaves must not
+    /// depend on the time or on randomness, and it must not keep a resource
+    /// (a stream, say): every request shares it until the next load. A
+    /// panic fails the load with its message, so a bad config is refused
+    /// by `strata check` and by a reload rather than failing requests.
+    fn init() -> bool {
+        false
+    }
+
     /// Decide what to do with one request.
     fn handle(request: Request) -> Outcome;
 }
@@ -60,6 +106,11 @@ macro_rules! export_stage {
         impl $crate::bindings::exports::strata::pipeline::stage::Guest for $stage {
             fn handle(request: $crate::Request) -> $crate::Outcome {
                 <$stage as $crate::Stage>::handle(request)
+            }
+        }
+        impl $crate::bindings::exports::strata::pipeline::init::Guest for $stage {
+            fn initialize() -> bool {
+                <$stage as $crate::Stage>::init()
             }
         }
         $crate::bindings::__export_plugin!($stage with_types_in $crate::bindings);

@@ -38,6 +38,13 @@ impl ConfigCtx {
     }
 }
 
+impl ConfigCtx {
+    /// The whole table as JSON.
+    pub(crate) fn json(&self) -> &str {
+        &self.json
+    }
+}
+
 /// Link `config` of every contract version, served from
 /// [`StageState::config`].
 pub(crate) fn add_to_linker(linker: &mut Linker<StageState>) -> wasmtime::Result<()> {

@@ -39,7 +39,12 @@ struct LogState {
     tag: LogTag,
     logged: usize,
     dropped: usize,
+    /// The last lines written to stderr, for an error that quotes them.
+    stderr_tail: Vec<String>,
 }
+
+/// How many of the last stderr lines [`GuestLogs::stderr_tail`] keeps.
+const STDERR_TAIL_LINES: usize = 3;
 
 impl GuestLogs {
     pub(crate) fn new(tag: LogTag) -> GuestLogs {
@@ -47,7 +52,22 @@ impl GuestLogs {
             tag,
             logged: 0,
             dropped: 0,
+            stderr_tail: Vec::new(),
         })))
+    }
+
+    /// The last few lines the guest wrote to stderr (a panic's location
+    /// and message are among them) on one line, without Rust's hint about
+    /// `RUST_BACKTRACE`.
+    pub(crate) fn stderr_tail(&self) -> Option<String> {
+        let state = self.lock();
+        let lines: Vec<&str> = state
+            .stderr_tail
+            .iter()
+            .map(|line| line.trim())
+            .filter(|line| !line.is_empty() && !line.starts_with("note: run with `RUST_BACKTRACE"))
+            .collect();
+        (!lines.is_empty()).then(|| lines.join(" "))
     }
 
     /// Start a new invocation: a new tag, a fresh budget. Reports what the
@@ -59,6 +79,7 @@ impl GuestLogs {
             tag,
             logged: 0,
             dropped: 0,
+            stderr_tail: Vec::new(),
         };
     }
 
@@ -224,10 +245,16 @@ impl LineBuffer {
             return;
         }
         state.logged += line.len() + 1;
-        let tag = state.tag.clone();
-        drop(state);
         let text = String::from_utf8_lossy(&line);
         let text = escape(truncate(&text, MAX_LINE_BYTES));
+        if let Channel::Stderr = self.channel {
+            if state.stderr_tail.len() == STDERR_TAIL_LINES {
+                state.stderr_tail.remove(0);
+            }
+            state.stderr_tail.push(text.to_string());
+        }
+        let tag = state.tag.clone();
+        drop(state);
         match self.channel {
             Channel::Stdout => tracing::info!(
                 target: "strata::guest::stdout",

@@ -1,0 +1,251 @@
+//! Pre-initialising a stage: a component that exports `init` has
+//! `initialize` run once, at load, and every fresh instance starts from the
+//! state it left (a snapshot of its memories and globals, written into a
+//! new component by `wasmtime-wizer`).
+//!
+//! The host runs the guest itself, so `initialize` links against the same
+//! linker as a request and runs under the stage's grants, memory cap and
+//! fuel, with a deadline of [`INIT_TIMEOUT`]. Its WASI is the deterministic
+//! one (a fixed clock, randomness seeded from the component's digest), so a
+//! snapshot depends on the component and its config alone, and is kept per
+//! (digest, config) for as long as the runtime lives: a reload that changes
+//! neither does not initialise again.
+//!
+//! `initialize` runs twice when it asks to be kept: once in a plain
+//! instance, to learn whether it wants a snapshot at all (most stages built
+//! with the SDK do not, and instrumenting means compiling the component a
+//! second time), and once in the instrumented component, whose state is
+//! then read out.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::Store;
+use wasmtime::component::{Component, Instance, WasmList};
+use wasmtime_wizer::{ComponentInstanceState, Wizer};
+
+use super::engine::Runtime;
+use super::imports::config::ConfigCtx;
+use super::invoke::{LogTag, StageState, classify, set_budget};
+use crate::manifest::{HttpHost, StageSpec};
+
+/// The export a stage pre-initialises through.
+pub(crate) const INIT_EXPORT: &str = "strata:pipeline/init@0.2.0";
+
+/// Its one function.
+const INIT_FUNC: &str = "initialize";
+
+/// How long `initialize` may run (each of its two runs).
+pub(crate) const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Runtime {
+    /// `component` as every fresh instance of the stage `spec` should start:
+    /// pre-initialised if it exports `init` and its `initialize` asks to be
+    /// kept, else as it is. The error says why `initialize` failed.
+    pub(super) fn initialise(
+        &self,
+        spec: &StageSpec,
+        config: &Arc<ConfigCtx>,
+        http_hosts: &Arc<[HttpHost]>,
+        component: Component,
+    ) -> Result<Component, String> {
+        if component.get_export_index(None, INIT_EXPORT).is_none() {
+            return Ok(component);
+        }
+        let key = (spec.plugin.digest.clone(), config.json().to_owned());
+        if let Some(ready) = self.lock_initialised().get(&key) {
+            return Ok(ready.clone());
+        }
+        let tag = LogTag {
+            request_id: Arc::from("init"),
+            pipeline: Arc::from(""),
+            stage: Arc::from(spec.name.as_str()),
+            generation: 0,
+            digest: Arc::from(spec.plugin.digest.to_string()),
+        };
+        let seed = crate::request::fnv1a(spec.plugin.digest.to_string().as_bytes(), 0);
+        let new_store = || {
+            // The memory cap comes with the store; fuel and the deadline:
+            let mut store = self.store_for(spec, config, http_hosts, Some(seed), &tag);
+            let deadline = Instant::now() + INIT_TIMEOUT;
+            set_budget(
+                &mut store,
+                spec.limits.fuel,
+                deadline,
+                self.settings.fuel_metering,
+            );
+            store
+        };
+        // Loading is blocking work (the callers run it off the async
+        // workers), so `initialize` gets a small runtime of its own.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(|e| format!("cannot start a runtime to run `initialize`: {e}"))?;
+        let started = Instant::now();
+        let ready = runtime.block_on(async {
+            let mut store = new_store();
+            let instance = self
+                .linker
+                .instantiate_async(&mut store, &component)
+                .await
+                .map_err(|e| explain(e, &store, spec))?;
+            if !call_initialize(&mut store, &instance, spec).await? {
+                return Ok(component.clone());
+            }
+            let wizer = Wizer::new();
+            let (context, instrumented) = wizer
+                .instrument_component(&spec.plugin.bytes)
+                .map_err(|e| format!("cannot instrument the component to snapshot it: {e:#}"))?;
+            let instrumented = Component::new(&self.engine, &instrumented)
+                .map_err(|e| format!("cannot compile the instrumented component: {e:#}"))?;
+            let mut store = new_store();
+            let instance = self
+                .linker
+                .instantiate_async(&mut store, &instrumented)
+                .await
+                .map_err(|e| explain(e, &store, spec))?;
+            if !call_initialize(&mut store, &instance, spec).await? {
+                return Err("`initialize` asked to be kept, then, run again, not".to_owned());
+            }
+            // Wizer reads each memory out whole; the stage's memory cap,
+            // not the per-call limit on what a guest hands the host, bounds it.
+            store.set_hostcall_fuel(usize::MAX);
+            let mut state = Snapshotting {
+                store: &mut store,
+                instance,
+                error: None,
+            };
+            let snapshot = wizer
+                .snapshot_component(&context, &mut state)
+                .await
+                .map_err(|e| format!("cannot snapshot the initialised instance: {e:#}"))?;
+            if let Some(error) = state.error {
+                return Err(format!("cannot read the initialised instance: {error}"));
+            }
+            let ready = Component::new(&self.engine, &snapshot)
+                .map_err(|e| format!("cannot compile the initialised component: {e:#}"))?;
+            tracing::info!(
+                stage = %spec.name, digest = %spec.plugin.digest,
+                snapshot_bytes = snapshot.len(),
+                millis = started.elapsed().as_millis() as u64,
+                "stage pre-initialised: fresh instances start from its init"
+            );
+            Ok(ready)
+        })?;
+        self.lock_initialised().insert(key, ready.clone());
+        Ok(ready)
+    }
+}
+
+/// Call `init.initialize` on `instance`: whether it asks to be kept.
+async fn call_initialize(
+    store: &mut Store<StageState>,
+    instance: &Instance,
+    spec: &StageSpec,
+) -> Result<bool, String> {
+    let func = instance
+        .get_export_index(&mut *store, None, INIT_EXPORT)
+        .and_then(|init| instance.get_export_index(&mut *store, Some(&init), INIT_FUNC))
+        .ok_or_else(|| format!("`{INIT_EXPORT}` exports no `{INIT_FUNC}`"))?;
+    let func = instance
+        .get_typed_func::<(), (bool,)>(&mut *store, func)
+        .map_err(|e| format!("`{INIT_EXPORT}.{INIT_FUNC}` is not `func() -> bool`: {e:#}"))?;
+    match func.call_async(&mut *store, ()).await {
+        Ok((keep,)) => Ok(keep),
+        Err(error) => Err(explain(error, store, spec)),
+    }
+}
+
+/// Why `initialize` (or the instance it runs in) failed, in the words a
+/// request's failure would use, with the guest's own message when it
+/// panicked.
+fn explain(error: wasmtime::Error, store: &Store<StageState>, spec: &StageSpec) -> String {
+    let state = store.data();
+    let mut limits = spec.limits;
+    limits.timeout_ms = INIT_TIMEOUT.as_millis() as u64;
+    let failure = classify(error, state, &limits);
+    match (state.logs.stderr_tail(), failure.detail()) {
+        (Some(stderr), _) => format!("`initialize` {failure}: {stderr}"),
+        (None, Some(detail)) => format!("`initialize` {failure}: {detail}"),
+        (None, None) => format!("`initialize` {failure}"),
+    }
+}
+
+/// What wizer reads the initialised instance through: the accessor
+/// functions its instrumentation exports. A failed call is kept in `error`
+/// (the trait has no way to return one) and fails the snapshot.
+struct Snapshotting<'a> {
+    store: &'a mut Store<StageState>,
+    instance: Instance,
+    error: Option<String>,
+}
+
+impl Snapshotting<'_> {
+    async fn call<R>(&mut self, instance: &str, func: &str) -> Option<R>
+    where
+        R: wasmtime::component::Lift + Send + Sync + 'static,
+    {
+        let result = async {
+            let parent = self
+                .instance
+                .get_export_index(&mut *self.store, None, instance)
+                .ok_or_else(|| format!("no export `{instance}`"))?;
+            let index = self
+                .instance
+                .get_export_index(&mut *self.store, Some(&parent), func)
+                .ok_or_else(|| format!("no export `{instance}.{func}`"))?;
+            let typed = self
+                .instance
+                .get_typed_func::<(), (R,)>(&mut *self.store, index)
+                .map_err(|e| format!("`{instance}.{func}`: {e:#}"))?;
+            typed
+                .call_async(&mut *self.store, ())
+                .await
+                .map(|(value,)| value)
+                .map_err(|e| format!("`{instance}.{func}`: {e:#}"))
+        }
+        .await;
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.error.get_or_insert(error);
+                None
+            }
+        }
+    }
+}
+
+impl ComponentInstanceState for Snapshotting<'_> {
+    async fn call_func_ret_list_u8(
+        &mut self,
+        instance: &str,
+        func: &str,
+        contents: impl FnOnce(&[u8]) + Send,
+    ) {
+        match self.call::<WasmList<u8>>(instance, func).await {
+            Some(list) => contents(list.as_le_slice(&*self.store)),
+            None => contents(&[]),
+        }
+    }
+
+    async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {
+        self.call(instance, func).await.unwrap_or_default()
+    }
+
+    async fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> i64 {
+        self.call(instance, func).await.unwrap_or_default()
+    }
+
+    async fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> u32 {
+        self.call::<f32>(instance, func)
+            .await
+            .map_or(0, f32::to_bits)
+    }
+
+    async fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> u64 {
+        self.call::<f64>(instance, func)
+            .await
+            .map_or(0, f64::to_bits)
+    }
+}
