@@ -86,6 +86,23 @@ async fn a_panic_in_init_refuses_the_stage_with_its_message() {
 }
 
 #[tokio::test]
+async fn an_init_that_keeps_a_host_resource_is_not_snapshotted() {
+    let error = TestHost::try_start(&primed("print = \"true\"", ""))
+        .await
+        .err()
+        .expect("a stdout stream held in the snapshot would dangle");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("`initialize` returned holding host resources"),
+        "{message}"
+    );
+    // Printing is fine when nothing is kept.
+    let host = TestHost::start(&primed("print = \"true\", keep = \"false\"", "")).await;
+    assert_eq!(answer(&host, "hi").await, "(none) inits=0 calls=1");
+    host.shutdown().await;
+}
+
+#[tokio::test]
 async fn init_is_held_to_the_stage_memory_limit() {
     let error = TestHost::try_start(&primed("grow_mib = \"64\"", ""))
         .await

@@ -46,8 +46,10 @@ pub struct Runtime {
     /// Compiled components by SHA-256, so one plugin used by several stages
     /// (or by several generations) is compiled once.
     pub(super) compiled: Mutex<HashMap<Digest, Component>>,
-    /// Pre-initialised components by digest and config (see `init`).
-    pub(super) initialised: Mutex<HashMap<(Digest, String), Component>>,
+    /// What `init` made of a component, by digest and everything its
+    /// `initialize` sees (see `init`): a snapshot, or `None` when it asked
+    /// to keep nothing.
+    pub(super) initialised: Mutex<HashMap<(Digest, String), Option<Component>>>,
     /// Shared by host services that call out (model providers).
     pub(super) http: reqwest::Client,
     /// Where host services run work that outlives the call that started it
@@ -168,7 +170,7 @@ impl Runtime {
 
     pub(super) fn lock_initialised(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(Digest, String), Component>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<(Digest, String), Option<Component>>> {
         // As for `compiled`: a poisoned map is still a usable map.
         self.initialised
             .lock()

@@ -7,9 +7,11 @@
 //! linker as a request and runs under the stage's grants, memory cap and
 //! fuel, with a deadline of [`INIT_TIMEOUT`]. Its WASI is the deterministic
 //! one (a fixed clock, randomness seeded from the component's digest), so a
-//! snapshot depends on the component and its config alone, and is kept per
-//! (digest, config) for as long as the runtime lives: a reload that changes
-//! neither does not initialise again.
+//! snapshot depends on the component and its stage's config, limits and
+//! grants alone, and is kept per those (up to [`MAX_KEPT`]): a reload that
+//! changes none of them does not initialise again. The instances `init`
+//! runs in hold pool slots like any other; a snapshot holding a host
+//! resource is refused.
 //!
 //! `initialize` runs twice when it asks to be kept: once in a plain
 //! instance, to learn whether it wants a snapshot at all (most stages built
@@ -17,14 +19,17 @@
 //! second time), and once in the instrumented component, whose state is
 //! then read out.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
 
 use wasmtime::Store;
 use wasmtime::component::{Component, Instance, WasmList};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
-use super::engine::Runtime;
+use super::engine::{EPOCH_TICK, Runtime};
 use super::imports::config::ConfigCtx;
 use super::invoke::{LogTag, StageState, classify, set_budget};
 use crate::manifest::{HttpHost, StageSpec};
@@ -38,21 +43,40 @@ const INIT_FUNC: &str = "initialize";
 /// How long `initialize` may run (each of its two runs).
 pub(crate) const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Memory beyond the stage's cap allowed while the snapshot is read: wizer
+/// grows each memory by a page per read, and reads each twice.
+const SNAPSHOT_HEADROOM: usize = 1 << 20;
+
+/// Pre-initialised components kept; more (configs edited over and over
+/// under `strata watch`, say) start the cache afresh.
+const MAX_KEPT: usize = 64;
+
 impl Runtime {
-    /// `component` as every fresh instance of the stage `spec` should start:
-    /// pre-initialised if it exports `init` and its `initialize` asks to be
-    /// kept, else as it is. The error says why `initialize` failed.
+    /// What every fresh instance of the stage `spec` should start from
+    /// instead of `component`: its pre-initialised snapshot, if it exports
+    /// `init` and its `initialize` asks to be kept. The error says why
+    /// `initialize` failed.
     pub(super) fn initialise(
         &self,
         spec: &StageSpec,
         config: &Arc<ConfigCtx>,
         http_hosts: &Arc<[HttpHost]>,
-        component: Component,
-    ) -> Result<Component, String> {
+        component: &Component,
+    ) -> Result<Option<Component>, String> {
         if component.get_export_index(None, INIT_EXPORT).is_none() {
-            return Ok(component);
+            return Ok(None);
         }
-        let key = (spec.plugin.digest.clone(), config.json().to_owned());
+        // Everything `initialize` may see or is held to.
+        let key = (
+            spec.plugin.digest.clone(),
+            format!(
+                "{}\n{:?}\n{:?}\n{:?}",
+                config.json(),
+                spec.limits,
+                spec.wasi,
+                spec.grants
+            ),
+        );
         if let Some(ready) = self.lock_initialised().get(&key) {
             return Ok(ready.clone());
         }
@@ -77,21 +101,29 @@ impl Runtime {
             store
         };
         // Loading is blocking work (the callers run it off the async
-        // workers), so `initialize` gets a small runtime of its own.
+        // workers), so `initialize` gets a small runtime of its own, with
+        // what a granted stage's WASI needs (timers, sockets).
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .build()
             .map_err(|e| format!("cannot start a runtime to run `initialize`: {e}"))?;
         let started = Instant::now();
         let ready = runtime.block_on(async {
-            let mut store = new_store();
-            let instance = self
-                .linker
-                .instantiate_async(&mut store, &component)
-                .await
-                .map_err(|e| explain(e, &store, spec))?;
-            if !call_initialize(&mut store, &instance, spec).await? {
-                return Ok(component.clone());
+            // Each instance holds a slot of the pool, as a request's does,
+            // so loading under load neither fails for want of one nor takes
+            // one a request counted on.
+            let keep = {
+                let _slot = self.slot(true).await;
+                let mut store = new_store();
+                let instance = self
+                    .linker
+                    .instantiate_async(&mut store, component)
+                    .await
+                    .map_err(|e| explain(e, &store, spec))?;
+                call_initialize(&mut store, &instance, spec).await?
+            };
+            if !keep {
+                return Ok(None);
             }
             let wizer = Wizer::new();
             let (context, instrumented) = wizer
@@ -99,6 +131,7 @@ impl Runtime {
                 .map_err(|e| format!("cannot instrument the component to snapshot it: {e:#}"))?;
             let instrumented = Component::new(&self.engine, &instrumented)
                 .map_err(|e| format!("cannot compile the instrumented component: {e:#}"))?;
+            let _slot = self.slot(true).await;
             let mut store = new_store();
             let instance = self
                 .linker
@@ -108,21 +141,44 @@ impl Runtime {
             if !call_initialize(&mut store, &instance, spec).await? {
                 return Err("`initialize` asked to be kept, then, run again, not".to_owned());
             }
-            // Wizer reads each memory out whole; the stage's memory cap,
-            // not the per-call limit on what a guest hands the host, bounds it.
+            // A host resource the guest still holds (wasi-libc keeps the
+            // stdout stream it opened, a file stays open) would be a dangling
+            // handle in every instance started from the snapshot.
+            if !store.data().table.is_empty() {
+                return Err(
+                    "`initialize` returned holding host resources (stdout or stderr \
+                     written to, a file or socket left open), which cannot be part of a \
+                     snapshot; log through `log` instead, or return false"
+                        .to_owned(),
+                );
+            }
+            // Reading the state out is the host's work, not the guest's: it
+            // gets fresh fuel and time, room for the page each read adds to
+            // a memory, and no cap on what one read returns (the memory cap
+            // bounds it).
+            let deadline = Instant::now() + INIT_TIMEOUT;
+            set_budget(&mut store, None, deadline, self.settings.fuel_metering);
+            store.data_mut().limiter.allow_more(SNAPSHOT_HEADROOM);
             store.set_hostcall_fuel(usize::MAX);
             let mut state = Snapshotting {
                 store: &mut store,
                 instance,
                 error: None,
             };
-            let snapshot = wizer
-                .snapshot_component(&context, &mut state)
-                .await
-                .map_err(|e| format!("cannot snapshot the initialised instance: {e:#}"))?;
+            // Wizer indexes what a read returned; a failed read returns
+            // nothing, which it may not expect: a panic there is this
+            // stage's load failing, not the host.
+            let snapshot = AssertUnwindSafe(wizer.snapshot_component(&context, &mut state))
+                .catch_unwind()
+                .await;
             if let Some(error) = state.error {
                 return Err(format!("cannot read the initialised instance: {error}"));
             }
+            let snapshot = match snapshot {
+                Ok(snapshot) => snapshot
+                    .map_err(|e| format!("cannot snapshot the initialised instance: {e:#}"))?,
+                Err(_) => return Err("cannot snapshot the initialised instance".to_owned()),
+            };
             let ready = Component::new(&self.engine, &snapshot)
                 .map_err(|e| format!("cannot compile the initialised component: {e:#}"))?;
             tracing::info!(
@@ -131,9 +187,15 @@ impl Runtime {
                 millis = started.elapsed().as_millis() as u64,
                 "stage pre-initialised: fresh instances start from its init"
             );
-            Ok(ready)
+            Ok(Some(ready))
         })?;
-        self.lock_initialised().insert(key, ready.clone());
+        let mut initialised = self.lock_initialised();
+        // Old entries are only a faster reload back to an old config; the
+        // stages loaded from them hold their own reference.
+        if initialised.len() >= MAX_KEPT {
+            initialised.clear();
+        }
+        initialised.insert(key, ready.clone());
         Ok(ready)
     }
 }
@@ -151,9 +213,19 @@ async fn call_initialize(
     let func = instance
         .get_typed_func::<(), (bool,)>(&mut *store, func)
         .map_err(|e| format!("`{INIT_EXPORT}.{INIT_FUNC}` is not `func() -> bool`: {e:#}"))?;
-    match func.call_async(&mut *store, ()).await {
-        Ok((keep,)) => Ok(keep),
-        Err(error) => Err(explain(error, store, spec)),
+    // The epoch deadline stops guest code; this bounds a guest waiting on
+    // the host (a sleep, a socket).
+    let call = tokio::time::timeout(
+        INIT_TIMEOUT + EPOCH_TICK * 2,
+        func.call_async(&mut *store, ()),
+    );
+    match call.await {
+        Ok(Ok((keep,))) => Ok(keep),
+        Ok(Err(error)) => Err(explain(error, store, spec)),
+        Err(_) => Err(format!(
+            "`initialize` timed out after {} ms",
+            INIT_TIMEOUT.as_millis()
+        )),
     }
 }
 

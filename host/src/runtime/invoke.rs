@@ -146,7 +146,7 @@ impl Runtime {
     /// A slot of the instance pool. Real-time requests wait at most
     /// `[runtime] slot_wait_ms` (`None` then: the host is overloaded);
     /// background ones (`patient`) as long as it takes.
-    async fn slot(&self, patient: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    pub(super) async fn slot(&self, patient: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             return Some(slot);
         }

@@ -105,26 +105,33 @@ impl Runtime {
             }));
         }
 
+        let link = |component: &wasmtime::component::Component| {
+            self.linker
+                .instantiate_pre(component)
+                .and_then(|pre| StagePre::new(contract, pre))
+                .map_err(|e| {
+                    fail(ManifestErrorKind::Link {
+                        path: path.clone(),
+                        reason: format!("{e:#}"),
+                    })
+                })
+        };
+        // Linked first, so a component that cannot link is named as such
+        // rather than as an `init` that failed.
+        let mut pre = link(&component)?;
         let config = ConfigCtx::new(&spec.config);
         let http_hosts: Arc<[crate::manifest::HttpHost]> = spec.wasi.http.clone().into();
-        let component = self
-            .initialise(spec, &config, &http_hosts, component)
+        let initialised = self
+            .initialise(spec, &config, &http_hosts, &component)
             .map_err(|reason| {
                 fail(ManifestErrorKind::Init {
                     path: path.clone(),
                     reason,
                 })
             })?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(|pre| StagePre::new(contract, pre))
-            .map_err(|e| {
-                fail(ManifestErrorKind::Link {
-                    path: path.clone(),
-                    reason: format!("{e:#}"),
-                })
-            })?;
+        if let Some(initialised) = initialised {
+            pre = link(&initialised)?;
+        }
 
         Ok(LoadedStage {
             config,

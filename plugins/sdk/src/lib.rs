@@ -85,12 +85,15 @@ pub trait Stage {
     /// every fresh instance start from the memory this leaves; false (the
     /// default) when there is nothing worth keeping.
     ///
-    /// It may read [`config`] and write [`log`]; [`cache`] and [`model`]
-    /// calls fail here, since there is no request. What it leaves must not
-    /// depend on the time or on randomness, and it must not keep a resource
-    /// (a stream, say): every request shares it until the next load. A
-    /// panic fails the load with its message, so a bad config is refused
-    /// by `strata check` and by a reload rather than failing requests.
+    /// It may read [`config`] and write [`log`]; [`cache`] finds nothing
+    /// and [`model`] calls fail here, since there is no request. The clock
+    /// is fixed and randomness is seeded from the component's digest (so
+    /// predictable: make no secrets here). It runs twice when it returns
+    /// true. It must not write to stdout or stderr nor leave a file open
+    /// when it returns true: the host refuses a snapshot holding a host
+    /// resource. A panic fails the load with its message, so a bad config
+    /// is refused by `strata check` and by a reload rather than failing
+    /// requests.
     fn init() -> bool {
         false
     }

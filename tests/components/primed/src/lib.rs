@@ -5,7 +5,9 @@
 //! whether a fresh instance starts from the initialised state.
 //!
 //! Config: `keep = "false"` makes `init` ask not to be kept; `greeting =
-//! "panic"` makes it panic; `grow_mib = N` makes it hold N MiB.
+//! "panic"` makes it panic; `grow_mib = N` makes it hold N MiB; `print =
+//! "true"` makes it write to stdout (which leaves wasi-libc holding the
+//! stream).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,6 +29,9 @@ impl Stage for Primed {
         }
         if let Some(mib) = config::get("grow_mib").and_then(|n| n.parse::<usize>().ok()) {
             BALLAST.get_or_init(|| vec![1; mib << 20]);
+        }
+        if config::get("print").as_deref() == Some("true") {
+            println!("primed: initialising");
         }
         GREETING.get_or_init(|| greeting);
         INITS.fetch_add(1, Ordering::Relaxed);
