@@ -47,6 +47,41 @@ async fn every_fresh_instance_starts_from_the_state_init_left() {
 async fn an_init_that_asks_not_to_be_kept_leaves_nothing() {
     let host = TestHost::start(&primed("keep = \"false\"", "")).await;
     assert_eq!(answer(&host, "hi").await, "(none) inits=0 calls=1");
+    let (_, state) = host.admin_get("/admin/pipelines").await;
+    let stage = &state["pipelines"][0]["stages"][0];
+    assert_eq!(stage["name"], "primed", "{state}");
+    assert_eq!(stage["snapshot"], serde_json::Value::Null, "{state}");
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn operators_see_which_stages_start_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("strata.toml");
+    std::fs::write(&manifest, primed("greeting = \"hi\"", "")).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
+        .args(["check", manifest.to_str().unwrap()])
+        .env("STRATA_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("     init      kept: fresh instances start from sha256:"),
+        "{text}"
+    );
+
+    let host = TestHost::start(&primed("greeting = \"hi\"", "")).await;
+    let (_, state) = host.admin_get("/admin/pipelines").await;
+    let stage = &state["pipelines"][0]["stages"][0];
+    assert_eq!(stage["name"], "primed", "{state}");
+    let snapshot = &stage["snapshot"];
+    assert!(
+        snapshot["digest"].as_str().unwrap().starts_with("sha256:"),
+        "{state}"
+    );
+    assert_ne!(snapshot["digest"], stage["digest"]);
+    assert!(snapshot["bytes"].as_u64().unwrap() > 0);
     host.shutdown().await;
 }
 

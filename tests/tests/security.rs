@@ -299,7 +299,12 @@ plugin = {}
     assert_eq!(report["passes"], false);
     let stages = report["stages"].as_array().unwrap();
     assert_eq!(stages[0]["breaks"], json!([]));
-    assert_eq!(stages[0]["exports"], json!(["strata:pipeline/stage@0.2.0"]));
+    // A stage built with the SDK exports `init` too (its default keeps
+    // nothing).
+    assert_eq!(
+        stages[0]["exports"],
+        json!(["strata:pipeline/init@0.2.0", "strata:pipeline/stage@0.2.0"])
+    );
     assert_eq!(
         stages[1]["breaks"],
         json!(["ungranted", "unpinned", "no-limits"])

@@ -54,6 +54,13 @@ pub(super) fn write_check_report(
                 }
             )?;
             writeln!(out, "     contract  {}", stage.live.contract)?;
+            if let Some(snapshot) = &stage.live.snapshot {
+                writeln!(
+                    out,
+                    "     init      kept: fresh instances start from {} ({} bytes, made in {} ms)",
+                    snapshot.digest, snapshot.bytes, snapshot.millis
+                )?;
+            }
             let grants: Vec<&str> = spec.grants.iter().map(|g| g.as_str()).collect();
             writeln!(
                 out,

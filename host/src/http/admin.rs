@@ -296,6 +296,11 @@ fn stage_view(stage: &Stage) -> Value {
         "name": spec.name,
         "layer": spec.layer.as_str(),
         "digest": live.digest,
+        // What its `init` left, when kept: fresh instances start from it.
+        "snapshot": live.snapshot.as_ref().map(|s| json!({
+            "digest": s.digest,
+            "bytes": s.bytes,
+        })),
         "pinned": spec.plugin.pinned,
         "plugin": spec.plugin.path,
         "grants": spec.grants.iter().map(|g| g.as_str()).collect::<Vec<_>>(),

@@ -49,7 +49,7 @@ pub struct Runtime {
     /// What `init` made of a component, by digest and everything its
     /// `initialize` sees (see `init`): a snapshot, or `None` when it asked
     /// to keep nothing.
-    pub(super) initialised: Mutex<HashMap<(Digest, String), Option<Component>>>,
+    pub(super) initialised: Mutex<HashMap<(Digest, String), Option<super::init::Snapshot>>>,
     /// Shared by host services that call out (model providers).
     pub(super) http: reqwest::Client,
     /// Where host services run work that outlives the call that started it
@@ -170,7 +170,7 @@ impl Runtime {
 
     pub(super) fn lock_initialised(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(Digest, String), Option<Component>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<(Digest, String), Option<super::init::Snapshot>>> {
         // As for `compiled`: a poisoned map is still a usable map.
         self.initialised
             .lock()

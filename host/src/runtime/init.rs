@@ -32,7 +32,7 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 use super::engine::{EPOCH_TICK, Runtime};
 use super::imports::config::ConfigCtx;
 use super::invoke::{LogTag, StageState, classify, set_budget};
-use crate::manifest::{HttpHost, StageSpec};
+use crate::manifest::{Digest, HttpHost, StageSpec};
 
 /// The export a stage pre-initialises through.
 pub(crate) const INIT_EXPORT: &str = "strata:pipeline/init@0.2.0";
@@ -51,6 +51,20 @@ const SNAPSHOT_HEADROOM: usize = 1 << 20;
 /// under `strata watch`, say) start the cache afresh.
 const MAX_KEPT: usize = 64;
 
+/// What `init` made of a stage: the component every fresh instance starts
+/// from instead of the one the manifest names.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub(super) component: Component,
+    /// The snapshot's SHA-256 (it is derived from the stage's component and
+    /// its config, so it changes with either).
+    pub digest: Digest,
+    /// Its size.
+    pub bytes: usize,
+    /// How long `init`, the snapshot and its compilation took.
+    pub millis: u64,
+}
+
 impl Runtime {
     /// What every fresh instance of the stage `spec` should start from
     /// instead of `component`: its pre-initialised snapshot, if it exports
@@ -62,7 +76,7 @@ impl Runtime {
         config: &Arc<ConfigCtx>,
         http_hosts: &Arc<[HttpHost]>,
         component: &Component,
-    ) -> Result<Option<Component>, String> {
+    ) -> Result<Option<Snapshot>, String> {
         if component.get_export_index(None, INIT_EXPORT).is_none() {
             return Ok(None);
         }
@@ -179,12 +193,16 @@ impl Runtime {
                     .map_err(|e| format!("cannot snapshot the initialised instance: {e:#}"))?,
                 Err(_) => return Err("cannot snapshot the initialised instance".to_owned()),
             };
-            let ready = Component::new(&self.engine, &snapshot)
-                .map_err(|e| format!("cannot compile the initialised component: {e:#}"))?;
+            let ready = Snapshot {
+                component: Component::new(&self.engine, &snapshot)
+                    .map_err(|e| format!("cannot compile the initialised component: {e:#}"))?,
+                digest: Digest::of(&snapshot),
+                bytes: snapshot.len(),
+                millis: started.elapsed().as_millis() as u64,
+            };
             tracing::info!(
                 stage = %spec.name, digest = %spec.plugin.digest,
-                snapshot_bytes = snapshot.len(),
-                millis = started.elapsed().as_millis() as u64,
+                snapshot = %ready.digest, snapshot_bytes = ready.bytes, millis = ready.millis,
                 "stage pre-initialised: fresh instances start from its init"
             );
             Ok(Some(ready))

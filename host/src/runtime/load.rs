@@ -12,6 +12,7 @@ use super::bindings::{STAGE_EXPORT_EXPECTED, StageInstance, StagePre};
 use super::capabilities::ImportRule;
 use super::engine::Runtime;
 use super::imports::config::ConfigCtx;
+use super::init::Snapshot;
 use super::invoke::StageState;
 use crate::manifest::{
     Digest, ManifestError, ManifestErrorKind, PluginFile, StageSpec, UngrantedImport,
@@ -129,11 +130,12 @@ impl Runtime {
                     reason,
                 })
             })?;
-        if let Some(initialised) = initialised {
-            pre = link(&initialised)?;
+        if let Some(snapshot) = &initialised {
+            pre = link(&snapshot.component)?;
         }
 
         Ok(LoadedStage {
+            snapshot: initialised,
             config,
             http_hosts,
             spec: spec.clone(),
@@ -184,6 +186,9 @@ pub struct LoadedStage {
     pub imports: Vec<ImportInfo>,
     /// The component's exports.
     pub exports: Vec<String>,
+    /// What its `init` left, when it asked to be kept: every fresh
+    /// instance starts from this instead of the component.
+    pub snapshot: Option<Snapshot>,
     pub(super) pre: StagePre<StageState>,
     pub(super) config: Arc<ConfigCtx>,
     /// The hosts its outgoing HTTP requests may reach.
