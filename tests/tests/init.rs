@@ -26,6 +26,14 @@ config = {{ {config} }}
     )
 }
 
+/// Why the host refused to start with `manifest`.
+async fn refusal(manifest: &str, why: &str) -> String {
+    match TestHost::try_start(manifest).await {
+        Ok(_) => panic!("the host started, yet {why}"),
+        Err(error) => format!("{error:#}"),
+    }
+}
+
 async fn answer(host: &TestHost, input: &str) -> String {
     let (status, body) = host.ask("p", input).await;
     assert_eq!(status, 200, "{body}");
@@ -106,11 +114,11 @@ async fn a_reused_instance_starts_from_init_too() {
 
 #[tokio::test]
 async fn a_panic_in_init_refuses_the_stage_with_its_message() {
-    let error = TestHost::try_start(&primed("greeting = \"panic\"", ""))
-        .await
-        .err()
-        .expect("the host must refuse the stage");
-    let message = format!("{error:#}");
+    let message = refusal(
+        &primed("greeting = \"panic\"", ""),
+        "the host must refuse the stage",
+    )
+    .await;
     assert!(
         message.contains("stage \"primed\"")
             && message.contains("failed to initialise: `initialize` trapped")
@@ -122,11 +130,11 @@ async fn a_panic_in_init_refuses_the_stage_with_its_message() {
 
 #[tokio::test]
 async fn an_init_that_keeps_a_host_resource_is_not_snapshotted() {
-    let error = TestHost::try_start(&primed("print = \"true\"", ""))
-        .await
-        .err()
-        .expect("a stdout stream held in the snapshot would dangle");
-    let message = format!("{error:#}");
+    let message = refusal(
+        &primed("print = \"true\"", ""),
+        "a stdout stream held in the snapshot would dangle",
+    )
+    .await;
     assert!(
         message.contains("`initialize` returned holding host resources"),
         "{message}"
@@ -139,11 +147,11 @@ async fn an_init_that_keeps_a_host_resource_is_not_snapshotted() {
 
 #[tokio::test]
 async fn init_is_held_to_the_stage_memory_limit() {
-    let error = TestHost::try_start(&primed("grow_mib = \"64\"", ""))
-        .await
-        .err()
-        .expect("64 MiB is over the stage's 16");
-    let message = format!("{error:#}");
+    let message = refusal(
+        &primed("grow_mib = \"64\"", ""),
+        "64 MiB is over the stage's 16",
+    )
+    .await;
     assert!(
         message.contains("`initialize` exceeded its memory limit of 16 MiB"),
         "{message}"
@@ -198,11 +206,11 @@ answer = \"No fees.\"
 ",
         toml_str(components::RULES)
     );
-    let error = TestHost::try_start(&manifest)
-        .await
-        .err()
-        .expect("a pattern that does not compile is refused at load");
-    let message = format!("{error:#}");
+    let message = refusal(
+        &manifest,
+        "a pattern that does not compile is refused at load",
+    )
+    .await;
     assert!(
         message.contains("stage \"faq\"")
             && message.contains("intent \"fees\": pattern \"(waived\""),

@@ -52,6 +52,7 @@
 
 use std::sync::OnceLock;
 
+use memchr::memmem::Finder;
 use regex_lite::{Regex, RegexBuilder};
 use serde::Deserialize;
 use strata_sdk::{Outcome, Request};
@@ -178,12 +179,44 @@ impl Pattern {
     }
 }
 
+/// A phrase (lower-cased) with its substring searcher, built once with the
+/// config rather than for every text it is looked for in.
+struct Phrase {
+    finder: Finder<'static>,
+}
+
+impl Phrase {
+    fn new(phrase: &str) -> Phrase {
+        Phrase {
+            finder: Finder::new(phrase.to_lowercase().as_bytes()).into_owned(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.finder.needle().len()
+    }
+
+    /// Whether the phrase occurs in `text` at all.
+    fn occurs_in(&self, text: &str) -> bool {
+        self.finder.find(text.as_bytes()).is_some()
+    }
+
+    /// Whether it occurs as whole words: see [`contains_phrase`].
+    fn matches(&self, text: &str) -> bool {
+        self.len() > 0
+            && self
+                .finder
+                .find_iter(text.as_bytes())
+                .any(|at| whole_words(text, at, self.len()))
+    }
+}
+
 struct CompiledIntent {
     name: String,
-    keywords: Vec<String>,
+    keywords: Vec<Phrase>,
     patterns: Vec<Pattern>,
-    requires: Vec<String>,
-    unless: Vec<String>,
+    requires: Vec<Phrase>,
+    unless: Vec<Phrase>,
     unless_patterns: Vec<Pattern>,
     action: Action,
 }
@@ -192,7 +225,7 @@ impl CompiledIntent {
     fn matches(&self, text: &str) -> Result<bool, String> {
         // Exclusions are checked only after a match, so a request that no
         // keyword or pattern matches compiles none of them.
-        let gated = !self.requires.is_empty() && !self.requires.iter().any(|r| text.contains(r));
+        let gated = !self.requires.is_empty() && !self.requires.iter().any(|r| r.occurs_in(text));
         let patterns: &[Pattern] = if gated { &[] } else { &self.patterns };
         Ok(self.any_match(text, &self.keywords, patterns)?
             && !self.any_match(text, &self.unless, &self.unless_patterns)?)
@@ -201,10 +234,10 @@ impl CompiledIntent {
     fn any_match(
         &self,
         text: &str,
-        phrases: &[String],
+        phrases: &[Phrase],
         patterns: &[Pattern],
     ) -> Result<bool, String> {
-        if phrases.iter().any(|k| contains_phrase(text, k)) {
+        if phrases.iter().any(|k| k.matches(text)) {
             return Ok(true);
         }
         for pattern in patterns {
@@ -253,10 +286,10 @@ impl Compiled {
                     return Err(format!("intent \"{name}\" has no keywords and no patterns"));
                 }
                 Ok(CompiledIntent {
-                    keywords: intent.keywords.iter().map(|k| k.to_lowercase()).collect(),
+                    keywords: intent.keywords.iter().map(|k| Phrase::new(k)).collect(),
                     patterns: intent.patterns.into_iter().map(Pattern::new).collect(),
-                    requires: intent.requires.iter().map(|k| k.to_lowercase()).collect(),
-                    unless: intent.unless.iter().map(|k| k.to_lowercase()).collect(),
+                    requires: intent.requires.iter().map(|k| Phrase::new(k)).collect(),
+                    unless: intent.unless.iter().map(|k| Phrase::new(k)).collect(),
                     unless_patterns: intent
                         .unless_patterns
                         .into_iter()
@@ -346,14 +379,25 @@ impl Matched<'_> {
 /// Whether `phrase` occurs in `text` with no letter or digit touching it on
 /// either side ("card" matches "my card." but not "cardigan").
 pub fn contains_phrase(text: &str, phrase: &str) -> bool {
-    if phrase.is_empty() {
+    !phrase.is_empty()
+        && text
+            .match_indices(phrase)
+            .any(|(at, _)| whole_words(text, at, phrase.len()))
+}
+
+/// Whether the `len` bytes of `text` at `at` have no letter or digit
+/// touching them on either side. A match found by bytes may split a
+/// character of `text` (never, for a phrase that is valid text itself, but
+/// the check costs nothing): such a match does not count.
+fn whole_words(text: &str, at: usize, len: usize) -> bool {
+    let (Some(before), Some(after)) = (text.get(..at), text.get(at + len..)) else {
         return false;
-    }
-    text.match_indices(phrase).any(|(at, _)| {
-        let before = text[..at].chars().next_back();
-        let after = text[at + phrase.len()..].chars().next();
-        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
-    })
+    };
+    !before
+        .chars()
+        .next_back()
+        .is_some_and(char::is_alphanumeric)
+        && !after.chars().next().is_some_and(char::is_alphanumeric)
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //! unchanged.
 {{about}}//!
 //! Replace `handle` with what your stage should do, add a case to
-//! `cases.toml` for each decision it makes, and run `strata test`.
+//! `cases.toml` for each decision it makes, and run `strata test`. Set-up
+//! every request needs (a config parsed, patterns compiled) belongs in
+//! `fn init() -> bool`, which the host runs once at load (see
+//! `strata_sdk::Stage::init`).
 
 use strata_sdk::{Outcome, Request, Stage, export_stage};
 
