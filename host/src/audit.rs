@@ -241,6 +241,13 @@ impl AuditReport {
                 }
             );
             let _ = writeln!(out, "  exports   {}", list(&s.exports));
+            if s.exports.iter().any(|e| e == crate::runtime::INIT_EXPORT) {
+                let _ = writeln!(
+                    out,
+                    "  init      runs once at load, under the same grants and limits; fresh \
+                     instances start from what it keeps (`strata check` shows whether it keeps)"
+                );
+            }
             if let Some(contract) = &s.contract {
                 let _ = writeln!(out, "  contract  {contract}");
             }

@@ -278,6 +278,10 @@ plugin = {}
         text.contains("wasi:cli/stdout@0.2.6 (locked-down WASI)"),
         "{text}"
     );
+    assert!(
+        text.contains("  init      runs once at load, under the same grants and limits"),
+        "{text}"
+    );
     assert!(text.contains("flag      unpinned"), "{text}");
     assert!(text.contains("flag      no-limits"), "{text}");
     assert!(text.contains("flag      ungranted"), "{text}");

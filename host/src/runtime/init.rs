@@ -35,7 +35,7 @@ use super::invoke::{LogTag, StageState, classify, set_budget};
 use crate::manifest::{Digest, HttpHost, StageSpec};
 
 /// The export a stage pre-initialises through.
-pub(crate) const INIT_EXPORT: &str = "strata:pipeline/init@0.2.0";
+pub const INIT_EXPORT: &str = "strata:pipeline/init@0.2.0";
 
 /// Its one function.
 const INIT_FUNC: &str = "initialize";

@@ -35,7 +35,7 @@ mod load;
 pub use self::engine::Runtime;
 pub use self::imports::cache::{BankAccess, CacheUse};
 pub use self::imports::model::ModelAccess;
-pub use self::init::Snapshot;
+pub use self::init::{INIT_EXPORT, Snapshot};
 pub(crate) use self::invoke::StageState;
 pub use self::invoke::{Access, Effects, Invocation, LogTag, StageFailure};
 pub use self::load::{ComponentFacts, ImportInfo, LoadedStage};
