@@ -180,7 +180,7 @@ fn phases(url: &str, samples: usize) -> anyhow::Result<String> {
 /// started twice: first to fill its compile cache (its peak memory then,
 /// in MiB, is the second value), then, as a host restarted in production
 /// would be, from the cache, and measured.
-fn serve<T>(
+pub(crate) fn serve<T>(
     release: &Path,
     name: &str,
     manifest: &str,

@@ -22,6 +22,7 @@ mod background;
 mod foundation;
 mod harness;
 mod http_stage;
+mod init;
 mod layers;
 mod polyglot;
 mod reload;
@@ -86,6 +87,9 @@ enum Scenario {
     Async,
     /// A wasi:http stage against a strata:pipeline stage doing the same work.
     HttpStage,
+    /// The demo's rules stages pre-initialised by `init`, against the same
+    /// stages built to keep nothing from it.
+    Init,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Polyglot => ("polyglot", polyglot::run(&root, &load)?),
             Scenario::HttpStage => ("http-stage", http_stage::run(&root, &load)?),
+            Scenario::Init => ("init", init::run(&root, &load)?),
             Scenario::Async => {
                 let settings = background::Settings {
                     trace: layers::Trace {

@@ -84,6 +84,9 @@ mod component {
 
     impl Stage for Rules {
         fn init() -> bool {
+            if cfg!(feature = "no-init") {
+                return false;
+            }
             if let Err(error) = rules().and_then(Compiled::compile_all) {
                 panic!("{error}");
             }
