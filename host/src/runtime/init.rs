@@ -25,8 +25,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 
+use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::Store;
-use wasmtime::component::{Component, Instance, WasmList};
+use wasmtime::component::{Component, ComponentType, Instance, Lift, TypedFunc, WasmList};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
 use super::engine::{EPOCH_TICK, Runtime};
@@ -41,7 +42,7 @@ pub const INIT_EXPORT: &str = "strata:pipeline/init@0.2.0";
 const INIT_FUNC: &str = "initialize";
 
 /// How long `initialize` may run (each of its two runs).
-pub(crate) const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Memory beyond the stage's cap allowed while the snapshot is read: wizer
 /// grows each memory by a page per read, and reads each twice.
@@ -94,25 +95,19 @@ impl Runtime {
         if let Some(ready) = self.lock_initialised().get(&key) {
             return Ok(ready.clone());
         }
-        let tag = LogTag {
-            request_id: Arc::from("init"),
-            pipeline: Arc::from(""),
-            stage: Arc::from(spec.name.as_str()),
-            generation: 0,
-            digest: Arc::from(spec.plugin.digest.to_string()),
-        };
-        let seed = crate::request::fnv1a(spec.plugin.digest.to_string().as_bytes(), 0);
-        let new_store = || {
-            // The memory cap comes with the store; fuel and the deadline:
-            let mut store = self.store_for(spec, config, http_hosts, Some(seed), &tag);
-            let deadline = Instant::now() + INIT_TIMEOUT;
-            set_budget(
-                &mut store,
-                spec.limits.fuel,
-                deadline,
-                self.settings.fuel_metering,
-            );
-            store
+        let init = Init {
+            runtime: self,
+            spec,
+            config,
+            http_hosts,
+            tag: LogTag {
+                request_id: Arc::from("init"),
+                pipeline: Arc::from(""),
+                stage: Arc::from(spec.name.as_str()),
+                generation: 0,
+                digest: Arc::from(spec.plugin.digest.to_string()),
+            },
+            seed: crate::request::fnv1a(spec.plugin.digest.to_string().as_bytes(), 0),
         };
         // Loading is blocking work (the callers run it off the async
         // workers), so `initialize` gets a small runtime of its own, with
@@ -121,91 +116,12 @@ impl Runtime {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start a runtime to run `initialize`: {e}"))?;
-        let started = Instant::now();
         let ready = runtime.block_on(async {
-            // Each instance holds a slot of the pool, as a request's does,
-            // so loading under load neither fails for want of one nor takes
-            // one a request counted on.
-            let keep = {
-                let _slot = self.slot(true).await;
-                let mut store = new_store();
-                let instance = self
-                    .linker
-                    .instantiate_async(&mut store, component)
-                    .await
-                    .map_err(|e| explain(e, &store, spec))?;
-                call_initialize(&mut store, &instance, spec).await?
-            };
-            if !keep {
-                return Ok(None);
+            if init.asks_to_be_kept(component).await? {
+                init.snapshot().await.map(Some)
+            } else {
+                Ok(None)
             }
-            let wizer = Wizer::new();
-            let (context, instrumented) = wizer
-                .instrument_component(&spec.plugin.bytes)
-                .map_err(|e| format!("cannot instrument the component to snapshot it: {e:#}"))?;
-            let instrumented = Component::new(&self.engine, &instrumented)
-                .map_err(|e| format!("cannot compile the instrumented component: {e:#}"))?;
-            let _slot = self.slot(true).await;
-            let mut store = new_store();
-            let instance = self
-                .linker
-                .instantiate_async(&mut store, &instrumented)
-                .await
-                .map_err(|e| explain(e, &store, spec))?;
-            if !call_initialize(&mut store, &instance, spec).await? {
-                return Err("`initialize` asked to be kept, then, run again, not".to_owned());
-            }
-            // A host resource the guest still holds (wasi-libc keeps the
-            // stdout stream it opened, a file stays open) would be a dangling
-            // handle in every instance started from the snapshot.
-            if !store.data().table.is_empty() {
-                return Err(
-                    "`initialize` returned holding host resources (stdout or stderr \
-                     written to, a file or socket left open), which cannot be part of a \
-                     snapshot; log through `log` instead, or return false"
-                        .to_owned(),
-                );
-            }
-            // Reading the state out is the host's work, not the guest's: it
-            // gets fresh fuel and time, room for the page each read adds to
-            // a memory, and no cap on what one read returns (the memory cap
-            // bounds it).
-            let deadline = Instant::now() + INIT_TIMEOUT;
-            set_budget(&mut store, None, deadline, self.settings.fuel_metering);
-            store.data_mut().limiter.allow_more(SNAPSHOT_HEADROOM);
-            store.set_hostcall_fuel(usize::MAX);
-            let mut state = Snapshotting {
-                store: &mut store,
-                instance,
-                error: None,
-            };
-            // Wizer indexes what a read returned; a failed read returns
-            // nothing, which it may not expect: a panic there is this
-            // stage's load failing, not the host.
-            let snapshot = AssertUnwindSafe(wizer.snapshot_component(&context, &mut state))
-                .catch_unwind()
-                .await;
-            if let Some(error) = state.error {
-                return Err(format!("cannot read the initialised instance: {error}"));
-            }
-            let snapshot = match snapshot {
-                Ok(snapshot) => snapshot
-                    .map_err(|e| format!("cannot snapshot the initialised instance: {e:#}"))?,
-                Err(_) => return Err("cannot snapshot the initialised instance".to_owned()),
-            };
-            let ready = Snapshot {
-                component: Component::new(&self.engine, &snapshot)
-                    .map_err(|e| format!("cannot compile the initialised component: {e:#}"))?,
-                digest: Digest::of(&snapshot),
-                bytes: snapshot.len(),
-                millis: started.elapsed().as_millis() as u64,
-            };
-            tracing::info!(
-                stage = %spec.name, digest = %spec.plugin.digest,
-                snapshot = %ready.digest, snapshot_bytes = ready.bytes, millis = ready.millis,
-                "stage pre-initialised: fresh instances start from its init"
-            );
-            Ok(Some(ready))
         })?;
         let mut initialised = self.lock_initialised();
         // Old entries are only a faster reload back to an old config; the
@@ -218,19 +134,157 @@ impl Runtime {
     }
 }
 
+/// One stage's `init`, run in instances of its own.
+struct Init<'a> {
+    runtime: &'a Runtime,
+    spec: &'a StageSpec,
+    config: &'a Arc<ConfigCtx>,
+    http_hosts: &'a Arc<[HttpHost]>,
+    tag: LogTag,
+    seed: u64,
+}
+
+impl Init<'_> {
+    /// An instance of `component` in a store of its own, within the
+    /// stage's memory cap and fuel and the init deadline. It holds a slot
+    /// of the pool, as a request's does, so loading under load neither
+    /// fails for want of one nor takes one a request counted on.
+    async fn instantiate(
+        &self,
+        component: &Component,
+    ) -> Result<(Store<StageState>, Instance, Option<OwnedSemaphorePermit>), String> {
+        let slot = self.runtime.slot(true).await;
+        let mut store = self.runtime.store_for(
+            self.spec,
+            self.config,
+            self.http_hosts,
+            Some(self.seed),
+            &self.tag,
+        );
+        set_budget(
+            &mut store,
+            self.spec.limits.fuel,
+            Instant::now() + INIT_TIMEOUT,
+            self.runtime.settings.fuel_metering,
+        );
+        let instance = self
+            .runtime
+            .linker
+            .instantiate_async(&mut store, component)
+            .await
+            .map_err(|e| explain(e, &store, self.spec))?;
+        Ok((store, instance, slot))
+    }
+
+    /// Run `initialize` in a plain instance of `component`: whether it
+    /// asks to be kept.
+    async fn asks_to_be_kept(&self, component: &Component) -> Result<bool, String> {
+        let (mut store, instance, _slot) = self.instantiate(component).await?;
+        call_initialize(&mut store, &instance, self.spec).await
+    }
+
+    /// Run `initialize` again in the instrumented component and make its
+    /// state the component fresh instances start from.
+    async fn snapshot(&self) -> Result<Snapshot, String> {
+        let started = Instant::now();
+        let engine = &self.runtime.engine;
+        let wizer = Wizer::new();
+        let (context, instrumented) = wizer
+            .instrument_component(&self.spec.plugin.bytes)
+            .map_err(|e| format!("cannot instrument the component to snapshot it: {e:#}"))?;
+        let instrumented = Component::new(engine, &instrumented)
+            .map_err(|e| format!("cannot compile the instrumented component: {e:#}"))?;
+        let (mut store, instance, _slot) = self.instantiate(&instrumented).await?;
+        if !call_initialize(&mut store, &instance, self.spec).await? {
+            return Err("`initialize` asked to be kept, then, run again, not".to_owned());
+        }
+        // A host resource the guest still holds (wasi-libc keeps the
+        // stdout stream it opened, a file stays open) would be a dangling
+        // handle in every instance started from the snapshot.
+        if !store.data().table.is_empty() {
+            return Err(
+                "`initialize` returned holding host resources (stdout or stderr \
+                 written to, a file or socket left open), which cannot be part of a \
+                 snapshot; log through `log` instead, or return false"
+                    .to_owned(),
+            );
+        }
+        // Reading the state out is the host's work, not the guest's: it
+        // gets fresh fuel and time, room for the page each read adds to a
+        // memory, and no cap on what one read returns (the memory cap
+        // bounds it).
+        let deadline = Instant::now() + INIT_TIMEOUT;
+        set_budget(
+            &mut store,
+            None,
+            deadline,
+            self.runtime.settings.fuel_metering,
+        );
+        store.data_mut().limiter.allow_more(SNAPSHOT_HEADROOM);
+        store.set_hostcall_fuel(usize::MAX);
+        let mut state = Snapshotting {
+            store: &mut store,
+            instance,
+            error: None,
+        };
+        // Wizer indexes what a read returned; a failed read returns
+        // nothing, which it may not expect: a panic there is this stage's
+        // load failing, not the host.
+        let snapshot = AssertUnwindSafe(wizer.snapshot_component(&context, &mut state))
+            .catch_unwind()
+            .await;
+        if let Some(error) = state.error {
+            return Err(format!("cannot read the initialised instance: {error}"));
+        }
+        let snapshot = match snapshot {
+            Ok(snapshot) => {
+                snapshot.map_err(|e| format!("cannot snapshot the initialised instance: {e:#}"))?
+            }
+            Err(_) => return Err("cannot snapshot the initialised instance".to_owned()),
+        };
+        let ready = Snapshot {
+            component: Component::new(engine, &snapshot)
+                .map_err(|e| format!("cannot compile the initialised component: {e:#}"))?,
+            digest: Digest::of(&snapshot),
+            bytes: snapshot.len(),
+            millis: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(
+            stage = %self.spec.name, digest = %self.spec.plugin.digest,
+            snapshot = %ready.digest, snapshot_bytes = ready.bytes, millis = ready.millis,
+            "stage pre-initialised: fresh instances start from its init"
+        );
+        Ok(ready)
+    }
+}
+
+/// The function `func` of the exported interface `interface`, typed as
+/// taking nothing and returning one `R`.
+fn export_func<R>(
+    store: &mut Store<StageState>,
+    instance: &Instance,
+    interface: &str,
+    func: &str,
+) -> Result<TypedFunc<(), (R,)>, String>
+where
+    R: ComponentType + Lift + Send + Sync + 'static,
+{
+    let index = instance
+        .get_export_index(&mut *store, None, interface)
+        .and_then(|parent| instance.get_export_index(&mut *store, Some(&parent), func))
+        .ok_or_else(|| format!("no export `{interface}.{func}`"))?;
+    instance
+        .get_typed_func::<(), (R,)>(&mut *store, index)
+        .map_err(|e| format!("`{interface}.{func}`: {e:#}"))
+}
+
 /// Call `init.initialize` on `instance`: whether it asks to be kept.
 async fn call_initialize(
     store: &mut Store<StageState>,
     instance: &Instance,
     spec: &StageSpec,
 ) -> Result<bool, String> {
-    let func = instance
-        .get_export_index(&mut *store, None, INIT_EXPORT)
-        .and_then(|init| instance.get_export_index(&mut *store, Some(&init), INIT_FUNC))
-        .ok_or_else(|| format!("`{INIT_EXPORT}` exports no `{INIT_FUNC}`"))?;
-    let func = instance
-        .get_typed_func::<(), (bool,)>(&mut *store, func)
-        .map_err(|e| format!("`{INIT_EXPORT}.{INIT_FUNC}` is not `func() -> bool`: {e:#}"))?;
+    let func = export_func::<bool>(store, instance, INIT_EXPORT, INIT_FUNC)?;
     // The epoch deadline stops guest code; this bounds a guest waiting on
     // the host (a sleep, a socket).
     let call = tokio::time::timeout(
@@ -274,28 +328,16 @@ struct Snapshotting<'a> {
 impl Snapshotting<'_> {
     async fn call<R>(&mut self, instance: &str, func: &str) -> Option<R>
     where
-        R: wasmtime::component::Lift + Send + Sync + 'static,
+        R: ComponentType + Lift + Send + Sync + 'static,
     {
-        let result = async {
-            let parent = self
-                .instance
-                .get_export_index(&mut *self.store, None, instance)
-                .ok_or_else(|| format!("no export `{instance}`"))?;
-            let index = self
-                .instance
-                .get_export_index(&mut *self.store, Some(&parent), func)
-                .ok_or_else(|| format!("no export `{instance}.{func}`"))?;
-            let typed = self
-                .instance
-                .get_typed_func::<(), (R,)>(&mut *self.store, index)
-                .map_err(|e| format!("`{instance}.{func}`: {e:#}"))?;
-            typed
+        let result = match export_func::<R>(self.store, &self.instance, instance, func) {
+            Ok(typed) => typed
                 .call_async(&mut *self.store, ())
                 .await
                 .map(|(value,)| value)
-                .map_err(|e| format!("`{instance}.{func}`: {e:#}"))
-        }
-        .await;
+                .map_err(|e| format!("`{instance}.{func}`: {e:#}")),
+            Err(error) => Err(error),
+        };
         match result {
             Ok(value) => Some(value),
             Err(error) => {

@@ -204,7 +204,8 @@ impl Phrase {
         self.finder.find(text.as_bytes()).is_some()
     }
 
-    /// Whether it occurs as whole words: see [`contains_phrase`].
+    /// Whether it occurs in `text` with no letter or digit touching it on
+    /// either side ("card" matches "my card." but not "cardigan").
     fn matches(&self, text: &str) -> bool {
         self.len() > 0
             && self
@@ -379,15 +380,6 @@ impl Matched<'_> {
     }
 }
 
-/// Whether `phrase` occurs in `text` with no letter or digit touching it on
-/// either side ("card" matches "my card." but not "cardigan").
-pub fn contains_phrase(text: &str, phrase: &str) -> bool {
-    !phrase.is_empty()
-        && text
-            .match_indices(phrase)
-            .any(|(at, _)| whole_words(text, at, phrase.len()))
-}
-
 /// Whether the `len` bytes of `text` at `at` have no letter or digit
 /// touching them on either side. A match found by bytes may split a
 /// character of `text` (never, for a phrase that is valid text itself, but
@@ -431,7 +423,7 @@ mod tests {
         ];
         for (text, phrase, expected) in cases {
             assert_eq!(
-                contains_phrase(text, phrase),
+                Phrase::new(phrase).matches(text),
                 expected,
                 "{text:?} / {phrase:?}"
             );
