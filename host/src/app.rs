@@ -53,6 +53,8 @@ pub struct App {
     pub teams: crate::teams::Teams,
     /// The OTLP trace exporter, when `[telemetry] otlp` is set.
     pub telemetry: Option<crate::telemetry::Telemetry>,
+    /// The hosts this one serves with, when `[shared] redis` is set.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl App {

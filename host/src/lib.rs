@@ -51,6 +51,7 @@ pub mod bank;
 pub mod callbacks;
 pub mod cases;
 pub mod cli;
+pub mod cluster;
 pub mod complete;
 pub mod console;
 pub mod control;

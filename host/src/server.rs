@@ -109,6 +109,9 @@ impl RunningHost {
             tracing::warn!("tasks still running after {STOP_TIMEOUT:?}; closing the store anyway");
         }
         self.app.store.close().await;
+        if let Some(cluster) = &self.app.cluster {
+            cluster.leave().await;
+        }
         if self.app.telemetry.is_some() {
             // The SDK's shutdown blocks until the last batch is sent.
             let app = self.app.clone();
@@ -208,6 +211,7 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         teams: crate::teams::Teams::default(),
         telemetry: crate::telemetry::Telemetry::start(&manifest.telemetry)
             .context("cannot start the OTLP exporter ([telemetry])")?,
+        cluster: crate::cluster::Cluster::new(&manifest.shared, addr, admin_addr)?,
         jobs: Jobs::new(&manifest.background),
         callbacks,
         runtime,
@@ -305,6 +309,7 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         &app.lifecycle,
     );
     spawn_signal_reloads(app.clone());
+    crate::control::join_cluster(&app);
     // Said last: whoever waits for this line may send requests and signals.
     tracing::info!(
         %addr,

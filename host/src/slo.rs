@@ -7,6 +7,10 @@
 //! window lengths. The burn rate of a window is its error ratio divided by
 //! the error budget (`1 - target`): 1 spends the budget exactly over the
 //! objective's period, 14.4 spends a 30-day budget in about two days.
+//!
+//! Hosts of a cluster (`[shared]`) add each other's window counts
+//! (`Series::set_remote`, refreshed every second by `crate::cluster`), so a
+//! burn rate, and a canary's automatic rollback, sees every host's traffic.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,10 +65,17 @@ struct Window {
     bad: u64,
 }
 
+/// One window's counts as shared with the other hosts of a cluster:
+/// `(seconds, total, bad)`.
+pub type WindowSum = (u64, u64, u64);
+
 /// Good and bad events of one series over its windows.
 #[derive(Debug)]
 pub struct Series {
     spec: SloSpec,
+    /// The other hosts' counts per window (`[shared]`), added to this
+    /// host's own; empty when the host serves alone.
+    remote: Vec<WindowSum>,
     buckets: Vec<Bucket>,
     /// The second the newest bucket belongs to (seconds since `origin`).
     head: u64,
@@ -95,8 +106,24 @@ impl Series {
                 })
                 .collect(),
             origin: Instant::now(),
+            remote: Vec::new(),
             spec,
         }
+    }
+
+    /// This host's own counts of every window, as of now.
+    pub fn own_sums(&mut self) -> Vec<WindowSum> {
+        let now = self.now();
+        self.advance(now);
+        self.windows
+            .iter()
+            .map(|w| (w.seconds, w.total, w.bad))
+            .collect()
+    }
+
+    /// Count the other hosts' `sums` in every window from now on.
+    pub fn set_remote(&mut self, sums: Vec<WindowSum>) {
+        self.remote = sums;
     }
 
     /// The objective this series is measured against.
@@ -159,15 +186,20 @@ impl Series {
         let Some(window) = self.windows.iter().find(|w| w.seconds == seconds) else {
             return WindowCounts::default();
         };
+        let (mut total, mut bad) = (window.total, window.bad);
+        for &(_, more, worse) in self.remote.iter().filter(|r| r.0 == seconds) {
+            total += more;
+            bad += worse;
+        }
         let budget = 1.0 - self.spec.target;
-        let burn_rate = if window.total == 0 {
+        let burn_rate = if total == 0 {
             0.0
         } else {
-            (window.bad as f64 / window.total as f64) / budget
+            (bad as f64 / total as f64) / budget
         };
         WindowCounts {
-            total: window.total,
-            bad: window.bad,
+            total,
+            bad,
             burn_rate,
         }
     }
@@ -214,6 +246,21 @@ pub enum SeriesKey {
     },
 }
 
+impl std::fmt::Display for SeriesKey {
+    /// `pipeline:NAME` or `candidate:PIPELINE:STAGE:DIGEST`, the name
+    /// hosts of a cluster share a series under.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SeriesKey::Pipeline(name) => write!(f, "pipeline:{name}"),
+            SeriesKey::Candidate {
+                pipeline,
+                stage,
+                digest,
+            } => write!(f, "candidate:{pipeline}:{stage}:{digest}"),
+        }
+    }
+}
+
 /// Every series of the process. They outlive generations: a reload does not
 /// reset a pipeline's error budget.
 #[derive(Default)]
@@ -253,6 +300,16 @@ impl Budgets {
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
             .cloned()
+    }
+
+    /// Every series, for sharing its counts with the other hosts.
+    pub fn all(&self) -> Vec<(SeriesKey, Arc<Mutex<Series>>)> {
+        self.series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(key, series)| (key.clone(), series.clone()))
+            .collect()
     }
 
     /// Forget a candidate's series (after promotion or rollback).
@@ -296,6 +353,21 @@ mod tests {
         assert!((alert.long.burn_rate - 2.5).abs() < 1e-9);
         assert!(!alert.firing);
         assert!(series.alerts(Some(2.0))[0].firing);
+    }
+
+    #[test]
+    fn other_hosts_counts_join_the_windows_they_name() {
+        let mut series = Series::new(spec(&[(60, 10, 5.0)]));
+        for i in 0..10 {
+            series.record(i < 2);
+        }
+        series.set_remote(vec![(60, 30, 10), (10, 10, 4), (3600, 99, 99)]);
+        let alert = &series.alerts(None)[0];
+        assert_eq!((alert.long.total, alert.long.bad), (40, 12));
+        assert_eq!((alert.short.total, alert.short.bad), (20, 6));
+        assert_eq!(series.own_sums(), vec![(10, 10, 2), (60, 10, 2)]);
+        series.set_remote(Vec::new());
+        assert_eq!(series.alerts(None)[0].long.total, 10);
     }
 
     #[test]

@@ -233,6 +233,17 @@ impl TestHost {
         .await
     }
 
+    /// The Prometheus text the admin listener serves at `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .expect("the admin listener answers");
+        response.text().await.expect("a text body")
+    }
+
     /// GET from the admin API; returns the status and the JSON.
     pub async fn admin_get(&self, path: &str) -> (u16, Value) {
         self.send(self.client.get(format!("{}{path}", self.admin)))
@@ -424,5 +435,92 @@ impl Drop for HostProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A real `redis-server` on a loopback port, with nothing saved to disk,
+/// stopped (SIGKILL) when dropped. `scripts/test` installs Debian's
+/// `redis-server`; `STRATA_TEST_REDIS_SERVER` names another binary.
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Start one on a free port and wait until it answers.
+    pub fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        Self::start_on(port)
+    }
+
+    /// Start one on `port` (again, after [`RedisServer::kill`]).
+    pub fn start_on(port: u16) -> RedisServer {
+        let binary =
+            std::env::var("STRATA_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned());
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let child = std::process::Command::new(&binary)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot run {binary} ({error}); scripts/test installs Debian's redis-server")
+            });
+        let server = RedisServer {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !server.answers() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on port {port} did not answer PING within 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    /// Its URL, `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kill it (SIGKILL) and wait until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -340,12 +340,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     }
     // With room again, the next one is accepted.
     submit(&host, "three").await;
-    let metrics = reqwest::get(format!("{}/metrics", host.admin_base()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = host.metrics().await;
     assert!(
         metrics.contains("strata_async_refused_total{pipeline=\"p\"} 1"),
         "{metrics}"

@@ -112,15 +112,6 @@ async fn seeded(llm: &LocalLlm, model: &str) -> (tempfile::TempDir, std::path::P
     (dir, path)
 }
 
-async fn metrics(host: &TestHost) -> String {
-    reqwest::get(format!("{}/metrics", host.admin_base()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of the metric line that starts with `prefix`, 0 if absent.
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
@@ -169,7 +160,7 @@ async fn a_paraphrase_is_answered_through_embeddings_and_vectors_survive_a_resta
     assert_eq!(answered["layer"], "cache");
     assert_eq!(answered["output"], CARD);
     assert_eq!(llm.embedded_inputs(), 37, "the question was embedded");
-    let text = metrics(&host).await;
+    let text = host.metrics().await;
     assert_eq!(metric(&text, EMBEDDED), 1.0, "{text}");
     assert_eq!(metric(&text, FALLBACK), 0.0, "{text}");
 
@@ -206,7 +197,7 @@ async fn with_the_endpoint_down_the_lexical_model_answers_and_the_failure_is_cou
     let (status, degraded) = host.ask("desk", question).await;
     assert_eq!(status, 200, "{degraded}");
     assert_eq!(degraded["output"], CARD);
-    let text = metrics(&host).await;
+    let text = host.metrics().await;
     assert_eq!(metric(&text, FALLBACK), 1.0, "{text}");
     assert_eq!(metric(&text, UNAVAILABLE), 1.0, "{text}");
     assert_eq!(metric(&text, EMBEDDED), 1.0, "{text}");
@@ -216,7 +207,7 @@ async fn with_the_endpoint_down_the_lexical_model_answers_and_the_failure_is_cou
     llm.set_embeddings_delay(Duration::from_millis(3000));
     let (status, slow) = host.ask("desk", question).await;
     assert_eq!((status, &slow["output"]), (200, &json!(CARD)), "{slow}");
-    let text = metrics(&host).await;
+    let text = host.metrics().await;
     assert_eq!(metric(&text, FALLBACK), 2.0, "{text}");
     assert_eq!(metric(&text, TIMEOUT), 1.0, "{text}");
     llm.set_embeddings_delay(Duration::ZERO);
@@ -253,7 +244,7 @@ async fn a_host_started_while_the_endpoint_is_down_serves_lexically_and_embeds_l
         (200, &json!(CARD)),
         "{answered}"
     );
-    let text = metrics(&host).await;
+    let text = host.metrics().await;
     assert_eq!(metric(&text, LEXICAL), 1.0, "{text}");
     assert_eq!(stored_vectors(host.dir(), "hashed-a"), 0);
 
@@ -273,7 +264,7 @@ async fn a_host_started_while_the_endpoint_is_down_serves_lexically_and_embeds_l
     loop {
         let (status, answered) = host.ask("desk", question).await;
         assert_eq!(status, 200, "{answered}");
-        if metric(&metrics(&host).await, EMBEDDED) >= 1.0 {
+        if metric(&host.metrics().await, EMBEDDED) >= 1.0 {
             assert_eq!(answered["output"], CARD);
             break;
         }

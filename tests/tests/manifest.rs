@@ -59,7 +59,7 @@ fn unknown_top_level_key() {
     assert_eq!(
         message,
         "$DIR/strata.toml: key \"lisen\": unknown field `lisen`, expected one of `listen`, `data_dir`, `server`, \
-         `runtime`, `admin`, `reload`, `models`, `async`, `callbacks`, `retention`, `telemetry`, `pipelines`, `teams`"
+         `runtime`, `admin`, `reload`, `models`, `async`, `callbacks`, `retention`, `telemetry`, `shared`, `pipelines`, `teams`"
     );
 }
 

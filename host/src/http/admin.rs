@@ -56,6 +56,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/admin/pipelines/{pipeline}/traffic",
             only(get(traffic), "GET"),
         )
+        .route("/admin/cluster", only(get(cluster), "GET"))
         .route("/admin/reload", only(post(reload), "POST"))
         .route("/admin/rollback", only(post(rollback), "POST"))
         .route(
@@ -78,6 +79,24 @@ fn trigger(caller: crate::auth::Caller) -> Trigger {
 
 async fn pipelines(State(app): State<Arc<App>>, _: RequireRole<Admin>) -> Response {
     json_response(StatusCode::OK, &pipelines_view(&app))
+}
+
+/// The hosts serving as one with this host (`[shared]`), from Redis now.
+async fn cluster(State(app): State<Arc<App>>, _: RequireRole<Admin>) -> Result<Response, ApiError> {
+    let Some(cluster) = &app.cluster else {
+        return Err(ApiError::not_found(
+            "no_cluster",
+            "this host serves alone: its manifest has no [shared] redis",
+        ));
+    };
+    match cluster.view().await {
+        Ok(view) => Ok(json_response(StatusCode::OK, &view)),
+        Err(error) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shared_unavailable",
+            error,
+        )),
+    }
 }
 
 async fn shadow(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::{
     Limits, Location, MAX_MEMORY_MIB, MAX_TIMEOUT_MS, MAX_WINDOW_S, ManifestError,
     ManifestErrorKind, ModelsSpec, Name, Parser, PipelineSpec, RuntimeSettings, ServerSettings,
-    SloSpec, key_location,
+    SharedSettings, SloSpec, key_location,
 };
 
 impl Parser<'_> {
@@ -23,6 +23,48 @@ impl Parser<'_> {
         }
         let message = format!("{value} is outside {}..={}", range.start(), range.end());
         Err(self.error(location, ManifestErrorKind::Invalid(message)))
+    }
+
+    /// `[shared]`: a Redis URL the client accepts, and names that make
+    /// clean keys.
+    pub(super) fn check_shared(&self, shared: &SharedSettings) -> Result<(), ManifestError> {
+        let invalid =
+            |key: &str, why: String| self.error(key_location(key), ManifestErrorKind::Invalid(why));
+        let Some(url) = &shared.redis else {
+            if let Some(key) = [("cluster", &shared.cluster), ("host", &shared.host)]
+                .iter()
+                .find_map(|(key, value)| value.as_ref().map(|_| key))
+            {
+                return Err(invalid(
+                    &format!("shared.{key}"),
+                    "is set but shared.redis is not; hosts share nothing without it".to_owned(),
+                ));
+            }
+            return Ok(());
+        };
+        let parsed = redis::IntoConnectionInfo::into_connection_info(url.as_str());
+        if !url.starts_with("redis://") || parsed.is_err() {
+            return Err(invalid(
+                "shared.redis",
+                format!("\"{url}\" is not a URL such as redis://127.0.0.1:6379/0"),
+            ));
+        }
+        for (key, value) in [("cluster", &shared.cluster), ("host", &shared.host)] {
+            let Some(value) = value else { continue };
+            let clean = value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+            if value.is_empty() || value.len() > 64 || !clean {
+                return Err(invalid(
+                    &format!("shared.{key}"),
+                    format!(
+                        "\"{value}\" is not a name of 1 to 64 letters, digits, '.', '_', ':' \
+                         or '-'"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn check_settings(

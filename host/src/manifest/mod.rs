@@ -89,6 +89,8 @@ pub struct Manifest {
     pub pipelines: BTreeMap<Name, PipelineSpec>,
     /// OpenTelemetry export (`[telemetry]`).
     pub telemetry: TelemetrySettings,
+    /// Hosts serving as one (`[shared]`).
+    pub shared: SharedSettings,
     /// Teams of clients, by name (`[teams.NAME]`).
     pub teams: BTreeMap<String, TeamSpec>,
     /// Hex SHA-256 of the manifest text.

@@ -106,6 +106,7 @@ impl Parser<'_> {
                 )),
             ));
         }
+        self.check_shared(&raw.shared)?;
         let background = AsyncSettings::resolve(raw.background, raw.runtime.instances)
             .map_err(|(key, why)| self.error(key_location(key), ManifestErrorKind::Invalid(why)))?;
         if let Some(entry) = raw.callbacks.allow.iter().find(|entry| {
@@ -206,6 +207,7 @@ impl Parser<'_> {
             retention: raw.retention,
             pipelines,
             telemetry: raw.telemetry,
+            shared: raw.shared,
             teams,
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
         })

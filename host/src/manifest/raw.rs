@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{
     AdminSettings, AnswerBankSpec, CallbackSettings, Fallthrough, Limits, ModelsSpec, OnError,
     RecordSpec, ReloadSettings, RetentionSettings, ReuseSpec, RolloutMode, RuntimeSettings,
-    ServerSettings, SloSpec, StageKind, TelemetrySettings,
+    ServerSettings, SharedSettings, SloSpec, StageKind, TelemetrySettings,
 };
 
 /// `[async]` as written.
@@ -73,6 +73,8 @@ pub(super) struct RawManifest {
     pub(super) retention: RetentionSettings,
     #[serde(default)]
     pub(super) telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub(super) shared: SharedSettings,
     #[serde(default)]
     pub(super) pipelines: toml::Table,
     #[serde(default)]

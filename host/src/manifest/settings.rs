@@ -1,5 +1,5 @@
 //! Host-wide settings: `[server]`, `[runtime]`, `[admin]`, `[reload]`,
-//! `[async]`, `[callbacks]`, `[retention]`.
+//! `[async]`, `[callbacks]`, `[retention]`, `[telemetry]`, `[shared]`.
 
 use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -459,4 +459,32 @@ fn default_service_name() -> String {
 
 fn default_export_delay_ms() -> u64 {
     1000
+}
+
+/// Hosts that serve as one (`[shared]`): with `redis` set, an operation
+/// (reload, rollback, promotion) applied on one host is applied by every
+/// host of the same `cluster`, each from its own copy of the files, and
+/// each host's state is shown by `GET /admin/cluster`. Read at start; a
+/// change needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SharedSettings {
+    /// The Redis server, `redis://[user:password@]host[:port][/db]`.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// Hosts with the same cluster name act as one; several clusters may
+    /// share one Redis server. Defaults to `strata`.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// This host's name in the cluster; defaults to the machine's host name
+    /// and the API's port (`web-1:8080`).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+impl SharedSettings {
+    /// The cluster name, `strata` unless set.
+    pub fn cluster_name(&self) -> &str {
+        self.cluster.as_deref().unwrap_or("strata")
+    }
 }

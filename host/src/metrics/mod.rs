@@ -71,6 +71,7 @@ pub struct Metrics {
     shadow: Family<StageResultLabels, Counter>,
     operations: Family<OperationLabels, Counter>,
     generation: Gauge,
+    shared_connected: Gauge,
     burn_rate: Family<WindowLabels, Gauge<f64, AtomicU64>>,
     alert_firing: Family<WindowLabels, Gauge>,
     ratings: Family<RatingLabels, Counter>,
@@ -157,6 +158,12 @@ impl Metrics {
         );
         let generation = Gauge::default();
         registry.register("generation", "The serving generation", generation.clone());
+        let shared_connected = Gauge::default();
+        registry.register(
+            "shared_connected",
+            "1 while the host reaches the Redis server of [shared], 0 while it does not",
+            shared_connected.clone(),
+        );
         let burn_rate = Family::default();
         registry.register(
             "slo_burn_rate",
@@ -307,6 +314,7 @@ impl Metrics {
             shadow,
             operations,
             generation,
+            shared_connected,
             burn_rate,
             alert_firing,
         }
@@ -518,6 +526,11 @@ impl Metrics {
             })
             .inc();
         self.generation.set(generation as i64);
+    }
+
+    /// Note whether the host reaches `[shared] redis`.
+    pub fn shared_connected(&self, connected: bool) {
+        self.shared_connected.set(i64::from(connected));
     }
 
     /// Set a burn-rate window's gauges (done just before each scrape).

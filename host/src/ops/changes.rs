@@ -50,6 +50,9 @@ pub(crate) fn restart_only_changes(old: &Manifest, new: &Manifest) -> Option<Str
     if old.callbacks != new.callbacks {
         keys.push("[callbacks]");
     }
+    if old.shared != new.shared {
+        keys.push("[shared]");
+    }
     (!keys.is_empty()).then(|| {
         format!(
             "{} changed; these take effect when the host restarts",

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 pub(crate) use self::changes::{diff, fingerprint, restart_only_changes, same_content};
 pub(crate) use self::telemetry::BurnAlarm;
@@ -42,7 +42,7 @@ pub use crate::store::{ChangeKind, StageChange};
 /// What asked for an operation, and who.
 #[derive(Debug, Clone)]
 pub struct Trigger {
-    /// `startup`, `admin`, `watch`, `signal` or `burn`.
+    /// `startup`, `admin`, `watch`, `signal`, `burn` or `cluster`.
     pub source: &'static str,
     /// A token fingerprint (`admin:1a2b3c4d`), `loopback-admin`, or the host.
     pub actor: String,
@@ -154,6 +154,9 @@ pub struct Operations {
     pub(crate) burning: Mutex<HashSet<SeriesKey>>,
     pub(crate) alarms: mpsc::UnboundedSender<BurnAlarm>,
     pub(crate) alarm_queue: Mutex<Option<mpsc::UnboundedReceiver<BurnAlarm>>>,
+    /// Every finished operation's report, for whoever follows them (the
+    /// cluster, `[shared]`).
+    finished: broadcast::Sender<Report>,
 }
 
 impl Operations {
@@ -182,7 +185,13 @@ impl Operations {
             burning: Mutex::new(HashSet::new()),
             alarms,
             alarm_queue: Mutex::new(Some(queue)),
+            finished: broadcast::channel(64).0,
         }
+    }
+
+    /// The reports of operations finished from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Report> {
+        self.finished.subscribe()
     }
 
     /// The last operation's report.
@@ -272,6 +281,8 @@ impl Operations {
         if let Err(error) = self.store.audit(entry).await {
             tracing::error!(%error, "cannot write the audit log entry for a {}", report.action);
         }
+        // Nobody following is fine.
+        let _ = self.finished.send(report.clone());
         report
     }
 

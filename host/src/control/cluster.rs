@@ -1,0 +1,57 @@
+//! Following the cluster (`[shared] redis`): this host's operations are
+//! published by [`crate::cluster`], and the other hosts' are applied here
+//! through the same actions an operator's request takes (the operations
+//! lock, golden cases, the audit log), with trigger `cluster`.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::app::App;
+use crate::cluster::{Follower, OpAction};
+use crate::ops::Trigger;
+
+/// Join the cluster, if the host belongs to one: follow it and apply what
+/// the other hosts did, one operation at a time.
+pub fn join_cluster(app: &Arc<App>) {
+    let Some(cluster) = app.cluster.clone() else {
+        return;
+    };
+    let (apply, mut ops) = mpsc::unbounded_channel();
+    let serving = {
+        let app = app.clone();
+        move || {
+            let generation = app.current.load();
+            (generation.number, generation.manifest.sha256.clone())
+        }
+    };
+    let follower = Follower {
+        reports: app.ops.subscribe(),
+        serving: Box::new(serving),
+        metrics: app.metrics.clone(),
+        apply,
+        ops: app.ops.clone(),
+    };
+    app.lifecycle
+        .spawn_until_stopped(async move { cluster.follow(follower).await });
+    // An operation under way when the host stops is finished, not dropped.
+    let (app, cancel) = (app.clone(), app.lifecycle.cancel.clone());
+    let lifecycle = app.lifecycle.clone();
+    lifecycle.spawn(async move {
+        loop {
+            tokio::select! {
+                Some(op) = ops.recv() => {
+                    let trigger = Trigger {
+                        source: "cluster",
+                        actor: format!("host {}", op.origin),
+                    };
+                    match op.action {
+                        OpAction::Reload => super::reload(&app, trigger).await,
+                        OpAction::Rollback => super::rollback(&app, trigger).await,
+                    };
+                }
+                () = cancel.cancelled() => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,376 @@
+//! Hosts serving as one through a real Redis server (`[shared] redis`): an
+//! operator's reload on one host is applied by all; a host whose build
+//! fails keeps serving and says so; a Redis that goes away leaves every
+//! host serving and operating alone, and what was done meanwhile reaches
+//! the others when it is back.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strata_tests::{RedisServer, SMALL_RUNTIME, TestHost, components, toml_str};
+
+/// A pipeline `p` whose one stage answers `answer`; hosts of the cluster
+/// at `redis` (none if empty). Hosts do not watch files: only the cluster
+/// reloads them.
+fn manifest(redis: &str, answer: &str) -> String {
+    let shared = if redis.is_empty() {
+        String::new()
+    } else {
+        format!("[shared]\nredis = \"{redis}\"\n")
+    };
+    format!(
+        "{SMALL_RUNTIME}
+[reload]
+watch = false
+
+{shared}
+[pipelines.p]
+[[pipelines.p.stages]]
+name = \"answer\"
+layer = \"rules\"
+plugin = {scripted}
+grants = [\"config\", \"log\"]
+config = {{ outcome = \"respond\", answer = \"{answer}\" }}
+",
+        scripted = toml_str(components::SCRIPTED),
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("cannot write the manifest");
+}
+
+/// Poll `check` every 50 ms until it returns a value, at most `limit`.
+async fn within<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The cluster as `host` sees it once it counts `hosts` members.
+async fn members(host: &TestHost, hosts: usize) -> Value {
+    within(Duration::from_secs(15), "every host joins", || async {
+        let (status, view) = host.admin_get("/admin/cluster").await;
+        (status == 200 && view["hosts"].as_array().map(Vec::len) == Some(hosts)).then_some(view)
+    })
+    .await
+}
+
+/// Wait until `host` serves generation `generation`.
+async fn serving(host: &TestHost, generation: u64) -> Value {
+    within(
+        Duration::from_secs(15),
+        "the host serves the generation",
+        || async {
+            let (_, state) = host.admin_get("/admin/pipelines").await;
+            (state["generation"] == generation).then_some(state)
+        },
+    )
+    .await
+}
+
+async fn answer(host: &TestHost) -> String {
+    let (status, body) = host.ask("p", "hello").await;
+    assert_eq!(status, 200, "{body}");
+    body["output"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_on_one_host_is_applied_by_every_host() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    write(&path, &manifest(&redis.url(), "first"));
+    let a = TestHost::start_file(&path).await;
+    let b = TestHost::start_file(&path).await;
+    let c = TestHost::start_file(&path).await;
+    let view = members(&a, 3).await;
+    assert_eq!(view["in_step"], true, "{view}");
+    let name_of_a = view["host"].as_str().unwrap().to_owned();
+    for host in [&a, &b, &c] {
+        assert_eq!(answer(host).await, "first");
+    }
+
+    write(&path, &manifest(&redis.url(), "second"));
+    let started = Instant::now();
+    let (status, report) = a.admin_post("/admin/reload").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["result"], "applied", "{report}");
+    for host in [&b, &c] {
+        let state = serving(host, 2).await;
+        let last = &state["last_operation"];
+        assert_eq!(last["trigger"], "cluster", "{state}");
+        assert_eq!(last["actor"], format!("host {name_of_a}"), "{state}");
+        assert_eq!(state["manifest"]["sha256"], report["manifest_sha256"]);
+    }
+    eprintln!(
+        "a reload on one host was served by all three {:?} after it was asked for",
+        started.elapsed()
+    );
+    for host in [&a, &b, &c] {
+        assert_eq!(answer(host).await, "second");
+    }
+
+    // Every host's status says it is in step with the operation.
+    let view = within(Duration::from_secs(15), "statuses catch up", || async {
+        let (_, view) = c.admin_get("/admin/cluster").await;
+        (view["hosts"]
+            .as_array()
+            .is_some_and(|hosts| hosts.iter().all(|h| h["generation"] == 2)))
+        .then_some(view)
+    })
+    .await;
+    assert_eq!(view["in_step"], true, "{view}");
+    assert_eq!(view["connected"], true, "{view}");
+    assert_eq!(view["latest_operation"]["origin"], name_of_a.as_str());
+    assert_eq!(view["latest_operation"]["action"], "reload");
+
+    // A rollback on another host is followed too.
+    let (status, report) = b.admin_post("/admin/rollback").await;
+    assert_eq!(status, 200, "{report}");
+    for host in [&a, &c] {
+        let state = serving(host, 3).await;
+        assert_eq!(state["last_operation"]["action"], "rollback", "{state}");
+        assert_eq!(answer(host).await, "first");
+    }
+
+    // A host that stops leaves the cluster.
+    c.shutdown().await;
+    members(&a, 2).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_build_fails_keeps_serving_and_says_so() {
+    let redis = RedisServer::start();
+    let shared = tempfile::tempdir().unwrap();
+    let path = shared.path().join("strata.toml");
+    write(&path, &manifest(&redis.url(), "first"));
+    // The third host reads its own copy of the files.
+    let own = tempfile::tempdir().unwrap();
+    let own_path = own.path().join("strata.toml");
+    write(&own_path, &manifest(&redis.url(), "first"));
+    let a = TestHost::start_file(&path).await;
+    let b = TestHost::start_file(&path).await;
+    let c = TestHost::start_file(&own_path).await;
+    members(&a, 3).await;
+
+    write(&path, &manifest(&redis.url(), "second"));
+    // The third host's copy names a plugin that is not there.
+    write(
+        &own_path,
+        &manifest(&redis.url(), "second")
+            .replace(&toml_str(components::SCRIPTED), "\"missing.wasm\""),
+    );
+    let (status, report) = a.admin_post("/admin/reload").await;
+    assert_eq!(status, 200, "{report}");
+    serving(&b, 2).await;
+    let state = within(Duration::from_secs(15), "the third host tries", || async {
+        let (_, state) = c.admin_get("/admin/pipelines").await;
+        (state["last_operation"]["trigger"] == "cluster").then_some(state)
+    })
+    .await;
+    assert_eq!(state["generation"], 1, "{state}");
+    assert_eq!(state["last_operation"]["result"], "failed", "{state}");
+    let error = state["last_operation"]["error"].as_str().unwrap();
+    assert!(error.contains("missing.wasm"), "{error}");
+    assert_eq!(answer(&c).await, "first");
+    assert_eq!(answer(&b).await, "second");
+
+    // The cluster's view names the host that is out of step, and why.
+    let view = within(Duration::from_secs(15), "the failure is shown", || async {
+        let (_, view) = a.admin_get("/admin/cluster").await;
+        let hosts = view["hosts"].as_array()?;
+        hosts
+            .iter()
+            .any(|h| h["last_operation"]["result"] == "failed")
+            .then_some(view.clone())
+    })
+    .await;
+    assert_eq!(view["in_step"], false, "{view}");
+    let hosts = view["hosts"].as_array().unwrap();
+    let out: Vec<&Value> = hosts.iter().filter(|h| h["in_step"] == false).collect();
+    assert_eq!(out.len(), 1, "{view}");
+    assert_eq!(out[0]["generation"], 1);
+    assert!(
+        out[0]["last_operation"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing.wasm")
+    );
+    for host in [a, b, c] {
+        host.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_hosts_serve_and_operate_alone_and_catch_up_when_it_is_back() {
+    let mut redis = RedisServer::start();
+    let port = redis.port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    write(&path, &manifest(&redis.url(), "first"));
+    let a = TestHost::start_file(&path).await;
+    let b = TestHost::start_file(&path).await;
+    members(&a, 2).await;
+
+    redis.kill();
+    let (status, body) = within(Duration::from_secs(15), "the loss is noticed", || async {
+        let (status, body) = a.admin_get("/admin/cluster").await;
+        (status == 503).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "shared_unavailable", "{body}");
+    let metrics = a.metrics().await;
+    assert!(
+        metrics.contains("strata_shared_connected 0"),
+        "the metric says the host is cut off:\n{metrics}"
+    );
+    // Requests need nothing from Redis.
+    for host in [&a, &b] {
+        assert_eq!(answer(host).await, "first");
+    }
+    // A host starts without it.
+    let c = TestHost::start_file(&path).await;
+    assert_eq!(answer(&c).await, "first");
+    // An operator's reload still applies where it is asked for...
+    write(&path, &manifest(&redis.url(), "second"));
+    let (status, report) = a.admin_post("/admin/reload").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["result"], "applied", "{report}");
+    assert_eq!(answer(&a).await, "second");
+    assert_eq!(answer(&b).await, "first");
+
+    // ... and reaches the others once Redis is back.
+    let _redis = RedisServer::start_on(port);
+    for host in [&b, &c] {
+        let state = serving(host, 2).await;
+        assert_eq!(state["last_operation"]["trigger"], "cluster", "{state}");
+        assert_eq!(answer(host).await, "second");
+    }
+    let view = members(&a, 3).await;
+    assert_eq!(view["connected"], true, "{view}");
+    for host in [a, b, c] {
+        host.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_host_without_shared_settings_serves_alone() {
+    let host = TestHost::start(&manifest("", "alone")).await;
+    let (status, body) = host.admin_get("/admin/cluster").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "no_cluster");
+    host.shutdown().await;
+}
+
+/// Pipeline `p`: stage `first` (version one, passing on) with a canary
+/// candidate that panics on every request it serves and is skipped, then
+/// stage `second` answering. The error budget's short window needs ten
+/// canary requests before it may trip a rollback.
+fn canary_manifest(redis: &str) -> String {
+    format!(
+        "{SMALL_RUNTIME}
+[reload]
+watch = false
+
+[shared]
+redis = \"{redis}\"
+
+[pipelines.p]
+slo = {{ target = 0.9, latency_ms = 5000, windows = [{{ long_s = 120, short_s = 60, burn = 2.0 }}] }}
+
+[[pipelines.p.stages]]
+name = \"first\"
+layer = \"rules\"
+plugin = {one}
+grants = [\"config\"]
+on_error = \"skip\"
+
+[pipelines.p.stages.candidate]
+plugin = {misbehave}
+mode = \"canary\"
+percent = 100
+max_burn_rate = 2.0
+config = {{ mode = \"panic\" }}
+
+[[pipelines.p.stages]]
+name = \"second\"
+layer = \"rules\"
+plugin = {one}
+grants = [\"config\"]
+config = {{ respond = true }}
+",
+        one = toml_str(components::VERSION_ONE),
+        misbehave = toml_str(components::MISBEHAVE),
+    )
+}
+
+/// The canary's short-window count as `host` sees it (its own and the
+/// other hosts').
+async fn canary_events(host: &TestHost) -> u64 {
+    let (_, slo) = host.admin_get("/admin/pipelines/p/slo").await;
+    slo["candidates"][0]["alerts"][0]["short"]["total"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_burning_the_budget_through_two_hosts_is_rolled_back_on_both() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    write(&path, &canary_manifest(&redis.url()));
+    let a = TestHost::start_file(&path).await;
+    let b = TestHost::start_file(&path).await;
+    members(&a, 2).await;
+
+    // Six failing canary requests on each host: fewer than either needs
+    // alone to trip the rollback.
+    for host in [&a, &b] {
+        for _ in 0..6 {
+            let (status, body) = host.ask("p", "hi").await;
+            assert_eq!(status, 200, "clients are not hurt by the canary: {body}");
+        }
+    }
+    // Each host counts the other's.
+    within(Duration::from_secs(15), "the counts are shared", || async {
+        (canary_events(&a).await >= 12).then_some(())
+    })
+    .await;
+    let (_, state) = a.admin_get("/admin/pipelines").await;
+    assert_eq!(state["generation"], 1, "nothing tripped yet: {state}");
+
+    // The next failure on the first host trips the rollback with seven of
+    // its own: the cluster's traffic did.
+    let (status, _) = a.ask("p", "hi").await;
+    assert_eq!(status, 200);
+    let state = serving(&a, 2).await;
+    assert_eq!(
+        state["last_operation"]["action"], "rollback_stage",
+        "{state}"
+    );
+    assert_eq!(state["last_operation"]["trigger"], "burn", "{state}");
+    // The second host follows: the edited manifest, without the candidate.
+    let state = serving(&b, 2).await;
+    assert_eq!(state["last_operation"]["trigger"], "cluster", "{state}");
+    assert_eq!(
+        state["pipelines"][0]["stages"][0]["candidate"],
+        Value::Null,
+        "{state}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
