@@ -7,12 +7,19 @@
 //! are kept apart, never evicted, never replaced by an unapproved one, and
 //! written to the store so they survive a restart. Banks belong to the
 //! process, not to a generation: a reload keeps every answer.
+//!
+//! Hosts of a cluster (`[shared]`) share their banks: every change made
+//! here (an answer stored, approved or dropped) is also sent to
+//! [`Banks::share`]'s receiver for the other hosts, and theirs are applied
+//! with [`Bank::apply`], which sends nothing on.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use crate::manifest::AnswerBankSpec;
 pub use crate::patterns::{Lookup, Patterns, Served, StoredPattern};
@@ -34,9 +41,65 @@ struct Expiring {
     expires: Instant,
 }
 
+/// A change to one pipeline's bank, as the other hosts of a cluster hear it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BankChange {
+    /// The pipeline whose bank changed.
+    pub pipeline: String,
+    /// The key the answer is stored under.
+    pub key: String,
+    /// What happened to it.
+    pub change: Change,
+}
+
+/// What happened to an answer-bank key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// An unapproved answer was stored, to live `ttl_ms` at most.
+    Put {
+        /// The answer.
+        answer: String,
+        /// `stage` or `model`.
+        source: String,
+        /// Its time to live, in milliseconds.
+        ttl_ms: u64,
+    },
+    /// An answer was approved (the origin made it durable).
+    Approve {
+        /// The answer.
+        answer: String,
+        /// `human` or `correction`.
+        source: String,
+    },
+    /// An unapproved answer was dropped (rated bad).
+    Forget,
+}
+
+/// Where a bank sends its changes, once the host shares its banks.
+#[derive(Clone)]
+struct Outbox {
+    pipeline: String,
+    sender: Arc<OnceLock<mpsc::UnboundedSender<BankChange>>>,
+}
+
+impl Outbox {
+    fn send(&self, key: &str, change: Change) {
+        if let Some(sender) = self.sender.get() {
+            // Nobody receiving means the host is stopping.
+            let _ = sender.send(BankChange {
+                pipeline: self.pipeline.clone(),
+                key: key.to_owned(),
+                change,
+            });
+        }
+    }
+}
+
 /// One pipeline's bank.
 pub struct Bank {
     spec: AnswerBankSpec,
+    outbox: Outbox,
     unapproved: Cache<String, Expiring>,
     approved: RwLock<HashMap<String, Entry>>,
     /// Approved answers with example questions, matched by similarity.
@@ -44,8 +107,9 @@ pub struct Bank {
 }
 
 impl Bank {
-    fn new(spec: AnswerBankSpec, patterns: Arc<Patterns>) -> Bank {
+    fn new(spec: AnswerBankSpec, patterns: Arc<Patterns>, outbox: Outbox) -> Bank {
         Bank {
+            outbox,
             patterns,
             unapproved: Cache::builder()
                 .max_capacity(spec.capacity)
@@ -77,13 +141,54 @@ impl Bank {
     /// Remember an unapproved answer; `ttl` of zero means the bank's default.
     /// An approved answer under the same key stays.
     pub fn put(&self, key: String, answer: String, source: &str, ttl: Duration) {
+        if let Some(ttl) = self.store_unapproved(&key, &answer, source, ttl) {
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            let source = source.to_owned();
+            self.outbox.send(
+                &key,
+                Change::Put {
+                    answer,
+                    source,
+                    ttl_ms,
+                },
+            );
+        }
+    }
+
+    /// Apply a change another host of the cluster made (sending nothing on).
+    pub fn apply(&self, key: String, change: Change) {
+        match change {
+            Change::Put {
+                answer,
+                source,
+                ttl_ms,
+            } => {
+                // A zero would mean the bank's default; a remote answer
+                // keeps at most what it had left.
+                let ttl = Duration::from_millis(ttl_ms.max(1));
+                self.store_unapproved(&key, &answer, &source, ttl);
+            }
+            Change::Approve { answer, source } => self.keep_approved(key, answer, &source),
+            Change::Forget => self.unapproved.invalidate(&key),
+        }
+    }
+
+    /// Store an unapproved answer unless an approved one holds the key;
+    /// returns the time to live it was given.
+    fn store_unapproved(
+        &self,
+        key: &str,
+        answer: &str,
+        source: &str,
+        ttl: Duration,
+    ) -> Option<Duration> {
         if self
             .approved
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&key)
+            .contains_key(key)
         {
-            return;
+            return None;
         }
         let ttl = if ttl.is_zero() {
             Duration::from_secs(self.spec.ttl_s)
@@ -91,20 +196,30 @@ impl Bank {
             ttl.min(Duration::from_secs(self.spec.ttl_s))
         };
         self.unapproved.insert(
-            key,
+            key.to_owned(),
             Expiring {
                 entry: Entry {
-                    answer,
+                    answer: answer.to_owned(),
                     source: source.to_owned(),
                     approved: false,
                 },
                 expires: Instant::now() + ttl,
             },
         );
+        Some(ttl)
     }
 
     /// Keep an approved answer (the caller has made it durable).
     pub fn approve(&self, key: String, answer: String, source: &str) {
+        let change = Change::Approve {
+            answer: answer.clone(),
+            source: source.to_owned(),
+        };
+        self.outbox.send(&key, change);
+        self.keep_approved(key, answer, source);
+    }
+
+    fn keep_approved(&self, key: String, answer: String, source: &str) {
         self.unapproved.invalidate(&key);
         self.approved
             .write()
@@ -137,6 +252,7 @@ impl Bank {
     pub fn forget_unapproved(&self, key: &str) -> bool {
         let had = self.unapproved.contains_key(key);
         self.unapproved.invalidate(key);
+        self.outbox.send(key, Change::Forget);
         had
     }
 }
@@ -157,6 +273,8 @@ pub struct Banks {
     /// closes (a fresh, untracked pair for tools).
     tasks: tokio_util::task::TaskTracker,
     cancel: tokio_util::sync::CancellationToken,
+    /// Where every bank's changes go once the host shares them.
+    outbox: Arc<OnceLock<mpsc::UnboundedSender<BankChange>>>,
 }
 
 impl Banks {
@@ -169,6 +287,21 @@ impl Banks {
             tasks,
             cancel,
             ..Banks::default()
+        }
+    }
+
+    /// Send every change made here to the returned receiver from now on,
+    /// for the other hosts of the cluster; `None` if already shared.
+    pub fn share(&self) -> Option<mpsc::UnboundedReceiver<BankChange>> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.outbox.set(sender).ok()?;
+        Some(receiver)
+    }
+
+    fn outbox(&self, pipeline: &str) -> Outbox {
+        Outbox {
+            pipeline: pipeline.to_owned(),
+            sender: self.outbox.clone(),
         }
     }
 
@@ -188,7 +321,10 @@ impl Banks {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(pipeline.to_owned())
-            .or_insert_with(|| Arc::new(Bank::new(spec.clone(), self.patterns_of(pipeline, spec))))
+            .or_insert_with(|| {
+                let patterns = self.patterns_of(pipeline, spec);
+                Arc::new(Bank::new(spec.clone(), patterns, self.outbox(pipeline)))
+            })
             .clone()
     }
 
@@ -211,7 +347,7 @@ impl Banks {
             .insert(pipeline.to_owned(), patterns.clone());
         let mut banks = self.banks.write().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = banks.get(pipeline) {
-            let fresh = Bank::new(old.spec.clone(), patterns);
+            let fresh = Bank::new(old.spec.clone(), patterns, self.outbox(pipeline));
             *fresh.approved.write().unwrap_or_else(|e| e.into_inner()) = old
                 .approved
                 .read()
@@ -229,7 +365,7 @@ impl Banks {
         let patterns = self.patterns_of(pipeline, spec);
         patterns.retune(spec.max_error);
         let mut banks = self.banks.write().unwrap_or_else(|e| e.into_inner());
-        let fresh = Bank::new(spec.clone(), patterns);
+        let fresh = Bank::new(spec.clone(), patterns, self.outbox(pipeline));
         if let Some(old) = banks.get(pipeline) {
             if old.spec == *spec {
                 return;
@@ -373,8 +509,55 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_bank_sends_its_own_changes_and_applies_others_quietly() {
+        let banks = Banks::default();
+        let before = banks.bank("p", &spec());
+        before.put(
+            "k0".into(),
+            "before sharing".into(),
+            "stage",
+            Duration::ZERO,
+        );
+        let mut changes = banks.share().expect("shared once");
+        assert!(banks.share().is_none());
+        assert!(changes.try_recv().is_err(), "nothing from before sharing");
+        let bank = banks.bank("p", &spec());
+        bank.put(
+            "k".into(),
+            "model says".into(),
+            "model",
+            Duration::from_secs(5),
+        );
+        bank.approve("k2".into(), "human says".into(), "human");
+        bank.forget_unapproved("k");
+        let sent: Vec<BankChange> = std::iter::from_fn(|| changes.try_recv().ok()).collect();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[0].pipeline, "p");
+        assert_eq!(
+            sent[0].change,
+            Change::Put {
+                answer: "model says".into(),
+                source: "model".into(),
+                ttl_ms: 5000
+            }
+        );
+        assert!(matches!(sent[1].change, Change::Approve { .. }));
+        assert_eq!(sent[2].change, Change::Forget);
+
+        // Another host's changes apply here and are not sent on.
+        let other = Banks::default().bank("p", &spec());
+        for change in sent {
+            other.apply(change.key, change.change);
+        }
+        assert_eq!(other.get("k"), None, "put, then forgotten");
+        assert!(other.get("k2").is_some_and(|e| e.approved));
+        bank.apply("k3".into(), Change::Forget);
+        assert!(changes.try_recv().is_err());
+    }
+
+    #[test]
     fn approved_answers_win_and_stay() {
-        let bank = Bank::new(spec(), Arc::new(Patterns::new(0.05)));
+        let bank = Banks::default().bank("p", &spec());
         bank.put("k".into(), "model says".into(), "model", Duration::ZERO);
         assert_eq!(bank.get("k").unwrap().source, "model");
         bank.approve("k".into(), "human says".into(), "human");
@@ -390,7 +573,7 @@ mod tests {
 
     #[test]
     fn unapproved_answers_expire() {
-        let bank = Bank::new(spec(), Arc::new(Patterns::new(0.05)));
+        let bank = Banks::default().bank("p", &spec());
         bank.put("k".into(), "a".into(), "stage", Duration::from_millis(1));
         std::thread::sleep(Duration::from_millis(5));
         assert!(bank.get("k").is_none());

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strata_tests::{RedisServer, SMALL_RUNTIME, TestHost, components, toml_str};
+use strata_tests::{RedisServer, SMALL_RUNTIME, TestHost, bank_desk, components, toml_str};
 
 /// A pipeline `p` whose one stage answers `answer`; hosts of the cluster
 /// at `redis` (none if empty). Hosts do not watch files: only the cluster
@@ -329,13 +329,8 @@ async fn canary_events(host: &TestHost) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_burning_the_budget_through_two_hosts_is_rolled_back_on_both() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("strata.toml");
-    write(&path, &canary_manifest(&redis.url()));
-    let a = TestHost::start_file(&path).await;
-    let b = TestHost::start_file(&path).await;
-    members(&a, 2).await;
+    let (_redis, _dir, hosts) = cluster_of(2, canary_manifest).await;
+    let [a, b] = <[TestHost; 2]>::try_from(hosts).ok().unwrap();
 
     // Six failing canary requests on each host: fewer than either needs
     // alone to trip the rollback.
@@ -371,6 +366,104 @@ async fn a_canary_burning_the_budget_through_two_hosts_is_rolled_back_on_both() 
         Value::Null,
         "{state}"
     );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Pipeline `desk`: the answer-bank stage, then a rules stage that answers
+/// `generated` (remembered by the bank) or, when it is empty, escalates.
+fn desk_manifest(redis: &str, generated: &str) -> String {
+    let desk = bank_desk(
+        &format!("[reload]\nwatch = false\n[shared]\nredis = \"{redis}\"\n"),
+        "remember = [\"rules\"]",
+    );
+    if generated.is_empty() {
+        return desk;
+    }
+    desk.replace(
+        "outcome = \"escalate\", reason = \"a person\"",
+        &format!("outcome = \"respond\", answer = \"{generated}\""),
+    )
+}
+
+/// A Redis server, a manifest written by `manifest` (given its URL) and
+/// `hosts` hosts serving it, once they all belong to the cluster.
+async fn cluster_of(
+    hosts: usize,
+    manifest: impl Fn(&str) -> String,
+) -> (RedisServer, tempfile::TempDir, Vec<TestHost>) {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    write(&path, &manifest(&redis.url()));
+    let mut started = Vec::new();
+    for _ in 0..hosts {
+        started.push(TestHost::start_file(&path).await);
+    }
+    members(&started[0], hosts).await;
+    (redis, dir, started)
+}
+
+/// `host`'s answer to `question` once it comes from the answer bank.
+async fn from_the_bank(host: &TestHost, question: &str) -> Value {
+    within(Duration::from_secs(15), "the bank answers", || async {
+        let (status, body) = host.ask("desk", question).await;
+        (status == 200 && body["layer"] == "cache").then_some(body)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewers_answer_on_one_host_is_served_from_the_bank_by_the_others() {
+    let (_redis, dir, hosts) = cluster_of(2, |redis| desk_manifest(redis, "")).await;
+    let [a, b] = <[TestHost; 2]>::try_from(hosts).ok().unwrap();
+
+    let question = "How do I reset my PIN?";
+    let (status, escalated) = a.ask("desk", question).await;
+    assert_eq!(status, 202, "{escalated}");
+    let ticket = escalated["ticket"]["id"].as_i64().unwrap();
+    let (status, body) = b.ask("desk", question).await;
+    assert_eq!(status, 202, "nothing approved yet: {body}");
+    let (status, resolved) = a
+        .post(
+            &format!("/v1/tickets/{ticket}/resolve"),
+            serde_json::json!({"answer": "Reset it under Cards, then PIN."}),
+        )
+        .await;
+    assert_eq!(status, 200, "{resolved}");
+    let answered = from_the_bank(&b, question).await;
+    assert_eq!(answered["output"], "Reset it under Cards, then PIN.");
+
+    // A host that joins later has the approved answers too.
+    let c = TestHost::start_file(&dir.path().join("strata.toml")).await;
+    let answered = from_the_bank(&c, question).await;
+    assert_eq!(answered["output"], "Reset it under Cards, then PIN.");
+    for host in [a, b, c] {
+        host.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_answer_remembered_on_one_host_is_a_hit_on_the_others() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    write(
+        &path,
+        &desk_manifest(&redis.url(), "generated on the first host"),
+    );
+    let a = TestHost::start_file(&path).await;
+    let b = TestHost::start_file(&path).await;
+    members(&a, 2).await;
+
+    let (status, body) = a.ask("desk", "what are your opening hours").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["layer"], "rules", "{body}");
+    let hit = from_the_bank(&b, "what are your opening hours").await;
+    assert_eq!(hit["output"], "generated on the first host");
+    // An unrelated question is not.
+    let (_, body) = b.ask("desk", "where is my card").await;
+    assert_eq!(body["layer"], "rules", "{body}");
     a.shutdown().await;
     b.shutdown().await;
 }

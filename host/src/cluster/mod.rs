@@ -41,6 +41,7 @@ use crate::manifest::SharedSettings;
 use crate::metrics::Metrics;
 use crate::ops::{Operations, Report};
 
+mod bank;
 mod budgets;
 
 /// How often a host refreshes its status and polls for a missed operation.
@@ -152,6 +153,8 @@ struct Progress {
     pending: Option<Report>,
     /// This host's last operation, whatever its result.
     last: Option<LastOperation>,
+    /// This host's approvals while Redis was unreachable.
+    pending_approvals: Vec<crate::bank::BankChange>,
     /// The identity of the Redis data last seen (`epoch`): when it changes,
     /// the data was lost (a restart without persistence) and numbering
     /// starts again.
@@ -170,6 +173,10 @@ pub struct Follower {
     pub apply: tokio::sync::mpsc::UnboundedSender<Op>,
     /// The error budgets, whose counts are shared.
     pub ops: Arc<Operations>,
+    /// This host's answer-bank changes, for the others (`Banks::share`).
+    pub bank_changes: tokio::sync::mpsc::UnboundedReceiver<crate::bank::BankChange>,
+    /// Apply another host's answer-bank change here.
+    pub apply_bank: Box<dyn Fn(crate::bank::BankChange) + Send + Sync>,
 }
 
 /// This host's membership of a cluster.
@@ -271,62 +278,62 @@ impl Cluster {
                             progress.note(report);
                         }
                     }
+                    Some(change) = host.bank_changes.recv() => progress.hold(change),
                 }
             }
             backoff = (backoff * 2).min(BACKOFF.1);
         }
     }
 
-    /// One connection's life: returns whether it joined the cluster, and
-    /// why it ended.
-    async fn session(&self, host: &mut Follower, progress: &mut Progress) -> (bool, String) {
-        let mut redis = match self.connect().await {
-            Ok(redis) => redis,
-            Err(error) => return (false, error),
-        };
+    /// Connect, subscribe to the channels and learn the data's epoch.
+    async fn open(
+        &self,
+        progress: &mut Progress,
+    ) -> Result<(MultiplexedConnection, redis::aio::PubSub), String> {
+        let mut redis = self.connect().await?;
+        let lost = |error: redis::RedisError| format!("lost Redis at {}: {error}", self.redis);
         let subscribed = async {
             let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(self.key("ops")).await?;
+            pubsub
+                .subscribe(&[self.key("ops"), self.key("bank")])
+                .await?;
             redis::RedisResult::Ok(pubsub)
         };
-        let mut pubsub = match tokio::time::timeout(REDIS_TIMEOUT, subscribed).await {
-            Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(error)) => {
-                return (
-                    false,
-                    format!("cannot subscribe at {}: {error}", self.redis),
-                );
-            }
-            Err(_) => {
-                return (
-                    false,
-                    format!("cannot subscribe at {}: timed out", self.redis),
-                );
-            }
-        };
-        let mut joined = false;
+        let pubsub = tokio::time::timeout(REDIS_TIMEOUT, subscribed)
+            .await
+            .map_err(|_| format!("cannot subscribe at {}: timed out", self.redis))?
+            .map_err(lost)?;
         let fresh = uuid::Uuid::new_v4().to_string();
-        let epoch: redis::RedisResult<(String,)> = redis::pipe()
+        let (epoch,): (String,) = redis::pipe()
             .set_nx(self.key("epoch"), &fresh)
             .ignore()
             .get(self.key("epoch"))
             .query_async(&mut redis)
-            .await;
-        match epoch {
-            Ok((epoch,)) => {
-                if progress.epoch.as_ref().is_some_and(|known| *known != epoch) {
-                    progress.applied = Some(0);
-                }
-                progress.epoch = Some(epoch);
-            }
-            Err(error) => return (false, format!("lost Redis at {}: {error}", self.redis)),
+            .await
+            .map_err(lost)?;
+        if progress.epoch.as_ref().is_some_and(|known| *known != epoch) {
+            progress.applied = Some(0);
         }
+        progress.epoch = Some(epoch);
+        Ok((redis, pubsub))
+    }
+
+    /// One connection's life: returns whether it joined the cluster, and
+    /// why it ended.
+    async fn session(&self, host: &mut Follower, progress: &mut Progress) -> (bool, String) {
+        let (mut redis, mut pubsub) = match self.open(progress).await {
+            Ok(opened) => opened,
+            Err(error) => return (false, error),
+        };
+        let mut joined = false;
+        let ops_channel = self.key("ops");
         let mut messages = pubsub.on_message();
         let result: redis::RedisResult<()> = async {
             self.catch_up(host, &mut redis, progress).await?;
             if let Some(report) = progress.pending.take() {
                 self.publish(&mut redis, &report, progress).await?;
             }
+            self.join_banks(&mut redis, host, progress).await?;
             self.heartbeat(host, &mut redis, progress).await?;
             self.set_link(host, Ok(()));
             joined = true;
@@ -340,10 +347,18 @@ impl Cluster {
                                 "the subscription ended",
                             )));
                         };
-                        match serde_json::from_slice::<Op>(message.get_payload_bytes()) {
+                        let payload = message.get_payload_bytes();
+                        if message.get_channel_name() != ops_channel {
+                            self.receive_bank(payload, host);
+                            continue;
+                        }
+                        match serde_json::from_slice::<Op>(payload) {
                             Ok(op) => self.consider(host, op, progress),
                             Err(error) => tracing::warn!(%error, "ignoring a malformed cluster operation"),
                         }
+                    }
+                    Some(change) = host.bank_changes.recv() => {
+                        self.publish_bank(&mut redis, change, host).await?;
                     }
                     report = host.reports.recv() => {
                         if let Ok(report) = report {

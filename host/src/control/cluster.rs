@@ -17,6 +17,10 @@ pub fn join_cluster(app: &Arc<App>) {
     let Some(cluster) = app.cluster.clone() else {
         return;
     };
+    let Some(bank_changes) = app.run.banks.share() else {
+        tracing::error!("the answer banks are already shared; not joining the cluster twice");
+        return;
+    };
     let (apply, mut ops) = mpsc::unbounded_channel();
     let serving = {
         let app = app.clone();
@@ -31,6 +35,11 @@ pub fn join_cluster(app: &Arc<App>) {
         metrics: app.metrics.clone(),
         apply,
         ops: app.ops.clone(),
+        bank_changes,
+        apply_bank: Box::new({
+            let app = app.clone();
+            move |change| app.bank(&change.pipeline).apply(change.key, change.change)
+        }),
     };
     app.lifecycle
         .spawn_until_stopped(async move { cluster.follow(follower).await });

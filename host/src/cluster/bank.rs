@@ -1,0 +1,134 @@
+//! Answer banks shared by the hosts of a cluster: every change a host makes
+//! to a bank (an answer stored, approved or dropped) is published on the
+//! channel `bank`, in batches, and applied by the others to their own
+//! banks, so a lookup stays in memory and a reviewer's answer on one host
+//! is served by every host at once. Approved answers are also kept in the
+//! hash `approved` (one field per pipeline and key), which a host reads
+//! whenever it joins, so one that started or reconnected later has them
+//! too; unapproved answers are a cache, and a host that joins later starts
+//! without the others'.
+
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+
+use super::{Cluster, Follower, Progress};
+use crate::bank::{BankChange, Change};
+
+/// The most changes published in one message.
+const BATCH: usize = 256;
+
+/// The most approvals kept while Redis is unreachable, for publishing when
+/// it is back.
+const MAX_PENDING_APPROVALS: usize = 10_000;
+
+/// A batch of one host's bank changes, as published.
+#[derive(Serialize, Deserialize)]
+pub(super) struct BankMessage {
+    origin: String,
+    changes: Vec<BankChange>,
+}
+
+impl Cluster {
+    /// Publish `first` and whatever else is queued (up to a batch).
+    pub(super) async fn publish_bank(
+        &self,
+        redis: &mut MultiplexedConnection,
+        first: BankChange,
+        host: &mut Follower,
+    ) -> redis::RedisResult<()> {
+        let mut changes = vec![first];
+        while changes.len() < BATCH {
+            match host.bank_changes.try_recv() {
+                Ok(change) => changes.push(change),
+                Err(_) => break,
+            }
+        }
+        self.send_bank(redis, changes).await
+    }
+
+    /// Publish `changes`, keeping the approvals in `approved`.
+    pub(super) async fn send_bank(
+        &self,
+        redis: &mut MultiplexedConnection,
+        changes: Vec<BankChange>,
+    ) -> redis::RedisResult<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for change in &changes {
+            if let Change::Approve { .. } = change.change {
+                let text = serde_json::to_string(change).expect("a change serialises");
+                pipe.hset(self.key("approved"), approved_field(change), text)
+                    .ignore();
+            }
+        }
+        let message = BankMessage {
+            origin: self.host.clone(),
+            changes,
+        };
+        let text = serde_json::to_string(&message).expect("a message serialises");
+        pipe.publish(self.key("bank"), text)
+            .ignore()
+            .exec_async(redis)
+            .await
+    }
+
+    /// Apply another host's published changes; this host's own are skipped.
+    pub(super) fn receive_bank(&self, payload: &[u8], host: &Follower) {
+        match serde_json::from_slice::<BankMessage>(payload) {
+            Ok(message) if message.origin != self.host => {
+                for change in message.changes {
+                    (host.apply_bank)(change);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "ignoring a malformed answer-bank message"),
+        }
+    }
+
+    /// On joining: every approved answer the cluster keeps, then this
+    /// host's approvals made while Redis was unreachable.
+    pub(super) async fn join_banks(
+        &self,
+        redis: &mut MultiplexedConnection,
+        host: &Follower,
+        progress: &mut Progress,
+    ) -> redis::RedisResult<()> {
+        let approved: std::collections::HashMap<String, String> =
+            redis::AsyncCommands::hgetall(redis, self.key("approved")).await?;
+        for text in approved.values() {
+            if let Ok(change) = serde_json::from_str::<BankChange>(text) {
+                (host.apply_bank)(change);
+            }
+        }
+        let pending = std::mem::take(&mut progress.pending_approvals);
+        for batch in pending.chunks(BATCH) {
+            self.send_bank(redis, batch.to_vec()).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Progress {
+    /// Keep an approval made while Redis is unreachable; other changes are
+    /// a cache's and are not worth keeping.
+    pub(super) fn hold(&mut self, change: BankChange) {
+        if !matches!(change.change, Change::Approve { .. }) {
+            return;
+        }
+        if self.pending_approvals.len() >= MAX_PENDING_APPROVALS {
+            tracing::warn!(
+                "more than {MAX_PENDING_APPROVALS} approvals while the cluster was unreachable; \
+                 the oldest reach the other hosts only through their own store"
+            );
+            self.pending_approvals.remove(0);
+        }
+        self.pending_approvals.push(change);
+    }
+}
+
+/// The field of `approved` an approval is kept under.
+fn approved_field(change: &BankChange) -> String {
+    format!("{}\u{1f}{}", change.pipeline, change.key)
+}
