@@ -50,7 +50,7 @@ pub struct App {
     /// Every task the host spawns, and the signal that stops them.
     pub lifecycle: Lifecycle,
     /// Teams' recent requests, for their rate limits.
-    pub teams: crate::teams::Teams,
+    pub teams: Arc<crate::teams::Teams>,
     /// The OTLP trace exporter, when `[telemetry] otlp` is set.
     pub telemetry: Option<crate::telemetry::Telemetry>,
     /// The hosts this one serves with, when `[shared] redis` is set.

@@ -208,7 +208,7 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
     let app = Arc::new(App {
         background: run.clone().batched(),
         run,
-        teams: crate::teams::Teams::default(),
+        teams: Arc::default(),
         telemetry: crate::telemetry::Telemetry::start(&manifest.telemetry)
             .context("cannot start the OTLP exporter ([telemetry])")?,
         cluster: crate::cluster::Cluster::new(&manifest.shared, addr, admin_addr)?,

@@ -1,18 +1,24 @@
 //! Teams of clients (`[teams.NAME]`): each request a team's token makes is
 //! the team's. Before it runs it must be for a pipeline the team may call,
-//! within the team's requests per minute (counted on this host), and within
+//! within the team's requests per minute (counted on this host and, in a
+//! cluster, the others), and within
 //! its daily and monthly model spend; a team over a budget is refused
 //! (429 `budget_exhausted`) or, with `over_budget = "cheap_layers"`, served
 //! with model calls off, so rules, the answer bank and people answer. Its
 //! requests are recorded with the team, so spend is summed from the
 //! records, and `GET /admin/teams` shows it against the budgets.
+//!
+//! Hosts of a cluster (`[shared]`) add each other's counts (requests in the
+//! last minute, spend today and this month), shared every second by
+//! `crate::cluster`: a team's limits hold for the cluster, at most a couple
+//! of seconds late.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -42,6 +48,37 @@ pub struct Admission {
 pub struct Teams {
     recent: Mutex<HashMap<String, VecDeque<Instant>>>,
     spent: tokio::sync::Mutex<HashMap<String, Tally>>,
+    /// The other hosts' counts, summed, per team (`[shared]`).
+    others: Mutex<HashMap<String, TeamCounts>>,
+}
+
+/// One host's counts of one team, as shared with the others of a cluster
+/// (or the other hosts' sum).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct TeamCounts {
+    /// Requests admitted in the last minute.
+    pub last_minute: u64,
+    /// The start of the day the spend is for (Unix milliseconds).
+    pub day: i64,
+    /// The start of the month the spend is for (Unix milliseconds).
+    pub month: i64,
+    /// Model spend that day.
+    pub today_usd: f64,
+    /// Model spend that month.
+    pub month_usd: f64,
+}
+
+impl TeamCounts {
+    /// Add `other`'s counts; spend only if it is for the same periods.
+    pub fn add(&mut self, other: &TeamCounts) {
+        self.last_minute += other.last_minute;
+        if other.day == self.day {
+            self.today_usd += other.today_usd;
+        }
+        if other.month == self.month {
+            self.month_usd += other.month_usd;
+        }
+    }
 }
 
 /// A team's spend in the current periods.
@@ -137,6 +174,61 @@ impl Teams {
         Ok(admission)
     }
 
+    /// This host's own counts of every team it has admitted or charged.
+    pub async fn own_counts(&self) -> Vec<(String, TeamCounts)> {
+        let (day, month) = period_starts(crate::store::now_millis());
+        let mut counts: HashMap<String, TeamCounts> = HashMap::new();
+        let fresh = || TeamCounts {
+            day,
+            month,
+            ..TeamCounts::default()
+        };
+        {
+            let now = Instant::now();
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            for (team, window) in recent.iter_mut() {
+                prune(window, now);
+                counts.entry(team.clone()).or_insert_with(fresh).last_minute = window.len() as u64;
+            }
+        }
+        for (team, tally) in self.spent.lock().await.iter() {
+            let entry = counts.entry(team.clone()).or_insert_with(fresh);
+            if tally.day == day {
+                entry.today_usd = tally.today_usd;
+            }
+            if tally.month == month {
+                entry.month_usd = tally.month_usd;
+            }
+        }
+        counts.into_iter().collect()
+    }
+
+    /// Count the other hosts' `counts` of `team` (summed) from now on.
+    pub fn set_others(&self, team: &str, counts: TeamCounts) {
+        self.others
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(team.to_owned(), counts);
+    }
+
+    /// Forget the other hosts' counts (the host serves alone).
+    pub fn clear_others(&self) {
+        self.others
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// The other hosts' counts of `team` (`[shared]`; none when alone).
+    pub fn others(&self, team: &str) -> TeamCounts {
+        self.others
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(team)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// Charge `cost_usd` of a completed request to `team`.
     pub async fn charge(&self, team: &str, cost_usd: f64) {
         if cost_usd <= 0.0 {
@@ -184,7 +276,15 @@ impl Teams {
         if team.usd_per_day.is_none() && team.usd_per_month.is_none() {
             return Ok(None);
         }
-        let spend = self.tally(store, &team.name).await?;
+        let tally = self.tally(store, &team.name).await?;
+        let mut spend = TeamCounts {
+            last_minute: 0,
+            day: tally.day,
+            month: tally.month,
+            today_usd: tally.today_usd,
+            month_usd: tally.month_usd,
+        };
+        spend.add(&self.others(&team.name));
         if let Some(budget) = team.usd_per_day
             && spend.today_usd >= budget
         {
@@ -208,19 +308,16 @@ impl Teams {
     /// one may come.
     fn take_slot(&self, team: &str, limit: u32) -> Result<(), ApiError> {
         let now = Instant::now();
-        let minute = Duration::from_secs(60);
+        let others = self.others(team).last_minute;
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         let window = recent.entry(team.to_owned()).or_default();
-        while window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= minute)
-        {
-            window.pop_front();
-        }
-        if window.len() >= limit as usize {
-            let wait = window
-                .front()
-                .map_or(minute, |oldest| minute - now.duration_since(*oldest));
+        prune(window, now);
+        if window.len() as u64 + others >= u64::from(limit) {
+            // The other hosts' requests are counts, not times: with none
+            // here, the earliest a slot may free is unknown, so a second.
+            let wait = window.front().map_or(Duration::from_secs(1), |oldest| {
+                MINUTE - now.duration_since(*oldest)
+            });
             let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)) as u32;
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -231,6 +328,18 @@ impl Teams {
         }
         window.push_back(now);
         Ok(())
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Drop from `window` the requests older than a minute.
+fn prune(window: &mut VecDeque<Instant>, now: Instant) {
+    while window
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= MINUTE)
+    {
+        window.pop_front();
     }
 }
 
@@ -324,5 +433,49 @@ mod tests {
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
         // Another team has its own minute.
         teams.take_slot("b", 3).unwrap();
+    }
+
+    #[tokio::test]
+    async fn other_hosts_requests_and_spend_count_against_a_team() {
+        let teams = Teams::default();
+        teams.take_slot("a", 3).unwrap();
+        let own = teams.own_counts().await;
+        assert_eq!(own.len(), 1);
+        assert_eq!((own[0].0.as_str(), own[0].1.last_minute), ("a", 1));
+        let (day, month) = period_starts(crate::store::now_millis());
+        teams.set_others(
+            "a",
+            TeamCounts {
+                last_minute: 2,
+                day,
+                month,
+                today_usd: 1.5,
+                month_usd: 2.5,
+            },
+        );
+        let refused = teams.take_slot("a", 3).unwrap_err();
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        teams.clear_others();
+        teams.take_slot("a", 3).unwrap();
+
+        // Spend adds up only for the same periods.
+        let mut sum = TeamCounts {
+            day,
+            month,
+            today_usd: 1.0,
+            month_usd: 1.0,
+            ..TeamCounts::default()
+        };
+        sum.add(&TeamCounts {
+            day: day - 86_400_000,
+            month,
+            today_usd: 5.0,
+            month_usd: 5.0,
+            last_minute: 4,
+        });
+        assert_eq!(
+            (sum.today_usd, sum.month_usd, sum.last_minute),
+            (1.0, 6.0, 4)
+        );
     }
 }

@@ -472,13 +472,13 @@ impl RedisServer {
             .unwrap_or_else(|error| {
                 panic!("cannot run {binary} ({error}); scripts/test installs Debian's redis-server")
             });
-        let server = RedisServer {
+        let mut server = RedisServer {
             child: Some(child),
             port,
             _dir: dir,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !server.answers() {
+        while !server.answers() || !server.running() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "redis-server on port {port} did not answer PING within 20 s"
@@ -486,6 +486,17 @@ impl RedisServer {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         server
+    }
+
+    /// Whether the process is still running (one that found its port
+    /// taken has exited, and whoever holds the port would answer instead).
+    fn running(&mut self) -> bool {
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)));
+        assert!(running, "redis-server on port {} exited", self.port);
+        running
     }
 
     fn answers(&self) -> bool {
@@ -508,6 +519,26 @@ impl RedisServer {
     /// The port it listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Stop it answering (SIGSTOP), as a network partition would: the port
+    /// stays its own, connections are accepted by the kernel and hang.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let it answer again (SIGCONT) after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server is running").id();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid} failed");
     }
 
     /// Kill it (SIGKILL) and wait until it is gone.

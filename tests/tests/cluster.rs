@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use strata_tests::{RedisServer, SMALL_RUNTIME, TestHost, bank_desk, components, toml_str};
+use strata_tests::{
+    HostProcess, RedisServer, SMALL_RUNTIME, TestHost, bank_desk, components, toml_str,
+};
 
 /// A pipeline `p` whose one stage answers `answer`; hosts of the cluster
 /// at `redis` (none if empty). Hosts do not watch files: only the cluster
@@ -17,7 +19,7 @@ fn manifest(redis: &str, answer: &str) -> String {
     let shared = if redis.is_empty() {
         String::new()
     } else {
-        format!("[shared]\nredis = \"{redis}\"\n")
+        shared(redis)
     };
     format!(
         "{SMALL_RUNTIME}
@@ -34,6 +36,16 @@ grants = [\"config\", \"log\"]
 config = {{ outcome = \"respond\", answer = \"{answer}\" }}
 ",
         scripted = toml_str(components::SCRIPTED),
+    )
+}
+
+/// `[shared]` naming the Redis at `redis` and a cluster named after it
+/// (and this process), so hosts of different tests never meet.
+fn shared(redis: &str) -> String {
+    let port = redis.rsplit(':').next().unwrap_or_default();
+    format!(
+        "[shared]\nredis = \"{redis}\"\ncluster = \"test-{}-{port}\"\n",
+        std::process::id()
     )
 }
 
@@ -216,8 +228,7 @@ async fn a_host_whose_build_fails_keeps_serving_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_hosts_serve_and_operate_alone_and_catch_up_when_it_is_back() {
-    let mut redis = RedisServer::start();
-    let port = redis.port();
+    let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("strata.toml");
     write(&path, &manifest(&redis.url(), "first"));
@@ -225,27 +236,10 @@ async fn without_redis_hosts_serve_and_operate_alone_and_catch_up_when_it_is_bac
     let b = TestHost::start_file(&path).await;
     members(&a, 2).await;
 
-    redis.kill();
-    let (status, body) = within(Duration::from_secs(15), "the loss is noticed", || async {
-        let (status, body) = a.admin_get("/admin/cluster").await;
-        (status == 503).then_some((status, body))
-    })
-    .await;
-    assert_eq!(status, 503);
-    assert_eq!(body["error"]["code"], "shared_unavailable", "{body}");
-    let metrics = a.metrics().await;
-    assert!(
-        metrics.contains("strata_shared_connected 0"),
-        "the metric says the host is cut off:\n{metrics}"
-    );
-    // Requests need nothing from Redis.
-    for host in [&a, &b] {
-        assert_eq!(answer(host).await, "first");
-    }
-    // A host starts without it.
-    let c = TestHost::start_file(&path).await;
-    assert_eq!(answer(&c).await, "first");
-    // An operator's reload still applies where it is asked for...
+    // Redis stops answering: connections hang, as in a partition.
+    redis.pause();
+    // An operator's reload still applies where it is asked for, even before
+    // the host notices that Redis is gone...
     write(&path, &manifest(&redis.url(), "second"));
     let (status, report) = a.admin_post("/admin/reload").await;
     assert_eq!(status, 200, "{report}");
@@ -253,13 +247,32 @@ async fn without_redis_hosts_serve_and_operate_alone_and_catch_up_when_it_is_bac
     assert_eq!(answer(&a).await, "second");
     assert_eq!(answer(&b).await, "first");
 
+    let body = within(Duration::from_secs(30), "the loss is noticed", || async {
+        let (status, body) = a.admin_get("/admin/cluster").await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert_eq!(body["error"]["code"], "shared_unavailable", "{body}");
+    within(Duration::from_secs(30), "the metric says so", || async {
+        let metrics = a.metrics().await;
+        metrics.contains("strata_shared_connected 0").then_some(())
+    })
+    .await;
+    // Requests need nothing from Redis.
+    assert_eq!(answer(&b).await, "first");
+    // A host starts without it (reading the files as they are now).
+    let c = TestHost::start_file(&path).await;
+    assert_eq!(answer(&c).await, "second");
+
     // ... and reaches the others once Redis is back.
-    let _redis = RedisServer::start_on(port);
-    for host in [&b, &c] {
-        let state = serving(host, 2).await;
-        assert_eq!(state["last_operation"]["trigger"], "cluster", "{state}");
-        assert_eq!(answer(host).await, "second");
-    }
+    redis.resume();
+    let state = within(Duration::from_secs(30), "the reload arrives", || async {
+        let (_, state) = b.admin_get("/admin/pipelines").await;
+        (state["generation"] == 2).then_some(state)
+    })
+    .await;
+    assert_eq!(state["last_operation"]["trigger"], "cluster", "{state}");
+    assert_eq!(answer(&b).await, "second");
     let view = members(&a, 3).await;
     assert_eq!(view["connected"], true, "{view}");
     for host in [a, b, c] {
@@ -286,9 +299,7 @@ fn canary_manifest(redis: &str) -> String {
 [reload]
 watch = false
 
-[shared]
-redis = \"{redis}\"
-
+{shared}
 [pipelines.p]
 slo = {{ target = 0.9, latency_ms = 5000, windows = [{{ long_s = 120, short_s = 60, burn = 2.0 }}] }}
 
@@ -315,6 +326,7 @@ config = {{ respond = true }}
 ",
         one = toml_str(components::VERSION_ONE),
         misbehave = toml_str(components::MISBEHAVE),
+        shared = shared(redis),
     )
 }
 
@@ -374,7 +386,7 @@ async fn a_canary_burning_the_budget_through_two_hosts_is_rolled_back_on_both() 
 /// `generated` (remembered by the bank) or, when it is empty, escalates.
 fn desk_manifest(redis: &str, generated: &str) -> String {
     let desk = bank_desk(
-        &format!("[reload]\nwatch = false\n[shared]\nredis = \"{redis}\"\n"),
+        &format!("[reload]\nwatch = false\n{}", shared(redis)),
         "remember = [\"rules\"]",
     );
     if generated.is_empty() {
@@ -466,4 +478,72 @@ async fn a_generated_answer_remembered_on_one_host_is_a_hit_on_the_others() {
     assert_eq!(body["layer"], "rules", "{body}");
     a.shutdown().await;
     b.shutdown().await;
+}
+
+const TEAM_TOKEN: &str = "capped-team-token";
+
+/// A host process (teams' tokens come from the environment) of the
+/// cluster at `redis`, whose team `capped` may send three requests a
+/// minute to pipeline `p`.
+fn team_host(manifest: &Path, data: &Path) -> HostProcess {
+    HostProcess::serve(
+        env!("CARGO_BIN_EXE_strata-under-test"),
+        manifest,
+        |command| {
+            command
+                .arg("--data")
+                .arg(data)
+                .env("CAPPED_TOKEN", TEAM_TOKEN)
+                .env("STRATA_ADMIN_TOKEN", "admin-token");
+        },
+    )
+}
+
+async fn team_ask(host: &HostProcess) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/pipelines/p", host.base()))
+        .bearer_auth(TEAM_TOKEN)
+        .json(&serde_json::json!({ "input": "hi" }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_teams_rate_limit_holds_for_the_whole_cluster() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let team = "[teams.capped]\ntoken_env = \"CAPPED_TOKEN\"\nrequests_per_minute = 3\n";
+    write(&path, &format!("{team}{}", manifest(&redis.url(), "ok")));
+    let a = team_host(&path, &dir.path().join("a"));
+    let b = team_host(&path, &dir.path().join("b"));
+    for _ in 0..2 {
+        let (status, body) = team_ask(&a).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The second host counts the first one's two.
+    let client = reqwest::Client::new();
+    within(Duration::from_secs(15), "the counts are shared", || async {
+        let teams: Value = client
+            .get(format!("{}/admin/teams", b.admin_base()))
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (teams["teams"][0]["other_hosts"]["last_minute"] == 2).then_some(())
+    })
+    .await;
+    let (status, body) = team_ask(&b).await;
+    assert_eq!(status, 200, "the third request of the minute: {body}");
+    let (status, body) = team_ask(&b).await;
+    assert_eq!(status, 429, "the fourth, though this host saw one: {body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    a.kill();
+    b.kill();
 }

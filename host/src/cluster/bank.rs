@@ -29,12 +29,14 @@ pub(super) struct BankMessage {
 }
 
 impl Cluster {
-    /// Publish `first` and whatever else is queued (up to a batch).
+    /// Publish `first` and whatever else is queued (up to a batch); if
+    /// Redis fails, hold the batch's approvals for when it is back.
     pub(super) async fn publish_bank(
         &self,
         redis: &mut MultiplexedConnection,
         first: BankChange,
         host: &mut Follower,
+        progress: &mut Progress,
     ) -> redis::RedisResult<()> {
         let mut changes = vec![first];
         while changes.len() < BATCH {
@@ -43,7 +45,11 @@ impl Cluster {
                 Err(_) => break,
             }
         }
-        self.send_bank(redis, changes).await
+        let result = self.send_bank(redis, changes.clone()).await;
+        if result.is_err() {
+            changes.into_iter().for_each(|change| progress.hold(change));
+        }
+        result
     }
 
     /// Publish `changes`, keeping the approvals in `approved`.
@@ -103,8 +109,11 @@ impl Cluster {
             }
         }
         let pending = std::mem::take(&mut progress.pending_approvals);
-        for batch in pending.chunks(BATCH) {
-            self.send_bank(redis, batch.to_vec()).await?;
+        for (sent, batch) in pending.chunks(BATCH).enumerate() {
+            if let Err(error) = self.send_bank(redis, batch.to_vec()).await {
+                progress.pending_approvals = pending[sent * BATCH..].to_vec();
+                return Err(error);
+            }
         }
         Ok(())
     }

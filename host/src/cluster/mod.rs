@@ -161,18 +161,30 @@ struct Progress {
     epoch: Option<String>,
 }
 
+/// What a host serves, as the cluster needs to know it.
+pub struct Serving {
+    /// The generation.
+    pub generation: u64,
+    /// The digest of the manifest it was built from.
+    pub manifest_sha256: String,
+    /// The teams it names, whose limits are shared.
+    pub teams: Vec<String>,
+}
+
 /// What following the cluster needs from the host it runs in.
 pub struct Follower {
     /// The reports of this host's operations (`Operations::subscribe`).
     pub reports: broadcast::Receiver<Report>,
     /// The generation this host serves and its manifest's digest.
-    pub serving: Box<dyn Fn() -> (u64, String) + Send + Sync>,
+    pub serving: Box<dyn Fn() -> Serving + Send + Sync>,
     /// Where `shared_connected` is kept.
     pub metrics: Arc<Metrics>,
     /// Where the other hosts' operations go, for this host to apply.
     pub apply: tokio::sync::mpsc::UnboundedSender<Op>,
     /// The error budgets, whose counts are shared.
     pub ops: Arc<Operations>,
+    /// The teams, whose requests and spend are shared.
+    pub teams: Arc<crate::teams::Teams>,
     /// This host's answer-bank changes, for the others (`Banks::share`).
     pub bank_changes: tokio::sync::mpsc::UnboundedReceiver<crate::bank::BankChange>,
     /// Apply another host's answer-bank change here.
@@ -265,6 +277,7 @@ impl Cluster {
             for (_, series) in host.ops.budgets.all() {
                 lock(&series).set_remote(Vec::new());
             }
+            host.teams.clear_others();
             if joined {
                 backoff = BACKOFF.0;
             }
@@ -330,8 +343,11 @@ impl Cluster {
         let mut messages = pubsub.on_message();
         let result: redis::RedisResult<()> = async {
             self.catch_up(host, &mut redis, progress).await?;
-            if let Some(report) = progress.pending.take() {
-                self.publish(&mut redis, &report, progress).await?;
+            if let Some(report) = progress.pending.take()
+                && let Err(error) = self.publish(&mut redis, &report, progress).await
+            {
+                progress.pending = Some(report);
+                return Err(error);
             }
             self.join_banks(&mut redis, host, progress).await?;
             self.heartbeat(host, &mut redis, progress).await?;
@@ -358,12 +374,16 @@ impl Cluster {
                         }
                     }
                     Some(change) = host.bank_changes.recv() => {
-                        self.publish_bank(&mut redis, change, host).await?;
+                        self.publish_bank(&mut redis, change, host, progress).await?;
                     }
                     report = host.reports.recv() => {
                         if let Ok(report) = report {
-                            if publishable(&report) {
-                                self.publish(&mut redis, &report, progress).await?;
+                            if publishable(&report)
+                                && let Err(error) = self.publish(&mut redis, &report, progress).await
+                            {
+                                // Published when Redis is back.
+                                progress.note(report);
+                                return Err(error);
                             }
                             progress.last = Some(LastOperation::from(&report));
                             self.heartbeat(host, &mut redis, progress).await?;
@@ -373,6 +393,7 @@ impl Cluster {
                         self.catch_up(host, &mut redis, progress).await?;
                         self.heartbeat(host, &mut redis, progress).await?;
                         self.share_budgets(host, &mut redis).await?;
+                        self.share_teams(host, &mut redis).await?;
                     }
                 }
             }
@@ -472,7 +493,11 @@ impl Cluster {
         redis: &mut MultiplexedConnection,
         progress: &Progress,
     ) -> redis::RedisResult<()> {
-        let (generation, manifest_sha256) = (host.serving)();
+        let Serving {
+            generation,
+            manifest_sha256,
+            ..
+        } = (host.serving)();
         let status = HostStatus {
             host: self.host.clone(),
             api: self.api.clone(),

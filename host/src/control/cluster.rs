@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::app::App;
-use crate::cluster::{Follower, OpAction};
+use crate::cluster::{Follower, OpAction, Serving};
 use crate::ops::Trigger;
 
 /// Join the cluster, if the host belongs to one: follow it and apply what
@@ -26,7 +26,11 @@ pub fn join_cluster(app: &Arc<App>) {
         let app = app.clone();
         move || {
             let generation = app.current.load();
-            (generation.number, generation.manifest.sha256.clone())
+            Serving {
+                generation: generation.number,
+                manifest_sha256: generation.manifest.sha256.clone(),
+                teams: generation.manifest.teams.keys().cloned().collect(),
+            }
         }
     };
     let follower = Follower {
@@ -35,6 +39,7 @@ pub fn join_cluster(app: &Arc<App>) {
         metrics: app.metrics.clone(),
         apply,
         ops: app.ops.clone(),
+        teams: app.teams.clone(),
         bank_changes,
         apply_bank: Box::new({
             let app = app.clone();

@@ -154,6 +154,7 @@ async fn teams(State(app): State<Arc<App>>, _: RequireRole<Admin>) -> Result<Res
             "budget": {"usd_per_day": team.usd_per_day, "usd_per_month": team.usd_per_month},
             "over_budget": team.over_budget.as_str(),
             "spend": {"today_usd": spend.today_usd, "month_usd": spend.month_usd},
+            "other_hosts": other_hosts(&app, &team.name),
             "month": {
                 "requests": spend.month_requests,
                 "answered": spend.month_answered,
@@ -164,6 +165,20 @@ async fn teams(State(app): State<Arc<App>>, _: RequireRole<Admin>) -> Result<Res
         }));
     }
     Ok(json_response(StatusCode::OK, &json!({"teams": views})))
+}
+
+/// What the other hosts of the cluster count against `team` (and this
+/// host adds to its own), or null when the host serves alone.
+fn other_hosts(app: &App, team: &str) -> Value {
+    if app.cluster.is_none() {
+        return Value::Null;
+    }
+    let others = app.teams.others(team);
+    json!({
+        "last_minute": others.last_minute,
+        "today_usd": others.today_usd,
+        "month_usd": others.month_usd,
+    })
 }
 
 async fn reload(
