@@ -84,6 +84,11 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// Whether the host shares its banks.
+    fn active(&self) -> bool {
+        self.sender.get().is_some()
+    }
+
     fn send(&self, key: &str, change: Change) {
         if let Some(sender) = self.sender.get() {
             // Nobody receiving means the host is stopping.
@@ -141,7 +146,11 @@ impl Bank {
     /// Remember an unapproved answer; `ttl` of zero means the bank's default.
     /// An approved answer under the same key stays.
     pub fn put(&self, key: String, answer: String, source: &str, ttl: Duration) {
-        if let Some(ttl) = self.store_unapproved(&key, &answer, source, ttl) {
+        // Copied only when the other hosts are told.
+        let copy = self.outbox.active().then(|| (key.clone(), answer.clone()));
+        if let Some(ttl) = self.store_unapproved(key, answer, source, ttl)
+            && let Some((key, answer)) = copy
+        {
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
             let source = source.to_owned();
             self.outbox.send(
@@ -166,7 +175,7 @@ impl Bank {
                 // A zero would mean the bank's default; a remote answer
                 // keeps at most what it had left.
                 let ttl = Duration::from_millis(ttl_ms.max(1));
-                self.store_unapproved(&key, &answer, &source, ttl);
+                self.store_unapproved(key, answer, &source, ttl);
             }
             Change::Approve { answer, source } => self.keep_approved(key, answer, &source),
             Change::Forget => self.unapproved.invalidate(&key),
@@ -177,8 +186,8 @@ impl Bank {
     /// returns the time to live it was given.
     fn store_unapproved(
         &self,
-        key: &str,
-        answer: &str,
+        key: String,
+        answer: String,
         source: &str,
         ttl: Duration,
     ) -> Option<Duration> {
@@ -186,7 +195,7 @@ impl Bank {
             .approved
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(key)
+            .contains_key(&key)
         {
             return None;
         }
@@ -196,10 +205,10 @@ impl Bank {
             ttl.min(Duration::from_secs(self.spec.ttl_s))
         };
         self.unapproved.insert(
-            key.to_owned(),
+            key,
             Expiring {
                 entry: Entry {
-                    answer: answer.to_owned(),
+                    answer,
                     source: source.to_owned(),
                     approved: false,
                 },

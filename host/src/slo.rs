@@ -188,9 +188,10 @@ impl Series {
         };
         let (mut total, mut bad) = (window.total, window.bad);
         for &(_, more, worse) in self.remote.iter().filter(|r| r.0 == seconds) {
-            total += more;
-            bad += worse;
+            total = total.saturating_add(more);
+            bad = bad.saturating_add(worse);
         }
+        let bad = bad.min(total);
         let budget = 1.0 - self.spec.target;
         let burn_rate = if total == 0 {
             0.0

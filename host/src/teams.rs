@@ -71,12 +71,19 @@ pub struct TeamCounts {
 impl TeamCounts {
     /// Add `other`'s counts; spend only if it is for the same periods.
     pub fn add(&mut self, other: &TeamCounts) {
-        self.last_minute += other.last_minute;
+        let usd = |value: f64| {
+            if value.is_finite() {
+                value.max(0.0)
+            } else {
+                0.0
+            }
+        };
+        self.last_minute = self.last_minute.saturating_add(other.last_minute);
         if other.day == self.day {
-            self.today_usd += other.today_usd;
+            self.today_usd += usd(other.today_usd);
         }
         if other.month == self.month {
-            self.month_usd += other.month_usd;
+            self.month_usd += usd(other.month_usd);
         }
     }
 }

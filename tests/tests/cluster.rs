@@ -163,20 +163,50 @@ async fn a_reload_on_one_host_is_applied_by_every_host() {
     b.shutdown().await;
 }
 
+/// Two hosts reading one manifest and a third reading its own copy, of one
+/// cluster, each manifest answering as given.
+struct Trio {
+    _dirs: [tempfile::TempDir; 2],
+    path: std::path::PathBuf,
+    own_path: std::path::PathBuf,
+    a: TestHost,
+    b: TestHost,
+    c: TestHost,
+}
+
+impl Trio {
+    async fn start(redis: &RedisServer, shared: &str, own: &str) -> Trio {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let path = dirs[0].path().join("strata.toml");
+        let own_path = dirs[1].path().join("strata.toml");
+        write(&path, &manifest(&redis.url(), shared));
+        write(&own_path, &manifest(&redis.url(), own));
+        let a = TestHost::start_file(&path).await;
+        let b = TestHost::start_file(&path).await;
+        let c = TestHost::start_file(&own_path).await;
+        members(&a, 3).await;
+        Trio {
+            _dirs: dirs,
+            path,
+            own_path,
+            a,
+            b,
+            c,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_whose_build_fails_keeps_serving_and_says_so() {
     let redis = RedisServer::start();
-    let shared = tempfile::tempdir().unwrap();
-    let path = shared.path().join("strata.toml");
-    write(&path, &manifest(&redis.url(), "first"));
-    // The third host reads its own copy of the files.
-    let own = tempfile::tempdir().unwrap();
-    let own_path = own.path().join("strata.toml");
-    write(&own_path, &manifest(&redis.url(), "first"));
-    let a = TestHost::start_file(&path).await;
-    let b = TestHost::start_file(&path).await;
-    let c = TestHost::start_file(&own_path).await;
-    members(&a, 3).await;
+    let Trio {
+        _dirs: _kept,
+        path,
+        own_path,
+        a,
+        b,
+        c,
+    } = Trio::start(&redis, "first", "first").await;
 
     write(&path, &manifest(&redis.url(), "second"));
     // The third host's copy names a plugin that is not there.
@@ -546,4 +576,75 @@ async fn a_teams_rate_limit_holds_for_the_whole_cluster() {
     assert_eq!(body["error"]["code"], "rate_limited");
     a.kill();
     b.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_given_one_name_still_follow_each_other() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    let text = manifest(&redis.url(), "first").replace("[shared]\n", "[shared]\nhost = \"twin\"\n");
+    write(&path, &text);
+    let a = TestHost::start_file(&path).await;
+    let b = TestHost::start_file(&path).await;
+    // One name, one status: both write it.
+    for host in [&a, &b] {
+        let view = members(host, 1).await;
+        assert_eq!(view["connected"], true, "{view}");
+    }
+    write(
+        &path,
+        &text.replace("answer = \"first\"", "answer = \"second\""),
+    );
+    let (status, report) = a.admin_post("/admin/reload").await;
+    assert_eq!(status, 200, "{report}");
+    serving(&b, 2).await;
+    assert_eq!(answer(&b).await, "second");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_is_followed_only_back_to_the_same_generation() {
+    let redis = RedisServer::start();
+    // The third host started from other files, so its previous generation
+    // is not the one the others return to.
+    let Trio {
+        _dirs: _kept,
+        path,
+        own_path,
+        a,
+        b,
+        c,
+    } = Trio::start(&redis, "first", "its own first").await;
+
+    write(&path, &manifest(&redis.url(), "second"));
+    write(&own_path, &manifest(&redis.url(), "second"));
+    let (status, _) = a.admin_post("/admin/reload").await;
+    assert_eq!(status, 200);
+    serving(&b, 2).await;
+    serving(&c, 2).await;
+
+    let (status, report) = a.admin_post("/admin/rollback").await;
+    assert_eq!(status, 200, "{report}");
+    let state = serving(&b, 3).await;
+    assert_eq!(state["last_operation"]["action"], "rollback", "{state}");
+    assert_eq!(answer(&b).await, "first");
+    let state = within(
+        Duration::from_secs(15),
+        "the third host refuses",
+        || async {
+            let (_, state) = c.admin_get("/admin/pipelines").await;
+            (state["last_operation"]["action"] == "rollback").then_some(state)
+        },
+    )
+    .await;
+    assert_eq!(state["last_operation"]["result"], "failed", "{state}");
+    assert_eq!(state["generation"], 2, "{state}");
+    let error = state["last_operation"]["error"].as_str().unwrap();
+    assert!(error.contains("previous generation"), "{error}");
+    assert_eq!(answer(&c).await, "second");
+    for host in [a, b, c] {
+        host.shutdown().await;
+    }
 }

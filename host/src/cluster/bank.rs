@@ -25,6 +25,8 @@ const MAX_PENDING_APPROVALS: usize = 10_000;
 #[derive(Serialize, Deserialize)]
 pub(super) struct BankMessage {
     origin: String,
+    /// The process that sent it (two may share a host name).
+    instance: String,
     changes: Vec<BankChange>,
 }
 
@@ -71,6 +73,7 @@ impl Cluster {
         }
         let message = BankMessage {
             origin: self.host.clone(),
+            instance: self.instance.clone(),
             changes,
         };
         let text = serde_json::to_string(&message).expect("a message serialises");
@@ -83,7 +86,7 @@ impl Cluster {
     /// Apply another host's published changes; this host's own are skipped.
     pub(super) fn receive_bank(&self, payload: &[u8], host: &Follower) {
         match serde_json::from_slice::<BankMessage>(payload) {
-            Ok(message) if message.origin != self.host => {
+            Ok(message) if message.instance != self.instance => {
                 for change in message.changes {
                     (host.apply_bank)(change);
                 }
@@ -93,21 +96,15 @@ impl Cluster {
         }
     }
 
-    /// On joining: every approved answer the cluster keeps, then this
-    /// host's approvals made while Redis was unreachable.
+    /// On joining: this host's changes made while Redis was unreachable
+    /// first (so they win over older ones kept there), then every approved
+    /// answer the cluster keeps.
     pub(super) async fn join_banks(
         &self,
         redis: &mut MultiplexedConnection,
         host: &Follower,
         progress: &mut Progress,
     ) -> redis::RedisResult<()> {
-        let approved: std::collections::HashMap<String, String> =
-            redis::AsyncCommands::hgetall(redis, self.key("approved")).await?;
-        for text in approved.values() {
-            if let Ok(change) = serde_json::from_str::<BankChange>(text) {
-                (host.apply_bank)(change);
-            }
-        }
         let pending = std::mem::take(&mut progress.pending_approvals);
         for (sent, batch) in pending.chunks(BATCH).enumerate() {
             if let Err(error) = self.send_bank(redis, batch.to_vec()).await {
@@ -115,21 +112,28 @@ impl Cluster {
                 return Err(error);
             }
         }
+        let approved: std::collections::HashMap<String, String> =
+            redis::AsyncCommands::hgetall(redis, self.key("approved")).await?;
+        for text in approved.values() {
+            if let Ok(change) = serde_json::from_str::<BankChange>(text) {
+                (host.apply_bank)(change);
+            }
+        }
         Ok(())
     }
 }
 
 impl Progress {
-    /// Keep an approval made while Redis is unreachable; other changes are
-    /// a cache's and are not worth keeping.
+    /// Keep an approval, or a bad rating's drop, made while Redis is
+    /// unreachable; stored answers are a cache's and are not worth keeping.
     pub(super) fn hold(&mut self, change: BankChange) {
-        if !matches!(change.change, Change::Approve { .. }) {
+        if matches!(change.change, Change::Put { .. }) {
             return;
         }
         if self.pending_approvals.len() >= MAX_PENDING_APPROVALS {
             tracing::warn!(
-                "more than {MAX_PENDING_APPROVALS} approvals while the cluster was unreachable; \
-                 the oldest reach the other hosts only through their own store"
+                "more than {MAX_PENDING_APPROVALS} approvals and drops while the cluster was \
+                 unreachable; the oldest are not published"
             );
             self.pending_approvals.remove(0);
         }

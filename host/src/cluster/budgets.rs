@@ -13,7 +13,7 @@ use super::{Cluster, Follower, lock};
 use crate::slo::WindowSum;
 use crate::teams::TeamCounts;
 
-/// Another host's counts older than this are not counted (it stopped, or
+/// Another host's rates older than this are not counted (it stopped, or
 /// lost Redis, and counts alone).
 const STALE_MS: i64 = 30_000;
 
@@ -43,10 +43,11 @@ impl Cluster {
         let shared = self.exchange(redis, own).await?;
         for ((_, counts), others) in series.iter().zip(shared) {
             let mut sums = std::collections::BTreeMap::<u64, (u64, u64)>::new();
-            for (seconds, total, bad) in others.into_iter().flatten() {
+            let fresh = others.into_iter().filter(|(fresh, _)| *fresh);
+            for (seconds, total, bad) in fresh.flat_map(|(_, windows)| windows) {
                 let sum = sums.entry(seconds).or_default();
-                sum.0 += total;
-                sum.1 += bad;
+                sum.0 = sum.0.saturating_add(total);
+                sum.1 = sum.1.saturating_add(bad);
             }
             let remote = sums
                 .into_iter()
@@ -88,19 +89,28 @@ impl Cluster {
                 month: counts.month,
                 ..TeamCounts::default()
             };
-            others.iter().for_each(|other| sum.add(other));
+            // A silent host's requests leave the minute; its spend, kept in
+            // its store, stays for the day and month it was for.
+            for (fresh, other) in others {
+                let last_minute = if fresh { other.last_minute } else { 0 };
+                sum.add(&TeamCounts {
+                    last_minute,
+                    ..other
+                });
+            }
             host.teams.set_others(team, sum);
         }
         Ok(())
     }
 
     /// For each `(hash, counts)`: write this host's counts under `hash` and
-    /// read the other hosts' recent ones, in one round trip.
+    /// read the other hosts', each with whether it is recent, in one round
+    /// trip.
     async fn exchange<T: Serialize + DeserializeOwned>(
         &self,
         redis: &mut MultiplexedConnection,
         own: Vec<(String, T)>,
-    ) -> redis::RedisResult<Vec<Vec<T>>> {
+    ) -> redis::RedisResult<Vec<Vec<(bool, T)>>> {
         if own.is_empty() {
             return Ok(Vec::new());
         }
@@ -125,8 +135,7 @@ impl Cluster {
                     .into_iter()
                     .filter(|(name, _)| *name != self.host)
                     .filter_map(|(_, text)| serde_json::from_str::<Stamped<T>>(&text).ok())
-                    .filter(|other| now - other.at <= STALE_MS)
-                    .map(|other| other.counts)
+                    .map(|other| (now.saturating_sub(other.at) <= STALE_MS, other.counts))
                     .collect()
             })
             .collect())

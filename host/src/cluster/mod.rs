@@ -43,6 +43,9 @@ use crate::ops::{Operations, Report};
 
 mod bank;
 mod budgets;
+mod ops;
+
+pub use self::ops::{Op, OpAction};
 
 /// How often a host refreshes its status and polls for a missed operation.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -55,34 +58,6 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reconnection back-off: from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
-
-/// How long an operation stays readable for hosts that missed it.
-const OP_TTL_SECONDS: u64 = 24 * 3600;
-
-/// What the other hosts are asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OpAction {
-    /// Read the manifest again and serve it if it loads.
-    Reload,
-    /// Serve the previous generation again.
-    Rollback,
-}
-
-/// An operation one host applied, for the others.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Op {
-    /// Its number in the cluster, increasing.
-    pub seq: u64,
-    /// The host that applied it first.
-    pub origin: String,
-    /// What the others should do.
-    pub action: OpAction,
-    /// What the origin serves after it.
-    pub manifest_sha256: Option<String>,
-    /// When the origin applied it (Unix milliseconds).
-    pub at: i64,
-}
 
 /// The last operation a host ran, in its status.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +94,9 @@ impl From<&Report> for LastOperation {
 pub struct HostStatus {
     /// The host's name in the cluster.
     pub host: String,
+    /// The process behind the name (a new one at every start).
+    #[serde(default)]
+    pub instance: String,
     /// Where its API listens.
     pub api: String,
     /// Where its admin API listens.
@@ -147,10 +125,15 @@ struct Link {
 /// What one host's coordination task remembers across connections.
 #[derive(Default)]
 struct Progress {
-    /// The last cluster operation seen (applied, or this host's own).
+    /// The highest operation number seen (applied, or this host's own);
+    /// `None` until the first contact.
     applied: Option<u64>,
-    /// This host's last operation while Redis was unreachable.
-    pending: Option<Report>,
+    /// The ids of the operations seen lately, so none is applied twice.
+    seen: std::collections::VecDeque<String>,
+    /// This host's operations while Redis was unreachable, in order.
+    pending: Vec<Op>,
+    /// Whether another process was found using this host's name.
+    warned_twin: bool,
     /// This host's last operation, whatever its result.
     last: Option<LastOperation>,
     /// This host's approvals while Redis was unreachable.
@@ -195,6 +178,9 @@ pub struct Follower {
 pub struct Cluster {
     name: String,
     host: String,
+    /// This process, as opposed to its name: two processes given one name
+    /// still tell their own messages from each other's.
+    instance: String,
     redis: String,
     client: redis::Client,
     api: String,
@@ -223,6 +209,7 @@ impl Cluster {
         Ok(Some(Arc::new(Cluster {
             name: shared.cluster_name().to_owned(),
             host,
+            instance: uuid::Uuid::new_v4().to_string(),
             redis: redacted(url),
             client,
             api: api.to_string(),
@@ -286,11 +273,13 @@ impl Cluster {
             loop {
                 tokio::select! {
                     () = &mut pause => break,
-                    report = host.reports.recv() => {
-                        if let Ok(report) = report {
-                            progress.note(report);
+                    report = host.reports.recv() => match report {
+                        Ok(report) => {
+                            let draft = publishable(&report).then(|| self.draft(&report));
+                            progress.note(&report, draft);
                         }
-                    }
+                        Err(error) => lagged(&error),
+                    },
                     Some(change) = host.bank_changes.recv() => progress.hold(change),
                 }
             }
@@ -325,6 +314,7 @@ impl Cluster {
             .await
             .map_err(lost)?;
         if progress.epoch.as_ref().is_some_and(|known| *known != epoch) {
+            tracing::warn!("Redis lost the cluster's data (a new epoch); numbering starts again");
             progress.applied = Some(0);
         }
         progress.epoch = Some(epoch);
@@ -343,11 +333,13 @@ impl Cluster {
         let mut messages = pubsub.on_message();
         let result: redis::RedisResult<()> = async {
             self.catch_up(host, &mut redis, progress).await?;
-            if let Some(report) = progress.pending.take()
-                && let Err(error) = self.publish(&mut redis, &report, progress).await
-            {
-                progress.pending = Some(report);
-                return Err(error);
+            while !progress.pending.is_empty() {
+                let mut op = progress.pending.remove(0);
+                if let Err(error) = self.publish(&mut redis, &mut op, progress).await {
+                    // Again, under the same id, when Redis is back.
+                    progress.pending.insert(0, op);
+                    return Err(error);
+                }
             }
             self.join_banks(&mut redis, host, progress).await?;
             self.heartbeat(host, &mut redis, progress).await?;
@@ -377,17 +369,23 @@ impl Cluster {
                         self.publish_bank(&mut redis, change, host, progress).await?;
                     }
                     report = host.reports.recv() => {
-                        if let Ok(report) = report {
-                            if publishable(&report)
-                                && let Err(error) = self.publish(&mut redis, &report, progress).await
-                            {
-                                // Published when Redis is back.
-                                progress.note(report);
+                        let report = match report {
+                            Ok(report) => report,
+                            Err(error) => {
+                                lagged(&error);
+                                continue;
+                            }
+                        };
+                        if publishable(&report) {
+                            let mut op = self.draft(&report);
+                            if let Err(error) = self.publish(&mut redis, &mut op, progress).await {
+                                // Again, under the same id, when Redis is back.
+                                progress.note(&report, Some(op));
                                 return Err(error);
                             }
-                            progress.last = Some(LastOperation::from(&report));
-                            self.heartbeat(host, &mut redis, progress).await?;
                         }
+                        progress.last = Some(LastOperation::from(&report));
+                        self.heartbeat(host, &mut redis, progress).await?;
                     }
                     _ = tick.tick() => {
                         self.catch_up(host, &mut redis, progress).await?;
@@ -406,92 +404,13 @@ impl Cluster {
         (joined, why)
     }
 
-    /// Apply the cluster's last operation if this host has not seen it.
-    async fn catch_up(
-        &self,
-        host: &Follower,
-        redis: &mut MultiplexedConnection,
-        progress: &mut Progress,
-    ) -> redis::RedisResult<()> {
-        let seq: Option<u64> = redis.get(self.key("seq")).await?;
-        let Some(seq) = seq else {
-            progress.applied.get_or_insert(0);
-            return Ok(());
-        };
-        if progress.applied.is_some_and(|applied| applied >= seq) {
-            return Ok(());
-        }
-        let op: Option<String> = redis.get(self.key(&format!("op:{seq}"))).await?;
-        let Some(op) = op.and_then(|op| serde_json::from_str::<Op>(&op).ok()) else {
-            progress.applied = Some(seq);
-            return Ok(());
-        };
-        if progress.applied.is_none() && op.at <= self.started_at {
-            // This host read its files after that operation.
-            progress.applied = Some(seq);
-            return Ok(());
-        }
-        self.consider(host, op, progress);
-        Ok(())
-    }
-
-    /// Apply `op` unless this host has seen it or made it.
-    fn consider(&self, host: &Follower, op: Op, progress: &mut Progress) {
-        if progress.applied.is_some_and(|applied| applied >= op.seq) {
-            return;
-        }
-        progress.applied = Some(op.seq);
-        if op.origin == self.host {
-            return;
-        }
-        tracing::info!(
-            seq = op.seq,
-            origin = %op.origin,
-            action = ?op.action,
-            "applying an operation of the cluster"
-        );
-        // Nobody applying means the host is stopping.
-        let _ = host.apply.send(op);
-    }
-
-    /// Tell the other hosts to do what `report` did.
-    async fn publish(
-        &self,
-        redis: &mut MultiplexedConnection,
-        report: &Report,
-        progress: &mut Progress,
-    ) -> redis::RedisResult<()> {
-        let seq: u64 = redis.incr(self.key("seq"), 1).await?;
-        let op = Op {
-            seq,
-            origin: self.host.clone(),
-            action: if report.action == "rollback" {
-                OpAction::Rollback
-            } else {
-                OpAction::Reload
-            },
-            manifest_sha256: report.manifest_sha256.clone(),
-            at: report.at,
-        };
-        let text = serde_json::to_string(&op).expect("an operation serialises");
-        redis::pipe()
-            .set_ex(self.key(&format!("op:{seq}")), &text, OP_TTL_SECONDS)
-            .ignore()
-            .publish(self.key("ops"), &text)
-            .ignore()
-            .exec_async(redis)
-            .await?;
-        progress.applied = Some(progress.applied.unwrap_or(0).max(seq));
-        tracing::info!(seq, action = ?op.action, "published an operation to the cluster");
-        Ok(())
-    }
-
-    /// Write this host's status.
+    /// Write this host's status, and say so if another process wrote one
+    /// under the same name since.
     async fn heartbeat(
         &self,
         host: &Follower,
         redis: &mut MultiplexedConnection,
-        progress: &Progress,
+        progress: &mut Progress,
     ) -> redis::RedisResult<()> {
         let Serving {
             generation,
@@ -500,6 +419,7 @@ impl Cluster {
         } = (host.serving)();
         let status = HostStatus {
             host: self.host.clone(),
+            instance: self.instance.clone(),
             api: self.api.clone(),
             admin: self.admin.clone(),
             generation,
@@ -510,7 +430,27 @@ impl Cluster {
             heartbeat_at: crate::store::now_millis(),
         };
         let text = serde_json::to_string(&status).expect("a status serialises");
-        redis.hset(self.key("hosts"), &self.host, text).await
+        let (before,): (Option<String>,) = redis::pipe()
+            .hget(self.key("hosts"), &self.host)
+            .hset(self.key("hosts"), &self.host, text)
+            .ignore()
+            .query_async(redis)
+            .await?;
+        let twin = before
+            .and_then(|text| serde_json::from_str::<HostStatus>(&text).ok())
+            .filter(|before| before.instance != self.instance)
+            .filter(|before| status.heartbeat_at.saturating_sub(before.heartbeat_at) < STALE_MS);
+        if let Some(twin) = twin
+            && !progress.warned_twin
+        {
+            progress.warned_twin = true;
+            tracing::warn!(
+                host = %self.host, other_api = %twin.api,
+                "another process of the cluster uses this host's name; give each host its own \
+                 [shared] host, or leave it unset"
+            );
+        }
+        Ok(())
     }
 
     fn link(&self) -> Link {
@@ -575,7 +515,7 @@ impl Cluster {
         let views: Vec<serde_json::Value> = statuses
             .iter()
             .map(|status| {
-                let stale = now - status.heartbeat_at > STALE_MS;
+                let stale = now.saturating_sub(status.heartbeat_at) > STALE_MS;
                 let in_step = reference.as_deref() == Some(status.manifest_sha256.as_str());
                 let mut view = serde_json::to_value(status).expect("a status serialises");
                 view["stale"] = stale.into();
@@ -602,14 +542,28 @@ impl Cluster {
 }
 
 impl Progress {
-    /// Remember `report` while Redis is unreachable: the last one that the
-    /// other hosts should follow is published when it is back.
-    fn note(&mut self, report: Report) {
-        self.last = Some(LastOperation::from(&report));
-        if publishable(&report) {
-            self.pending = Some(report);
+    /// Remember `report` while Redis is unreachable (or just lost): its
+    /// operation, if the other hosts should follow it, is published when
+    /// Redis is back, after any others kept before it.
+    fn note(&mut self, report: &Report, op: Option<Op>) {
+        /// The most operations kept while Redis is unreachable.
+        const MAX_PENDING: usize = 64;
+        self.last = Some(LastOperation::from(report));
+        if let Some(op) = op {
+            if self.pending.len() >= MAX_PENDING {
+                tracing::warn!(
+                    "more than {MAX_PENDING} operations while the cluster was unreachable; the oldest is not published"
+                );
+                self.pending.remove(0);
+            }
+            self.pending.push(op);
         }
     }
+}
+
+/// A follower that fell behind the host's reports lost some of them.
+fn lagged(error: &broadcast::error::RecvError) {
+    tracing::warn!(%error, "the cluster follower missed reports of this host's operations");
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
