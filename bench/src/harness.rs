@@ -313,7 +313,11 @@ pub fn wrk_body(load: &Load, url: &str, input: &str) -> anyhow::Result<Figures> 
 }
 
 fn wrk_json(load: &Load, url: &str, body: &str) -> anyhow::Result<Figures> {
-    let script = std::env::temp_dir().join(format!("strata-bench-{}.lua", std::process::id()));
+    // One script per run: the cluster scenario runs several wrk at once.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let script =
+        std::env::temp_dir().join(format!("strata-bench-{}-{run}.lua", std::process::id()));
     let lua_body = body.replace('\\', "\\\\").replace('\'', "\\'");
     std::fs::write(
         &script,

@@ -19,6 +19,7 @@
 //! Run it through `scripts/bench`, which builds what it needs first.
 
 mod background;
+mod cluster;
 mod foundation;
 mod harness;
 mod http_stage;
@@ -90,6 +91,9 @@ enum Scenario {
     /// The demo's rules stages pre-initialised by `init`, against the same
     /// stages built to keep nothing from it.
     Init,
+    /// One host alone against one, two and three hosts sharing Redis; how
+    /// long a reload takes to reach the others.
+    Cluster,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -120,6 +124,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Polyglot => ("polyglot", polyglot::run(&root, &load)?),
             Scenario::HttpStage => ("http-stage", http_stage::run(&root, &load)?),
             Scenario::Init => ("init", init::run(&root, &load)?),
+            Scenario::Cluster => ("cluster", cluster::run(&root, &load)?),
             Scenario::Async => {
                 let settings = background::Settings {
                     trace: layers::Trace {
