@@ -648,3 +648,37 @@ async fn a_rollback_is_followed_only_back_to_the_same_generation() {
         host.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_outright_is_shown_stale_and_the_others_serve_on() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    write(&path, &manifest(&redis.url(), "first"));
+    let a = TestHost::start_file(&path).await;
+    let doomed = HostProcess::serve(env!("CARGO_BIN_EXE_strata-under-test"), &path, |command| {
+        command.arg("--data").arg(dir.path().join("doomed"));
+    });
+    members(&a, 2).await;
+    // SIGKILL: no shutdown, so its status stays behind.
+    doomed.kill();
+    let view = within(
+        Duration::from_secs(30),
+        "the dead host is stale",
+        || async {
+            let (_, view) = a.admin_get("/admin/cluster").await;
+            let hosts = view["hosts"].as_array()?;
+            (hosts.len() == 2 && hosts.iter().any(|h| h["stale"] == true)).then_some(view.clone())
+        },
+    )
+    .await;
+    // Only live hosts count towards being in step.
+    assert_eq!(view["in_step"], true, "{view}");
+    assert_eq!(answer(&a).await, "first");
+    // A reload still applies, and the live host is in step after it.
+    write(&path, &manifest(&redis.url(), "second"));
+    let (status, report) = a.admin_post("/admin/reload").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(answer(&a).await, "second");
+    a.shutdown().await;
+}
