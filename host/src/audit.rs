@@ -154,6 +154,10 @@ impl AuditReport {
                     "allow": manifest.callbacks.allow,
                     "secret_env": manifest.callbacks.secret_env,
                 },
+                "shared": manifest.shared.redis.as_deref().map(|url| serde_json::json!({
+                    "redis": crate::cluster::redacted(url),
+                    "cluster": manifest.shared.cluster_name(),
+                })),
             }),
             stages,
         }
@@ -216,6 +220,16 @@ impl AuditReport {
                 )
             }
         );
+        let shared = &self.egress["shared"];
+        let _ = match shared["redis"].as_str() {
+            None => writeln!(out, "  shared    none"),
+            Some(redis) => writeln!(
+                out,
+                "  shared    {redis} (cluster \"{}\"): this host applies the other hosts' reloads \
+                 and rollbacks and shares answers, error budgets and team limits with them",
+                shared["cluster"].as_str().unwrap_or_default()
+            ),
+        };
         for s in &self.stages {
             let _ = writeln!(
                 out,

@@ -352,6 +352,7 @@ fn audit_names_where_the_host_itself_sends_data() {
         text.contains("  callbacks 127.0.0.1:9000 (signed with the key in STRATA_CALLBACK_SECRET)"),
         "{text}"
     );
+    assert!(text.contains("  shared    none"), "{text}");
     let (_, json, _) = strata(&["audit", demo.to_str().unwrap(), "--json"]);
     let report: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(
@@ -362,4 +363,21 @@ fn audit_names_where_the_host_itself_sends_data() {
         report["egress"]["model_providers"]["local"],
         "http://127.0.0.1:8000/v1"
     );
+    assert_eq!(report["egress"]["shared"], Value::Null);
+
+    // A host of a cluster says so, without the Redis password.
+    let dir = tempfile::tempdir().unwrap();
+    let clustered = strata_tests::demo_manifest_in(dir.path(), strata_tests::UNREACHABLE_PROVIDER);
+    let text = std::fs::read_to_string(&clustered).unwrap()
+        + "\n[shared]\nredis = \"redis://strata:s3cret@10.0.0.7:6379/0\"\ncluster = \"support\"\n";
+    std::fs::write(&clustered, text).unwrap();
+    let (code, text, stderr) = strata(&["audit", clustered.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        text.contains(
+            "  shared    redis://***@10.0.0.7:6379/0 (cluster \"support\"): this host applies"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
 }

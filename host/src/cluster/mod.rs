@@ -586,7 +586,7 @@ fn machine_name() -> String {
 }
 
 /// `url` without its password, for logs and views.
-fn redacted(url: &str) -> String {
+pub fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}***{}", &url[..scheme + 3], &url[at..])
