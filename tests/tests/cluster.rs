@@ -682,3 +682,41 @@ async fn a_host_killed_outright_is_shown_stale_and_the_others_serve_on() {
     assert_eq!(answer(&a).await, "second");
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_restarts_empty_is_joined_again_and_numbering_starts_over() {
+    let mut redis = RedisServer::start();
+    let port = redis.port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strata.toml");
+    write(&path, &manifest(&redis.url(), "first"));
+    let a = TestHost::start_file(&path).await;
+    let b = TestHost::start_file(&path).await;
+    members(&a, 2).await;
+    // Number a few operations, so the hosts have seen more than a fresh
+    // Redis will have.
+    for (generation, answer_now) in [(2, "second"), (3, "third")] {
+        write(&path, &manifest(&redis.url(), answer_now));
+        let (status, _) = a.admin_post("/admin/reload").await;
+        assert_eq!(status, 200);
+        // Read by the other host before the file changes again.
+        serving(&b, generation).await;
+    }
+
+    // Redis restarts without its data (no persistence).
+    redis.kill();
+    let _redis = RedisServer::start_on(port);
+    members(&a, 2).await;
+    members(&b, 2).await;
+    // The first operation of the new data is numbered 1 and still followed.
+    write(&path, &manifest(&redis.url(), "fourth"));
+    let (status, _) = a.admin_post("/admin/reload").await;
+    assert_eq!(status, 200);
+    let state = serving(&b, 4).await;
+    assert_eq!(state["last_operation"]["trigger"], "cluster", "{state}");
+    assert_eq!(answer(&b).await, "fourth");
+    let (_, view) = b.admin_get("/admin/cluster").await;
+    assert_eq!(view["latest_operation"]["seq"], 1, "{view}");
+    a.shutdown().await;
+    b.shutdown().await;
+}

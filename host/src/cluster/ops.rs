@@ -104,16 +104,18 @@ impl Cluster {
             .await?
             .unwrap_or(0);
         let first_contact = progress.applied.is_none();
-        let applied = progress.applied.unwrap_or(0);
+        let mut applied = progress.applied.unwrap_or(0);
         if seq < applied {
-            // Restored from a snapshot, a lagging replica, or flushed.
+            // Restored from a snapshot, a lagging replica, or flushed: read
+            // the numbering again from its start; ids keep what was seen
+            // from being applied twice.
             tracing::warn!(
                 seq,
                 applied,
-                "the cluster's numbering went back; following it from here"
+                "the cluster's numbering went back; following it again"
             );
-            progress.applied = Some(seq);
-            return Ok(());
+            applied = 0;
+            progress.applied = Some(0);
         }
         if seq == applied && !first_contact {
             return Ok(());
