@@ -132,6 +132,14 @@ async fn a_reload_on_one_host_is_applied_by_every_host() {
     for host in [&a, &b, &c] {
         assert_eq!(answer(host).await, "second");
     }
+    let sent = "strata_cluster_messages_total{kind=\"operation\",direction=\"published\"} 1";
+    assert!(a.metrics().await.contains(sent), "{}", a.metrics().await);
+    let received = "strata_cluster_messages_total{kind=\"operation\",direction=\"received\"} 1";
+    assert!(
+        b.metrics().await.contains(received),
+        "{}",
+        b.metrics().await
+    );
 
     // Every host's status says it is in step with the operation.
     let view = within(Duration::from_secs(15), "statuses catch up", || async {

@@ -47,9 +47,13 @@ impl Cluster {
                 Err(_) => break,
             }
         }
+        let count = changes.len() as u64;
         let result = self.send_bank(redis, changes.clone()).await;
-        if result.is_err() {
-            changes.into_iter().for_each(|change| progress.hold(change));
+        match result {
+            Ok(()) => host
+                .metrics
+                .cluster_messages("bank_change", "published", count),
+            Err(_) => changes.into_iter().for_each(|change| progress.hold(change)),
         }
         result
     }
@@ -87,6 +91,9 @@ impl Cluster {
     pub(super) fn receive_bank(&self, payload: &[u8], host: &Follower) {
         match serde_json::from_slice::<BankMessage>(payload) {
             Ok(message) if message.instance != self.instance => {
+                let count = message.changes.len() as u64;
+                host.metrics
+                    .cluster_messages("bank_change", "received", count);
                 for change in message.changes {
                     (host.apply_bank)(change);
                 }

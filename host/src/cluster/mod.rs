@@ -335,7 +335,7 @@ impl Cluster {
             self.catch_up(host, &mut redis, progress).await?;
             while !progress.pending.is_empty() {
                 let mut op = progress.pending.remove(0);
-                if let Err(error) = self.publish(&mut redis, &mut op, progress).await {
+                if let Err(error) = self.publish(host, &mut redis, &mut op, progress).await {
                     // Again, under the same id, when Redis is back.
                     progress.pending.insert(0, op);
                     return Err(error);
@@ -378,7 +378,7 @@ impl Cluster {
                         };
                         if publishable(&report) {
                             let mut op = self.draft(&report);
-                            if let Err(error) = self.publish(&mut redis, &mut op, progress).await {
+                            if let Err(error) = self.publish(host, &mut redis, &mut op, progress).await {
                                 // Again, under the same id, when Redis is back.
                                 progress.note(&report, Some(op));
                                 return Err(error);

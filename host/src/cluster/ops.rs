@@ -73,6 +73,7 @@ impl Cluster {
     /// Number `op` and tell the other hosts.
     pub(super) async fn publish(
         &self,
+        host: &Follower,
         redis: &mut MultiplexedConnection,
         op: &mut Op,
         progress: &mut Progress,
@@ -88,6 +89,7 @@ impl Cluster {
             .exec_async(redis)
             .await?;
         progress.applied = Some(progress.applied.unwrap_or(0).max(op.seq));
+        host.metrics.cluster_messages("operation", "published", 1);
         tracing::info!(seq = op.seq, action = ?op.action, "published an operation to the cluster");
         Ok(())
     }
@@ -164,6 +166,7 @@ impl Cluster {
             action = ?op.action,
             "applying an operation of the cluster"
         );
+        host.metrics.cluster_messages("operation", "received", 1);
         // Nobody applying means the host is stopping.
         let _ = host.apply.send(op);
     }

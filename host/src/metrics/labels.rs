@@ -174,6 +174,15 @@ pub struct OperationLabels {
     pub result: String,
 }
 
+/// Labels of what a host exchanged with its cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    /// `operation` or `bank_change`.
+    pub kind: String,
+    /// `published` (this host's, sent) or `received` (another host's, to apply).
+    pub direction: String,
+}
+
 /// Labels of a burn-rate window.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WindowLabels {

@@ -39,10 +39,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use self::labels::{
-    CallLabels, CostLabels, DeliveryLabels, FailureLabels, FeaturesLabels, LayerLabels,
-    LookupLabels, OperationLabels, PipelineLabels, RatingLabels, ReasonLabels, RequestLabels,
-    StageLabels, StageResultLabels, StatusLabels, TeamLabels, TierLabels, TokenLabels,
-    WindowLabels,
+    CallLabels, ClusterLabels, CostLabels, DeliveryLabels, FailureLabels, FeaturesLabels,
+    LayerLabels, LookupLabels, OperationLabels, PipelineLabels, RatingLabels, ReasonLabels,
+    RequestLabels, StageLabels, StageResultLabels, StatusLabels, TeamLabels, TierLabels,
+    TokenLabels, WindowLabels,
 };
 use crate::pipeline::Execution;
 
@@ -72,6 +72,7 @@ pub struct Metrics {
     operations: Family<OperationLabels, Counter>,
     generation: Gauge,
     shared_connected: Gauge,
+    cluster: Family<ClusterLabels, Counter>,
     burn_rate: Family<WindowLabels, Gauge<f64, AtomicU64>>,
     alert_firing: Family<WindowLabels, Gauge>,
     ratings: Family<RatingLabels, Counter>,
@@ -158,6 +159,12 @@ impl Metrics {
         );
         let generation = Gauge::default();
         registry.register("generation", "The serving generation", generation.clone());
+        let cluster = Family::default();
+        registry.register(
+            "cluster_messages",
+            "Operations and answer-bank changes this host published to its cluster or received from it",
+            cluster.clone(),
+        );
         let shared_connected = Gauge::default();
         registry.register(
             "shared_connected",
@@ -315,6 +322,7 @@ impl Metrics {
             operations,
             generation,
             shared_connected,
+            cluster,
             burn_rate,
             alert_firing,
         }
@@ -531,6 +539,16 @@ impl Metrics {
     /// Note whether the host reaches `[shared] redis`.
     pub fn shared_connected(&self, connected: bool) {
         self.shared_connected.set(i64::from(connected));
+    }
+
+    /// Count `count` cluster messages of `kind` in `direction`.
+    pub fn cluster_messages(&self, kind: &str, direction: &str, count: u64) {
+        self.cluster
+            .get_or_create(&ClusterLabels {
+                kind: kind.to_owned(),
+                direction: direction.to_owned(),
+            })
+            .inc_by(count);
     }
 
     /// Set a burn-rate window's gauges (done just before each scrape).
