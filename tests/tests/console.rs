@@ -19,7 +19,7 @@ use fantoccini::cookies::Cookie;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use strata::auth::Tokens;
-use strata_tests::{SMALL_RUNTIME, TestHost, components, toml_str, workspace_root};
+use strata_tests::{RedisServer, SMALL_RUNTIME, TestHost, components, toml_str, workspace_root};
 
 const REVIEWER: &str = "reviewer-secret";
 const ADMIN: &str = "admin-secret";
@@ -233,13 +233,21 @@ async fn ticket_of(host: &TestHost, request: &str) -> i64 {
 
 #[tokio::test]
 async fn a_reviewer_and_an_operator_work_through_the_console() {
+    // The host is one of two serving as one, so the dashboard shows the
+    // cluster too.
+    let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
+    let shared = format!(
+        "[shared]\nredis = \"{}\"\ncluster = \"console\"\n",
+        redis.url()
+    );
     let host = TestHost::start_in(
         dir,
-        &manifest(),
+        &format!("{shared}{}", manifest()),
         Tokens::new(None, Some(REVIEWER.into()), Some(ADMIN.into())),
     )
     .await;
+    let second_host = TestHost::start_file(host.manifest()).await;
     let pin = escalate(&host, "How do I reset my PIN?").await;
     let pin_again = escalate(&host, "how do I reset my PIN").await;
     let card = escalate(&host, "Where is my new card?").await;
@@ -407,6 +415,27 @@ async fn a_reviewer_and_an_operator_work_through_the_console() {
     sign_in(&client, &admin, ADMIN).await;
     wait_text(&client, "#stage-p-first", "canary").await;
     wait_text(&client, "#requests-desk", "").await;
+    // Both hosts, this one marked; the page reloads its data every 30 s, so
+    // the second host's first status may need one more load.
+    let in_step = |table: &str| {
+        // The first line is the header.
+        table
+            .lines()
+            .skip(1)
+            .filter(|row| row.contains(" in step"))
+            .count()
+    };
+    let mut cluster = wait_text(&client, "#cluster", "(this host)").await;
+    for _ in 0..20 {
+        if in_step(&cluster) >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        client.refresh().await.unwrap();
+        cluster = wait_text(&client, "#cluster", "(this host)").await;
+    }
+    assert_eq!(in_step(&cluster), 2, "{cluster}");
+    wait_text(&client, "#cluster-summary", "Every live host is in step").await;
     shot(&client, "dashboard").await;
     click(&client, "#promote-p-first").await;
     client
@@ -434,4 +463,5 @@ async fn a_reviewer_and_an_operator_work_through_the_console() {
 
     client.close().await.unwrap();
     host.shutdown().await;
+    second_host.shutdown().await;
 }

@@ -174,16 +174,48 @@
         el("td", { class: t.over_budget_now ? "firing" : "calm" }, t.over_budget_now ? `yes: ${t.over_budget}` : "no"))))))];
   }
 
+  // Hosts serving as one (`[shared]`): what each serves and its last
+  // operation; nothing when this host serves alone.
+  async function clusterSection() {
+    let cluster;
+    try {
+      cluster = await api("GET", "/admin/cluster");
+    } catch (e) {
+      if (e.code === "no_cluster") return [];
+      return [el("h2", {}, "Cluster"), el("p", { id: "cluster", class: "firing" }, e.message)];
+    }
+    const summary = cluster.in_step
+      ? `Every live host is in step (cluster ${cluster.cluster}, Redis ${cluster.redis}).`
+      : `Not every host is in step (cluster ${cluster.cluster}, Redis ${cluster.redis}).`;
+    return [el("h2", {}, "Cluster"),
+      el("p", { id: "cluster-summary", class: cluster.in_step ? "calm" : "firing" }, summary),
+      el("div", { class: "scroll" }, el("table", { id: "cluster" },
+        el("thead", {}, el("tr", {}, ["host", "generation", "manifest", "in step", "last operation"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, cluster.hosts.map((h) => {
+          const last = h.last_operation;
+          const operation = last ? `${last.action} ${last.result} (${last.trigger})${last.error ? `: ${last.error}` : ""}` : "–";
+          const step = h.stale ? "stale" : (h.in_step ? "in step" : "out of step");
+          return el("tr", {},
+            el("td", {}, h.host === cluster.host ? `${h.host} (this host)` : h.host),
+            el("td", {}, String(h.generation)),
+            el("td", {}, el("code", {}, String(h.manifest_sha256).slice(0, 16))),
+            el("td", { class: h.in_step && !h.stale ? "calm" : "firing" }, step),
+            el("td", {}, operation));
+        }))))];
+  }
+
   async function load() {
     try {
-      const [serving, audit, teams] = await Promise.all([
-        api("GET", "/admin/pipelines"), api("GET", "/admin/audit?limit=20"), api("GET", "/admin/teams")]);
+      const [serving, audit, teams, cluster] = await Promise.all([
+        api("GET", "/admin/pipelines"), api("GET", "/admin/audit?limit=20"), api("GET", "/admin/teams"),
+        clusterSection()]);
       const sections = await Promise.all(serving.pipelines.map(pipelineSection));
       app.replaceChildren(
         el("p", { id: "generation" }, `Serving generation ${serving.generation}, loaded ${new Date(serving.loaded_at).toLocaleString()}, manifest sha256 `,
           el("code", {}, String(serving.manifest.sha256).slice(0, 16))),
         ...(sections.length ? sections : [el("div", { class: "empty" }, "The manifest defines no pipelines.")]),
         ...(teamsTable(teams.teams) || []),
+        ...cluster,
         el("h2", {}, "Audit log"),
         auditLog(audit.entries));
     } catch (e) {
