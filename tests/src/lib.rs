@@ -541,6 +541,23 @@ impl RedisServer {
         assert!(status.success(), "kill {signal} {pid} failed");
     }
 
+    /// Run one command (arguments as given) and return Redis's reply as
+    /// it comes on the wire, e.g. `:1\r\n` or `+OK\r\n`.
+    pub fn command(&self, args: &[&str]) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("Redis accepts");
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).expect("Redis reads");
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let mut reply = [0u8; 512];
+        let read = stream.read(&mut reply).expect("Redis replies");
+        String::from_utf8_lossy(&reply[..read]).into_owned()
+    }
+
     /// Kill it (SIGKILL) and wait until it is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

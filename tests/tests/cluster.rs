@@ -132,14 +132,17 @@ async fn a_reload_on_one_host_is_applied_by_every_host() {
     for host in [&a, &b, &c] {
         assert_eq!(answer(host).await, "second");
     }
-    let sent = "strata_cluster_messages_total{kind=\"operation\",direction=\"published\"} 1";
+    // Once, not again at the next polls.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let sent = "strata_cluster_messages_total{kind=\"operation\",direction=\"published\"} 1\n";
     assert!(a.metrics().await.contains(sent), "{}", a.metrics().await);
-    let received = "strata_cluster_messages_total{kind=\"operation\",direction=\"received\"} 1";
-    assert!(
-        b.metrics().await.contains(received),
-        "{}",
-        b.metrics().await
-    );
+    let received = "strata_cluster_messages_total{kind=\"operation\",direction=\"received\"} 1\n";
+    for host in [&b, &c] {
+        let metrics = host.metrics().await;
+        assert!(metrics.contains(received), "{metrics}");
+        let (_, state) = host.admin_get("/admin/pipelines").await;
+        assert_eq!(state["generation"], 2, "{state}");
+    }
 
     // Every host's status says it is in step with the operation.
     let view = within(Duration::from_secs(15), "statuses catch up", || async {
@@ -638,6 +641,11 @@ async fn a_rollback_is_followed_only_back_to_the_same_generation() {
     let state = serving(&b, 3).await;
     assert_eq!(state["last_operation"]["action"], "rollback", "{state}");
     assert_eq!(answer(&b).await, "first");
+    // Not twice: a second rollback would put "second" back.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, state) = b.admin_get("/admin/pipelines").await;
+    assert_eq!(state["generation"], 3, "{state}");
+    assert_eq!(answer(&b).await, "first");
     let state = within(
         Duration::from_secs(15),
         "the third host refuses",
@@ -688,6 +696,22 @@ async fn a_host_killed_outright_is_shown_stale_and_the_others_serve_on() {
     let (status, report) = a.admin_post("/admin/reload").await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(answer(&a).await, "second");
+    let view = within(Duration::from_secs(15), "the status catches up", || async {
+        let (_, view) = a.admin_get("/admin/cluster").await;
+        let hosts = view["hosts"].as_array()?;
+        hosts
+            .iter()
+            .any(|h| h["generation"] == 2 && h["in_step"] == true)
+            .then_some(view.clone())
+    })
+    .await;
+    assert_eq!(view["in_step"], true, "{view}");
+    let hosts = view["hosts"].as_array().unwrap();
+    assert_eq!(
+        hosts.iter().filter(|h| h["stale"] == true).count(),
+        1,
+        "{view}"
+    );
     a.shutdown().await;
 }
 
@@ -713,18 +737,32 @@ async fn a_redis_that_restarts_empty_is_joined_again_and_numbering_starts_over()
 
     // Redis restarts without its data (no persistence).
     redis.kill();
-    let _redis = RedisServer::start_on(port);
+    let restarted = RedisServer::start_on(port);
     members(&a, 2).await;
     members(&b, 2).await;
-    // The first operation of the new data is numbered 1 and still followed.
+    // The first operation of the new data is numbered 1, below what the
+    // hosts have seen, and written without a message: only a poll that
+    // follows the new numbering finds it.
     write(&path, &manifest(&redis.url(), "fourth"));
-    let (status, _) = a.admin_post("/admin/reload").await;
-    assert_eq!(status, 200);
-    let state = serving(&b, 4).await;
-    assert_eq!(state["last_operation"]["trigger"], "cluster", "{state}");
-    assert_eq!(answer(&b).await, "fourth");
-    let (_, view) = b.admin_get("/admin/cluster").await;
-    assert_eq!(view["latest_operation"]["seq"], 1, "{view}");
+    let cluster = format!("strata:test-{}-{port}", std::process::id());
+    assert_eq!(
+        restarted.command(&["INCR", &format!("{cluster}:seq")]),
+        ":1\r\n"
+    );
+    let op = serde_json::json!({
+        "seq": 1, "id": "written-by-hand", "origin": "elsewhere", "instance": "elsewhere",
+        "action": "reload", "manifest_sha256": null, "at": 0,
+    });
+    let set = restarted.command(&["SET", &format!("{cluster}:op:1"), &op.to_string()]);
+    assert_eq!(set, "+OK\r\n");
+    for host in [&a, &b] {
+        let state = serving(host, 4).await;
+        assert_eq!(
+            state["last_operation"]["actor"], "host elsewhere",
+            "{state}"
+        );
+        assert_eq!(answer(host).await, "fourth");
+    }
     a.shutdown().await;
     b.shutdown().await;
 }

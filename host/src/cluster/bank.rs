@@ -119,6 +119,16 @@ impl Cluster {
                 return Err(error);
             }
         }
+        self.load_approved(redis, host).await
+    }
+
+    /// Every approved answer the cluster keeps, into this host's banks (of
+    /// the pipelines it serves: again after a generation adds one).
+    pub(super) async fn load_approved(
+        &self,
+        redis: &mut MultiplexedConnection,
+        host: &Follower,
+    ) -> redis::RedisResult<()> {
         let approved: std::collections::HashMap<String, String> =
             redis::AsyncCommands::hgetall(redis, self.key("approved")).await?;
         for text in approved.values() {

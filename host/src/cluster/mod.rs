@@ -16,11 +16,12 @@
 //! last operation, `INCR`), `op:{seq}` (each operation, JSON, kept a day), the
 //! channel `ops` (each operation as it is published) and `hosts` (a hash:
 //! each host's status, JSON, refreshed every second, removed when the host
-//! stops). A host that missed a message (a dropped connection, a restarted
-//! Redis) finds the operation on its next poll of `seq`, within a second.
+//! stops). A host that missed messages (a dropped connection, a restarted
+//! Redis) finds the operations on its next poll of `seq`, within a second,
+//! and applies them in order (`ops.rs`).
 //! While Redis is unreachable every host keeps serving and operating on its
-//! own, retrying with back-off; its last operation of that time is published
-//! when Redis is back.
+//! own, retrying with back-off; its operations of that time (the last 64)
+//! are published, in order, when Redis is back.
 //!
 //! Error budgets are shared the same way: every second each host writes
 //! its own counts of every series' windows to `slo:{series}` (a hash, one
@@ -128,6 +129,9 @@ struct Progress {
     /// The highest operation number seen (applied, or this host's own);
     /// `None` until the first contact.
     applied: Option<u64>,
+    /// An operation number found missing (numbered, not written) at the
+    /// last poll: skipped if it is still missing at the next.
+    missing: Option<u64>,
     /// The ids of the operations seen lately, so none is applied twice.
     seen: std::collections::VecDeque<String>,
     /// This host's operations while Redis was unreachable, in order.
@@ -361,7 +365,7 @@ impl Cluster {
                             continue;
                         }
                         match serde_json::from_slice::<Op>(payload) {
-                            Ok(op) => self.consider(host, op, progress),
+                            Ok(op) => self.receive(host, &mut redis, op, progress).await?,
                             Err(error) => tracing::warn!(%error, "ignoring a malformed cluster operation"),
                         }
                     }
@@ -383,6 +387,11 @@ impl Cluster {
                                 progress.note(&report, Some(op));
                                 return Err(error);
                             }
+                        }
+                        if report.result == "applied" {
+                            // A pipeline the new generation adds gets the
+                            // cluster's approved answers.
+                            self.load_approved(&mut redis, host).await?;
                         }
                         progress.last = Some(LastOperation::from(&report));
                         self.heartbeat(host, &mut redis, progress).await?;

@@ -88,7 +88,8 @@ impl Cluster {
             .ignore()
             .exec_async(redis)
             .await?;
-        progress.applied = Some(progress.applied.unwrap_or(0).max(op.seq));
+        // `applied` moves only through numbers in order: another host's
+        // operation numbered before this one is still fetched by a poll.
         host.metrics.cluster_messages("operation", "published", 1);
         tracing::info!(seq = op.seq, action = ?op.action, "published an operation to the cluster");
         Ok(())
@@ -139,24 +140,42 @@ impl Cluster {
                     progress.first_sighting(&op.id);
                 }
                 Some(op) => self.consider(host, op, progress),
-                // Numbered and not yet written: the next poll (or its
-                // message) brings it.
-                None if number == seq => {
+                // Numbered and not written yet (its publisher is between
+                // the two commands): wait for it, one poll. Still missing
+                // at the next (its publisher died, or it expired): go on.
+                None if progress.missing != Some(number) => {
+                    progress.missing = Some(number);
                     progress.applied = Some(number - 1);
                     return Ok(());
                 }
-                // Expired, or written late by a slower publisher whose
-                // message still comes.
-                None => {}
+                None => progress.missing = None,
             }
+            progress.applied = Some(number);
         }
-        progress.applied = Some(seq.max(progress.applied.unwrap_or(0)));
+        Ok(())
+    }
+
+    /// A published operation, as its message arrives: the ones numbered
+    /// before it that this host has not seen are applied first, in order.
+    pub(super) async fn receive(
+        &self,
+        host: &Follower,
+        redis: &mut MultiplexedConnection,
+        op: Op,
+        progress: &mut Progress,
+    ) -> redis::RedisResult<()> {
+        let next = progress.applied.unwrap_or(0) + 1;
+        if op.seq > next {
+            self.catch_up(host, redis, progress).await?;
+        } else if op.seq == next {
+            progress.applied = Some(op.seq);
+        }
+        self.consider(host, op, progress);
         Ok(())
     }
 
     /// Apply `op` unless this host has seen it or made it.
     pub(super) fn consider(&self, host: &Follower, op: Op, progress: &mut Progress) {
-        progress.applied = Some(progress.applied.unwrap_or(0).max(op.seq));
         if !progress.first_sighting(&op.id) || op.instance == self.instance {
             return;
         }

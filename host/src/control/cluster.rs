@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::app::App;
 use crate::cluster::{Follower, OpAction, Serving};
-use crate::ops::{Report, Trigger};
+use crate::ops::Trigger;
 
 /// Join the cluster, if the host belongs to one: follow it and apply what
 /// the other hosts did, one operation at a time.
@@ -75,7 +75,10 @@ pub fn join_cluster(app: &Arc<App>) {
                             super::reload(&app, trigger).await;
                         }
                         OpAction::Rollback => {
-                            follow_rollback(&app, trigger, op.manifest_sha256.as_deref()).await;
+                            // Only back to the manifest the origin returned
+                            // to, and never twice (a second would undo it).
+                            let target = op.manifest_sha256.as_deref();
+                            super::reload::rollback_to(&app, trigger, target).await;
                         }
                     }
                 }
@@ -83,40 +86,4 @@ pub fn join_cluster(app: &Arc<App>) {
             }
         }
     });
-}
-
-/// Roll back as another host did, if this host's previous generation is
-/// the one that host returned to (`target`, a manifest digest); otherwise
-/// say why not, in the audit log and the host's status. A rollback this
-/// host already serves the result of is not done twice (a second rollback
-/// would undo the first).
-async fn follow_rollback(app: &Arc<App>, trigger: Trigger, target: Option<&str>) {
-    let current = app.current.load_full();
-    if target == Some(current.manifest.sha256.as_str()) {
-        return;
-    }
-    let previous = app
-        .ops
-        .state
-        .lock()
-        .await
-        .previous
-        .as_ref()
-        .map(|previous| previous.manifest.sha256.clone());
-    if let Some(target) = target
-        && previous.as_deref() != Some(target)
-    {
-        let report = Report {
-            error: Some(format!(
-                "the cluster rolled back to manifest {target}; this host's previous generation \
-                 is {}, so generation {} keeps serving",
-                previous.as_deref().unwrap_or("none"),
-                current.number
-            )),
-            ..Report::begin("rollback", &trigger, current.number)
-        };
-        app.ops.finish(report).await;
-        return;
-    }
-    super::rollback(app, trigger).await;
 }

@@ -178,11 +178,36 @@ pub(super) fn publish(app: &App, state: &mut State, generation: Generation) {
 /// Serve the previous generation's pipelines again, as a new generation.
 /// The files on disk are left alone: the next change to them is loaded.
 pub async fn rollback(app: &Arc<App>, trigger: Trigger) -> Report {
+    rollback_to(app, trigger, None).await
+}
+
+/// [`rollback`], only if the previous generation was built from the
+/// manifest whose digest is `expect` (another host of the cluster returned
+/// to it); checked under the operations lock. `None` if the host already
+/// serves that manifest: nothing to do, nothing reported.
+pub(super) async fn rollback_to(app: &Arc<App>, trigger: Trigger, expect: Option<&str>) -> Report {
     let started = Instant::now();
     let mut state = app.ops.state.lock().await;
     let current = app.current.load_full();
     let mut report = Report::begin("rollback", &trigger, current.number);
+    let previous_digest = state
+        .previous
+        .as_ref()
+        .map(|previous| previous.manifest.sha256.clone());
     match state.previous.clone() {
+        _ if expect.is_some_and(|expect| expect == current.manifest.sha256) => {
+            report.result = "unchanged";
+            report.note = Some("this host already serves that manifest".to_owned());
+        }
+        _ if expect.is_some() && previous_digest.as_deref() != expect => {
+            report.error = Some(format!(
+                "the cluster rolled back to manifest {}; this host's previous generation is {}, \
+                 so generation {} keeps serving",
+                expect.unwrap_or_default(),
+                previous_digest.as_deref().unwrap_or("none"),
+                current.number
+            ));
+        }
         None => {
             report.error = Some("there is no previous generation to roll back to".to_owned());
         }

@@ -182,13 +182,15 @@
       cluster = await api("GET", "/admin/cluster");
     } catch (e) {
       if (e.code === "no_cluster") return [];
-      return [el("h2", {}, "Cluster"), el("p", { id: "cluster", class: "firing" }, e.message)];
+      return [el("h2", {}, "Cluster"), el("p", { id: "cluster-summary", class: "firing" }, e.message)];
     }
-    const summary = cluster.in_step
-      ? `Every live host is in step (cluster ${cluster.cluster}, Redis ${cluster.redis}).`
-      : `Not every host is in step (cluster ${cluster.cluster}, Redis ${cluster.redis}).`;
+    const where = `cluster ${cluster.cluster}, Redis ${cluster.redis}`;
+    const calm = cluster.connected && cluster.in_step;
+    const summary = !cluster.connected
+      ? `This host has lost the cluster (${where}): ${cluster.error || "unreachable"}; it serves and operates alone.`
+      : (cluster.in_step ? `Every live host is in step (${where}).` : `Not every host is in step (${where}).`);
     return [el("h2", {}, "Cluster"),
-      el("p", { id: "cluster-summary", class: cluster.in_step ? "calm" : "firing" }, summary),
+      el("p", { id: "cluster-summary", class: calm ? "calm" : "firing" }, summary),
       el("div", { class: "scroll" }, el("table", { id: "cluster" },
         el("thead", {}, el("tr", {}, ["host", "generation", "manifest", "in step", "last operation"].map((h) => el("th", {}, h)))),
         el("tbody", {}, cluster.hosts.map((h) => {
