@@ -99,13 +99,8 @@ async fn answer(host: &TestHost) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_on_one_host_is_applied_by_every_host() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, dir, [a, b, c]) = cluster_of(|redis| manifest(redis, "first")).await;
     let path = dir.path().join("strata.toml");
-    write(&path, &manifest(&redis.url(), "first"));
-    let a = TestHost::start_file(&path).await;
-    let b = TestHost::start_file(&path).await;
-    let c = TestHost::start_file(&path).await;
     let view = members(&a, 3).await;
     assert_eq!(view["in_step"], true, "{view}");
     let name_of_a = view["host"].as_str().unwrap().to_owned();
@@ -269,13 +264,8 @@ async fn a_host_whose_build_fails_keeps_serving_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_hosts_serve_and_operate_alone_and_catch_up_when_it_is_back() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (redis, dir, [a, b]) = cluster_of(|redis| manifest(redis, "first")).await;
     let path = dir.path().join("strata.toml");
-    write(&path, &manifest(&redis.url(), "first"));
-    let a = TestHost::start_file(&path).await;
-    let b = TestHost::start_file(&path).await;
-    members(&a, 2).await;
 
     // Redis stops answering: connections hang, as in a partition.
     redis.pause();
@@ -382,8 +372,7 @@ async fn canary_events(host: &TestHost) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_burning_the_budget_through_two_hosts_is_rolled_back_on_both() {
-    let (_redis, _dir, hosts) = cluster_of(2, canary_manifest).await;
-    let [a, b] = <[TestHost; 2]>::try_from(hosts).ok().unwrap();
+    let (_redis, _dir, [a, b]) = cluster_of(canary_manifest).await;
 
     // Six failing canary requests on each host: fewer than either needs
     // alone to trip the rollback.
@@ -440,21 +429,23 @@ fn desk_manifest(redis: &str, generated: &str) -> String {
 }
 
 /// A Redis server, a manifest written by `manifest` (given its URL) and
-/// `hosts` hosts serving it, once they all belong to the cluster.
-async fn cluster_of(
-    hosts: usize,
+/// `N` hosts serving it, once they all belong to the cluster.
+async fn cluster_of<const N: usize>(
     manifest: impl Fn(&str) -> String,
-) -> (RedisServer, tempfile::TempDir, Vec<TestHost>) {
+) -> (RedisServer, tempfile::TempDir, [TestHost; N]) {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("strata.toml");
     write(&path, &manifest(&redis.url()));
     let mut started = Vec::new();
-    for _ in 0..hosts {
+    for _ in 0..N {
         started.push(TestHost::start_file(&path).await);
     }
-    members(&started[0], hosts).await;
-    (redis, dir, started)
+    members(&started[0], N).await;
+    let Ok(hosts) = <[TestHost; N]>::try_from(started) else {
+        unreachable!("{N} hosts were started");
+    };
+    (redis, dir, hosts)
 }
 
 /// `host`'s answer to `question` once it comes from the answer bank.
@@ -468,8 +459,7 @@ async fn from_the_bank(host: &TestHost, question: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reviewers_answer_on_one_host_is_served_from_the_bank_by_the_others() {
-    let (_redis, dir, hosts) = cluster_of(2, |redis| desk_manifest(redis, "")).await;
-    let [a, b] = <[TestHost; 2]>::try_from(hosts).ok().unwrap();
+    let (_redis, dir, [a, b]) = cluster_of(|redis| desk_manifest(redis, "")).await;
 
     let question = "How do I reset my PIN?";
     let (status, escalated) = a.ask("desk", question).await;
@@ -498,16 +488,8 @@ async fn a_reviewers_answer_on_one_host_is_served_from_the_bank_by_the_others() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_answer_remembered_on_one_host_is_a_hit_on_the_others() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("strata.toml");
-    write(
-        &path,
-        &desk_manifest(&redis.url(), "generated on the first host"),
-    );
-    let a = TestHost::start_file(&path).await;
-    let b = TestHost::start_file(&path).await;
-    members(&a, 2).await;
+    let (_redis, _dir, [a, b]) =
+        cluster_of(|redis| desk_manifest(redis, "generated on the first host")).await;
 
     let (status, body) = a.ask("desk", "what are your opening hours").await;
     assert_eq!(status, 200, "{body}");
@@ -717,14 +699,9 @@ async fn a_host_killed_outright_is_shown_stale_and_the_others_serve_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_restarts_empty_is_joined_again_and_numbering_starts_over() {
-    let mut redis = RedisServer::start();
+    let (mut redis, dir, [a, b]) = cluster_of(|redis| manifest(redis, "first")).await;
     let port = redis.port();
-    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("strata.toml");
-    write(&path, &manifest(&redis.url(), "first"));
-    let a = TestHost::start_file(&path).await;
-    let b = TestHost::start_file(&path).await;
-    members(&a, 2).await;
     // Number a few operations, so the hosts have seen more than a fresh
     // Redis will have.
     for (generation, answer_now) in [(2, "second"), (3, "third")] {

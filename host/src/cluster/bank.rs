@@ -9,7 +9,7 @@
 //! without the others'.
 
 use redis::aio::MultiplexedConnection;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{Cluster, Follower, Progress};
 use crate::bank::{BankChange, Change};
@@ -21,10 +21,10 @@ const BATCH: usize = 256;
 /// it is back.
 const MAX_PENDING_APPROVALS: usize = 10_000;
 
-/// A batch of one host's bank changes, as published.
-#[derive(Serialize, Deserialize)]
+/// A batch of one host's bank changes, as read back (the message also
+/// names its `origin` host, for whoever watches the channel).
+#[derive(Deserialize)]
 pub(super) struct BankMessage {
-    origin: String,
     /// The process that sent it (two may share a host name).
     instance: String,
     changes: Vec<BankChange>,
@@ -48,7 +48,7 @@ impl Cluster {
             }
         }
         let count = changes.len() as u64;
-        let result = self.send_bank(redis, changes.clone()).await;
+        let result = self.send_bank(redis, &changes).await;
         match result {
             Ok(()) => host
                 .metrics
@@ -62,25 +62,26 @@ impl Cluster {
     pub(super) async fn send_bank(
         &self,
         redis: &mut MultiplexedConnection,
-        changes: Vec<BankChange>,
+        changes: &[BankChange],
     ) -> redis::RedisResult<()> {
         if changes.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for change in &changes {
+        for change in changes {
             if let Change::Approve { .. } = change.change {
                 let text = serde_json::to_string(change).expect("a change serialises");
                 pipe.hset(self.key("approved"), approved_field(change), text)
                     .ignore();
             }
         }
-        let message = BankMessage {
-            origin: self.host.clone(),
-            instance: self.instance.clone(),
-            changes,
-        };
-        let text = serde_json::to_string(&message).expect("a message serialises");
+        // A `BankMessage`, written from borrowed parts.
+        let message = serde_json::json!({
+            "origin": self.host,
+            "instance": self.instance,
+            "changes": changes,
+        });
+        let text = message.to_string();
         pipe.publish(self.key("bank"), text)
             .ignore()
             .exec_async(redis)
@@ -114,7 +115,7 @@ impl Cluster {
     ) -> redis::RedisResult<()> {
         let pending = std::mem::take(&mut progress.pending_approvals);
         for (sent, batch) in pending.chunks(BATCH).enumerate() {
-            if let Err(error) = self.send_bank(redis, batch.to_vec()).await {
+            if let Err(error) = self.send_bank(redis, batch).await {
                 progress.pending_approvals = pending[sent * BATCH..].to_vec();
                 return Err(error);
             }

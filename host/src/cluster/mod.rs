@@ -223,11 +223,6 @@ impl Cluster {
         })))
     }
 
-    /// This host's name in the cluster.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
     fn key(&self, suffix: &str) -> String {
         format!("strata:{}:{suffix}", self.name)
     }
@@ -463,11 +458,11 @@ impl Cluster {
     }
 
     fn link(&self) -> Link {
-        self.link.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.link).clone()
     }
 
     fn set_link(&self, host: &Follower, result: Result<(), String>) {
-        let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());
+        let mut link = lock(&self.link);
         match result {
             Ok(()) => {
                 if !link.connected {

@@ -183,8 +183,8 @@ pub async fn rollback(app: &Arc<App>, trigger: Trigger) -> Report {
 
 /// [`rollback`], only if the previous generation was built from the
 /// manifest whose digest is `expect` (another host of the cluster returned
-/// to it); checked under the operations lock. `None` if the host already
-/// serves that manifest: nothing to do, nothing reported.
+/// to it), checked under the operations lock; a host that already serves
+/// that manifest reports `unchanged` (a second rollback would undo it).
 pub(super) async fn rollback_to(app: &Arc<App>, trigger: Trigger, expect: Option<&str>) -> Report {
     let started = Instant::now();
     let mut state = app.ops.state.lock().await;
