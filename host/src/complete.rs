@@ -2,10 +2,11 @@
 //! durable. Real-time and asynchronous requests both end in [`complete`],
 //! so a request reads back the same whichever way it ran.
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::metrics::Metrics;
-use crate::pipeline::{Execution, Verdict};
+use crate::model::ModelCall;
+use crate::pipeline::{Execution, StageRun, Verdict};
 use crate::runtime::StageFailure;
 use crate::states::RequestStatus;
 use crate::store::{Job, NewTicket, RequestRecord, Store, StoreError};
@@ -22,10 +23,8 @@ pub enum Mode {
 /// A finished run that was kept.
 #[derive(Debug)]
 pub struct Completed {
-    /// What was kept.
+    /// What was kept; its `trace` is the stages' trace as JSON.
     pub record: RequestRecord,
-    /// The stages' trace, as in the record, not yet serialised.
-    pub trace: Value,
     /// The review ticket opened for an escalation.
     pub ticket: Option<i64>,
 }
@@ -77,8 +76,7 @@ pub async fn complete(
     team: Option<String>,
     mode: Mode,
 ) -> Result<Completed, NotKept> {
-    let trace = trace_of(execution);
-    let mut record = record_with_trace(execution, created_at, &trace);
+    let mut record = record_with_trace(execution, created_at, trace_of(execution));
     record.callback = callback;
     record.team = team;
     let new_ticket = match &execution.verdict {
@@ -99,11 +97,7 @@ pub async fn complete(
             let waited = (crate::store::now_millis() - created_at).max(0) as f64 / 1000.0;
             metrics.answered(&record.pipeline, &by.layer, waited);
         }
-        return Ok(Completed {
-            record,
-            trace,
-            ticket,
-        });
+        return Ok(Completed { record, ticket });
     }
     let ticket = match new_ticket {
         Some(ticket) => Some(
@@ -126,52 +120,69 @@ pub async fn complete(
             None
         }
     };
-    Ok(Completed {
-        record,
-        trace,
-        ticket,
-    })
+    Ok(Completed { record, ticket })
 }
 
 /// The durable record of a finished pipeline run.
 pub fn record_of(execution: &Execution, created_at: i64) -> RequestRecord {
-    record_with_trace(execution, created_at, &trace_of(execution))
+    record_with_trace(execution, created_at, trace_of(execution))
 }
 
-/// What each stage did, as clients see it in `"stages"`.
-pub fn trace_of(execution: &Execution) -> Value {
-    let trace: Vec<Value> = execution
-        .trace
-        .iter()
-        .map(|run| {
-            let mut entry = json!({
-                "stage": run.stage,
-                "layer": run.layer,
-                "digest": run.digest,
-                "version": run.version,
-                "result": run.result,
-                "micros": run.elapsed.as_micros() as u64,
-            });
-            if let Some(kind) = run.failure {
-                entry["failure"] = json!(kind);
-            }
-            if run.cache_hits + run.cache_misses > 0 {
-                entry["cache"] = json!({"hits": run.cache_hits, "misses": run.cache_misses});
-                if let Some(pattern) = run.pattern {
-                    entry["cache"]["pattern"] = json!(pattern);
-                }
-            }
-            if !run.model_calls.is_empty() {
-                entry["model"] = json!(run.model_calls);
-            }
-            entry
-        })
-        .collect();
-    Value::Array(trace)
+/// What each stage did, as clients see it in `"stages"`: one JSON array,
+/// serialised once and kept as the record's `trace`.
+pub fn trace_of(execution: &Execution) -> String {
+    let entries: Vec<TraceEntry<'_>> = execution.trace.iter().map(TraceEntry::of).collect();
+    serde_json::to_string(&entries).expect("a trace serializes")
 }
 
-/// [`record_of`], given the trace already built.
-fn record_with_trace(execution: &Execution, created_at: i64, trace: &Value) -> RequestRecord {
+/// One stage run in `"stages"`, borrowed from the run.
+#[derive(Serialize)]
+struct TraceEntry<'a> {
+    stage: &'a str,
+    layer: &'a str,
+    digest: &'a str,
+    version: &'a str,
+    result: &'a str,
+    micros: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<CacheEntry>,
+    #[serde(skip_serializing_if = "<[ModelCall]>::is_empty")]
+    model: &'a [ModelCall],
+}
+
+/// A stage's answer-bank lookups in `"stages"`.
+#[derive(Serialize)]
+struct CacheEntry {
+    hits: u32,
+    misses: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pattern: Option<i64>,
+}
+
+impl<'a> TraceEntry<'a> {
+    fn of(run: &'a StageRun) -> TraceEntry<'a> {
+        TraceEntry {
+            stage: &run.stage,
+            layer: &run.layer,
+            digest: run.digest.as_str(),
+            version: run.version,
+            result: run.result,
+            micros: run.elapsed.as_micros() as u64,
+            failure: run.failure,
+            cache: (run.cache_hits + run.cache_misses > 0).then_some(CacheEntry {
+                hits: run.cache_hits,
+                misses: run.cache_misses,
+                pattern: run.pattern,
+            }),
+            model: &run.model_calls,
+        }
+    }
+}
+
+/// [`record_of`], given the trace already serialised.
+fn record_with_trace(execution: &Execution, created_at: i64, trace: String) -> RequestRecord {
     let request = &execution.request;
     let mut record = RequestRecord {
         id: request.id.clone(),
@@ -186,7 +197,7 @@ fn record_with_trace(execution: &Execution, created_at: i64, trace: &Value) -> R
         layer: None,
         code: None,
         message: None,
-        trace: trace.to_string(),
+        trace,
         created_at,
         remember_key: execution.remember_key.clone(),
         pattern: execution.pattern(),
@@ -255,5 +266,45 @@ pub fn unknown_pipeline_record(job: &Job, generation: u64) -> RequestRecord {
         callback: job.callback.clone(),
         pattern: None,
         team: job.team.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::TraceEntry;
+    use crate::manifest::Digest;
+    use crate::pipeline::StageRun;
+
+    #[test]
+    fn a_trace_entry_shows_cache_and_model_only_when_used() {
+        let mut run = StageRun {
+            stage: "bank".to_owned(),
+            layer: "cache".to_owned(),
+            digest: Digest::of(b"x"),
+            version: "live",
+            result: "next",
+            failure: None,
+            elapsed: Duration::from_micros(42),
+            model_calls: Vec::new(),
+            cache_hits: 0,
+            cache_misses: 0,
+            pattern: None,
+            pattern_lookups: [0; 3],
+            pattern_features: Default::default(),
+        };
+        let plain = serde_json::to_value(TraceEntry::of(&run)).unwrap();
+        assert_eq!(plain["micros"], 42);
+        assert_eq!(plain["digest"], Digest::of(b"x").as_str());
+        assert!(plain.get("cache").is_none() && plain.get("model").is_none());
+        assert!(plain.get("failure").is_none());
+        run.cache_hits = 1;
+        run.pattern = Some(7);
+        let hit = serde_json::to_value(TraceEntry::of(&run)).unwrap();
+        assert_eq!(
+            hit["cache"],
+            serde_json::json!({"hits": 1, "misses": 0, "pattern": 7})
+        );
     }
 }

@@ -120,7 +120,7 @@ async fn run(app: &App, job: Job) {
     )
     .await;
     if let (Ok(completed), Some(telemetry)) = (&completed, &app.telemetry) {
-        telemetry.request(&completed.record, &completed.trace, job.created_at);
+        telemetry.request(&completed.record, &execution.trace, job.created_at);
     }
     if let (Ok(completed), Some(team)) = (&completed, &job.team) {
         app.teams.charge(team, completed.record.cost_usd).await;

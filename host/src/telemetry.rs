@@ -20,9 +20,9 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
 };
-use serde_json::Value;
 
 use crate::manifest::{OtlpProtocol, TelemetrySettings};
+use crate::pipeline::StageRun;
 use crate::store::RequestRecord;
 
 /// The exporter of one host.
@@ -75,9 +75,8 @@ impl Telemetry {
     }
 
     /// The trace of one finished request: `record` as kept, `stages` its
-    /// trace (one JSON object per stage run), arrival at `created_at`
-    /// (Unix milliseconds).
-    pub fn request(&self, record: &RequestRecord, stages: &Value, created_at: i64) {
+    /// stage runs, arrival at `created_at` (Unix milliseconds).
+    pub fn request(&self, record: &RequestRecord, stages: &[StageRun], created_at: i64) {
         let start = UNIX_EPOCH + Duration::from_millis(created_at.max(0) as u64);
         let end = SystemTime::now().max(start);
         let mut attributes = vec![
@@ -107,20 +106,19 @@ impl Telemetry {
         }
         let parent = Context::current_with_span(root);
         let mut at = start;
-        for stage in stages.as_array().into_iter().flatten() {
-            let took = Duration::from_micros(stage["micros"].as_u64().unwrap_or(0));
-            let text = |key: &str| stage[key].as_str().unwrap_or_default().to_owned();
-            let name = text("stage");
+        for stage in stages {
+            let took = stage.elapsed;
+            let name = stage.stage.clone();
             let mut attributes = vec![
                 KeyValue::new("strata.stage", name.clone()),
-                KeyValue::new("strata.layer", text("layer")),
-                KeyValue::new("strata.digest", text("digest")),
-                KeyValue::new("strata.version", text("version")),
-                KeyValue::new("strata.result", text("result")),
+                KeyValue::new("strata.layer", stage.layer.clone()),
+                KeyValue::new("strata.digest", stage.digest.to_string()),
+                KeyValue::new("strata.version", stage.version),
+                KeyValue::new("strata.result", stage.result),
                 KeyValue::new("strata.micros", took.as_micros() as i64),
             ];
-            if let Some(failure) = stage["failure"].as_str() {
-                attributes.push(KeyValue::new("strata.failure", failure.to_owned()));
+            if let Some(failure) = stage.failure {
+                attributes.push(KeyValue::new("strata.failure", failure));
             }
             let mut span = self
                 .tracer
@@ -128,8 +126,8 @@ impl Telemetry {
                 .with_start_time(at)
                 .with_attributes(attributes)
                 .start_with_context(&self.tracer, &parent);
-            if stage["result"] == "failed" {
-                span.set_status(Status::error(text("failure")));
+            if stage.result == "failed" {
+                span.set_status(Status::error(stage.failure.unwrap_or_default()));
             }
             at += took;
             span.end_with_timestamp(at.min(end).max(start));

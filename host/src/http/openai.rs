@@ -33,6 +33,8 @@ use super::extract::{Client, ClientRequestId, JsonBody, RequireRole};
 use super::public::{Ran, run_real_time};
 use crate::app::App;
 use crate::request::Request;
+use crate::states::RequestStatus;
+use crate::views::RequestView;
 
 /// `POST /v1/chat/completions`.
 #[derive(Deserialize)]
@@ -255,29 +257,31 @@ async fn answer(
         admission,
     )
     .await?;
-    let content = match view["status"].as_str() {
-        Some("answered") => view["output"].as_str().unwrap_or_default().to_owned(),
-        Some("escalated") => escalation_message(&view),
-        Some("rejected") => {
-            let rejection = &view["rejection"];
+    let content = match view.status {
+        RequestStatus::Answered => view.output.clone().flatten().unwrap_or_default(),
+        RequestStatus::Escalated => escalation_message(&view),
+        RequestStatus::Rejected => {
+            let rejection = view.rejection.as_ref();
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "rejected",
                 format!(
                     "{} ({})",
-                    rejection["message"]
-                        .as_str()
+                    rejection
+                        .and_then(|r| r.message.as_deref())
                         .unwrap_or("the request was rejected"),
-                    rejection["code"].as_str().unwrap_or("rejected")
+                    rejection
+                        .and_then(|r| r.code.as_deref())
+                        .unwrap_or("rejected")
                 ),
             ));
         }
-        _ => {
-            let error = &view["error"];
-            let message = error["message"]
-                .as_str()
-                .unwrap_or("the pipeline failed")
-                .to_owned();
+        RequestStatus::Failed => {
+            let message = view
+                .error
+                .as_ref()
+                .and_then(|e| e.message.clone())
+                .unwrap_or_else(|| "the pipeline failed".to_owned());
             let mut error = ApiError::new(status, "pipeline_failed", message);
             if status == StatusCode::SERVICE_UNAVAILABLE {
                 error = error.retry_after(1);
@@ -285,28 +289,30 @@ async fn answer(
             return Err(error);
         }
     };
-    let id = view["request_id"].as_str().unwrap_or_default().to_owned();
+    let (input_tokens, output_tokens) = view
+        .model
+        .as_ref()
+        .map_or((0, 0), |m| (m.input_tokens, m.output_tokens));
     let strata = json!({
-        "request_id": id,
-        "status": view["status"],
-        "layer": view["layer"],
-        "stage": view["stage"],
-        "cost_usd": view["cost_usd"],
-        "ticket": view.get("ticket"),
+        "request_id": view.request_id,
+        "status": view.status,
+        "layer": view.layer,
+        "stage": view.stage,
+        "cost_usd": view.cost_usd,
+        "ticket": view.ticket,
     });
     let usage = json!({
-        "prompt_tokens": view["model"]["input_tokens"].as_u64().unwrap_or(0),
-        "completion_tokens": view["model"]["output_tokens"].as_u64().unwrap_or(0),
-        "total_tokens": view["model"]["input_tokens"].as_u64().unwrap_or(0)
-            + view["model"]["output_tokens"].as_u64().unwrap_or(0),
+        "prompt_tokens": input_tokens,
+        "completion_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
     });
     let created = created_at / 1000;
-    let model = view["pipeline"].clone();
+    let model = json!(view.pipeline);
     let (object, prefix) = match shape {
         Shape::Chat => ("chat.completion", "chatcmpl-"),
         Shape::Text => ("text_completion", "cmpl-"),
     };
-    let id = format!("{prefix}{id}");
+    let id = format!("{prefix}{}", view.request_id);
     if asked.options.stream {
         return Ok(stream(shape, &id, created, &model, &content, strata, usage));
     }
@@ -336,9 +342,9 @@ async fn answer(
 }
 
 /// What an OpenAI client reads when a person will answer instead.
-fn escalation_message(view: &Value) -> String {
-    let id = view["request_id"].as_str().unwrap_or_default();
-    match view["ticket"]["id"].as_i64() {
+fn escalation_message(view: &RequestView) -> String {
+    let id = &view.request_id;
+    match view.ticket.as_ref().map(|t| t.id) {
         Some(ticket) => format!(
             "A person will reply to this request (ticket {ticket}). \
              Fetch the reply later at GET /v1/requests/{id}."

@@ -56,9 +56,10 @@ use crate::pipeline::{Generation, Pipeline, RunContext, Verdict};
 use crate::queue::SubmitError;
 use crate::request::Request;
 use crate::runtime::StageFailure;
+use crate::states::TicketState;
 use crate::store::{Job, StoreError};
 use crate::teams::Admission;
-use crate::views::{request_view, stored_view};
+use crate::views::{RequestView, TicketBrief, stored_view};
 
 /// The API's routes.
 pub fn router(app: Arc<App>) -> Router {
@@ -225,7 +226,7 @@ async fn run_pipeline(
 /// A real-time run's outcome: the status and the request's JSON view.
 pub(super) struct Ran {
     pub(super) status: StatusCode,
-    pub(super) view: Value,
+    pub(super) view: RequestView,
 }
 
 impl Ran {
@@ -330,17 +331,20 @@ async fn run_and_keep(
         app.metrics.team_request(team, completed.record.cost_usd);
     }
     if let Some(telemetry) = &app.telemetry {
-        telemetry.request(&completed.record, &completed.trace, created_at);
+        telemetry.request(&completed.record, &execution.trace, created_at);
     }
     let (record, ticket) = (completed.record, completed.ticket);
     let status = match (&execution.verdict, ticket) {
         (_, Some(_)) => StatusCode::ACCEPTED,
         (verdict, None) => final_status(verdict),
     };
-    let mut view = request_view(&record, completed.trace, None);
-    if let Some(id) = ticket {
-        view["ticket"] = json!({"id": id, "state": "open", "reason": record.message});
-    }
+    let reason = record.message.clone();
+    let mut view = RequestView::of(record, None);
+    view.ticket = ticket.map(|id| TicketBrief {
+        id,
+        state: TicketState::Open,
+        reason,
+    });
     Ok(Ran { status, view })
 }
 
