@@ -2,6 +2,7 @@
 //! server CPU per request under load, latency on one connection, the same
 //! stages reusing instances, and the host's peak memory.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -26,22 +27,31 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
         (loaded?, single?)
     };
 
-    let ((fresh, fresh_one, rss, phases), cold_rss) = serve(
+    let ((fresh, threads, fresh_one, rss, phases), cold_rss) = serve(
         &release,
         "foundation",
         &harness::demo_manifest(root)?,
-        |url, pid| {
+        |url, host| {
+            let pid = host.pid();
+            let threads_before = harness::thread_cpu_seconds(pid)?;
             let loaded = harness::wrk_on(load, url, pid)?;
+            let threads = by_thread(&threads_before, &harness::thread_cpu_seconds(pid)?, &loaded);
             let single = harness::wrk_on(&one, url, pid)?;
             let rss = harness::peak_rss_mib(pid)?;
-            Ok((loaded, single, rss, phases(url, PHASE_SAMPLES)?))
+            Ok((
+                loaded,
+                threads,
+                single,
+                rss,
+                phases(host, url, PHASE_SAMPLES)?,
+            ))
         },
     )?;
     let (reused, _) = serve(
         &release,
         "foundation-reuse",
         &with_reuse(&harness::demo_manifest(root)?),
-        |url, pid| harness::wrk_on(load, url, pid),
+        |url, host| harness::wrk_on(load, url, host.pid()),
     )?;
     let wasmtime = wasmtime_serve(root, load);
 
@@ -65,10 +75,14 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
          {rss:.0} MiB, the host started with its compile cache filled (as every start after \
          the first is); a first start, which compiles every stage, holds {cold_rss:.0} MiB \
          before any load (memory the allocator keeps after compiling).\n\n\
+         Where the CPU goes under load, fresh instances: each thread's CPU time over the \
+         loaded run, by thread name, per request served:\n\n\
+         | thread | CPU µs/request |\n| --- | ---: |\n{threads}\n\
          Where one request's time goes, fresh instances, the mean of {PHASE_SAMPLES} requests \
-         sent one at a time after the runs above (each stage as the host timed it, in the \
-         response's `stages`; the rest is the client's wall time less the stages: connect, \
-         parse, route, record, respond):\n\n\
+         sent one at a time, each on a new connection, after the runs above: the host's phases \
+         from its `strata_request_phase_seconds` (the difference of the admin API's `/metrics` \
+         before and after), each stage as the host timed it (the response's `stages`), and \
+         what is outside the host's clock: the client's wall time less the host's phases:\n\n\
          | phase | µs |\n| --- | ---: |\n{phases}",
         baseline.row("bare hyper echo (baseline)"),
         fresh.row("strata, 4 fresh-instance stages"),
@@ -138,13 +152,105 @@ fn wasmtime_serve(root: &Path, load: &Load) -> anyhow::Result<(Figures, Figures)
 /// Requests sent one at a time for the per-phase breakdown.
 const PHASE_SAMPLES: usize = 300;
 
-/// The mean time of each stage over `samples` requests sent one at a time,
-/// and the rest of the client's wall time, as Markdown table rows.
-fn phases(url: &str, samples: usize) -> anyhow::Result<String> {
+/// What each thread of the host is, by the start of the name it has in
+/// `/proc` (where names are cut at 15 bytes).
+const THREADS: &[(&str, &str)] = &[
+    (
+        "tokio-rt-worker",
+        "tokio's workers: hyper, the handlers, the stages (and its blocking pool)",
+    ),
+    ("strata-store", "the SQLite writer: every request's record"),
+    (
+        "strata-record-",
+        "the traffic recorder of a recording pipeline",
+    ),
+    (
+        "notify-rs",
+        "the watcher of the manifest's directory, which here holds the data directory too",
+    ),
+    ("strata-epoch", "wasmtime's epoch ticker"),
+    ("strata", "the main thread"),
+];
+
+/// Each thread's CPU time between `before` and `after`, per request of
+/// `run`, as Markdown table rows, the busiest first.
+fn by_thread(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    run: &Figures,
+) -> String {
+    let mut spent: Vec<(&str, f64)> = after
+        .iter()
+        .map(|(name, seconds)| {
+            let earlier = before.get(name).copied().unwrap_or(0.0);
+            (
+                name.as_str(),
+                (seconds - earlier) * 1e6 / run.requests.max(1) as f64,
+            )
+        })
+        .filter(|(_, micros)| *micros >= 0.5)
+        .collect();
+    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    spent
+        .iter()
+        .map(|(name, micros)| {
+            let what = THREADS
+                .iter()
+                .find(|(known, _)| name.starts_with(known))
+                .map_or(String::new(), |(_, what)| format!(" ({what})"));
+            format!("| `{name}`{what} | {micros:.0} |\n")
+        })
+        .collect()
+}
+
+/// The host's request phases, in the order they follow one another.
+const HOST_PHASES: [(&str, &str); 5] = [
+    (
+        "receive",
+        "`receive`: routing, authentication, the body read and parsed, admission",
+    ),
+    ("handoff", "`handoff`: to the run's task and back"),
+    ("run", ""),
+    ("keep", "`keep`: the request's record queued for the writer"),
+    ("respond", "`respond`: the response built and serialised"),
+];
+
+/// The sum of seconds and the count of each of the host's request phases,
+/// from its metrics.
+fn phase_totals(host: &Host) -> anyhow::Result<BTreeMap<String, (f64, f64)>> {
+    let (status, metrics) = harness::http("GET", &host.admin, "/metrics", "")?;
+    anyhow::ensure!(status == 200, "GET /metrics answered {status}");
+    let mut totals: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("strata_request_phase_seconds_") else {
+            continue;
+        };
+        let Some((kind, rest)) = rest.split_once("{phase=\"") else {
+            continue;
+        };
+        let Some((phase, value)) = rest.split_once("\"}") else {
+            continue;
+        };
+        let value: f64 = value.trim().parse()?;
+        let entry = totals.entry(phase.to_owned()).or_default();
+        match kind {
+            "sum" => entry.0 = value,
+            "count" => entry.1 = value,
+            _ => {}
+        }
+    }
+    Ok(totals)
+}
+
+/// Over `samples` requests sent one at a time: the mean of each of the
+/// host's phases, each stage within the run, and what the client waited
+/// outside the host's clock, as Markdown table rows.
+fn phases(host: &Host, url: &str, samples: usize) -> anyhow::Result<String> {
     let rest = url.trim_start_matches("http://");
     let (addr, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut stages: Vec<(String, f64)> = Vec::new();
     let mut wall = 0.0;
+    let before = phase_totals(host)?;
     for _ in 0..samples {
         let started = std::time::Instant::now();
         let (_, body) = harness::http("POST", addr, path, BODY)?;
@@ -158,15 +264,40 @@ fn phases(url: &str, samples: usize) -> anyhow::Result<String> {
             }
         }
     }
+    let after = phase_totals(host)?;
     let n = samples as f64;
-    let in_stages: f64 = stages.iter().map(|(_, total)| total).sum();
+    let mean = |phase: &str| -> anyhow::Result<f64> {
+        let (sum, count) = after.get(phase).copied().unwrap_or_default();
+        let (sum_before, count_before) = before.get(phase).copied().unwrap_or_default();
+        anyhow::ensure!(
+            count - count_before == n,
+            "the host counted {} `{phase}` phases for {samples} requests",
+            count - count_before
+        );
+        Ok((sum - sum_before) * 1e6 / n)
+    };
+    let in_stages: f64 = stages.iter().map(|(_, total)| total / n).sum();
+    let mut in_host = 0.0;
     let mut rows = String::new();
-    for (name, total) in &stages {
-        rows.push_str(&format!("| stage `{name}` | {:.0} |\n", total / n));
+    for (phase, what) in HOST_PHASES {
+        let micros = mean(phase)?;
+        in_host += micros;
+        if phase != "run" {
+            rows.push_str(&format!("| {what} | {micros:.0} |\n"));
+            continue;
+        }
+        for (name, total) in &stages {
+            rows.push_str(&format!("| `run`: stage `{name}` | {:.0} |\n", total / n));
+        }
+        rows.push_str(&format!(
+            "| `run`: the pipeline around its stages | {:.0} |\n",
+            micros - in_stages
+        ));
     }
     rows.push_str(&format!(
-        "| the rest (connect, parse, route, record, respond) | {:.0} |\n",
-        (wall - in_stages) / n
+        "| outside the host's clock: connect, the head read and parsed, the response \
+         written, the client | {:.0} |\n",
+        wall / n - in_host
     ));
     rows.push_str(&format!(
         "| **whole request, client wall time** | **{:.0}** |\n",
@@ -184,7 +315,7 @@ pub(crate) fn serve<T>(
     release: &Path,
     name: &str,
     manifest: &str,
-    measure: impl FnOnce(&str, u32) -> anyhow::Result<T>,
+    measure: impl FnOnce(&str, &Host) -> anyhow::Result<T>,
 ) -> anyhow::Result<(T, f64)> {
     let data = harness::scratch(name)?;
     let path = data.join("strata.toml");
@@ -195,7 +326,7 @@ pub(crate) fn serve<T>(
         cold.stop();
         let host = Host::start(&release.join("strata"), &path, &data)?;
         let url = format!("http://{}/v1/pipelines/support", host.addr);
-        let result = harness::check_answer(&url).and_then(|()| measure(&url, host.pid()));
+        let result = harness::check_answer(&url).and_then(|()| measure(&url, &host));
         host.stop();
         Ok((result?, cold_rss?))
     })();

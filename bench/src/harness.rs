@@ -1,5 +1,6 @@
 //! What every scenario needs: processes, `wrk`, and BENCHMARKS.md sections.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -268,16 +269,39 @@ fn with_cpu(
 pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read the CPU time of process {pid}"))?;
+    Ok(stat_ticks(&stat)?.1 as f64 / clock_ticks_per_second())
+}
+
+/// The command name and the user plus system clock ticks of a
+/// `/proc/.../stat` line.
+fn stat_ticks(stat: &str) -> anyhow::Result<(&str, u64)> {
     // The command name may hold spaces; the fields after it do not.
-    let fields: Vec<&str> = stat
+    let (head, rest) = stat
         .rsplit_once(')')
-        .context("an unreadable /proc stat line")?
-        .1
-        .split_whitespace()
-        .collect();
+        .context("an unreadable /proc stat line")?;
+    let name = head.split_once('(').map_or(head, |(_, name)| name);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(ticks as f64 / clock_ticks_per_second())
+    let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok((name, ticks))
+}
+
+/// User plus system CPU time of each thread of process `pid` so far, in
+/// seconds, summed by thread name (from `/proc/PID/task/*/stat`; threads
+/// that ended are not counted).
+pub fn thread_cpu_seconds(pid: u32) -> anyhow::Result<BTreeMap<String, f64>> {
+    let tasks = format!("/proc/{pid}/task");
+    let ticks_per_second = clock_ticks_per_second();
+    let mut by_name = BTreeMap::new();
+    for task in std::fs::read_dir(&tasks).with_context(|| format!("cannot list {tasks}"))? {
+        // A thread may end between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
+            continue;
+        };
+        let (name, ticks) = stat_ticks(&stat)?;
+        *by_name.entry(name.to_owned()).or_insert(0.0) += ticks as f64 / ticks_per_second;
+    }
+    Ok(by_name)
 }
 
 /// The kernel's clock ticks per second (`getconf CLK_TCK`), 100 if unknown.

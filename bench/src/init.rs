@@ -38,8 +38,8 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
             .into_iter()
             .enumerate()
         {
-            let (figures, _) = foundation::serve(&release, "init", manifest, |url, pid| {
-                harness::wrk_on(load, url, pid)
+            let (figures, _) = foundation::serve(&release, "init", manifest, |url, host| {
+                harness::wrk_on(load, url, host.pid())
             })?;
             rows.push(figures.row(&format!("round {round}, rules {label}")));
             runs[index].push(figures);

@@ -142,5 +142,14 @@ async fn the_official_openai_client_talks_to_pipelines() {
         "{seen}"
     );
     assert_eq!(seen["wrong_key"]["status"], 401, "{seen}");
+    // Six requests ran a pipeline (a chat and a text completion, each also
+    // streamed, the escalation and the rejection; the unknown model and the
+    // wrong key were refused before): each passed through every phase of
+    // the host once.
+    let metrics = host.metrics().await;
+    for phase in ["receive", "handoff", "run", "keep", "respond"] {
+        let line = format!("strata_request_phase_seconds_count{{phase=\"{phase}\"}} 6");
+        assert!(metrics.contains(&line), "missing `{line}` in:\n{metrics}");
+    }
     host.shutdown().await;
 }

@@ -148,6 +148,12 @@ async fn metrics_count_requests_answers_failures_and_operations() {
     for line in expect {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }
+    // Each of the four real-time requests passed through every phase once;
+    // the reviewer's resolution is no pipeline run.
+    for phase in ["receive", "handoff", "run", "keep", "respond"] {
+        let line = format!("strata_request_phase_seconds_count{{phase=\"{phase}\"}} 4");
+        assert!(text.contains(&line), "missing `{line}` in:\n{text}");
+    }
     host.shutdown().await;
 }
 

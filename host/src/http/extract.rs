@@ -7,6 +7,7 @@
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use http::StatusCode;
@@ -24,6 +25,26 @@ use crate::pipeline::{Generation, Pipeline};
 /// puts on every request.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
+
+/// When hyper handed the request's parsed head to the host, which the
+/// accept loop puts on every request: where the request's phases
+/// (`strata_request_phase_seconds`) start.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub Instant);
+
+impl<S: Sync> FromRequestParts<S> for Arrived {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // A request that did not come through the accept loop (a test's
+        // router) starts now.
+        Ok(parts
+            .extensions
+            .get::<Arrived>()
+            .copied()
+            .unwrap_or_else(|| Arrived(Instant::now())))
+    }
+}
 
 /// The peer's address; an unspecified one (never trusted as this machine)
 /// if the request did not come through the accept loop.

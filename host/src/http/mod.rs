@@ -22,7 +22,7 @@ pub mod review;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -45,7 +45,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::App;
 pub use error::ApiError;
-use extract::Peer;
+use extract::{Arrived, Peer};
 
 /// How long shutdown waits for open connections to finish their requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,7 +152,9 @@ pub async fn serve(
         let service = edge
             .clone()
             .map_request(move |mut request: http::Request<Incoming>| {
-                request.extensions_mut().insert(Peer(peer));
+                let extensions = request.extensions_mut();
+                extensions.insert(Peer(peer));
+                extensions.insert(Arrived(Instant::now()));
                 request
             });
         let connection = graceful.watch(

@@ -29,9 +29,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, json_response};
-use super::extract::{Client, ClientRequestId, JsonBody, RequireRole};
+use super::extract::{Arrived, Client, ClientRequestId, JsonBody, RequireRole};
 use super::public::{Ran, run_real_time};
 use crate::app::App;
+use crate::metrics::Phase;
 use crate::request::Request;
 use crate::states::RequestStatus;
 use crate::views::RequestView;
@@ -178,20 +179,24 @@ enum Shape {
 
 pub(super) async fn chat_completions(
     State(app): State<Arc<App>>,
+    Arrived(arrived): Arrived,
     RequireRole(caller, _): RequireRole<Client>,
     ClientRequestId(client_id): ClientRequestId,
     JsonBody(body): JsonBody<ChatBody>,
 ) -> Result<Response, ApiError> {
-    answer(app, &caller, client_id, body.asked()?, Shape::Chat).await
+    let asked = body.asked()?;
+    answer(app, arrived, &caller, client_id, asked, Shape::Chat).await
 }
 
 pub(super) async fn completions(
     State(app): State<Arc<App>>,
+    Arrived(arrived): Arrived,
     RequireRole(caller, _): RequireRole<Client>,
     ClientRequestId(client_id): ClientRequestId,
     JsonBody(body): JsonBody<CompletionBody>,
 ) -> Result<Response, ApiError> {
-    answer(app, &caller, client_id, body.asked()?, Shape::Text).await
+    let asked = body.asked()?;
+    answer(app, arrived, &caller, client_id, asked, Shape::Text).await
 }
 
 pub(super) async fn models(State(app): State<Arc<App>>, _: RequireRole<Client>) -> Response {
@@ -212,6 +217,7 @@ pub(super) async fn models(State(app): State<Arc<App>>, _: RequireRole<Client>) 
 
 async fn answer(
     app: Arc<App>,
+    arrived: std::time::Instant,
     caller: &crate::auth::Caller,
     client_id: Option<String>,
     asked: Asked,
@@ -247,7 +253,8 @@ async fn answer(
         attributes,
     };
     let created_at = crate::store::now_millis();
-    let Ran { status, view } = run_real_time(
+    app.metrics.phase(Phase::Receive, arrived.elapsed());
+    let Ran { status, view, .. } = run_real_time(
         app.clone(),
         generation,
         pipeline,
@@ -257,9 +264,23 @@ async fn answer(
         admission,
     )
     .await?;
+    let resumed = std::time::Instant::now();
+    let reply = reply(status, &view, created_at, shape, asked.options.stream);
+    app.metrics.phase(Phase::Respond, resumed.elapsed());
+    reply
+}
+
+/// The OpenAI-shaped response to a run that ended as `view` says.
+fn reply(
+    status: StatusCode,
+    view: &RequestView,
+    created_at: i64,
+    shape: Shape,
+    stream_it: bool,
+) -> Result<Response, ApiError> {
     let content = match view.status {
         RequestStatus::Answered => view.output.clone().flatten().unwrap_or_default(),
-        RequestStatus::Escalated => escalation_message(&view),
+        RequestStatus::Escalated => escalation_message(view),
         RequestStatus::Rejected => {
             let rejection = view.rejection.as_ref();
             return Err(ApiError::new(
@@ -313,7 +334,7 @@ async fn answer(
         Shape::Text => ("text_completion", "cmpl-"),
     };
     let id = format!("{prefix}{}", view.request_id);
-    if asked.options.stream {
+    if stream_it {
         return Ok(stream(shape, &id, created, &model, &content, strata, usage));
     }
     let choice = match shape {

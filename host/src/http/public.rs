@@ -35,6 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -45,13 +46,16 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, json_response};
-use super::extract::{Client, ClientRequestId, JsonBody, PreferAsync, RequireRole, Target};
+use super::extract::{
+    Arrived, Client, ClientRequestId, JsonBody, PreferAsync, RequireRole, Target,
+};
 use super::only;
 use super::review::{
     claim, export_feedback, feedback, get_ticket, list_tickets, reject, release, resolve, similar,
 };
 use crate::app::App;
 use crate::complete::{self, Mode};
+use crate::metrics::{Laps, Phase};
 use crate::pipeline::{Generation, Pipeline, RunContext, Verdict};
 use crate::queue::SubmitError;
 use crate::request::Request;
@@ -140,6 +144,7 @@ async fn pipelines(State(app): State<Arc<App>>, _: RequireRole<Client>) -> Respo
 
 async fn run_pipeline(
     State(app): State<Arc<App>>,
+    Arrived(arrived): Arrived,
     RequireRole(caller, _): RequireRole<Client>,
     Target {
         generation,
@@ -210,7 +215,8 @@ async fn run_pipeline(
             ),
         ));
     }
-    run_real_time(
+    app.metrics.phase(Phase::Receive, arrived.elapsed());
+    let ran = run_real_time(
         shared,
         generation,
         pipeline,
@@ -219,14 +225,19 @@ async fn run_pipeline(
         body.callback,
         admission,
     )
-    .await
-    .map(Ran::into_response)
+    .await?;
+    let resumed = Instant::now();
+    let response = ran.into_response();
+    app.metrics.phase(Phase::Respond, resumed.elapsed());
+    Ok(response)
 }
 
 /// A real-time run's outcome: the status and the request's JSON view.
 pub(super) struct Ran {
     pub(super) status: StatusCode,
     pub(super) view: RequestView,
+    /// When its task started, ran the pipeline and kept the request.
+    laps: Laps,
 }
 
 impl Ran {
@@ -246,7 +257,8 @@ impl Ran {
 /// The run and its record are one of the host's tasks: a client that hangs
 /// up, or one not answered in time, stops only the waiting. What the run
 /// did (a model call is paid for) is kept either way, and shutdown waits
-/// for it.
+/// for it. The hand-off to the task and back, the run and the keeping are
+/// observed as the request's phases; the caller observes the rest.
 pub(super) async fn run_real_time(
     app: Arc<App>,
     generation: Arc<Generation>,
@@ -257,6 +269,7 @@ pub(super) async fn run_real_time(
     admission: Admission,
 ) -> Result<Ran, ApiError> {
     let id = request.id.clone();
+    let handed = Instant::now();
     let run = app.lifecycle.spawn(run_and_keep(
         app.clone(),
         generation,
@@ -267,7 +280,11 @@ pub(super) async fn run_real_time(
         admission,
     ));
     match tokio::time::timeout(app.request_timeout, run).await {
-        Ok(Ok(ran)) => ran,
+        Ok(Ok(Ok(ran))) => {
+            app.metrics.laps(handed, ran.laps, Instant::now());
+            Ok(ran)
+        }
+        Ok(Ok(Err(refused))) => Err(refused),
         Ok(Err(panicked)) => {
             tracing::error!(request_id = %id, error = %panicked, "a request's run panicked");
             Err(ApiError::new(
@@ -299,6 +316,7 @@ async fn run_and_keep(
     callback: Option<String>,
     admission: Admission,
 ) -> Result<Ran, ApiError> {
+    let started = Instant::now();
     // A team over its budget with `over_budget = "cheap_layers"`: the same
     // stages, with model calls off.
     let cheap;
@@ -312,6 +330,7 @@ async fn run_and_keep(
         &app.run
     };
     let execution = pipeline.run(ctx, generation.number, request).await;
+    let ran = Instant::now();
     let completed = complete::complete(
         &app.store,
         &app.metrics,
@@ -345,7 +364,12 @@ async fn run_and_keep(
         state: TicketState::Open,
         reason,
     });
-    Ok(Ran { status, view })
+    let laps = Laps {
+        started,
+        ran,
+        kept: Instant::now(),
+    };
+    Ok(Ran { status, view, laps })
 }
 
 /// The status of a response to a run that ended without a ticket.

@@ -7,6 +7,7 @@
 //! | `strata_time_to_value_seconds` | pipeline, layer | from request to final answer, a human's included |
 //! | `strata_request_duration_seconds` | pipeline, status | time to respond to the client |
 //! | `strata_stage_duration_seconds` | pipeline, stage, layer | one stage invocation |
+//! | `strata_request_phase_seconds` | phase | a real-time request's time inside the host: receive, handoff, run, keep, respond ([`phases`]) |
 //! | `strata_stage_failures_total` | pipeline, stage, kind | trap, timeout, memory, fuel, output_too_large, invalid_outcome, refused_import |
 //! | `strata_canary_requests_total` | pipeline, stage, result | requests a canary served, ok or failed |
 //! | `strata_shadow_runs_total` | pipeline, stage, same | shadow comparisons, agreeing or not |
@@ -29,6 +30,7 @@
 //! | `strata_rated_cost_usd_total` | pipeline, rating | cost of rated requests: over good ratings, the cost per good outcome |
 
 mod labels;
+mod phases;
 
 use std::sync::atomic::AtomicU64;
 
@@ -44,6 +46,8 @@ use self::labels::{
     RequestLabels, StageLabels, StageResultLabels, StatusLabels, TeamLabels, TierLabels,
     TokenLabels, WindowLabels,
 };
+use self::phases::Phases;
+pub use self::phases::{Laps, Phase};
 use crate::pipeline::Execution;
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -66,6 +70,7 @@ pub struct Metrics {
     time_to_value: Histograms<LayerLabels>,
     request_duration: Histograms<StatusLabels>,
     stage_duration: Histograms<StageLabels>,
+    phases: Phases,
     stage_failures: Family<FailureLabels, Counter>,
     canary: Family<StageResultLabels, Counter>,
     shadow: Family<StageResultLabels, Counter>,
@@ -137,6 +142,7 @@ impl Metrics {
             Unit::Seconds,
             stage_duration.clone(),
         );
+        let phases = Phases::register(&mut registry);
         let stage_failures = Family::default();
         registry.register(
             "stage_failures",
@@ -316,6 +322,7 @@ impl Metrics {
             time_to_value,
             request_duration,
             stage_duration,
+            phases,
             stage_failures,
             canary,
             shadow,
@@ -480,6 +487,21 @@ impl Metrics {
                 self.stage_failure(pipeline, &run.stage, kind);
             }
         }
+    }
+
+    /// Observe a real-time request's `phase` (see [`phases`]).
+    pub fn phase(&self, phase: Phase, elapsed: std::time::Duration) {
+        self.phases.observe(phase, elapsed);
+    }
+
+    /// Observe the phases a real-time request's task timed: the wait for it
+    /// to start and for `resumed` (the handler), the run and the keeping.
+    pub fn laps(&self, handed: std::time::Instant, laps: Laps, resumed: std::time::Instant) {
+        let handoff = laps.started.saturating_duration_since(handed)
+            + resumed.saturating_duration_since(laps.kept);
+        self.phases.observe(Phase::Handoff, handoff);
+        self.phases.observe(Phase::Run, laps.ran - laps.started);
+        self.phases.observe(Phase::Keep, laps.kept - laps.ran);
     }
 
     /// Count a final answer `seconds` after its request arrived.
