@@ -211,7 +211,10 @@ const HOST_PHASES: [(&str, &str); 5] = [
     ),
     ("handoff", "`handoff`: to the run's task and back"),
     ("run", ""),
-    ("keep", "`keep`: the request's record queued for the writer"),
+    (
+        "keep",
+        "`keep`: the request's record queued for the writer, its view built",
+    ),
     ("respond", "`respond`: the response built and serialised"),
 ];
 

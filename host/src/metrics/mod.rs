@@ -500,8 +500,10 @@ impl Metrics {
         let handoff = laps.started.saturating_duration_since(handed)
             + resumed.saturating_duration_since(laps.kept);
         self.phases.observe(Phase::Handoff, handoff);
-        self.phases.observe(Phase::Run, laps.ran - laps.started);
-        self.phases.observe(Phase::Keep, laps.kept - laps.ran);
+        self.phases
+            .observe(Phase::Run, laps.ran.saturating_duration_since(laps.started));
+        self.phases
+            .observe(Phase::Keep, laps.kept.saturating_duration_since(laps.ran));
     }
 
     /// Count a final answer `seconds` after its request arrived.

@@ -9,8 +9,11 @@
 //! | `receive` | the request head, parsed | the run handed to its task: routing, authentication, the body read and parsed, admission |
 //! | `handoff` | | the task started, plus from the task's end until the handler resumes |
 //! | `run` | the pipeline started | its verdict (each stage is also in `strata_stage_duration_seconds`) |
-//! | `keep` | the verdict | the request kept: its record queued, or a ticket or callback made durable |
+//! | `keep` | the verdict | the request kept (its record queued, or a ticket or callback made durable) and its view built |
 //! | `respond` | the handler resumed | the response built and serialised |
+//!
+//! A run that panics, outlasts the request timeout or cannot be kept is
+//! observed in `receive` only, so those counts may run ahead of the others.
 
 use std::time::{Duration, Instant};
 
