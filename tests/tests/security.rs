@@ -315,6 +315,15 @@ plugin = {}
         stages[0]["exports"],
         json!(["strata:pipeline/init@0.2.0", "strata:pipeline/stage@0.2.0"])
     );
+    // `normalise` is `no_std` (`no_std_runtime!`): it can reach no WASI at
+    // all. If a build let `std` in, it would import `wasi:cli` and the rest.
+    let imports = stages[0]["imports"].as_array().unwrap();
+    assert!(
+        imports
+            .iter()
+            .all(|i| !i["name"].as_str().unwrap().starts_with("wasi:")),
+        "{imports:?}"
+    );
     assert_eq!(
         stages[1]["breaks"],
         json!(["ungranted", "unpinned", "no-limits"])

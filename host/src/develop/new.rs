@@ -373,9 +373,11 @@ fn sdk_manifest() -> String {
      license = \"Apache-2.0\"\n\
      readme = \"README.md\"\n\n\
      [dependencies]\n\
-     serde = { version = \"1\", features = [\"derive\"] }\n\
-     serde_json = \"1\"\n\
-     wit-bindgen = \"0.63\"\n"
+     serde = { version = \"1\", default-features = false }\n\
+     serde_json = { version = \"1\", default-features = false, features = [\"alloc\"] }\n\
+     wit-bindgen = { version = \"0.63\", default-features = false, features = [\"macros\", \"realloc\"] }\n\n\
+     [target.'cfg(target_family = \"wasm\")'.dependencies]\n\
+     dlmalloc = { version = \"0.2\", features = [\"global\"] }\n"
         .to_owned()
 }
 
@@ -403,6 +405,16 @@ fn camel_case(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vendored_sdk_depends_on_what_the_sdk_does() {
+        let table = |text: &str| text.parse::<toml::Table>().expect("valid TOML");
+        let repository = table(include_str!("../../../plugins/sdk/Cargo.toml"));
+        let vendored = table(&sdk_manifest());
+        for key in ["dependencies", "target"] {
+            assert_eq!(vendored.get(key), repository.get(key), "[{key}]");
+        }
+    }
 
     #[test]
     fn camel_cases_names() {

@@ -33,7 +33,7 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 use super::engine::{EPOCH_TICK, Runtime};
 use super::imports::config::ConfigCtx;
 use super::invoke::{LogTag, StageState, classify, set_budget};
-use crate::manifest::{Digest, HttpHost, StageSpec};
+use crate::manifest::{Digest, StageSpec, WasiSpec};
 
 /// The export a stage pre-initialises through.
 pub const INIT_EXPORT: &str = "strata:pipeline/init@0.2.0";
@@ -75,7 +75,7 @@ impl Runtime {
         &self,
         spec: &StageSpec,
         config: &Arc<ConfigCtx>,
-        http_hosts: &Arc<[HttpHost]>,
+        wasi: &Arc<WasiSpec>,
         component: &Component,
     ) -> Result<Option<Snapshot>, String> {
         if component.get_export_index(None, INIT_EXPORT).is_none() {
@@ -99,7 +99,7 @@ impl Runtime {
             runtime: self,
             spec,
             config,
-            http_hosts,
+            wasi,
             tag: LogTag {
                 request_id: Arc::from("init"),
                 pipeline: Arc::from(""),
@@ -139,7 +139,7 @@ struct Init<'a> {
     runtime: &'a Runtime,
     spec: &'a StageSpec,
     config: &'a Arc<ConfigCtx>,
-    http_hosts: &'a Arc<[HttpHost]>,
+    wasi: &'a Arc<WasiSpec>,
     tag: LogTag,
     seed: u64,
 }
@@ -157,7 +157,7 @@ impl Init<'_> {
         let mut store = self.runtime.store_for(
             self.spec,
             self.config,
-            self.http_hosts,
+            self.wasi,
             Some(self.seed),
             &self.tag,
         );

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtxView, WasiView};
 
 use super::engine::EPOCH_TICK;
 use super::engine::Runtime;
@@ -21,7 +21,7 @@ use crate::runtime::imports::config::ConfigCtx;
 use crate::runtime::imports::http::HttpCtx;
 use crate::runtime::imports::log::LogCtx;
 use crate::runtime::imports::model::{ModelAccess, ModelCtx};
-use crate::runtime::imports::wasi::GuestLogs;
+use crate::runtime::imports::wasi::{GuestLogs, LazyWasi};
 
 /// The most bytes a guest may pass to the host in one call (a log line, an
 /// answer to remember, a model prompt); more is a trap, not a host
@@ -167,7 +167,7 @@ impl Runtime {
             // id: a replay decides alike.
             crate::request::fnv1a(request.input.as_bytes(), seed)
         });
-        self.store_for(&stage.spec, &stage.config, &stage.http_hosts, seed, tag)
+        self.store_for(&stage.spec, &stage.config, &stage.wasi, seed, tag)
     }
 
     /// A store for one instance of the stage `spec`, its limits set.
@@ -175,7 +175,7 @@ impl Runtime {
         &self,
         spec: &crate::manifest::StageSpec,
         config: &Arc<ConfigCtx>,
-        http_hosts: &Arc<[crate::manifest::HttpHost]>,
+        wasi: &Arc<crate::manifest::WasiSpec>,
         seed: Option<u64>,
         tag: &LogTag,
     ) -> Store<StageState> {
@@ -183,7 +183,7 @@ impl Runtime {
         let mut store = Store::new(
             &self.engine,
             StageState {
-                wasi: crate::runtime::imports::wasi::locked_down(&logs, seed, &spec.wasi),
+                wasi: LazyWasi::new(seed, wasi.clone()),
                 table: ResourceTable::new(),
                 limiter: StageLimiter::new(spec.limits.memory_mib),
                 logs,
@@ -191,7 +191,7 @@ impl Runtime {
                 config: config.clone(),
                 cache: CacheCtx::new(tag.clone()),
                 model: ModelCtx::default(),
-                http: HttpCtx::new(http_hosts.clone()),
+                http: HttpCtx::new(wasi.clone()),
                 timed_out: false,
             },
         );
@@ -432,8 +432,8 @@ pub struct LogTag {
 /// One field per host interface, each that interface's own context; the
 /// imports reach only their own (see [`crate::runtime::imports`]).
 pub(crate) struct StageState {
-    /// WASI, locked down (`wasi:*`).
-    pub(super) wasi: WasiCtx,
+    /// WASI, locked down (`wasi:*`), built on the guest's first WASI call.
+    pub(super) wasi: LazyWasi,
     pub(super) table: ResourceTable,
     /// Where the guest's stdout and stderr go.
     pub(super) logs: GuestLogs,
@@ -454,7 +454,7 @@ pub(crate) struct StageState {
 impl WasiView for StageState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get(&self.logs),
             table: &mut self.table,
         }
     }

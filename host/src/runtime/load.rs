@@ -121,9 +121,9 @@ impl Runtime {
         // rather than as an `init` that failed.
         let mut pre = link(&component)?;
         let config = ConfigCtx::new(&spec.config);
-        let http_hosts: Arc<[crate::manifest::HttpHost]> = spec.wasi.http.clone().into();
+        let wasi = Arc::new(spec.wasi.clone());
         let initialised = self
-            .initialise(spec, &config, &http_hosts, &component)
+            .initialise(spec, &config, &wasi, &component)
             .map_err(|reason| {
                 fail(ManifestErrorKind::Init {
                     path: path.clone(),
@@ -137,7 +137,7 @@ impl Runtime {
         Ok(LoadedStage {
             snapshot: initialised,
             config,
-            http_hosts,
+            wasi,
             spec: spec.clone(),
             digest: spec.plugin.digest.clone(),
             contract,
@@ -191,8 +191,8 @@ pub struct LoadedStage {
     pub snapshot: Option<Snapshot>,
     pub(super) pre: StagePre<StageState>,
     pub(super) config: Arc<ConfigCtx>,
-    /// The hosts its outgoing HTTP requests may reach.
-    pub(super) http_hosts: Arc<[crate::manifest::HttpHost]>,
+    /// What its WASI may reach: directories, addresses, HTTP hosts.
+    pub(super) wasi: Arc<crate::manifest::WasiSpec>,
     pub(super) reuse: Option<ReusePool>,
 }
 

@@ -1,6 +1,16 @@
 //! Example stage `normalise`: trims the input, folds it to lower case and
 //! collapses runs of whitespace into one space, so that later stages (rules,
 //! the answer bank) see one spelling of the same question.
+//!
+//! It needs nothing of `std`, so as a component it is `no_std` and imports
+//! nothing at all (see `strata_sdk::no_std_runtime!`): build it on its own,
+//! `cargo build -p normalise`.
+
+#![cfg_attr(target_family = "wasm", no_std)]
+
+extern crate alloc;
+
+use alloc::string::String;
 
 // The component export exists only in the WebAssembly build. Natively the
 // crate is a plain library (its tests, the rules plugin's Banking77 harness):
@@ -9,7 +19,7 @@
 #[cfg(target_family = "wasm")]
 mod component {
     use super::normalise;
-    use strata_sdk::{Outcome, Request, Stage, export_stage};
+    use strata_sdk::{Outcome, Request, Stage, export_stage, no_std_runtime};
 
     struct Normalise;
 
@@ -21,6 +31,7 @@ mod component {
     }
 
     export_stage!(Normalise);
+    no_std_runtime!();
 }
 
 /// Trim, lower-case (Unicode-aware) and collapse whitespace.

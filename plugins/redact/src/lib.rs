@@ -5,7 +5,16 @@
 //!
 //! The scanners are hand-written rather than regular expressions: a card
 //! number is only a card number if its Luhn check digit is right, and plain
-//! scanning keeps a fresh instance cheap.
+//! scanning keeps a fresh instance cheap. It needs nothing of `std`, so as a
+//! component it is `no_std` and imports nothing at all (see
+//! `strata_sdk::no_std_runtime!`): build it on its own, `cargo build -p redact`.
+
+#![cfg_attr(target_family = "wasm", no_std)]
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
 
 // The component export exists only in the WebAssembly build. Natively the
 // crate is a plain library (its tests, the rules plugin's Banking77 harness):
@@ -14,7 +23,8 @@
 #[cfg(target_family = "wasm")]
 mod component {
     use super::redact;
-    use strata_sdk::{Outcome, Request, Stage, export_stage};
+    use alloc::vec::Vec;
+    use strata_sdk::{Outcome, Request, Stage, export_stage, no_std_runtime};
 
     struct Redact;
 
@@ -31,6 +41,7 @@ mod component {
     }
 
     export_stage!(Redact);
+    no_std_runtime!();
 }
 
 /// A kind of personal data this stage removes.

@@ -55,6 +55,52 @@
 //! The SDK targets `strata:pipeline@0.2.0`, so a stage built with it needs a
 //! host that links 0.2.0. Stages built with an older SDK (0.1.0) keep
 //! loading: the host links every version.
+//!
+//! # Stages without `std`
+//!
+//! A stage that uses Rust's `std` imports about thirteen WASI interfaces
+//! (standard streams, environment, exit) whether it calls them or not, and
+//! the host gives every fresh instance a locked-down WASI context for them.
+//! A stage that needs only `core` and `alloc` can be `no_std` and import
+//! nothing but what it calls from the host: [`no_std_runtime!`] supplies
+//! what `std` otherwise would (an allocator, a panic handler, the
+//! canonical ABI's `cabi_realloc`). Such an instance starts faster, and
+//! `strata audit` shows a stage that can reach no WASI at all.
+//!
+//! ```ignore
+//! #![no_std]
+//! extern crate alloc;
+//!
+//! use alloc::string::String;
+//! use strata_sdk::{Outcome, Request, Stage, export_stage, no_std_runtime};
+//!
+//! struct Trim;
+//!
+//! impl Stage for Trim {
+//!     fn handle(mut request: Request) -> Outcome {
+//!         request.input = String::from(request.input.trim());
+//!         Outcome::Next(request)
+//!     }
+//! }
+//!
+//! export_stage!(Trim);
+//! no_std_runtime!();
+//! ```
+//!
+//! Every dependency of such a stage must be `no_std` as well, with `std`
+//! off in every crate of the build: Cargo unifies a shared dependency's
+//! features across the packages one command builds, so build a `no_std`
+//! stage on its own (`cargo build -p NAME`), not together with stages that
+//! turn on `std` in `serde`, `serde_json` or `wit-bindgen`. If `std` slips
+//! in, the build fails with "found duplicate lang item `panic_impl`". A
+//! panic in a `no_std` stage traps without its message (`std` would write
+//! it to stderr, which the host logs).
+
+#![no_std]
+
+extern crate alloc;
+
+use alloc::string::String;
 
 /// Generated bindings for the `strata:pipeline` package. Stage authors use
 /// the re-exports at the crate root instead.
@@ -118,6 +164,95 @@ macro_rules! export_stage {
         }
         $crate::bindings::__export_plugin!($stage with_types_in $crate::bindings);
     };
+}
+
+/// What `std` would give a stage, for a `no_std` stage: a global allocator
+/// (dlmalloc, the allocator `std` itself uses on WebAssembly), a panic
+/// handler (a trap: the host reports the stage failed) and the canonical
+/// ABI's `cabi_realloc` export, through which the host hands the stage its
+/// request. Invoke it once, at the crate root, in a crate that is
+/// `#![no_std]` when built for WebAssembly. See the crate's documentation.
+#[macro_export]
+macro_rules! no_std_runtime {
+    () => {
+        #[cfg(target_family = "wasm")]
+        #[global_allocator]
+        static __STRATA_ALLOCATOR: $crate::__runtime::Allocator = $crate::__runtime::Allocator;
+
+        #[cfg(target_family = "wasm")]
+        #[panic_handler]
+        fn __strata_panic(_: &::core::panic::PanicInfo<'_>) -> ! {
+            ::core::arch::wasm32::unreachable()
+        }
+
+        /// The canonical ABI's allocation function (see `no_std_runtime!`).
+        ///
+        /// # Safety
+        /// Called by the host only, with a block this function returned
+        /// (or null with `old_len` 0), its size and alignment.
+        #[cfg(target_family = "wasm")]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn cabi_realloc(
+            old: *mut u8,
+            old_len: usize,
+            align: usize,
+            new_len: usize,
+        ) -> *mut u8 {
+            // SAFETY: the caller's contract is `cabi_realloc`'s own.
+            unsafe { $crate::__runtime::realloc(old, old_len, align, new_len) }
+        }
+    };
+}
+
+/// The pieces [`no_std_runtime!`] installs; not an API.
+#[doc(hidden)]
+pub mod __runtime {
+    #[cfg(target_family = "wasm")]
+    pub use dlmalloc::GlobalDlmalloc as Allocator;
+
+    use alloc::alloc::{Layout, alloc, handle_alloc_error, realloc as grow};
+
+    // `core` calls `memcmp`, which on WASI comes from wasi-libc, the C
+    // library `std` links; a `no_std` stage links it for that alone (it
+    // brings no imports). A `std` stage links it anyway.
+    #[cfg(all(target_family = "wasm", target_os = "wasi"))]
+    #[link(name = "c")]
+    unsafe extern "C" {}
+
+    /// The canonical ABI's `cabi_realloc` over the global allocator: a new
+    /// block when `old_len` is 0, otherwise `old` resized; a zero-sized
+    /// request gets a dangling, aligned pointer. Out of memory aborts (the
+    /// instance traps).
+    ///
+    /// # Safety
+    /// `align` is a power of two; `old`, when `old_len` is not 0, is a
+    /// block this function returned with that size and alignment.
+    pub unsafe fn realloc(old: *mut u8, old_len: usize, align: usize, new_len: usize) -> *mut u8 {
+        let Ok(layout) = Layout::from_size_align(new_len, align) else {
+            panic!("cabi_realloc: invalid size {new_len} or alignment {align}");
+        };
+        if new_len == 0 {
+            return core::ptr::without_provenance_mut(align);
+        }
+        let block = if old_len == 0 {
+            // SAFETY: the layout's size is not zero.
+            unsafe { alloc(layout) }
+        } else {
+            // SAFETY: the caller promises `old` came from here with
+            // `old_len` and `align`, which is then a valid layout.
+            unsafe {
+                grow(
+                    old,
+                    Layout::from_size_align_unchecked(old_len, align),
+                    new_len,
+                )
+            }
+        };
+        if block.is_null() {
+            handle_alloc_error(layout);
+        }
+        block
+    }
 }
 
 impl Request {
@@ -200,6 +335,7 @@ pub mod log {
 /// Read the stage's own `config` table (needs the `config` grant).
 pub mod config {
     use crate::bindings::strata::pipeline::config;
+    use alloc::string::String;
 
     /// One top-level value: strings as they are, anything else as JSON.
     pub fn get(key: &str) -> Option<String> {
@@ -211,7 +347,8 @@ pub mod config {
     /// Errors name the problem, so a stage can turn them into an escalation
     /// or a log line instead of a panic.
     pub fn load<T: serde::de::DeserializeOwned>() -> Result<T, String> {
-        serde_json::from_str(&config::get_json()).map_err(|e| format!("invalid stage config: {e}"))
+        serde_json::from_str(&config::get_json())
+            .map_err(|e| alloc::format!("invalid stage config: {e}"))
     }
 }
 
@@ -250,6 +387,11 @@ pub mod cache {
 
 /// Model completions by tier (needs the `model` grant).
 pub mod model {
+    use alloc::borrow::ToOwned;
+    use alloc::format;
+    use alloc::string::String;
+    use alloc::vec::Vec;
+
     use crate::bindings::strata::pipeline::model;
     pub use crate::bindings::strata::pipeline::model::{
         Completion, CompletionRequest, Message, ModelError,

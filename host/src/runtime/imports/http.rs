@@ -14,7 +14,7 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use crate::manifest::HttpHost;
+use crate::manifest::WasiSpec;
 use crate::runtime::StageState;
 
 /// One instance's `wasi:http` state.
@@ -24,8 +24,8 @@ pub(crate) struct HttpCtx {
 }
 
 impl HttpCtx {
-    /// A context whose outgoing requests may reach `allowed` only.
-    pub(crate) fn new(allowed: Arc<[HttpHost]>) -> HttpCtx {
+    /// A context whose outgoing requests may reach `wasi.http` only.
+    pub(crate) fn new(allowed: Arc<WasiSpec>) -> HttpCtx {
         HttpCtx {
             ctx: WasiHttpCtx::new(),
             hooks: AllowedHosts(allowed),
@@ -43,8 +43,8 @@ impl WasiHttpView for StageState {
     }
 }
 
-/// The hosts one stage may send requests to.
-struct AllowedHosts(Arc<[HttpHost]>);
+/// The hosts one stage may send requests to: its `wasi.http`.
+struct AllowedHosts(Arc<WasiSpec>);
 
 impl AllowedHosts {
     fn permits(&self, uri: &http::Uri) -> bool {
@@ -60,6 +60,7 @@ impl AllowedHosts {
         // `Uri::host` keeps an IPv6 address's brackets; entries hold it as
         // `Authority::host` does, with them too.
         self.0
+            .http
             .iter()
             .any(|allowed| allowed.allows(host, port, default_port))
     }
@@ -112,15 +113,17 @@ pub(crate) fn add_to_linker(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::HttpHost;
 
     #[test]
     fn only_listed_hosts_and_ports_are_permitted() {
-        let allowed = AllowedHosts(
-            ["api.example.com", "127.0.0.1:8080", "[::1]:9000"]
+        let allowed = AllowedHosts(Arc::new(WasiSpec {
+            http: ["api.example.com", "127.0.0.1:8080", "[::1]:9000"]
                 .iter()
                 .map(|h| HttpHost::parse(h).expect("valid"))
                 .collect(),
-        );
+            ..WasiSpec::default()
+        }));
         let cases = [
             ("https://api.example.com/v1", true),
             ("http://api.example.com/v1", true),

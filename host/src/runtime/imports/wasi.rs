@@ -1,4 +1,5 @@
-//! The locked-down WASI context every stage gets.
+//! The locked-down WASI context every stage gets, built when the guest
+//! first calls WASI (a `no_std` stage imports none, and never does).
 //!
 //! Rust's standard library makes a guest import `wasi:cli` and `wasi:io` even
 //! if it never prints. Those imports are satisfied here with nothing behind
@@ -103,6 +104,34 @@ fn report_dropped(state: &LogState) {
             dropped_bytes = state.dropped,
             "stage output over the {MAX_OUTPUT_BYTES}-byte log budget was dropped"
         );
+    }
+}
+
+/// One instance's WASI context, built when the guest first calls WASI: a
+/// stage that never does (a `no_std` one imports no WASI at all) never
+/// pays for building it.
+pub(crate) struct LazyWasi {
+    built: Option<WasiCtx>,
+    seed: Option<u64>,
+    spec: Arc<WasiSpec>,
+}
+
+impl LazyWasi {
+    /// The context [`locked_down`] will build from `seed` and `spec`.
+    pub(crate) fn new(seed: Option<u64>, spec: Arc<WasiSpec>) -> LazyWasi {
+        LazyWasi {
+            built: None,
+            seed,
+            spec,
+        }
+    }
+
+    /// The context, built now if this is the guest's first WASI call; its
+    /// stdout and stderr go to `logs`.
+    pub(crate) fn get(&mut self, logs: &GuestLogs) -> &mut WasiCtx {
+        let (seed, spec) = (self.seed, &self.spec);
+        self.built
+            .get_or_insert_with(|| locked_down(logs, seed, spec))
     }
 }
 
