@@ -206,7 +206,7 @@ const HOST_PHASES: [(&str, &str); 5] = [
         "receive",
         "`receive`: routing, authentication, the body read and parsed, admission",
     ),
-    ("handoff", "`handoff`: to the run's task and back"),
+    ("handoff", "`handoff`: from the handler to the run and back"),
     ("run", ""),
     (
         "keep",

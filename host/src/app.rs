@@ -3,7 +3,11 @@
 //! delivery worker and the operator's actions (`control`): they all import
 //! it, it imports none of them back.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -94,6 +98,23 @@ impl Lifecycle {
         self.tasks.spawn(task)
     }
 
+    /// Run `task` in the caller's own task, to its end even if the caller
+    /// stops waiting: dropped before it ends (the client hung up, a wait
+    /// timed out), what is left of it goes on as one of the host's tasks.
+    /// While the caller waits this costs no hand-off to another task and
+    /// back, which [`Lifecycle::spawn`] would. A panic in `task` is caught
+    /// and returned.
+    pub fn finish<F>(&self, task: F) -> Finishing<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        Finishing {
+            task: Some(Box::pin(task)),
+            tasks: self.tasks.clone(),
+        }
+    }
+
     /// Run `task` until it ends or the host begins to stop, whichever is
     /// first. For loops that hold nothing worth finishing.
     pub fn spawn_until_stopped<F>(&self, task: F)
@@ -120,5 +141,68 @@ impl Lifecycle {
         self.cancel.cancel();
         self.tasks.close();
         tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
+    }
+}
+
+/// A task its caller polls and the host finishes if the caller stops
+/// ([`Lifecycle::finish`]).
+pub struct Finishing<T: Send + 'static> {
+    /// `None` once it ended (or panicked).
+    task: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+    tasks: TaskTracker,
+}
+
+/// A task that panicked, with its message when it had one.
+#[derive(Debug)]
+pub struct Panicked(pub String);
+
+impl std::fmt::Display for Panicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "panicked: {}", self.0)
+    }
+}
+
+impl<T: Send + 'static> Future for Finishing<T> {
+    type Output = Result<T, Panicked>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(task) = self.task.as_mut() else {
+            panic!("a finished task was polled again");
+        };
+        // A panic must not unwind through the caller (nor leave a task that
+        // `drop` would try to finish).
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => {
+                self.task = None;
+                Poll::Ready(Ok(output))
+            }
+            Err(panic) => {
+                self.task = None;
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".to_owned());
+                Poll::Ready(Err(Panicked(message)))
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for Finishing<T> {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        // Without a runtime (it is being torn down) nothing can finish it.
+        // A panic in what is left goes to the panic hook, as it would in
+        // any task nobody waits for.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.tasks.track_future(async move {
+                let _ = task.await;
+            }));
+        }
     }
 }

@@ -265,12 +265,13 @@ async fn a_trailing_slash_names_the_same_route() {
     host.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_past_the_request_timeout_answers_504_and_is_still_kept() {
-    let manifest = format!(
+/// A pipeline whose one stage spins until its `timeout_ms` stops it (and
+/// is then skipped), served with `server` as the `[server]` table.
+fn spinning(server: &str, timeout_ms: u32) -> String {
+    format!(
         "{SMALL_RUNTIME}
 [server]
-request_timeout_ms = 200
+{server}
 
 [pipelines.spin]
 [[pipelines.spin.stages]]
@@ -279,12 +280,28 @@ layer = \"rules\"
 plugin = {}
 grants = [\"config\", \"log\"]
 on_error = \"skip\"
-limits = {{ timeout_ms = 1500 }}
+limits = {{ timeout_ms = {timeout_ms} }}
 config = {{ mode = \"loop\" }}
 ",
         toml_str(components::MISBEHAVE)
-    );
-    let host = TestHost::start(&manifest).await;
+    )
+}
+
+/// The record of request `id`, waiting up to 5 s for it to be kept.
+async fn record_of(host: &TestHost, id: &str) -> serde_json::Value {
+    for _ in 0..100 {
+        let (status, body) = host.get(&format!("/v1/requests/{id}")).await;
+        if status == 200 {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("request {id} was never recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_past_the_request_timeout_answers_504_and_is_still_kept() {
+    let host = TestHost::start(&spinning("request_timeout_ms = 200", 1500)).await;
     let started = Instant::now();
     let (status, body) = host
         .send(
@@ -303,17 +320,29 @@ config = {{ mode = \"loop\" }}
     );
     // The run went on after its client was answered, and was recorded: the
     // stage's timeout skipped it, so the request ended unanswered.
-    let mut record = None;
-    for _ in 0..100 {
-        let (status, body) = host.get("/v1/requests/slow-1").await;
-        if status == 200 {
-            record = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let record = record.expect("the run past the request timeout was never recorded");
+    let record = record_of(&host, "slow-1").await;
     assert_eq!(record["request_id"], "slow-1", "{record}");
+    assert_eq!(record["stages"][0]["failure"], "timeout", "{record}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_client_hangs_up_goes_on_and_is_kept() {
+    let host = TestHost::start(&spinning("", 600)).await;
+    // The client gives up (and closes its connection) while the stage
+    // still spins; the run is polled by the request's own task until then.
+    let sent = host
+        .request(reqwest::Method::POST, "/v1/pipelines/spin")
+        .header("X-Request-Id", "gone-1")
+        .json(&json!({"input": "x"}))
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await;
+    assert!(
+        sent.as_ref().is_err_and(reqwest::Error::is_timeout),
+        "the client was answered before it gave up: {sent:?}"
+    );
+    let record = record_of(&host, "gone-1").await;
     assert_eq!(record["stages"][0]["failure"], "timeout", "{record}");
     host.shutdown().await;
 }

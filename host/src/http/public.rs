@@ -254,11 +254,15 @@ impl Ran {
 
 /// Run `request` now and wait for it, within `[server] request_timeout_ms`.
 ///
-/// The run and its record are one of the host's tasks: a client that hangs
-/// up, or one not answered in time, stops only the waiting. What the run
-/// did (a model call is paid for) is kept either way, and shutdown waits
-/// for it. The hand-off to the task and back, the run and the keeping are
-/// observed as the request's phases; the caller observes the rest.
+/// The run and its record go on to their end whatever the client does: a
+/// client that hangs up, or one not answered in time, stops only the
+/// waiting, and what is left of the run becomes one of the host's tasks
+/// ([`crate::app::Lifecycle::finish`]). What the run did (a model call is
+/// paid for) is kept either way, and shutdown waits for it. While the
+/// client waits the run is polled in the request's own task, with no
+/// hand-off to another. The hand-off phase (what lies between the handler
+/// and the run), the run and the keeping are observed as the request's
+/// phases; the caller observes the rest.
 pub(super) async fn run_real_time(
     app: Arc<App>,
     generation: Arc<Generation>,
@@ -270,7 +274,7 @@ pub(super) async fn run_real_time(
 ) -> Result<Ran, ApiError> {
     let id = request.id.clone();
     let handed = Instant::now();
-    let run = app.lifecycle.spawn(run_and_keep(
+    let run = app.lifecycle.finish(run_and_keep(
         app.clone(),
         generation,
         pipeline,

@@ -6,8 +6,8 @@
 //!
 //! | phase | from | to |
 //! | --- | --- | --- |
-//! | `receive` | the request head, parsed | the run handed to its task: routing, authentication, the body read and parsed, admission |
-//! | `handoff` | | the task started, plus from the task's end until the handler resumes |
+//! | `receive` | the request head, parsed | the run handed over: routing, authentication, the body read and parsed, admission |
+//! | `handoff` | | the run started, plus from its end until the handler resumes (the run is polled in the request's own task, so this is a few microseconds; it moves to a task of its own only if the client stops waiting) |
 //! | `run` | the pipeline started | its verdict (each stage is also in `strata_stage_duration_seconds`) |
 //! | `keep` | the verdict | the request kept (its record queued, or a ticket or callback made durable) and its view built |
 //! | `respond` | the handler resumed | the response built and serialised |
@@ -27,7 +27,8 @@ use prometheus_client::registry::{Registry, Unit};
 pub enum Phase {
     /// Routing, authentication, the body read and parsed, admission.
     Receive,
-    /// Waiting for the run's task to start, and for the handler to resume.
+    /// Between the handler and the run: until the run starts, and from its
+    /// end until the handler resumes.
     Handoff,
     /// The pipeline, its stages included.
     Run,
