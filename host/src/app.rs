@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -110,7 +111,9 @@ impl Lifecycle {
         F::Output: Send + 'static,
     {
         Finishing {
-            task: Some(Box::pin(task)),
+            // Caught, so a panic neither unwinds through the caller nor
+            // leaves a task that `drop` would try to finish.
+            task: Some(Box::pin(AssertUnwindSafe(task).catch_unwind())),
             tasks: self.tasks.clone(),
         }
     }
@@ -147,8 +150,8 @@ impl Lifecycle {
 /// A task its caller polls and the host finishes if the caller stops
 /// ([`Lifecycle::finish`]).
 pub struct Finishing<T: Send + 'static> {
-    /// `None` once it ended (or panicked).
-    task: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+    /// The task, its panics caught; `None` once it ended.
+    task: Option<Pin<Box<dyn Future<Output = std::thread::Result<T>> + Send>>>,
     tasks: TaskTracker,
 }
 
@@ -166,28 +169,22 @@ impl<T: Send + 'static> Future for Finishing<T> {
     type Output = Result<T, Panicked>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(task) = self.task.as_mut() else {
-            panic!("a finished task was polled again");
+        let task = self
+            .task
+            .as_mut()
+            .expect("a finished task is not polled again");
+        let Poll::Ready(output) = task.as_mut().poll(cx) else {
+            return Poll::Pending;
         };
-        // A panic must not unwind through the caller (nor leave a task that
-        // `drop` would try to finish).
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(cx)));
-        match polled {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => {
-                self.task = None;
-                Poll::Ready(Ok(output))
-            }
-            Err(panic) => {
-                self.task = None;
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "(no message)".to_owned());
-                Poll::Ready(Err(Panicked(message)))
-            }
-        }
+        self.task = None;
+        Poll::Ready(output.map_err(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned());
+            Panicked(message)
+        }))
     }
 }
 
@@ -197,8 +194,7 @@ impl<T: Send + 'static> Drop for Finishing<T> {
             return;
         };
         // Without a runtime (it is being torn down) nothing can finish it.
-        // A panic in what is left goes to the panic hook, as it would in
-        // any task nobody waits for.
+        // A panic in what is left has been reported by the panic hook.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(self.tasks.track_future(async move {
                 let _ = task.await;

@@ -236,7 +236,7 @@ async fn run_pipeline(
 pub(super) struct Ran {
     pub(super) status: StatusCode,
     pub(super) view: RequestView,
-    /// When its task started, ran the pipeline and kept the request.
+    /// When it started, ran the pipeline and kept the request.
     laps: Laps,
 }
 

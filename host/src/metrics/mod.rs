@@ -494,8 +494,9 @@ impl Metrics {
         self.phases.observe(phase, elapsed);
     }
 
-    /// Observe the phases a real-time request's task timed: the wait for it
-    /// to start and for `resumed` (the handler), the run and the keeping.
+    /// Observe the phases a real-time request's run timed: from `handed` to
+    /// its start and from its end to `resumed` (the handler), the run and
+    /// the keeping.
     pub fn laps(&self, handed: std::time::Instant, laps: Laps, resumed: std::time::Instant) {
         let handoff = laps.started.saturating_duration_since(handed)
             + resumed.saturating_duration_since(laps.kept);

@@ -89,10 +89,10 @@ impl Phases {
 }
 
 /// The instants between the phases of one real-time request's run, taken
-/// by the task that runs it.
+/// by the run itself.
 #[derive(Clone, Copy, Debug)]
 pub struct Laps {
-    /// The task started.
+    /// The run started.
     pub started: Instant,
     /// The pipeline gave its verdict.
     pub ran: Instant,

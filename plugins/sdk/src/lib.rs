@@ -91,7 +91,7 @@
 //! off in every crate of the build: Cargo unifies a shared dependency's
 //! features across the packages one command builds, so build a `no_std`
 //! stage on its own (`cargo build -p NAME`), not together with stages that
-//! turn on `std` in `serde`, `serde_json` or `wit-bindgen`. If `std` slips
+//! turn on `std` in `serde`, `serde_json`, `memchr` or `wit-bindgen`. If `std` slips
 //! in, the build fails with "found duplicate lang item `panic_impl`". A
 //! panic in a `no_std` stage traps without its message (`std` would write
 //! it to stderr, which the host logs).
@@ -170,8 +170,9 @@ macro_rules! export_stage {
 /// (dlmalloc, the allocator `std` itself uses on WebAssembly), a panic
 /// handler (a trap: the host reports the stage failed) and the canonical
 /// ABI's `cabi_realloc` export, through which the host hands the stage its
-/// request. Invoke it once, at the crate root, in a crate that is
-/// `#![no_std]` when built for WebAssembly. See the crate's documentation.
+/// request. Invoke it once, anywhere in a crate that is `#![no_std]` when
+/// built for WebAssembly (the crate root, or the module that exports the
+/// stage). See the crate's documentation.
 #[macro_export]
 macro_rules! no_std_runtime {
     () => {

@@ -129,9 +129,8 @@ impl LazyWasi {
     /// The context, built now if this is the guest's first WASI call; its
     /// stdout and stderr go to `logs`.
     pub(crate) fn get(&mut self, logs: &GuestLogs) -> &mut WasiCtx {
-        let (seed, spec) = (self.seed, &self.spec);
         self.built
-            .get_or_insert_with(|| locked_down(logs, seed, spec))
+            .get_or_insert_with(|| locked_down(logs, self.seed, &self.spec))
     }
 }
 
