@@ -41,6 +41,12 @@ impl Drop for Claim {
     }
 }
 
+/// How long a delivery attempt holds its callback: longer than an attempt
+/// takes (its receiver's lookup and its request are bounded by
+/// `DELIVERY_TIMEOUT` each), after which a host that died during it no
+/// longer keeps it from being delivered.
+const CLAIM_LEASE: Duration = Duration::from_secs(60);
+
 /// Deliver due callbacks until the host stops, up to `[callbacks]
 /// concurrency` at a time.
 pub fn spawn_worker(app: Arc<App>) {
@@ -75,7 +81,24 @@ pub fn spawn_worker(app: Arc<App>) {
                             };
                             let app = app.clone();
                             running.spawn(async move {
-                                deliver(&app, request_id, &url, attempts + 1).await;
+                                // Hosts sharing a store see the same due
+                                // callbacks: the one whose lease lands
+                                // delivers.
+                                let lease_until = crate::store::now_millis()
+                                    + CLAIM_LEASE.as_millis() as i64;
+                                match app
+                                    .store
+                                    .claim_callback(request_id.clone(), now, lease_until)
+                                    .await
+                                {
+                                    Ok(true) => {
+                                        deliver(&app, request_id, &url, attempts + 1).await;
+                                    }
+                                    Ok(false) => {}
+                                    Err(error) => {
+                                        tracing::error!(%error, request_id, "cannot take a due callback");
+                                    }
+                                }
                                 drop(claim);
                             });
                         }

@@ -45,6 +45,9 @@ pub struct HostOptions {
     pub admin_listen: Option<SocketAddr>,
     /// Keep state here instead of the manifest's data directory.
     pub data_dir: Option<PathBuf>,
+    /// Keep durable state in the PostgreSQL server at this URL instead of
+    /// where the manifest's `[store]` says.
+    pub store_url: Option<String>,
     /// Use these tokens instead of reading them from the environment.
     pub tokens: Option<Tokens>,
     /// Keep compiled components here instead of `DATA_DIR/compile-cache`
@@ -66,6 +69,7 @@ impl HostOptions {
             listen: None,
             admin_listen: None,
             data_dir: None,
+            store_url: None,
             tokens: None,
             compile_cache: None,
             callback_secret: None,
@@ -159,9 +163,14 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         .data_dir
         .unwrap_or_else(|| manifest.data_dir.clone());
     let store_dir = data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
-        .await
-        .context("store task failed")??;
+    let mut store_settings = manifest.store.clone();
+    if let Some(url) = options.store_url.clone() {
+        store_settings.url = Some(url);
+    }
+    let store =
+        tokio::task::spawn_blocking(move || Store::open_configured(&store_settings, &store_dir))
+            .await
+            .context("store task failed")??;
 
     let tokens = match options.tokens {
         Some(tokens) => tokens,
@@ -317,7 +326,7 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         manifest = %manifest.path.display(),
         generation = 1,
         pipelines = manifest.pipelines.len(),
-        database = %app.store.path().display(),
+        database = %app.store.location(),
         "strata is serving"
     );
     Ok(RunningHost {

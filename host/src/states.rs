@@ -1,5 +1,5 @@
 //! The states a request, a ticket and an asynchronous job can be in, as
-//! types: stored as their names (rusqlite `ToSql`/`FromSql`), shown as their
+//! types: stored as their names (the store's `ToValue`/`FromValue`), shown as their
 //! names (serde), and an unknown name read back is an error, never a silent
 //! default.
 
@@ -45,18 +45,15 @@ macro_rules! named_states {
             }
         }
 
-        impl rusqlite::types::ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-                Ok(self.as_str().into())
+        impl $crate::store::sql::ToValue for $name {
+            fn to_value(&self) -> Result<$crate::store::sql::Value<'_>, $crate::store::StoreError> {
+                Ok($crate::store::sql::Value::Text(std::borrow::Cow::Borrowed(self.as_str())))
             }
         }
 
-        impl rusqlite::types::FromSql for $name {
-            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-                value
-                    .as_str()?
-                    .parse()
-                    .map_err(|why: String| rusqlite::types::FromSqlError::Other(why.into()))
+        impl $crate::store::sql::FromValue for $name {
+            fn from_value(value: $crate::store::sql::Value<'_>) -> Result<Self, String> {
+                String::from_value(value)?.parse()
             }
         }
     };
@@ -129,12 +126,17 @@ mod tests {
 
     #[test]
     fn an_unknown_stored_name_fails_the_read() {
+        use crate::store::sql::{Conn, params};
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        let read: rusqlite::Result<TicketState> =
-            conn.query_row("SELECT 'lost'", [], |row| row.get(0));
-        assert!(read.is_err());
+        let mut conn = Conn::Sqlite(&conn);
+        let read = conn.query_row("SELECT 'lost'", params![], |row| row.get::<TicketState>(0));
+        assert!(
+            read.unwrap_err()
+                .to_string()
+                .contains("\"lost\" is not one of")
+        );
         let read: TicketState = conn
-            .query_row("SELECT ?1", [TicketState::Claimed], |row| row.get(0))
+            .query_row("SELECT ?1", params![TicketState::Claimed], |row| row.get(0))
             .unwrap();
         assert_eq!(read, TicketState::Claimed);
     }

@@ -8,6 +8,9 @@ use serde_json::Value;
 use strata::auth::Tokens;
 use strata::{HostOptions, RunningHost};
 
+pub mod postgres;
+pub use postgres::PostgresServer;
+
 /// Paths of the guest components built by `build.rs`.
 pub mod components {
     include!(concat!(env!("OUT_DIR"), "/components.rs"));
@@ -128,6 +131,15 @@ fn options(manifest: &Path, dir: &Path, tokens: Tokens) -> HostOptions {
     options.data_dir = Some(dir.join("data"));
     options.tokens = Some(tokens);
     options.callback_secret = Some(CALLBACK_SECRET.to_owned());
+    // `scripts/test` runs some tests a second time with their state in a
+    // PostgreSQL server: a database of its own for each host's directory.
+    // (A manifest with a `[store]` of its own keeps it.)
+    let own_store = std::fs::read_to_string(manifest).is_ok_and(|text| text.contains("[store]"));
+    if let Ok(server) = std::env::var(postgres::SUITE_SERVER)
+        && !own_store
+    {
+        options.store_url = Some(postgres::database_for(&server, dir));
+    }
     // Compiled components are shared by every test host (and kept between
     // runs): the Python and JavaScript ones take seconds to compile.
     options.compile_cache = Some(workspace_root().join("target").join("test-compile-cache"));

@@ -50,6 +50,25 @@ plugin = {}
 }
 
 #[test]
+fn a_store_url_that_is_not_postgres_is_refused_by_name() {
+    for url in [
+        "mysql://strata@127.0.0.1/strata",
+        "postgres://strata@127.0.0.1:notaport/x",
+    ] {
+        let (error, message) = refusal(&format!(
+            "[store]\nurl = \"{url}\"\n{}",
+            one_stage(components::SCRIPTED, "")
+        ));
+        assert!(
+            matches!(*error.kind, ManifestErrorKind::Invalid(_)),
+            "{message}"
+        );
+        assert!(message.contains("store.url"), "{message}");
+        assert!(message.contains("is not a PostgreSQL URL"), "{message}");
+    }
+}
+
+#[test]
 fn unknown_top_level_key() {
     let (error, message) = refusal(&format!(
         "lisen = \"127.0.0.1:1\"\n{}",
@@ -59,7 +78,8 @@ fn unknown_top_level_key() {
     assert_eq!(
         message,
         "$DIR/strata.toml: key \"lisen\": unknown field `lisen`, expected one of `listen`, `data_dir`, `server`, \
-         `runtime`, `admin`, `reload`, `models`, `async`, `callbacks`, `retention`, `telemetry`, `shared`, `pipelines`, `teams`"
+         `runtime`, `admin`, `reload`, `models`, `async`, `callbacks`, `retention`, `telemetry`, `shared`, `store`, \
+         `pipelines`, `teams`"
     );
 }
 

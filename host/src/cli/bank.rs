@@ -107,9 +107,12 @@ pub async fn banks_from_store(manifest: &Manifest, store: &Store) -> anyhow::Res
     Ok(banks)
 }
 
-fn open_store(manifest: &Manifest, data: Option<PathBuf>) -> anyhow::Result<Store> {
+async fn open_store(manifest: &Manifest, data: Option<PathBuf>) -> anyhow::Result<Store> {
     let dir = data.unwrap_or_else(|| manifest.data_dir.clone());
-    Store::open(&dir)
+    let settings = manifest.store.clone();
+    tokio::task::spawn_blocking(move || Store::open_configured(&settings, &dir))
+        .await
+        .context("the task opening the store failed")?
 }
 
 /// Run a bank subcommand.
@@ -126,7 +129,7 @@ pub async fn execute(command: BankCommand, out: &mut dyn Write) -> anyhow::Resul
             known_pipeline(&manifest, &pipeline)?;
             let rows = rows(&file, &dataset)?;
             let rows = import::importable(&file, &rows)?;
-            let store = open_store(&manifest, data)?;
+            let store = open_store(&manifest, data).await?;
             let report = store
                 .import_patterns(pipeline.clone(), rows, "import".to_owned())
                 .await;
@@ -149,7 +152,7 @@ pub async fn execute(command: BankCommand, out: &mut dyn Write) -> anyhow::Resul
             data,
         } => {
             let manifest = read_manifest(&manifest)?;
-            let store = open_store(&manifest, data)?;
+            let store = open_store(&manifest, data).await?;
             let banks = banks_from_store(&manifest, &store).await;
             store.close().await;
             let banks = banks?;
@@ -257,7 +260,7 @@ pub async fn eval(args: EvalArgs, out: &mut dyn Write) -> anyhow::Result<ExitCod
     if rows.iter().any(|r| r.label.is_none()) {
         anyhow::bail!("{}: every row needs a label to be scored", file.display());
     }
-    let store = open_store(&manifest, data)?;
+    let store = open_store(&manifest, data).await?;
     let banks = banks_from_store(&manifest, &store).await;
     store.close().await;
     let banks = Arc::new(banks?);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::{
     Limits, Location, MAX_MEMORY_MIB, MAX_TIMEOUT_MS, MAX_WINDOW_S, ManifestError,
     ManifestErrorKind, ModelsSpec, Name, Parser, PipelineSpec, RuntimeSettings, ServerSettings,
-    SharedSettings, SloSpec, key_location,
+    SharedSettings, SloSpec, StoreSettings, key_location,
 };
 
 impl Parser<'_> {
@@ -27,6 +27,24 @@ impl Parser<'_> {
 
     /// `[shared]`: a Redis URL the client accepts, and names that make
     /// clean keys.
+    pub(super) fn check_store(&self, store: &StoreSettings) -> Result<(), ManifestError> {
+        let Some(url) = &store.url else {
+            return Ok(());
+        };
+        let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !postgres || url.parse::<postgres::Config>().is_err() {
+            return Err(self.error(
+                key_location("store.url"),
+                ManifestErrorKind::Invalid(
+                    "is not a PostgreSQL URL such as postgres://strata@127.0.0.1:5432/strata \
+                     (leave it out to keep state in SQLite in the data directory)"
+                        .to_owned(),
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub(super) fn check_shared(&self, shared: &SharedSettings) -> Result<(), ManifestError> {
         let invalid =
             |key: &str, why: String| self.error(key_location(key), ManifestErrorKind::Invalid(why));

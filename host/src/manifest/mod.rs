@@ -91,6 +91,8 @@ pub struct Manifest {
     pub telemetry: TelemetrySettings,
     /// Hosts serving as one (`[shared]`).
     pub shared: SharedSettings,
+    /// Where durable state is kept (`[store]`).
+    pub store: StoreSettings,
     /// Teams of clients, by name (`[teams.NAME]`).
     pub teams: BTreeMap<String, TeamSpec>,
     /// Hex SHA-256 of the manifest text.

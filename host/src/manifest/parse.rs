@@ -107,6 +107,7 @@ impl Parser<'_> {
             ));
         }
         self.check_shared(&raw.shared)?;
+        self.check_store(&raw.store)?;
         let background = AsyncSettings::resolve(raw.background, raw.runtime.instances)
             .map_err(|(key, why)| self.error(key_location(key), ManifestErrorKind::Invalid(why)))?;
         if let Some(entry) = raw.callbacks.allow.iter().find(|entry| {
@@ -208,6 +209,7 @@ impl Parser<'_> {
             pipelines,
             telemetry: raw.telemetry,
             shared: raw.shared,
+            store: raw.store,
             teams,
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
         })

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{
     AdminSettings, AnswerBankSpec, CallbackSettings, Fallthrough, Limits, ModelsSpec, OnError,
     RecordSpec, ReloadSettings, RetentionSettings, ReuseSpec, RolloutMode, RuntimeSettings,
-    ServerSettings, SharedSettings, SloSpec, StageKind, TelemetrySettings,
+    ServerSettings, SharedSettings, SloSpec, StageKind, StoreSettings, TelemetrySettings,
 };
 
 /// `[async]` as written.
@@ -75,6 +75,8 @@ pub(super) struct RawManifest {
     pub(super) telemetry: TelemetrySettings,
     #[serde(default)]
     pub(super) shared: SharedSettings,
+    #[serde(default)]
+    pub(super) store: StoreSettings,
     #[serde(default)]
     pub(super) pipelines: toml::Table,
     #[serde(default)]

@@ -1,5 +1,5 @@
 //! Host-wide settings: `[server]`, `[runtime]`, `[admin]`, `[reload]`,
-//! `[async]`, `[callbacks]`, `[retention]`, `[telemetry]`, `[shared]`.
+//! `[async]`, `[callbacks]`, `[retention]`, `[telemetry]`, `[shared]`, `[store]`.
 
 use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};
@@ -459,6 +459,18 @@ fn default_service_name() -> String {
 
 fn default_export_delay_ms() -> u64 {
     1000
+}
+
+/// Where durable state is kept (`[store]`): the SQLite file in the data
+/// directory unless `url` names a PostgreSQL server, which hosts sharing
+/// their tickets, jobs and answer bank point at alike. Read at start; a
+/// change needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `postgres://[user[:password]@]host[:port]/database`.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// Hosts that serve as one (`[shared]`): with `redis` set, an operation

@@ -1,8 +1,8 @@
 //! The audit log of operations, and shadow comparisons.
 
-use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
+use super::sql::params;
 use super::{Completion, Json, Message, Store, StoreError, WriteOp, now_millis};
 use crate::request::Outcome;
 
@@ -162,10 +162,10 @@ impl Store {
     /// Append an entry to the audit log; returns once it is durable.
     pub async fn audit(&self, entry: AuditEntry) -> Result<i64, StoreError> {
         self.write(move |conn| {
-            conn.execute(
+            conn.query_row(
                 "INSERT INTO audit (at, action, trigger, actor, result, from_generation,
                                     to_generation, manifest_sha256, changes, note)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
                 params![
                     entry.at,
                     entry.action,
@@ -178,8 +178,8 @@ impl Store {
                     Json(&entry.changes),
                     entry.note,
                 ],
-            )?;
-            Ok(conn.last_insert_rowid())
+                |row| row.get(0),
+            )
         })
         .await
     }
@@ -187,27 +187,28 @@ impl Store {
     /// The newest audit entries, newest first.
     pub async fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
+            let rows = conn.query_map(
                 "SELECT id, at, action, trigger, actor, result, from_generation, to_generation,
                         manifest_sha256, changes, note
                  FROM audit ORDER BY id DESC LIMIT ?1",
+                params![limit],
+                |row| {
+                    Ok(AuditEntry {
+                        id: row.get(0)?,
+                        at: row.get(1)?,
+                        action: row.get(2)?,
+                        trigger: row.get(3)?,
+                        actor: row.get(4)?,
+                        result: row.get(5)?,
+                        from_generation: row.get::<Option<i64>>(6)?.map(|g| g as u64),
+                        to_generation: row.get::<Option<i64>>(7)?.map(|g| g as u64),
+                        manifest_sha256: row.get(8)?,
+                        changes: row.get::<Json<_>>(9)?.0,
+                        note: row.get(10)?,
+                    })
+                },
             )?;
-            let rows = statement.query_map(params![limit], |row| {
-                Ok(AuditEntry {
-                    id: row.get(0)?,
-                    at: row.get(1)?,
-                    action: row.get(2)?,
-                    trigger: row.get(3)?,
-                    actor: row.get(4)?,
-                    result: row.get(5)?,
-                    from_generation: row.get::<_, Option<i64>>(6)?.map(|g| g as u64),
-                    to_generation: row.get::<_, Option<i64>>(7)?.map(|g| g as u64),
-                    manifest_sha256: row.get(8)?,
-                    changes: row.get::<_, Json<_>>(9)?.0,
-                    note: row.get(10)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            Ok(rows)
         })
         .await
     }
@@ -218,13 +219,11 @@ impl Store {
     pub fn record_shadow(&self, run: ShadowRecord) {
         let job: WriteOp = Box::new(move |conn| {
             let result = conn
-                .prepare_cached(
+                .execute(
                     "INSERT INTO shadow_runs (at, request_id, pipeline, stage, live_digest,
                                               candidate_digest, same, live, candidate)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
+                    params![
                         now_millis(),
                         run.request_id,
                         run.pipeline,
@@ -234,10 +233,9 @@ impl Store {
                         run.same,
                         Json(&run.live),
                         Json(&run.candidate),
-                    ])
-                })
-                .map(|_| ())
-                .map_err(StoreError::from);
+                    ],
+                )
+                .map(|_| ());
             let failed = result.is_err();
             let completion: Completion = Box::new(move |commit| {
                 if let Err(error) = commit.and(result) {
@@ -266,38 +264,38 @@ impl Store {
         examples: u32,
     ) -> Result<ShadowSummary, StoreError> {
         self.read(move |conn| {
-            let mut groups = conn.prepare_cached(
-                "SELECT stage, candidate_digest, live_digest, COUNT(*), SUM(1 - same)
+            let groups = conn.query_map(
+                "SELECT stage, candidate_digest, live_digest, COUNT(*),
+                        CAST(SUM(1 - same) AS BIGINT)
                  FROM shadow_runs WHERE pipeline = ?1
                  GROUP BY stage, candidate_digest, live_digest ORDER BY stage",
+                params![pipeline],
+                |row| {
+                    Ok((
+                        row.get::<String>(0)?,
+                        row.get::<String>(1)?,
+                        row.get::<String>(2)?,
+                        row.get::<i64>(3)?,
+                        row.get::<i64>(4)?,
+                    ))
+                },
             )?;
             let mut out = Vec::new();
-            let rows = groups.query_map(params![pipeline], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                    row.get::<_, i64>(4)?,
-                ))
-            })?;
-            for row in rows {
-                let (stage, candidate, live, runs, differing) = row?;
-                let mut recent = conn.prepare_cached(
+            for (stage, candidate, live, runs, differing) in groups {
+                let differences = conn.query_map(
                     "SELECT request_id, live, candidate, at FROM shadow_runs
                      WHERE pipeline = ?1 AND stage = ?2 AND candidate_digest = ?3 AND same = 0
                      ORDER BY id DESC LIMIT ?4",
-                )?;
-                let differences = recent
-                    .query_map(params![pipeline, stage, candidate, examples], |row| {
+                    params![pipeline, stage, candidate, examples],
+                    |row| {
                         Ok(ShadowDifference {
                             request_id: row.get(0)?,
-                            live: row.get::<_, Json<_>>(1)?.0,
-                            candidate: row.get::<_, Json<_>>(2)?.0,
+                            live: row.get::<Json<_>>(1)?.0,
+                            candidate: row.get::<Json<_>>(2)?.0,
                             at: row.get(3)?,
                         })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                    },
+                )?;
                 out.push(ShadowGroup {
                     stage,
                     live_digest: live,

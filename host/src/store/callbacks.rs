@@ -1,7 +1,6 @@
 //! Callbacks due and their delivery attempts.
 
-use rusqlite::{OptionalExtension, params};
-
+use super::sql::params;
 use super::{Store, StoreError, now_millis};
 
 /// A request's callback: where it goes, where it stands, every attempt.
@@ -42,14 +41,35 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(String, String, i64)>, StoreError> {
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
+            let rows = conn.query_map(
                 "SELECT request_id, url, attempts FROM callbacks
                  WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at LIMIT ?2",
+                params![now, limit as i64],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )?;
-            let rows = statement.query_map(params![now, limit as i64], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Take a due callback for one delivery attempt: its next attempt moves
+    /// to `lease_until`, so no other host sharing the store (and no later
+    /// look at what is due) starts it meanwhile, and a host that dies
+    /// during the attempt leaves it due again once the lease ends. False if
+    /// it was no longer due at `now` (another host took it, or it settled).
+    pub async fn claim_callback(
+        &self,
+        request_id: String,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<bool, StoreError> {
+        self.write_with(false, move |conn| {
+            let changed = conn.execute(
+                "UPDATE callbacks SET next_at = ?3
+                 WHERE request_id = ?1 AND state = 'pending' AND next_at <= ?2",
+                params![request_id, now, lease_until],
+            )?;
+            Ok(changed == 1)
         })
         .await
     }
@@ -57,11 +77,11 @@ impl Store {
     /// The earliest time after `after` a pending callback is due, if any.
     pub async fn next_callback_at(&self, after: i64) -> Result<Option<i64>, StoreError> {
         self.read(move |conn| {
-            Ok(conn.query_row(
+            conn.query_row(
                 "SELECT MIN(next_at) FROM callbacks WHERE state = 'pending' AND next_at > ?1",
                 params![after],
                 |row| row.get(0),
-            )?)
+            )
         })
         .await
     }
@@ -101,22 +121,19 @@ impl Store {
     /// A request's callback and its delivery attempts.
     pub async fn callback(&self, request_id: String) -> Result<Option<CallbackState>, StoreError> {
         self.read(move |conn| {
-            let found: Option<(String, String, i64)> = conn
-                .query_row(
-                    "SELECT url, state, attempts FROM callbacks WHERE request_id = ?1",
-                    params![request_id],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                )
-                .optional()?;
+            let found: Option<(String, String, i64)> = conn.query_opt(
+                "SELECT url, state, attempts FROM callbacks WHERE request_id = ?1",
+                params![request_id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?;
             let Some((url, state, attempts)) = found else {
                 return Ok(None);
             };
-            let mut statement = conn.prepare_cached(
+            let deliveries = conn.query_map(
                 "SELECT attempt, at, status, error, ok FROM deliveries
                  WHERE request_id = ?1 ORDER BY id",
-            )?;
-            let deliveries = statement
-                .query_map(params![request_id], |row| {
+                params![request_id],
+                |row| {
                     Ok(Delivery {
                         attempt: row.get(0)?,
                         at: row.get(1)?,
@@ -124,8 +141,8 @@ impl Store {
                         error: row.get(3)?,
                         ok: row.get(4)?,
                     })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                },
+            )?;
             Ok(Some(CallbackState {
                 url,
                 state,

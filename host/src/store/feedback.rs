@@ -1,9 +1,9 @@
 //! The feedback dataset (ratings, corrections, resolutions) and the
 //! approved answers it leaves in the answer bank.
 
-use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 
+use super::sql::{Conn, params};
 use super::{RequestRecord, Store, StoreError, now_millis, read_request};
 
 /// One rating, correction or resolution, as kept in the dataset.
@@ -29,29 +29,32 @@ pub struct FeedbackEvent {
     pub actor: String,
 }
 
-pub(super) fn insert_feedback(conn: &Connection, event: &FeedbackEvent) -> Result<(), StoreError> {
-    conn.prepare_cached(
+pub(super) fn insert_feedback(
+    conn: &mut Conn<'_>,
+    event: &FeedbackEvent,
+) -> Result<(), StoreError> {
+    conn.execute(
         "INSERT INTO feedback (at, kind, request_id, pipeline, key, input, answer, rating,
                                correction, actor)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        now_millis(),
-        event.kind,
-        event.request_id,
-        event.pipeline,
-        event.key,
-        event.input,
-        event.answer,
-        event.rating,
-        event.correction,
-        event.actor
-    ])?;
+        params![
+            now_millis(),
+            event.kind,
+            event.request_id,
+            event.pipeline,
+            event.key,
+            event.input,
+            event.answer,
+            event.rating,
+            event.correction,
+            event.actor
+        ],
+    )?;
     Ok(())
 }
 
 pub(super) fn upsert_approved(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     pipeline: &str,
     key: &str,
     answer: &str,
@@ -59,14 +62,11 @@ pub(super) fn upsert_approved(
     actor: &str,
     request_id: &str,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO answer_bank (pipeline, key, answer, source, approved_by, request_id, updated_at)
+    conn.execute("INSERT INTO answer_bank (pipeline, key, answer, source, approved_by, request_id, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (pipeline, key) DO UPDATE SET answer = excluded.answer,
              source = excluded.source, approved_by = excluded.approved_by,
-             request_id = excluded.request_id, updated_at = excluded.updated_at",
-    )?
-    .execute(params![pipeline, key, answer, source, actor, request_id, now_millis()])?;
+             request_id = excluded.request_id, updated_at = excluded.updated_at", params![pipeline, key, answer, source, actor, request_id, now_millis()])?;
     Ok(())
 }
 
@@ -76,13 +76,16 @@ impl Store {
         &self,
     ) -> Result<Vec<(String, String, String, String)>, StoreError> {
         self.read(|conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT pipeline, key, answer, source FROM answer_bank ORDER BY rowid",
-            )?;
-            let rows = statement.query_map([], |row| {
+            // The order entries were first approved in.
+            let sql = if conn.is_postgres() {
+                "SELECT pipeline, key, answer, source FROM answer_bank ORDER BY seq"
+            } else {
+                "SELECT pipeline, key, answer, source FROM answer_bank ORDER BY rowid"
+            };
+            let rows = conn.query_map(sql, params![], |row| {
                 Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
             })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            Ok(rows)
         })
         .await
     }
@@ -151,19 +154,31 @@ impl Store {
             loop {
                 let page = store
                     .read(move |conn| {
-                        let mut statement = conn.prepare_cached(
-                            "SELECT f.id, json_object(
-                                'id', f.id, 'at', f.at, 'kind', f.kind,
-                                'request_id', f.request_id, 'pipeline', f.pipeline,
-                                'key', f.key, 'input', f.input, 'answer', f.answer,
-                                'rating', f.rating, 'correction', f.correction,
-                                'actor', f.actor, 'team', r.team)
+                        conn.query_map(
+                            "SELECT f.id, f.at, f.kind, f.request_id, f.pipeline, f.key, f.input,
+                                    f.answer, f.rating, f.correction, f.actor, r.team
                              FROM feedback f LEFT JOIN requests r ON r.id = f.request_id
                              WHERE f.id > ?1 ORDER BY f.id LIMIT 500",
-                        )?;
-                        let rows = statement
-                            .query_map(params![after], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                        Ok(rows.collect::<Result<Vec<(i64, String)>, _>>()?)
+                            params![after],
+                            |row| {
+                                let id: i64 = row.get(0)?;
+                                let line = serde_json::json!({
+                                    "id": id,
+                                    "at": row.get::<i64>(1)?,
+                                    "kind": row.get::<String>(2)?,
+                                    "request_id": row.get::<String>(3)?,
+                                    "pipeline": row.get::<String>(4)?,
+                                    "key": row.get::<Option<String>>(5)?,
+                                    "input": row.get::<String>(6)?,
+                                    "answer": row.get::<Option<String>>(7)?,
+                                    "rating": row.get::<Option<String>>(8)?,
+                                    "correction": row.get::<Option<String>>(9)?,
+                                    "actor": row.get::<String>(10)?,
+                                    "team": row.get::<Option<String>>(11)?,
+                                });
+                                Ok((id, line.to_string()))
+                            },
+                        )
                     })
                     .await;
                 let page = match page {

@@ -1,8 +1,7 @@
 //! Jobs: accepted asynchronous requests, run at least once and completed
 //! exactly once.
 
-use rusqlite::{Connection, OptionalExtension, params};
-
+use super::sql::{Conn, Row, params};
 use super::{
     JobStatus, NewTicket, RequestRecord, RequestStatus, Store, StoreError, insert_request,
     now_millis, open_ticket,
@@ -40,7 +39,7 @@ pub enum JobStart {
 
 /// A job from a row of `SELECT id, pipeline, input, attributes, callback,
 /// created_at, team FROM jobs`.
-pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+pub(super) fn job_from_row(row: &Row<'_>) -> Result<Job, StoreError> {
     Ok(Job {
         id: row.get(0)?,
         pipeline: row.get(1)?,
@@ -52,12 +51,12 @@ pub(super) fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-pub(super) fn read_job(conn: &Connection, id: &str) -> Result<Job, StoreError> {
-    Ok(conn.query_row(
+pub(super) fn read_job(conn: &mut Conn<'_>, id: &str) -> Result<Job, StoreError> {
+    conn.query_row(
         "SELECT id, pipeline, input, attributes, callback, created_at, team FROM jobs WHERE id = ?1",
         params![id],
         job_from_row,
-    )?)
+    )
 }
 
 /// Where an asynchronous request's job stands.
@@ -79,23 +78,22 @@ impl Store {
     /// Accept an asynchronous request: durable before the client hears 202.
     pub async fn enqueue(&self, job: Job) -> Result<(), StoreError> {
         self.write(move |conn| {
-            let known: Option<i64> = conn
-                .query_row(
-                    "SELECT 1 FROM requests WHERE id = ?1",
-                    params![job.id],
-                    |row| row.get(0),
-                )
-                .optional()?;
+            let known: Option<i64> = conn.query_opt(
+                "SELECT 1 FROM requests WHERE id = ?1",
+                params![job.id],
+                |row| row.get(0),
+            )?;
             if known.is_some() {
                 return Err(StoreError::Conflict(format!(
                     "request \"{}\" already ran",
                     job.id
                 )));
             }
-            conn.execute(
+            let inserted = conn.execute(
                 "INSERT INTO jobs (id, pipeline, input, attributes, callback, state, created_at,
                                    team)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)
+                 ON CONFLICT (id) DO NOTHING",
                 params![
                     job.id,
                     job.pipeline,
@@ -105,15 +103,13 @@ impl Store {
                     job.created_at,
                     job.team
                 ],
-            )
-            .map_err(|e| match e {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    StoreError::Conflict(format!("request \"{}\" was already accepted", job.id))
-                }
-                other => other.into(),
-            })?;
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict(format!(
+                    "request \"{}\" was already accepted",
+                    job.id
+                )));
+            }
             Ok(())
         })
         .await
@@ -123,12 +119,13 @@ impl Store {
     /// host stopped), oldest first.
     pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
         self.read(|conn| {
-            let mut statement = conn.prepare_cached(
+            let rows = conn.query_map(
                 "SELECT id, pipeline, input, attributes, callback, created_at, team FROM jobs
                  WHERE state IN ('queued', 'running') ORDER BY created_at, id",
+                params![],
+                job_from_row,
             )?;
-            let rows = statement.query_map([], job_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            Ok(rows)
         })
         .await
     }
@@ -138,13 +135,11 @@ impl Store {
     /// failed request with code `dead_letter`, and never runs again.
     pub async fn start_job(&self, id: String, max_runs: u32) -> Result<JobStart, StoreError> {
         self.write(move |conn| {
-            let found: Option<(JobStatus, i64, String)> = conn
-                .query_row(
-                    "SELECT state, runs, pipeline FROM jobs WHERE id = ?1",
-                    params![id],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-                )
-                .optional()?;
+            let found: Option<(JobStatus, i64, String)> = conn.query_opt(
+                "SELECT state, runs, pipeline FROM jobs WHERE id = ?1",
+                params![id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )?;
             let Some((state, runs, pipeline)) = found else {
                 return Err(StoreError::NotFound(format!("job \"{id}\"")));
             };
@@ -206,13 +201,11 @@ impl Store {
         let due = Self::calls_back(&record);
         let ticket = self
             .write(move |conn| {
-                let done: Option<JobStatus> = conn
-                    .query_row(
-                        "SELECT state FROM jobs WHERE id = ?1",
-                        params![record.id],
-                        |row| row.get(0),
-                    )
-                    .optional()?;
+                let done: Option<JobStatus> = conn.query_opt(
+                    "SELECT state FROM jobs WHERE id = ?1",
+                    params![record.id],
+                    |row| row.get(0),
+                )?;
                 if done.is_some_and(JobStatus::finished) {
                     return Ok(None);
                 }
@@ -237,21 +230,19 @@ impl Store {
     /// An asynchronous request's job, whatever its state.
     pub async fn job_state(&self, id: String) -> Result<Option<JobState>, StoreError> {
         self.read(move |conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT pipeline, state, runs, created_at, reason FROM jobs WHERE id = ?1",
-                    params![id],
-                    |row| {
-                        Ok(JobState {
-                            pipeline: row.get(0)?,
-                            state: row.get(1)?,
-                            runs: row.get(2)?,
-                            created_at: row.get(3)?,
-                            reason: row.get(4)?,
-                        })
-                    },
-                )
-                .optional()?)
+            conn.query_opt(
+                "SELECT pipeline, state, runs, created_at, reason FROM jobs WHERE id = ?1",
+                params![id],
+                |row| {
+                    Ok(JobState {
+                        pipeline: row.get(0)?,
+                        state: row.get(1)?,
+                        runs: row.get(2)?,
+                        created_at: row.get(3)?,
+                        reason: row.get(4)?,
+                    })
+                },
+            )
         })
         .await
     }

@@ -1,4 +1,7 @@
-//! Durable state in embedded SQLite: request records and review tickets.
+//! Durable state: request records, review tickets, jobs, callbacks,
+//! feedback, the answer bank's patterns, the audit log. Embedded SQLite by
+//! default; a PostgreSQL server (`[store] url`) for hosts that share their
+//! state. Both run the same statements (see `sql`).
 //!
 //! All writes go through one writer thread that batches whatever is queued
 //! into a single transaction (group commit; a batch that begins with a plain
@@ -15,6 +18,11 @@
 //! connections on tokio's blocking pool, so neither reads nor writes ever
 //! block a runtime worker, and one slow read does not hold up the others.
 //!
+//! PostgreSQL runs the same way: one writer connection committing batches
+//! (savepoint per write; a batch of plain records commits with
+//! `synchronous_commit = off`, one holding an awaited write with the
+//! server's default), reads from a pool.
+//!
 //! One file per table (or pair of tables), each adding its part of
 //! [`Store`]: `requests`, `tickets`, `jobs`, `callbacks` (with deliveries),
 //! `feedback` (with approved answers), `patterns` (with examples and their
@@ -29,6 +37,7 @@ mod jobs;
 mod patterns;
 mod requests;
 mod schema;
+pub(crate) mod sql;
 mod stats;
 mod tickets;
 
@@ -42,19 +51,20 @@ pub use self::stats::{Bucket, TrafficStats};
 pub use self::tickets::*;
 pub use crate::states::{JobStatus, RequestStatus, TicketState};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{Connection, params};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use rusqlite::Connection;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use self::schema::migrate;
+use self::schema::{migrate, migrate_postgres};
+pub(crate) use self::sql::Json;
+use self::sql::{Conn, Statements, params};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "strata.db";
@@ -72,7 +82,7 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(1);
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite refused the operation.
+    /// The database refused the operation, or cannot be reached.
     #[error("database error: {0}")]
     Database(String),
     /// The store is shutting down.
@@ -94,7 +104,7 @@ impl From<rusqlite::Error> for StoreError {
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
-type WriteOp = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+type WriteOp = Box<dyn FnOnce(&mut Conn<'_>) -> (bool, Completion) + Send>;
 
 /// What the writer thread receives.
 enum Message {
@@ -109,11 +119,12 @@ enum Message {
 #[derive(Clone)]
 pub struct Store {
     jobs: mpsc::Sender<Message>,
-    /// Read-only connections for reads, used on the blocking pool. A
-    /// connection is held only for one read, so a slow consumer of the
-    /// results never holds one.
-    readers: r2d2::Pool<SqliteConnectionManager>,
-    path: PathBuf,
+    /// Connections for reads, used on the blocking pool. A connection is
+    /// held only for one read, so a slow consumer of the results never
+    /// holds one.
+    readers: Readers,
+    /// The database file, or the server (without its password).
+    location: String,
     /// Woken after a commit that may have made a callback due.
     callbacks_due: Arc<Notify>,
 }
@@ -130,6 +141,10 @@ fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     .with_context(|| format!("cannot configure database {}", path.display()))?;
     Ok(conn)
 }
+
+/// How long connecting to a PostgreSQL server may take, unless its URL
+/// says (`connect_timeout`, in seconds).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How many reads may run at once, each on its own connection.
 const READERS: u32 = 8;
@@ -158,10 +173,71 @@ fn reader_pool(path: &Path) -> anyhow::Result<r2d2::Pool<SqliteConnectionManager
         .with_context(|| format!("cannot open read connections to {}", path.display()))
 }
 
-fn write_loop(conn: Connection, mut queue: mpsc::Receiver<Message>) {
+/// The writer thread's connection. One per store, for its whole life, so
+/// the variants' difference in size costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Writer {
+    Sqlite {
+        conn: Connection,
+        synchronous: Synchronous,
+    },
+    Postgres {
+        config: postgres::Config,
+        client: Option<postgres::Client>,
+        statements: Statements,
+    },
+}
+
+impl Writer {
+    /// Begin a transaction; a `durable` one is synced in full at commit.
+    /// A PostgreSQL connection lost since the last batch is made again.
+    fn begin(&mut self, durable: bool) -> Result<Conn<'_>, StoreError> {
+        match self {
+            Writer::Sqlite { conn, synchronous } => {
+                // Only batches holding a durable write pay for a full sync.
+                let wanted = if durable {
+                    Synchronous::Full
+                } else {
+                    Synchronous::Normal
+                };
+                if wanted != *synchronous {
+                    match conn.pragma_update(None, "synchronous", wanted.as_str()) {
+                        Ok(()) => *synchronous = wanted,
+                        Err(error) => tracing::error!(%error, "cannot change the sync mode"),
+                    }
+                }
+                let mut conn = Conn::Sqlite(conn);
+                run(&mut conn, "BEGIN IMMEDIATE")?;
+                Ok(conn)
+            }
+            Writer::Postgres {
+                config,
+                client,
+                statements,
+            } => {
+                if client.as_ref().is_none_or(postgres::Client::is_closed) {
+                    *statements = Statements::default();
+                    *client = None;
+                    *client = Some(config.connect(NoTls)?);
+                }
+                let client = client.as_mut().expect("connected above");
+                client.batch_execute(if durable {
+                    "BEGIN"
+                } else {
+                    "BEGIN; SET LOCAL synchronous_commit = off"
+                })?;
+                Ok(Conn::Postgres {
+                    client,
+                    statements: Some(statements),
+                })
+            }
+        }
+    }
+}
+
+fn write_loop(mut writer: Writer, mut queue: mpsc::Receiver<Message>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
-    let mut synchronous = Synchronous::Full;
     while let Some(first) = queue.blocking_recv() {
         if matches!(first, Message::Job { durable: false, .. }) {
             // Nobody waits for a plain record: let more gather so that one
@@ -187,19 +263,15 @@ fn write_loop(conn: Connection, mut queue: mpsc::Receiver<Message>) {
             }
         }
         if !batch.is_empty() {
-            // Only batches holding a durable write pay for a full sync.
-            let wanted = if durable {
-                Synchronous::Full
-            } else {
-                Synchronous::Normal
-            };
-            if wanted != synchronous {
-                match conn.pragma_update(None, "synchronous", wanted.as_str()) {
-                    Ok(()) => synchronous = wanted,
-                    Err(error) => tracing::error!(%error, "cannot change the sync mode"),
+            match writer.begin(durable) {
+                Ok(mut conn) => commit_batch(&mut conn, &mut batch),
+                Err(error) => {
+                    // Dropping the jobs drops their reply channels: every
+                    // waiting caller learns that its write was not committed.
+                    tracing::error!(%error, jobs = batch.len(), "cannot begin a store transaction");
+                    batch.clear();
                 }
             }
-            commit_batch(&conn, &mut batch);
         }
         if let Some(done) = closing.take() {
             // Dropping the receiver makes every later send fail: nothing can
@@ -228,20 +300,17 @@ impl Synchronous {
     }
 }
 
-/// Run one fixed statement through the connection's statement cache (so it
-/// is parsed once, not per write).
-fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+/// Run one fixed statement: SQLite through the connection's statement
+/// cache (parsed once, not per write), PostgreSQL as a simple query.
+fn run(conn: &mut Conn<'_>, sql: &str) -> Result<(), StoreError> {
+    if conn.is_postgres() {
+        conn.batch(sql)
+    } else {
+        conn.execute(sql, params![]).map(|_| ())
+    }
 }
 
-fn commit_batch(conn: &Connection, batch: &mut Vec<WriteOp>) {
-    if let Err(error) = run(conn, "BEGIN IMMEDIATE") {
-        // Dropping the jobs drops their reply channels: every waiting caller
-        // learns that its write was not committed.
-        tracing::error!(%error, jobs = batch.len(), "cannot begin a store transaction");
-        batch.clear();
-        return;
-    }
+fn commit_batch(conn: &mut Conn<'_>, batch: &mut Vec<WriteOp>) {
     let mut completions = Vec::with_capacity(batch.len());
     for job in batch.drain(..) {
         let savepoint = run(conn, "SAVEPOINT job");
@@ -256,7 +325,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteOp>) {
         }
         completions.push(completion);
     }
-    let committed = run(conn, "COMMIT").map_err(StoreError::from);
+    let committed = run(conn, "COMMIT");
     if let Err(error) = &committed {
         tracing::error!(%error, "cannot commit a batch of store writes");
         let _ = run(conn, "ROLLBACK");
@@ -269,24 +338,39 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<WriteOp>) {
     }
 }
 
-/// A value kept in a column as JSON text. Reading text that is not the
-/// expected shape is an error naming it, never a silent `null`.
-pub(crate) struct Json<T>(pub(crate) T);
+/// The connections reads use.
+#[derive(Clone)]
+enum Readers {
+    Sqlite(r2d2::Pool<SqliteConnectionManager>),
+    Postgres(Arc<PostgresReaders>),
+}
 
-impl<T: Serialize> ToSql for Json<T> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        let text = serde_json::to_string(&self.0)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(ToSqlOutput::from(text))
+/// PostgreSQL's read connections. The blocking client runs a small
+/// runtime of its own, which must not be entered from a runtime worker
+/// (it would panic), so the pool is dropped on a thread of its own.
+struct PostgresReaders(Option<r2d2::Pool<PostgresConnectionManager<NoTls>>>);
+
+impl Drop for PostgresReaders {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            let _ = std::thread::Builder::new()
+                .name("strata-store-close".to_owned())
+                .spawn(move || drop(pool));
+        }
     }
 }
 
-impl<T: DeserializeOwned> FromSql for Json<T> {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let text = value.as_str()?;
-        serde_json::from_str(text)
-            .map(Json)
-            .map_err(|e| FromSqlError::Other(Box::new(e)))
+/// A PostgreSQL URL without its password, for logs and errors.
+fn without_password(config: &postgres::Config, url: &str) -> String {
+    if config.get_password().is_none() {
+        return url.to_owned();
+    }
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Err(_) => "a PostgreSQL server (the URL holds a password)".to_owned(),
     }
 }
 
@@ -307,7 +391,64 @@ impl Store {
         let mut writer = open_connection(&path)?;
         migrate(&mut writer).with_context(|| format!("cannot migrate {}", path.display()))?;
         let readers = reader_pool(&path)?;
+        Store::start(
+            Writer::Sqlite {
+                conn: writer,
+                synchronous: Synchronous::Full,
+            },
+            Readers::Sqlite(readers),
+            path.display().to_string(),
+        )
+    }
 
+    /// Connect to the PostgreSQL server at `url` (`postgres://...`),
+    /// bring its schema up to date and start the writer thread. Blocks:
+    /// call it off the runtime's workers.
+    pub fn connect(url: &str) -> anyhow::Result<Store> {
+        let mut config: postgres::Config = url
+            .parse()
+            .with_context(|| "[store] url is not a PostgreSQL URL (postgres://USER@HOST/DB)")?;
+        if config.get_connect_timeout().is_none() {
+            // A server that does not answer fails the write that needs it
+            // (503 to an escalation) instead of holding every write.
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let location = without_password(&config, url);
+        let mut client = config
+            .connect(NoTls)
+            .with_context(|| format!("cannot connect to {location}"))?;
+        migrate_postgres(&mut client).with_context(|| format!("cannot migrate {location}"))?;
+        let readers = r2d2::Pool::builder()
+            .max_size(READERS)
+            .min_idle(Some(1))
+            .connection_timeout(READER_WAIT)
+            .build(PostgresConnectionManager::new(config.clone(), NoTls))
+            .with_context(|| format!("cannot open read connections to {location}"))?;
+        Store::start(
+            Writer::Postgres {
+                config,
+                client: Some(client),
+                statements: Statements::default(),
+            },
+            Readers::Postgres(Arc::new(PostgresReaders(Some(readers)))),
+            location,
+        )
+    }
+
+    /// The store `[store]` names: the PostgreSQL server at its `url`, or
+    /// the SQLite file in `data_dir`. Blocks: call it off the runtime's
+    /// workers.
+    pub fn open_configured(
+        settings: &crate::manifest::StoreSettings,
+        data_dir: &Path,
+    ) -> anyhow::Result<Store> {
+        match &settings.url {
+            Some(url) => Store::connect(url),
+            None => Store::open(data_dir),
+        }
+    }
+
+    fn start(writer: Writer, readers: Readers, location: String) -> anyhow::Result<Store> {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("strata-store".to_owned())
@@ -316,14 +457,14 @@ impl Store {
         Ok(Store {
             jobs,
             readers,
-            path,
+            location,
             callbacks_due: Arc::new(Notify::new()),
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The database file, or the PostgreSQL server (without its password).
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// Notified after a commit that may have made a callback due (a final
@@ -404,7 +545,7 @@ impl Store {
 
     async fn write<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&mut Conn<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.write_with(true, op).await
     }
@@ -413,7 +554,7 @@ impl Store {
     async fn write_with<T: Send + 'static>(
         &self,
         durable: bool,
-        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&mut Conn<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (done, result) = oneshot::channel();
         let job: WriteOp = Box::new(move |conn| {
@@ -435,14 +576,24 @@ impl Store {
 
     async fn read<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        op: impl FnOnce(&mut Conn<'_>) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = readers.get().map_err(|e| {
-                StoreError::Database(format!("no database connection free for a read: {e}"))
-            })?;
-            op(&conn)
+            let busy =
+                |e| StoreError::Database(format!("no database connection free for a read: {e}"));
+            match readers {
+                Readers::Sqlite(pool) => op(&mut Conn::Sqlite(&*pool.get().map_err(busy)?)),
+                Readers::Postgres(readers) => op(&mut Conn::Postgres {
+                    client: &mut *readers
+                        .0
+                        .as_ref()
+                        .expect("taken only on drop")
+                        .get()
+                        .map_err(busy)?,
+                    statements: None,
+                }),
+            }
         })
         .await
         .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?

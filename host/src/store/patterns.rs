@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::sql::{Conn, params};
 use super::{Store, StoreError, now_millis};
 
 /// A fingerprint of the answer bank's tables (see [`Store::bank_version`]).
@@ -41,65 +41,60 @@ pub struct ImportReport {
 /// this answer), creating it; replace its answer when the label's answer
 /// changed. Returns its id and whether it was created or changed.
 pub(super) fn pattern_for(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     pipeline: &str,
     answer: &str,
     label: Option<&str>,
     source: &str,
 ) -> Result<(i64, bool, bool), StoreError> {
     let found: Option<(i64, String)> = match label {
-        Some(label) => conn
-            .prepare_cached("SELECT id, answer FROM patterns WHERE pipeline = ?1 AND label = ?2")?
-            .query_row(params![pipeline, label], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .optional()?,
-        None => conn
-            .prepare_cached(
-                "SELECT id, answer FROM patterns WHERE pipeline = ?1 AND answer = ?2
+        Some(label) => conn.query_opt(
+            "SELECT id, answer FROM patterns WHERE pipeline = ?1 AND label = ?2",
+            params![pipeline, label],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?,
+        None => conn.query_opt(
+            "SELECT id, answer FROM patterns WHERE pipeline = ?1 AND answer = ?2
                  ORDER BY id LIMIT 1",
-            )?
-            .query_row(params![pipeline, answer], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .optional()?,
+            params![pipeline, answer],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?,
     };
     let now = now_millis();
     match found {
         Some((id, known)) if known == answer => Ok((id, false, false)),
         Some((id, _)) => {
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE patterns SET answer = ?2, source = ?3, strictness = 0, updated_at = ?4
                  WHERE id = ?1",
-            )?
-            .execute(params![id, answer, source, now])?;
+                params![id, answer, source, now],
+            )?;
             Ok((id, false, true))
         }
         None => {
-            conn.prepare_cached(
+            let id = conn.query_row(
                 "INSERT INTO patterns (pipeline, answer, label, source, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            )?
-            .execute(params![pipeline, answer, label, source, now])?;
-            Ok((conn.last_insert_rowid(), true, false))
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
+                params![pipeline, answer, label, source, now],
+                |row| row.get(0),
+            )?;
+            Ok((id, true, false))
         }
     }
 }
 
 /// Add `question` as an example of pattern `id`; false if it was there.
 pub(super) fn add_example(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     id: i64,
     question: &str,
     source: &str,
 ) -> Result<bool, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "INSERT INTO examples (pattern, question, source, created_at) VALUES (?1, ?2, ?3, ?4)
+    Ok(conn.execute(
+        "INSERT INTO examples (pattern, question, source, created_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (pattern, question) DO NOTHING",
-        )?
-        .execute(params![id, question, source, now_millis()])?
-        > 0)
+        params![id, question, source, now_millis()],
+    )? > 0)
 }
 
 /// Little-endian f32s from a blob (a trailing partial value is ignored).
@@ -133,11 +128,11 @@ impl Store {
     /// an example is added or changed.
     pub async fn bank_version(&self) -> Result<BankVersion, StoreError> {
         self.read(|conn| {
-            Ok(conn.query_row(
-                "SELECT (SELECT COUNT(*) FROM examples), (SELECT IFNULL(MAX(id), 0) FROM examples),
+            conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM examples), (SELECT COALESCE(MAX(id), 0) FROM examples),
                         (SELECT COUNT(*) FROM patterns),
-                        (SELECT IFNULL(MAX(updated_at), 0) FROM patterns)",
-                [],
+                        (SELECT COALESCE(MAX(updated_at), 0) FROM patterns)",
+                params![],
                 |row| {
                     Ok(BankVersion([
                         row.get(0)?,
@@ -146,7 +141,7 @@ impl Store {
                         row.get(3)?,
                     ]))
                 },
-            )?)
+            )
         })
         .await
     }
@@ -154,37 +149,38 @@ impl Store {
     /// Every pipeline's patterns with their examples, oldest first.
     pub async fn patterns(&self) -> Result<Vec<StoredPattern>, StoreError> {
         self.read(|conn| {
-            let mut patterns: Vec<StoredPattern> = conn
-                .prepare_cached(
-                    "SELECT id, pipeline, answer, label, source, strictness FROM patterns
+            let mut patterns: Vec<StoredPattern> = conn.query_map(
+                "SELECT id, pipeline, answer, label, source, strictness FROM patterns
                      ORDER BY id",
-                )?
-                .query_map([], |row| {
+                params![],
+                |row| {
                     Ok(StoredPattern {
                         id: row.get(0)?,
                         pipeline: row.get(1)?,
                         answer: row.get(2)?,
                         label: row.get(3)?,
                         source: row.get(4)?,
-                        strictness: row.get::<_, f64>(5)? as f32,
+                        strictness: row.get::<f64>(5)? as f32,
                         examples: Vec::new(),
                     })
-                })?
-                .collect::<Result<_, _>>()?;
+                },
+            )?;
             let index: HashMap<i64, usize> = patterns
                 .iter()
                 .enumerate()
                 .map(|(at, p)| (p.id, at))
                 .collect();
-            let mut statement =
-                conn.prepare_cached("SELECT pattern, question FROM examples ORDER BY id")?;
-            let mut rows = statement.query([])?;
-            while let Some(row) = rows.next()? {
-                let pattern: i64 = row.get(0)?;
-                if let Some(at) = index.get(&pattern) {
-                    patterns[*at].examples.push(row.get(1)?);
-                }
-            }
+            conn.query_map(
+                "SELECT pattern, question FROM examples ORDER BY id",
+                params![],
+                |row| {
+                    let pattern: i64 = row.get(0)?;
+                    if let Some(at) = index.get(&pattern) {
+                        patterns[*at].examples.push(row.get(1)?);
+                    }
+                    Ok(())
+                },
+            )?;
             Ok(patterns)
         })
         .await
@@ -246,7 +242,7 @@ impl Store {
             let (label, pattern_source, strictness) = conn.query_row(
                 "SELECT label, source, strictness FROM patterns WHERE id = ?1",
                 params![id],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, f64>(2)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get::<f64>(2)?)),
             )?;
             Ok(StoredPattern {
                 id,
@@ -269,19 +265,18 @@ impl Store {
         model: String,
     ) -> Result<Vec<(i64, String, Vec<f32>)>, StoreError> {
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
+            let rows = conn.query_map(
                 "SELECT e.pattern, e.question, v.vector
                  FROM example_vectors v
                  JOIN examples e ON e.id = v.example
                  JOIN patterns p ON p.id = e.pattern
                  WHERE p.pipeline = ?1 AND v.model = ?2",
-            )?;
-            let rows = statement
-                .query_map(params![pipeline, model], |row| {
+                params![pipeline, model],
+                |row| {
                     let blob: Vec<u8> = row.get(2)?;
                     Ok((row.get(0)?, row.get(1)?, floats(&blob)))
-                })?
-                .collect::<Result<_, _>>()?;
+                },
+            )?;
             Ok(rows)
         })
         .await
@@ -295,13 +290,14 @@ impl Store {
         rows: Vec<(i64, String, Vec<f32>)>,
     ) -> Result<(), StoreError> {
         self.write(move |conn| {
-            let mut statement = conn.prepare_cached(
-                "INSERT OR REPLACE INTO example_vectors (example, model, vector)
-                 SELECT id, ?3, ?4 FROM examples WHERE pattern = ?1 AND question = ?2",
-            )?;
             for (pattern, question, vector) in &rows {
                 let blob: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-                statement.execute(params![pattern, question, model, blob])?;
+                conn.execute(
+                    "INSERT INTO example_vectors (example, model, vector)
+                     SELECT id, ?3, ?4 FROM examples WHERE pattern = ?1 AND question = ?2
+                     ON CONFLICT (example, model) DO UPDATE SET vector = excluded.vector",
+                    params![pattern, question, model, blob],
+                )?;
             }
             Ok(())
         })

@@ -1,7 +1,6 @@
 //! Request records: one per finished run.
 
-use rusqlite::{Connection, OptionalExtension, params};
-
+use super::sql::{Conn, params};
 use super::{
     Completion, Message, RequestStatus, Store, StoreError, Ticket, WriteOp, now_millis, read_ticket,
 };
@@ -75,92 +74,90 @@ pub struct Cutoffs {
 
 /// A request's record and when it completed.
 pub(super) fn read_request(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     id: &str,
 ) -> Result<Option<(RequestRecord, Option<i64>)>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT id, pipeline, generation, status, input, attributes, output,
+    conn.query_opt(
+        "SELECT id, pipeline, generation, status, input, attributes, output,
                             confidence, stage, layer, code, message, trace, created_at,
                             completed_at, remember_key, cost_usd, pattern, team
                      FROM requests WHERE id = ?1",
-            params![id],
-            |row| {
-                Ok((
-                    RequestRecord {
-                        id: row.get(0)?,
-                        pipeline: row.get(1)?,
-                        generation: row.get::<_, i64>(2)? as u64,
-                        status: row.get(3)?,
-                        input: row.get(4)?,
-                        attributes: row.get(5)?,
-                        output: row.get(6)?,
-                        confidence: row.get(7)?,
-                        stage: row.get(8)?,
-                        layer: row.get(9)?,
-                        code: row.get(10)?,
-                        message: row.get(11)?,
-                        trace: row.get(12)?,
-                        created_at: row.get(13)?,
-                        remember_key: row.get(15)?,
-                        cost_usd: row.get(16)?,
-                        pattern: row.get(17)?,
-                        team: row.get(18)?,
-                        // Kept in the callbacks table, shown from there.
-                        callback: None,
-                    },
-                    row.get::<_, Option<i64>>(14)?,
-                ))
-            },
-        )
-        .optional()?)
+        params![id],
+        |row| {
+            Ok((
+                RequestRecord {
+                    id: row.get(0)?,
+                    pipeline: row.get(1)?,
+                    generation: row.get::<i64>(2)? as u64,
+                    status: row.get(3)?,
+                    input: row.get(4)?,
+                    attributes: row.get(5)?,
+                    output: row.get(6)?,
+                    confidence: row.get(7)?,
+                    stage: row.get(8)?,
+                    layer: row.get(9)?,
+                    code: row.get(10)?,
+                    message: row.get(11)?,
+                    trace: row.get(12)?,
+                    created_at: row.get(13)?,
+                    remember_key: row.get(15)?,
+                    cost_usd: row.get(16)?,
+                    pattern: row.get(17)?,
+                    team: row.get(18)?,
+                    // Kept in the callbacks table, shown from there.
+                    callback: None,
+                },
+                row.get::<Option<i64>>(14)?,
+            ))
+        },
+    )
 }
 
-pub(super) fn insert_request(conn: &Connection, r: &RequestRecord) -> Result<(), StoreError> {
+pub(super) fn insert_request(conn: &mut Conn<'_>, r: &RequestRecord) -> Result<(), StoreError> {
     let escalated = r.status == RequestStatus::Escalated;
     let completed_at = (!escalated).then(now_millis);
     if let Some(url) = &r.callback {
         // Delivered once the request is final: now, or when a reviewer
         // resolves its ticket.
         let state = if escalated { "waiting" } else { "pending" };
-        conn.prepare_cached(
+        conn.execute(
             "INSERT INTO callbacks (request_id, url, state, next_at, created_at)
              VALUES (?1, ?2, ?3, ?4, ?4)
              ON CONFLICT (request_id) DO UPDATE SET state = excluded.state,
                  next_at = excluded.next_at
              WHERE callbacks.state = 'waiting'",
-        )?
-        .execute(params![r.id, url, state, now_millis()])?;
+            params![r.id, url, state, now_millis()],
+        )?;
     }
-    conn.prepare_cached(
+    conn.execute(
         "INSERT INTO requests (id, pipeline, generation, status, input, attributes, output,
                                confidence, stage, layer, code, message, trace, created_at,
                                completed_at, remember_key, cost_usd, pattern, team)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
                  ?18, ?19)
          ON CONFLICT (id) DO NOTHING",
-    )?
-    .execute(params![
-        r.id,
-        r.pipeline,
-        r.generation as i64,
-        r.status,
-        r.input,
-        r.attributes,
-        r.output,
-        r.confidence,
-        r.stage,
-        r.layer,
-        r.code,
-        r.message,
-        r.trace,
-        r.created_at,
-        completed_at,
-        r.remember_key,
-        r.cost_usd,
-        r.pattern,
-        r.team
-    ])?;
+        params![
+            r.id,
+            r.pipeline,
+            r.generation as i64,
+            r.status,
+            r.input,
+            r.attributes,
+            r.output,
+            r.confidence,
+            r.stage,
+            r.layer,
+            r.code,
+            r.message,
+            r.trace,
+            r.created_at,
+            completed_at,
+            r.remember_key,
+            r.cost_usd,
+            r.pattern,
+            r.team
+        ],
+    )?;
     Ok(())
 }
 
@@ -217,13 +214,11 @@ impl Store {
             let Some((record, completed_at)) = found else {
                 return Ok(None);
             };
-            let ticket_id: Option<i64> = conn
-                .query_row(
-                    "SELECT id FROM tickets WHERE request_id = ?1 AND kind = 'escalation'",
-                    params![record.id],
-                    |row| row.get(0),
-                )
-                .optional()?;
+            let ticket_id: Option<i64> = conn.query_opt(
+                "SELECT id FROM tickets WHERE request_id = ?1 AND kind = 'escalation'",
+                params![record.id],
+                |row| row.get(0),
+            )?;
             let ticket = match ticket_id {
                 Some(t) => read_ticket(conn, t)?,
                 None => None,

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::sql::params;
 use super::{Store, StoreError};
 
 /// A pipeline's traffic over a window of time.
@@ -61,19 +62,20 @@ impl Store {
     ) -> Result<TrafficStats, StoreError> {
         let bucket_millis = bucket_millis.max(1);
         self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
+            let rows = conn.query_map(
                 "SELECT created_at, completed_at, status, layer, cost_usd FROM requests
                  WHERE pipeline = ?1 AND created_at >= ?2 ORDER BY created_at",
+                params![pipeline, since],
+                |row| {
+                    Ok((
+                        row.get::<i64>(0)?,
+                        row.get::<Option<i64>>(1)?,
+                        row.get::<String>(2)?,
+                        row.get::<Option<String>>(3)?,
+                        row.get::<f64>(4)?,
+                    ))
+                },
             )?;
-            let rows = statement.query_map(rusqlite::params![pipeline, since], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, Option<i64>>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, Option<String>>(3)?,
-                    row.get::<_, f64>(4)?,
-                ))
-            })?;
             let mut stats = TrafficStats {
                 since,
                 bucket_millis,
@@ -90,7 +92,7 @@ impl Store {
             };
             let mut waits = Vec::new();
             for row in rows {
-                let (created, completed, status, layer, cost) = row?;
+                let (created, completed, status, layer, cost) = row;
                 let start = since + (created - since) / bucket_millis * bucket_millis;
                 if stats.buckets.last().is_none_or(|b| b.start != start) {
                     stats.buckets.push(Bucket {
@@ -151,21 +153,21 @@ impl Store {
         month: i64,
     ) -> Result<(f64, f64, u64, u64), StoreError> {
         self.read(move |conn| {
-            Ok(conn.query_row(
+            conn.query_row(
                 "SELECT COALESCE(SUM(CASE WHEN created_at >= ?2 THEN cost_usd END), 0),
                         COALESCE(SUM(cost_usd), 0), COUNT(*),
-                        COALESCE(SUM(status = 'answered'), 0)
+                        CAST(COALESCE(SUM(CASE WHEN status = 'answered' THEN 1 ELSE 0 END), 0) AS BIGINT)
                  FROM requests WHERE team = ?1 AND created_at >= ?3",
-                rusqlite::params![team, day, month],
+                params![team, day, month],
                 |row| {
                     Ok((
-                        row.get::<_, f64>(0)?,
-                        row.get::<_, f64>(1)?,
-                        row.get::<_, i64>(2)? as u64,
-                        row.get::<_, i64>(3)? as u64,
+                        row.get::<f64>(0)?,
+                        row.get::<f64>(1)?,
+                        row.get::<i64>(2)? as u64,
+                        row.get::<i64>(3)? as u64,
                     ))
                 },
-            )?)
+            )
         })
         .await
     }

@@ -1,9 +1,9 @@
 //! Review tickets: escalations and proposed corrections, claimed,
 //! resolved or rejected by reviewers.
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::sql::{Conn, Json, Row, params};
 use super::{
     FeedbackEvent, RequestRecord, Store, StoreError, TicketState, insert_feedback, insert_request,
     now_millis, read_request, upsert_approved,
@@ -37,15 +37,13 @@ impl TicketKind {
         }
     }
 
-    pub(super) fn parse(text: &str) -> rusqlite::Result<TicketKind> {
+    pub(super) fn parse(text: &str) -> Result<TicketKind, StoreError> {
         match text {
             "escalation" => Ok(TicketKind::Escalation),
             "correction" => Ok(TicketKind::Correction),
-            other => Err(rusqlite::Error::FromSqlConversionFailure(
-                0,
-                rusqlite::types::Type::Text,
-                format!("unknown ticket kind \"{other}\"").into(),
-            )),
+            other => Err(StoreError::Database(format!(
+                "unknown ticket kind \"{other}\""
+            ))),
         }
     }
 }
@@ -97,7 +95,7 @@ pub struct Ticket {
 /// Open the ticket of an escalated request. A retried request (same id)
 /// that escalates again gets the ticket it already has.
 pub(super) fn open_ticket(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     record: &RequestRecord,
     ticket: &NewTicket,
 ) -> Result<i64, StoreError> {
@@ -114,11 +112,11 @@ pub(super) fn open_ticket(
             record.created_at
         ],
     )?;
-    Ok(conn.query_row(
+    conn.query_row(
         "SELECT id FROM tickets WHERE request_id = ?1 AND kind = 'escalation'",
         params![record.id],
         |row| row.get(0),
-    )?)
+    )
 }
 
 /// Which tickets to list.
@@ -136,10 +134,10 @@ pub(super) const TICKET_SELECT: &str = "
            t.created_at, r.remember_key, t.kind, t.proposed_by
     FROM tickets t JOIN requests r ON r.id = t.request_id";
 
-pub(super) fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticket> {
+pub(super) fn ticket_from_row(row: &Row<'_>) -> Result<Ticket, StoreError> {
     Ok(Ticket {
         id: row.get(0)?,
-        kind: TicketKind::parse(&row.get::<_, String>(16)?)?,
+        kind: TicketKind::parse(&row.get::<String>(16)?)?,
         proposed_by: row.get(17)?,
         request_id: row.get(1)?,
         pipeline: row.get(2)?,
@@ -147,7 +145,7 @@ pub(super) fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticke
         reason: row.get(4)?,
         draft: row.get(5)?,
         input: row.get(6)?,
-        attributes: row.get::<_, super::Json<_>>(7)?.0,
+        attributes: row.get::<Json<_>>(7)?.0,
         state: row.get(8)?,
         claimed_by: row.get(9)?,
         claimed_at: row.get(10)?,
@@ -159,17 +157,18 @@ pub(super) fn ticket_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Ticke
     })
 }
 
-pub(super) fn read_ticket(conn: &Connection, id: i64) -> Result<Option<Ticket>, StoreError> {
-    Ok(conn
-        .prepare_cached(&format!("{TICKET_SELECT} WHERE t.id = ?1"))?
-        .query_row(params![id], ticket_from_row)
-        .optional()?)
+pub(super) fn read_ticket(conn: &mut Conn<'_>, id: i64) -> Result<Option<Ticket>, StoreError> {
+    conn.query_opt(
+        &format!("{TICKET_SELECT} WHERE t.id = ?1"),
+        params![id],
+        ticket_from_row,
+    )
 }
 
 /// Apply an accepted correction: the dataset gets it, and the request's
 /// answer-bank key (if any) gets it as its approved answer.
 pub(super) fn accept_correction(
-    conn: &Connection,
+    conn: &mut Conn<'_>,
     ticket: &Ticket,
     answer: &str,
     reviewer: &str,
@@ -210,14 +209,14 @@ pub(super) fn accept_correction(
 /// Say why a claim or resolution changed nothing.
 /// The ticket as a state change left it, or, when the change touched no
 /// row (`changed` is 0), why it was refused.
-fn after_update(conn: &Connection, ticket: i64, changed: usize) -> Result<Ticket, StoreError> {
+fn after_update(conn: &mut Conn<'_>, ticket: i64, changed: usize) -> Result<Ticket, StoreError> {
     if changed == 0 {
         return Err(explain_refusal(conn, ticket)?);
     }
     read_ticket(conn, ticket)?.ok_or_else(|| StoreError::NotFound(format!("ticket {ticket}")))
 }
 
-pub(super) fn explain_refusal(conn: &Connection, ticket: i64) -> Result<StoreError, StoreError> {
+pub(super) fn explain_refusal(conn: &mut Conn<'_>, ticket: i64) -> Result<StoreError, StoreError> {
     let Some(current) = read_ticket(conn, ticket)? else {
         return Ok(StoreError::NotFound(format!("ticket {ticket}")));
     };
@@ -371,10 +370,11 @@ impl Store {
         self.write(move |conn| {
             let (record, _) = read_request(conn, &request_id)?
                 .ok_or_else(|| StoreError::NotFound(format!("request \"{request_id}\"")))?;
-            conn.execute(
+            let id: i64 = conn.query_row(
                 "INSERT INTO tickets (request_id, kind, pipeline, stage, reason, draft, state,
                                       created_at, proposed_by)
-                 VALUES (?1, 'correction', ?2, ?3, ?4, ?5, 'open', ?6, ?7)",
+                 VALUES (?1, 'correction', ?2, ?3, ?4, ?5, 'open', ?6, ?7)
+                 RETURNING id",
                 params![
                     record.id,
                     record.pipeline,
@@ -384,8 +384,8 @@ impl Store {
                     now_millis(),
                     actor
                 ],
+                |row| row.get(0),
             )?;
-            let id = conn.last_insert_rowid();
             insert_feedback(
                 conn,
                 &FeedbackEvent {
@@ -455,12 +455,10 @@ impl Store {
                 TicketFilter::State(state) => ("t.state = ?2", Some(state.as_str())),
             };
             let sql = format!("{TICKET_SELECT} WHERE {clause} ORDER BY t.id LIMIT ?1");
-            let mut statement = conn.prepare_cached(&sql)?;
-            let rows = match state {
-                None => statement.query_map(params![limit], ticket_from_row)?,
-                Some(state) => statement.query_map(params![limit, state], ticket_from_row)?,
-            };
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            match state {
+                None => conn.query_map(&sql, params![limit], ticket_from_row),
+                Some(state) => conn.query_map(&sql, params![limit, state], ticket_from_row),
+            }
         })
         .await
     }
