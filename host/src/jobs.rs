@@ -15,9 +15,18 @@
 //! One that has started `[async] max_runs` times without completing (it
 //! crashes the host, say) is dead: it fails with code `dead_letter`, and its
 //! reason shows at `GET /v1/requests/{id}`.
+//!
+//! Hosts sharing a store (PostgreSQL) share the work. A host takes a job
+//! with a lease (`[async] lease_ms`) that it renews while it runs the job;
+//! of hosts taking one job at once, one gets it. Every second a host with
+//! an idle worker looks for jobs it could take: queued for more than
+//! [`QUEUED_GRACE`] on a busy host, or running on a lease that ended (a
+//! host that died). A host that starts again takes back its own jobs at
+//! once (it knows them by the id in its data directory).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use crate::app::App;
 use crate::queue::SubmitError;
@@ -38,10 +47,21 @@ pub async fn submit(app: &App, job: Job) -> Result<(), SubmitError> {
     Ok(())
 }
 
+/// How long a job may wait in its accepting host's queue before another
+/// host with an idle worker takes it.
+pub const QUEUED_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a host with an idle worker looks for jobs to take.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
 /// Queue the requests a previous run accepted and did not complete, and
-/// start the workers.
+/// start the workers, the lease renewal and the search for work other
+/// hosts left.
 pub async fn start(app: Arc<App>) -> Result<(), StoreError> {
-    let unfinished = app.store.unfinished_jobs().await?;
+    let unfinished = app
+        .store
+        .unfinished_jobs(app.jobs.owner.clone(), crate::store::now_millis())
+        .await?;
     if !unfinished.is_empty() {
         tracing::info!(
             count = unfinished.len(),
@@ -70,14 +90,90 @@ pub async fn start(app: Arc<App>) -> Result<(), StoreError> {
             }
         });
     }
+    spawn_lease_renewal(app.clone());
+    spawn_search(app);
     Ok(())
+}
+
+/// The end of a lease taken now.
+fn lease_until(app: &App) -> i64 {
+    crate::store::now_millis() + app.jobs.lease.as_millis() as i64
+}
+
+/// Renew the leases of the jobs this host runs, a third of a lease apart.
+fn spawn_lease_renewal(app: Arc<App>) {
+    let cancel = app.lifecycle.cancel.clone();
+    app.lifecycle.clone().spawn(async move {
+        let mut every = tokio::time::interval(app.jobs.lease / 3);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let until = lease_until(&app);
+            if let Err(error) = app
+                .store
+                .renew_job_leases(app.jobs.owner.clone(), until)
+                .await
+            {
+                tracing::warn!(%error, "cannot renew the leases of running asynchronous requests");
+            }
+        }
+    });
+}
+
+/// Every [`LOOK_EVERY`], while a worker is idle, queue jobs other hosts
+/// left: queued too long on a busy host, or held by one that died.
+fn spawn_search(app: Arc<App>) {
+    let cancel = app.lifecycle.cancel.clone();
+    app.lifecycle.clone().spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+            let idle = app.jobs.workers.saturating_sub(app.jobs.pending());
+            if idle == 0 {
+                continue;
+            }
+            let now = crate::store::now_millis();
+            let queued_before = now - QUEUED_GRACE.as_millis() as i64;
+            let found = app
+                .store
+                .jobs_to_take(app.jobs.owner.clone(), now, queued_before, idle)
+                .await;
+            match found {
+                Ok(jobs) => {
+                    for job in jobs {
+                        // Counted like an accepted one; whether this host
+                        // runs it is settled when a worker takes it.
+                        app.jobs.pending.fetch_add(1, Ordering::AcqRel);
+                        let _ = app.jobs.sender.send(job);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot look for asynchronous requests to take")
+                }
+            }
+        }
+    });
 }
 
 async fn run(app: &App, job: Job) {
     let id = job.id.clone();
-    match app.store.start_job(id.clone(), app.jobs.max_runs).await {
+    let start = app
+        .store
+        .start_job(
+            id.clone(),
+            app.jobs.max_runs,
+            app.jobs.owner.clone(),
+            lease_until(app),
+        )
+        .await;
+    match start {
         Ok(JobStart::Run) => {}
-        Ok(JobStart::Finished) => return,
+        Ok(JobStart::Finished | JobStart::Elsewhere) => return,
         Ok(JobStart::Dead(reason)) => {
             tracing::error!(request_id = %id, %reason, "an asynchronous request is dead");
             app.store.callbacks_due().notify_one();

@@ -221,7 +221,7 @@ pub async fn start(options: HostOptions) -> anyhow::Result<RunningHost> {
         telemetry: crate::telemetry::Telemetry::start(&manifest.telemetry)
             .context("cannot start the OTLP exporter ([telemetry])")?,
         cluster: crate::cluster::Cluster::new(&manifest.shared, addr, admin_addr)?,
-        jobs: Jobs::new(&manifest.background),
+        jobs: Jobs::new(&manifest.background, crate::queue::owner_id(&data_dir)?),
         callbacks,
         runtime,
         current: ArcSwap::from_pointee(generation),

@@ -377,7 +377,12 @@ fn invalid_values() {
         ),
         (
             "[async]\nqueue = 10\nthreads = 2\n".to_owned() + &stage(""),
-            "key \"async.threads\": unknown field `threads`, expected one of `queue`, `workers`, `max_runs`",
+            "key \"async.threads\": unknown field `threads`, expected one of `queue`, `workers`, `max_runs`, \
+             `lease_ms`",
+        ),
+        (
+            "[async]\nlease_ms = 10\n".to_owned() + &stage(""),
+            "key \"async.lease_ms\": 10 is outside 1000..=3600000",
         ),
         (
             "[callbacks]\nallow = [\"https://hooks.example.com/x\"]\n".to_owned() + &stage(""),

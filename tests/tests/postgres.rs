@@ -263,3 +263,223 @@ async fn a_server_that_goes_away_costs_only_the_writes_and_loses_nothing_acknowl
     assert_eq!(ticket["state"], "open", "{ticket}");
     host.shutdown().await;
 }
+
+/// A job accepted now with id `id`.
+fn job(id: &str) -> strata::store::Job {
+    strata::store::Job {
+        id: id.to_owned(),
+        pipeline: "quick".to_owned(),
+        input: "x".to_owned(),
+        attributes: "{}".to_owned(),
+        callback: None,
+        created_at: strata::store::now_millis(),
+        team: None,
+    }
+}
+
+/// Leases on jobs, the same on either back end: one host holds a job
+/// while its lease lasts, another takes it once the lease has ended, and
+/// of many hosts taking a job at once exactly one gets it.
+async fn leases_hold(store: strata::store::Store) {
+    use strata::store::JobStart;
+    let now = strata::store::now_millis;
+    store.enqueue(job("held")).await.unwrap();
+    let start = |owner: &str, lease_ms: i64| {
+        store.start_job("held".to_owned(), 5, owner.to_owned(), now() + lease_ms)
+    };
+    assert_eq!(start("a", 400).await.unwrap(), JobStart::Run);
+    assert_eq!(start("b", 60_000).await.unwrap(), JobStart::Elsewhere);
+    let takeable = store
+        .jobs_to_take("b".to_owned(), now(), now(), 10)
+        .await
+        .unwrap();
+    assert!(takeable.is_empty(), "a holds it: {takeable:?}");
+    // A renews its lease, then dies: once the lease ends, B finds and takes it.
+    store
+        .renew_job_leases("a".to_owned(), now() + 300)
+        .await
+        .unwrap();
+    assert_eq!(start("b", 60_000).await.unwrap(), JobStart::Elsewhere);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let takeable = store
+        .jobs_to_take("b".to_owned(), now(), now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(takeable.len(), 1, "a's lease has ended");
+    assert_eq!(start("b", 60_000).await.unwrap(), JobStart::Run);
+    let state = store.job_state("held".to_owned()).await.unwrap().unwrap();
+    assert_eq!(state.runs, 2);
+
+    // Eight hosts take one new job at once: one runs it.
+    store.enqueue(job("raced")).await.unwrap();
+    let mut takers = tokio::task::JoinSet::new();
+    for host in 0..8 {
+        let store = store.clone();
+        takers.spawn(async move {
+            store
+                .start_job(
+                    "raced".to_owned(),
+                    5,
+                    format!("host-{host}"),
+                    strata::store::now_millis() + 60_000,
+                )
+                .await
+                .unwrap()
+        });
+    }
+    let mut runs = 0;
+    while let Some(outcome) = takers.join_next().await {
+        runs += usize::from(outcome.unwrap() == JobStart::Run);
+    }
+    assert_eq!(runs, 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn job_leases_hold_on_sqlite_and_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = strata::store::Store::open(dir.path()).unwrap();
+    leases_hold(sqlite).await;
+    let server = PostgresServer::start();
+    let url = server.database("leases");
+    let postgres = tokio::task::spawn_blocking(move || strata::store::Store::connect(&url))
+        .await
+        .unwrap()
+        .unwrap();
+    leases_hold(postgres).await;
+}
+
+/// Pipeline `p`: one stage asking `llm`'s model `model`; jobs leased for 2 s.
+fn generating(url: &str, llm: &local_llm::LocalLlm, model: &str) -> String {
+    format!(
+        "{SMALL_RUNTIME}
+[store]
+url = \"{url}\"
+
+[async]
+workers = 2
+lease_ms = 2000
+
+[models.providers.local]
+base_url = \"{base}\"
+
+[models.tiers.small]
+provider = \"local\"
+model = \"{model}\"
+timeout_ms = 10000
+retries = 0
+
+[pipelines.p]
+min_confidence = 0.5
+[[pipelines.p.stages]]
+name = \"generate\"
+layer = \"generation\"
+plugin = {generate}
+grants = [\"config\", \"model\"]
+limits = {{ timeout_ms = 20000 }}
+[pipelines.p.stages.config]
+small_tier = \"small\"
+large_tier = \"small\"
+",
+        base = llm.base_url(),
+        generate = toml_str(components::GENERATE),
+    )
+}
+
+#[tokio::test]
+async fn three_hosts_share_the_jobs_and_those_of_a_host_killed_while_running_them_complete_once() {
+    let server = PostgresServer::start();
+    let url = server.database("jobs");
+    let llm = local_llm::LocalLlm::start(local_llm::Options::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("strata.toml");
+    std::fs::write(&manifest, generating(&url, &llm, "slow-1500-model")).unwrap();
+    let serve = |name: &str| {
+        let data = dir.path().join(name);
+        strata_tests::HostProcess::serve(
+            env!("CARGO_BIN_EXE_strata-under-test"),
+            &manifest,
+            |command| {
+                command.arg("--data").arg(&data);
+            },
+        )
+    };
+    let a = serve("a");
+    let b = serve("b");
+    let c = serve("c");
+
+    // Eight requests accepted by A, which runs two at a time.
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let response = client
+            .post(format!("{}/v1/pipelines/p", a.base()))
+            .json(&json!({"input": format!("question {i}"), "async": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 202);
+        let body: Value = response.json().await.unwrap();
+        ids.push(body["request_id"].as_str().unwrap().to_owned());
+    }
+    // Kill A while it waits for the model.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while llm.requests() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never asked the model"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    a.kill();
+
+    // B and C complete every one of them: A's queued ones after the grace,
+    // the ones it was running once its leases end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let body: Value = client
+                .get(format!("{}/v1/requests/{id}", b.base()))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if body["status"] == "answered" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request {id} never completed: {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    // Exactly once: one record each, every job done, none run more than
+    // twice (once on A, once more on B or C).
+    let list = ids
+        .iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        server.psql(
+            "jobs",
+            &format!("SELECT count(*) FROM requests WHERE id IN ({list})")
+        ),
+        "8"
+    );
+    assert_eq!(
+        server.psql(
+            "jobs",
+            &format!(
+                "SELECT count(*) FROM jobs WHERE state = 'done' AND runs <= 2 AND id IN ({list})"
+            )
+        ),
+        "8"
+    );
+    drop((b, c));
+}

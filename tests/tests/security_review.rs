@@ -467,9 +467,14 @@ async fn exactly_once_a_job_that_never_completes_goes_to_the_dead_letter_state()
         })
         .await
         .unwrap();
-    for _ in 0..3 {
+    for host in ["host-1", "host-2", "host-3"] {
+        // Each took it with a lease that has ended (its host died).
+        let ended = strata::store::now_millis() - 1;
         assert_eq!(
-            store.start_job("doomed".to_owned(), 3).await.unwrap(),
+            store
+                .start_job("doomed".to_owned(), 3, host.to_owned(), ended)
+                .await
+                .unwrap(),
             strata::store::JobStart::Run
         );
     }

@@ -20,6 +20,8 @@ pub(super) struct RawAsync {
     pub(super) workers: Option<u32>,
     #[serde(default = "default_async_max_runs")]
     pub(super) max_runs: u32,
+    #[serde(default = "default_async_lease_ms")]
+    pub(super) lease_ms: u64,
 }
 
 impl Default for RawAsync {
@@ -28,6 +30,7 @@ impl Default for RawAsync {
             queue: default_async_queue(),
             workers: None,
             max_runs: default_async_max_runs(),
+            lease_ms: default_async_lease_ms(),
         }
     }
 }
@@ -155,6 +158,10 @@ pub(super) struct RawCandidate {
 
 pub(super) fn default_async_max_runs() -> u32 {
     3
+}
+
+pub(super) fn default_async_lease_ms() -> u64 {
+    30_000
 }
 
 pub(super) fn default_async_queue() -> u32 {

@@ -129,6 +129,10 @@ pub struct AsyncSettings {
     /// Starts after which a request that never completes (the host stops
     /// while it runs, each time) is dead rather than run again.
     pub max_runs: u32,
+    /// How long a host's claim on a running request holds without being
+    /// renewed (it renews a third of the way): hosts sharing a store take
+    /// over the requests of a host that died this long after it did.
+    pub lease_ms: u64,
 }
 
 impl Default for AsyncSettings {
@@ -170,10 +174,17 @@ impl AsyncSettings {
                 format!("{} is outside 1..=100", raw.max_runs),
             ));
         }
+        if !(1_000..=3_600_000).contains(&raw.lease_ms) {
+            return Err((
+                "async.lease_ms",
+                format!("{} is outside 1000..=3600000", raw.lease_ms),
+            ));
+        }
         Ok(AsyncSettings {
             queue: raw.queue,
             workers,
             max_runs: raw.max_runs,
+            lease_ms: raw.lease_ms,
         })
     }
 }

@@ -35,7 +35,18 @@ pub enum JobStart {
     Finished,
     /// It ran too often without completing; now dead, with this reason.
     Dead(String),
+    /// Another host holds it (its lease has not ended): do nothing.
+    Elsewhere,
 }
+
+/// The columns [`job_from_row`] reads.
+const JOB_SELECT: &str =
+    "SELECT id, pipeline, input, attributes, callback, created_at, team FROM jobs";
+
+/// A job no host holds at `?1` (Unix milliseconds): queued, or running on
+/// a lease that ended (or was given up by a host starting again).
+const TAKEABLE: &str = "(state = 'queued'
+     OR (state = 'running' AND (lease_until IS NULL OR lease_until <= ?1)))";
 
 /// A job from a row of `SELECT id, pipeline, input, attributes, callback,
 /// created_at, team FROM jobs`.
@@ -53,7 +64,7 @@ pub(super) fn job_from_row(row: &Row<'_>) -> Result<Job, StoreError> {
 
 pub(super) fn read_job(conn: &mut Conn<'_>, id: &str) -> Result<Job, StoreError> {
     conn.query_row(
-        "SELECT id, pipeline, input, attributes, callback, created_at, team FROM jobs WHERE id = ?1",
+        &format!("{JOB_SELECT} WHERE id = ?1"),
         params![id],
         job_from_row,
     )
@@ -115,46 +126,107 @@ impl Store {
         .await
     }
 
-    /// Accepted requests not yet completed (queued, or running when the
-    /// host stopped), oldest first.
-    pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.read(|conn| {
-            let rows = conn.query_map(
-                "SELECT id, pipeline, input, attributes, callback, created_at, team FROM jobs
-                 WHERE state IN ('queued', 'running') ORDER BY created_at, id",
-                params![],
-                job_from_row,
+    /// At start: the jobs this host held when it last stopped (by its
+    /// `owner` id) are free to take again at once, instead of after their
+    /// leases; then every unfinished job no other host holds, oldest first.
+    pub async fn unfinished_jobs(&self, owner: String, now: i64) -> Result<Vec<Job>, StoreError> {
+        self.write_with(false, move |conn| {
+            conn.execute(
+                "UPDATE jobs SET lease_until = NULL WHERE owner = ?1 AND state = 'running'",
+                params![owner],
             )?;
-            Ok(rows)
+            conn.query_map(
+                &format!("{JOB_SELECT} WHERE {TAKEABLE} ORDER BY created_at, id"),
+                params![now],
+                job_from_row,
+            )
         })
         .await
     }
 
-    /// Mark a job running (counting its runs), unless it is done, or has
-    /// already started `max_runs` times: then it is dead, completed as a
-    /// failed request with code `dead_letter`, and never runs again.
-    pub async fn start_job(&self, id: String, max_runs: u32) -> Result<JobStart, StoreError> {
-        self.write(move |conn| {
-            let found: Option<(JobStatus, i64, String)> = conn.query_opt(
-                "SELECT state, runs, pipeline FROM jobs WHERE id = ?1",
-                params![id],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+    /// Up to `limit` jobs another host may have left: queued since before
+    /// `queued_before` (the accepting host is busy), or running on a lease
+    /// that ended (its host died). Not this host's own.
+    pub async fn jobs_to_take(
+        &self,
+        owner: String,
+        now: i64,
+        queued_before: i64,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.read(move |conn| {
+            conn.query_map(
+                &format!(
+                    "{JOB_SELECT} WHERE {TAKEABLE}
+                       AND (state = 'running' OR created_at <= ?2)
+                       AND (owner IS NULL OR owner <> ?3)
+                     ORDER BY created_at, id LIMIT ?4"
+                ),
+                params![now, queued_before, owner, limit],
+                job_from_row,
+            )
+        })
+        .await
+    }
+
+    /// Extend the leases of the jobs `owner` is running to `until`.
+    pub async fn renew_job_leases(&self, owner: String, until: i64) -> Result<(), StoreError> {
+        self.write_with(false, move |conn| {
+            conn.execute(
+                "UPDATE jobs SET lease_until = ?2 WHERE owner = ?1 AND state = 'running'",
+                params![owner, until],
             )?;
-            let Some((state, runs, pipeline)) = found else {
+            Ok(())
+        })
+        .await
+    }
+
+    /// Take a job to run it: mark it running for `owner` with a lease until
+    /// `lease_until` (counting its runs), unless it is done, another host
+    /// holds its lease, or it has already started `max_runs` times: then it
+    /// is dead, completed as a failed request with code `dead_letter`, and
+    /// never runs again. Of hosts taking one job at once, one gets it.
+    pub async fn start_job(
+        &self,
+        id: String,
+        max_runs: u32,
+        owner: String,
+        lease_until: i64,
+    ) -> Result<JobStart, StoreError> {
+        self.write(move |conn| {
+            let now = now_millis();
+            let found: Option<(JobStatus, i64, String, bool)> = conn.query_opt(
+                &format!(
+                    "SELECT state, runs, pipeline, CASE WHEN {TAKEABLE} THEN 1 ELSE 0 END
+                     FROM jobs WHERE id = ?2"
+                ),
+                params![now, id],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )?;
+            let Some((state, runs, pipeline, takeable)) = found else {
                 return Err(StoreError::NotFound(format!("job \"{id}\"")));
             };
             if state.finished() {
                 return Ok(JobStart::Finished);
+            }
+            if !takeable {
+                return Ok(JobStart::Elsewhere);
             }
             if runs >= i64::from(max_runs) {
                 let reason = format!(
                     "the request started {runs} times without completing (the host stopped \
                      while it ran each time); [async] max_runs is {max_runs}"
                 );
-                conn.execute(
-                    "UPDATE jobs SET state = 'dead', reason = ?2, done_at = ?3 WHERE id = ?1",
-                    params![id, reason, now_millis()],
+                let changed = conn.execute(
+                    &format!(
+                        "UPDATE jobs SET state = 'dead', reason = ?3, done_at = ?1
+                         WHERE id = ?2 AND {TAKEABLE}"
+                    ),
+                    params![now, id, reason],
                 )?;
+                if changed == 0 {
+                    return Ok(JobStart::Elsewhere);
+                }
                 let job = read_job(conn, &id)?;
                 let record = RequestRecord {
                     id: id.clone(),
@@ -180,12 +252,21 @@ impl Store {
                 insert_request(conn, &record)?;
                 return Ok(JobStart::Dead(reason));
             }
-            conn.execute(
-                "UPDATE jobs SET state = 'running', runs = runs + 1
-                 WHERE id = ?1 AND state IN ('queued', 'running')",
-                params![id],
+            // The condition again, in the update itself: of two hosts that
+            // both read the job as takeable, the second changes nothing.
+            let changed = conn.execute(
+                &format!(
+                    "UPDATE jobs SET state = 'running', runs = runs + 1, owner = ?3,
+                         lease_until = ?4
+                     WHERE id = ?2 AND {TAKEABLE}"
+                ),
+                params![now, id, owner, lease_until],
             )?;
-            Ok(JobStart::Run)
+            Ok(if changed == 1 {
+                JobStart::Run
+            } else {
+                JobStart::Elsewhere
+            })
         })
         .await
     }

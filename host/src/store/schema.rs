@@ -240,6 +240,11 @@ pub(super) const MIGRATIONS: &[&str] = &["
     ALTER TABLE requests ADD COLUMN team TEXT;
     CREATE INDEX requests_by_team ON requests (team, created_at) WHERE team IS NOT NULL;
     ALTER TABLE jobs ADD COLUMN team TEXT;
+", "
+    -- The host running a job and until when its claim holds: hosts sharing
+    -- a store take a job whose lease ended (its host died).
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_until INTEGER;
 "];
 
 pub(super) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -422,6 +427,8 @@ pub(super) const POSTGRES_MIGRATIONS: &[&str] = &["
         vector  BYTEA NOT NULL,
         PRIMARY KEY (example, model)
     );
+", "
+    ALTER TABLE jobs ADD COLUMN owner TEXT, ADD COLUMN lease_until BIGINT;
 "];
 
 /// Any fixed number: the advisory lock hosts take while one of them
