@@ -1,10 +1,14 @@
-//! Hosts serving as one over Redis (`[shared] redis`): the demo served by
-//! one host alone, by one host of a cluster, and by two and three hosts of
-//! one cluster with the load split between them (each host its own wrk),
-//! in one run; then how long a reload on one host takes to be served by the
-//! other two. Every host and Redis run on this machine's two cores, so more
+//! Hosts serving as one over Redis (`[shared] redis`) and PostgreSQL
+//! (`[store] url`): the demo served by one host alone, by one host of a
+//! cluster, and by one, two and three hosts of one cluster with the load
+//! split between them (each host its own wrk), with their state in SQLite
+//! each or in one PostgreSQL server, in one run; then how long a reload on
+//! one host takes to be served by the other two, and what an escalation
+//! (a durable ticket per request) costs on PostgreSQL against SQLite. Every
+//! host, Redis and PostgreSQL run on this machine's two cores, so more
 //! hosts share the same CPU: the rows show the price of sharing, not
-//! scale-out.
+//! scale-out. `scripts/bench` starts the PostgreSQL server
+//! (`STRATA_TEST_POSTGRES_URL`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,14 +21,21 @@ use crate::harness::{self, Figures, Host, Load, TABLE_HEADER};
 /// Reloads timed for the propagation figure.
 const RELOADS: usize = 5;
 
-/// Rounds of the four configurations, one after the other, so the
-/// machine's drift shows.
+/// Rounds of the configurations, one after the other, so the machine's
+/// drift shows.
 const ROUNDS: usize = 2;
+
+/// An input the demo escalates (its triage sends a lost phone to a person).
+const ESCALATED: &str = "I lost my phone with the banking app on it";
 
 pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
     let strata = root.join("target/release/strata");
     let scratch = harness::scratch("cluster")?;
     let redis = Redis::start(&scratch)?;
+    let server = std::env::var("STRATA_TEST_POSTGRES_URL").context(
+        "the cluster scenario needs a PostgreSQL server: run it through scripts/bench, which \
+         starts one",
+    )?;
     let demo = harness::demo_manifest(root)?;
     let alone = scratch.join("alone.toml");
     std::fs::write(&alone, &demo)?;
@@ -35,6 +46,12 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
         redis.url
     );
     std::fs::write(&shared, &shared_text)?;
+    let on_postgres = scratch.join("postgres.toml");
+    let postgres_text = format!(
+        "{shared_text}\n[store]\nurl = \"{}\"\n",
+        database(&server, "bench_cluster")?
+    );
+    std::fs::write(&on_postgres, &postgres_text)?;
 
     let mut rows = Vec::new();
     let mut summary = Vec::new();
@@ -44,6 +61,9 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
         ("1 host of a cluster", &shared, 1),
         ("2 hosts of a cluster", &shared, 2),
         ("3 hosts of a cluster", &shared, 3),
+        ("1 host, PostgreSQL and Redis", &on_postgres, 1),
+        ("2 hosts, PostgreSQL and Redis", &on_postgres, 2),
+        ("3 hosts, PostgreSQL and Redis", &on_postgres, 3),
     ];
     for round in 1..=ROUNDS {
         for (label, manifest, hosts) in configurations {
@@ -99,6 +119,7 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
             started.into_iter().for_each(Host::stop);
         }
     }
+    let escalations = escalation_price(&strata, &scratch, &demo, &server, load)?;
     drop(redis);
     let _ = std::fs::remove_dir_all(&scratch);
     let propagation = propagated;
@@ -107,7 +128,10 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
          per host, at once), POSTing `{body}` to the demo; Redis 7 from Debian on loopback:\n\n\
          | hosts | requests/s, all hosts | host CPU µs/request | Redis CPU µs/request | errors |\n\
          | --- | ---: | ---: | ---: | ---: |\n{summary}\n\n\
-         Each host separately:\n\n{TABLE_HEADER}\n{rows}\n\n{propagation}",
+         With PostgreSQL the hosts' request records go to one PostgreSQL 15 server (Debian's, \
+         on loopback, `fsync` on) instead of each host's SQLite file; its CPU is not counted \
+         in the host column but shares the same two cores.\n\n\
+         Each host separately:\n\n{TABLE_HEADER}\n{rows}\n\n{propagation}\n\n{escalations}",
         summary = summary.join("\n"),
         rows = rows.join("\n"),
         commit = harness::commit(),
@@ -154,6 +178,75 @@ fn propagation(hosts: &[Host], manifest: &Path, text: &str) -> anyhow::Result<St
         harness::quantile(&mut times.clone(), 0.5),
         times.last().copied().unwrap_or(f64::NAN),
     ))
+}
+
+/// What an escalation costs on each store: one host, every request
+/// escalated (a ticket committed before the client hears 202), state in
+/// SQLite and then in PostgreSQL, alternately.
+fn escalation_price(
+    strata: &Path,
+    scratch: &Path,
+    demo: &str,
+    server: &str,
+    load: &Load,
+) -> anyhow::Result<String> {
+    let sqlite = scratch.join("escalate-sqlite.toml");
+    std::fs::write(&sqlite, demo)?;
+    let postgres = scratch.join("escalate-postgres.toml");
+    std::fs::write(
+        &postgres,
+        format!(
+            "{demo}\n[store]\nurl = \"{}\"\n",
+            database(server, "bench_escalations")?
+        ),
+    )?;
+    let mut rows = Vec::new();
+    for round in 1..=ROUNDS {
+        for (label, manifest) in [("SQLite", &sqlite), ("PostgreSQL", &postgres)] {
+            let data = scratch.join(format!("escalate-{label}-{round}"));
+            let host = Host::start(strata, manifest, &data)?;
+            let url = format!("http://{}/v1/pipelines/support", host.addr);
+            let (status, body) = harness::http(
+                "POST",
+                &host.addr,
+                "/v1/pipelines/support",
+                &serde_json::json!({ "input": ESCALATED }).to_string(),
+            )?;
+            anyhow::ensure!(status == 202, "the demo did not escalate: {status} {body}");
+            let figures = harness::wrk_body_on(load, &url, ESCALATED, host.pid())?;
+            rows.push(figures.row(&format!("round {round}, escalations on {label}")));
+            host.stop();
+        }
+    }
+    Ok(format!(
+        "The price of an escalation: one host, every request escalated (`{ESCALATED}`: a \
+         ticket committed, with a full sync, before the client hears 202), its state in SQLite \
+         and then in PostgreSQL, alternately:\n\n{TABLE_HEADER}\n{rows}",
+        rows = rows.join("\n"),
+    ))
+}
+
+/// Create database `name` on the PostgreSQL server at `server` (a URL
+/// without a database) afresh, and return its URL.
+fn database(server: &str, name: &str) -> anyhow::Result<String> {
+    let server = server.trim_end_matches('/');
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+            .arg(format!("{server}/postgres"))
+            .args(["-c", &sql])
+            .output()
+            .context("cannot run psql (scripts/bench installs PostgreSQL)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(format!("{server}/{name}"))
 }
 
 /// A `redis-server` on a free loopback port, killed when dropped.

@@ -8,6 +8,7 @@ use serde_json::Value;
 use strata::auth::Tokens;
 use strata::{HostOptions, RunningHost};
 
+pub mod bank_data;
 pub mod postgres;
 pub use postgres::PostgresServer;
 

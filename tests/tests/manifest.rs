@@ -65,6 +65,10 @@ fn a_store_url_that_is_not_postgres_is_refused_by_name() {
         );
         assert!(message.contains("store.url"), "{message}");
         assert!(message.contains("is not a PostgreSQL URL"), "{message}");
+        assert!(
+            !message.contains(url),
+            "the URL may hold a password: {message}"
+        );
     }
 }
 

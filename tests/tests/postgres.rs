@@ -483,3 +483,45 @@ async fn three_hosts_share_the_jobs_and_those_of_a_host_killed_while_running_the
     );
     drop((b, c));
 }
+
+#[tokio::test]
+async fn an_import_into_postgres_is_served_by_a_host_on_it() {
+    let server = PostgresServer::start();
+    let url = server.database("bank");
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("strata.toml");
+    std::fs::write(
+        &manifest,
+        strata_tests::bank_desk(&format!("\n[store]\nurl = \"{url}\"\n"), "max_error = 0.1"),
+    )
+    .unwrap();
+    let (file, answers) = strata_tests::bank_data::write_dataset(dir.path(), "text,label");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
+        .args(["bank", "import"])
+        .arg(&manifest)
+        .arg("desk")
+        .arg(&file)
+        .arg("--answers")
+        .arg(&answers)
+        .env("STRATA_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(server.psql("bank", "SELECT count(*) FROM examples"), "36");
+    assert_eq!(server.psql("bank", "SELECT count(*) FROM patterns"), "3");
+
+    // A host on the same database learns the patterns and answers a
+    // paraphrase it has never seen.
+    let host = TestHost::serve_with(dir, manifest, strata::auth::Tokens::default())
+        .await
+        .unwrap();
+    let (status, answered) = host.ask("desk", "When is my card going to arrive?").await;
+    assert_eq!(status, 200, "{answered}");
+    assert_eq!(answered["layer"], "cache");
+    assert_eq!(answered["output"], "Cards arrive within 5 working days.");
+    host.shutdown().await;
+}

@@ -36,8 +36,9 @@ impl Parser<'_> {
             return Err(self.error(
                 key_location("store.url"),
                 ManifestErrorKind::Invalid(
-                    "is not a PostgreSQL URL such as postgres://strata@127.0.0.1:5432/strata \
-                     (leave it out to keep state in SQLite in the data directory)"
+                    "the value (not shown: it may hold a password) is not a PostgreSQL URL \
+                     such as postgres://strata@127.0.0.1:5432/strata; leave [store] out to keep \
+                     state in SQLite in the data directory"
                         .to_owned(),
                 ),
             ));
