@@ -58,6 +58,7 @@ pub fn questions() -> Vec<(String, &'static str)> {
     rows
 }
 
+/// The approved answer of each intent, as an answers file.
 pub const ANSWERS: &str = "label,answer
 card_arrival,\"Cards arrive within 5 working days.\"
 change_pin,\"Change your PIN in the app under Card > Security.\"
