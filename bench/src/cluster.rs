@@ -113,7 +113,7 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
                 "| {label} | {total:.0} | {cpu:.0} | {:.1} | {errors} |",
                 redis_spent * 1e6 / requests.max(1) as f64
             ));
-            if hosts == 3 && round == ROUNDS {
+            if hosts == 3 && round == ROUNDS && manifest == &shared {
                 propagated = propagation(&started, &shared, &shared_text)?;
             }
             started.into_iter().for_each(Host::stop);
