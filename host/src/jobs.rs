@@ -21,8 +21,11 @@
 //! of hosts taking one job at once, one gets it. Every second a host with
 //! an idle worker looks for jobs it could take: queued for more than
 //! [`QUEUED_GRACE`] on a busy host, or running on a lease that ended (a
-//! host that died). A host that starts again takes back its own jobs at
-//! once (it knows them by the id in its data directory).
+//! host that died). A host that accepts a job none of its workers is free
+//! for offers it to the others at once (PostgreSQL's `NOTIFY`), and a host
+//! with an idle worker that hears the offer looks without waiting for the
+//! grace. A host that starts again takes back its own jobs at once (it
+//! knows them by the id in its data directory).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -42,8 +45,18 @@ pub async fn submit(app: &App, job: Job) -> Result<(), SubmitError> {
         app.jobs.release();
         return Err(error.into());
     }
+    let id = job.id.clone();
     // The receiver lives as long as the app; a send cannot fail before.
     let _ = app.jobs.sender.send(job);
+    if app.jobs.pending() > app.jobs.workers {
+        // No worker here is free for it: hosts sharing the store may be.
+        let store = app.store.clone();
+        app.lifecycle.clone().spawn(async move {
+            if let Err(error) = store.offer_job(id).await {
+                tracing::warn!(%error, "cannot offer an asynchronous request to other hosts");
+            }
+        });
+    }
     Ok(())
 }
 
@@ -123,28 +136,46 @@ fn spawn_lease_renewal(app: Arc<App>) {
     });
 }
 
-/// Every [`LOOK_EVERY`], while a worker is idle, queue jobs other hosts
-/// left: queued too long on a busy host, or held by one that died.
+/// Every [`LOOK_EVERY`], and whenever a host offers a job, while a worker
+/// is idle, queue jobs other hosts left: queued too long (or, when offered,
+/// at all) on a busy host, or held by one that died.
 fn spawn_search(app: Arc<App>) {
     let cancel = app.lifecycle.cancel.clone();
+    let mut offers = app.store.listen_for_offers();
     app.lifecycle.clone().spawn(async move {
         loop {
-            tokio::select! {
+            let offered = tokio::select! {
                 () = cancel.cancelled() => return,
-                () = tokio::time::sleep(LOOK_EVERY) => {}
-            }
+                () = tokio::time::sleep(LOOK_EVERY) => false,
+                Some(_) = async {
+                    match offers.as_mut() {
+                        Some(offers) => offers.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
             let idle = app.jobs.workers.saturating_sub(app.jobs.pending());
             if idle == 0 {
                 continue;
             }
             let now = crate::store::now_millis();
-            let queued_before = now - QUEUED_GRACE.as_millis() as i64;
+            let queued_before = if offered {
+                now
+            } else {
+                now - QUEUED_GRACE.as_millis() as i64
+            };
             let found = app
                 .store
                 .jobs_to_take(app.jobs.owner.clone(), now, queued_before, idle)
                 .await;
             match found {
                 Ok(jobs) => {
+                    if offered && !jobs.is_empty() {
+                        tracing::info!(
+                            count = jobs.len(),
+                            "taking asynchronous requests a busy host offered"
+                        );
+                    }
                     for job in jobs {
                         // Counted like an accepted one; whether this host
                         // runs it is settled when a worker takes it.

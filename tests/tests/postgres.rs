@@ -349,15 +349,16 @@ async fn job_leases_hold_on_sqlite_and_on_postgres() {
     leases_hold(postgres).await;
 }
 
-/// Pipeline `p`: one stage asking `llm`'s model `model`; jobs leased for 2 s.
-fn generating(url: &str, llm: &local_llm::LocalLlm, model: &str) -> String {
+/// Pipeline `p`: one stage asking `llm`'s model `model`; `workers` jobs at
+/// a time, leased for 2 s.
+fn generating(url: &str, llm: &local_llm::LocalLlm, model: &str, workers: u32) -> String {
     format!(
         "{SMALL_RUNTIME}
 [store]
 url = \"{url}\"
 
 [async]
-workers = 2
+workers = {workers}
 lease_ms = 2000
 
 [models.providers.local]
@@ -395,7 +396,7 @@ async fn three_hosts_share_the_jobs_and_those_of_a_host_killed_while_running_the
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("strata.toml");
-    std::fs::write(&manifest, generating(&url, &llm, "slow-1500-model")).unwrap();
+    std::fs::write(&manifest, generating(&url, &llm, "slow-1500-model", 2)).unwrap();
     let serve = |name: &str| {
         let data = dir.path().join(name);
         strata_tests::HostProcess::serve(
@@ -524,4 +525,81 @@ async fn an_import_into_postgres_is_served_by_a_host_on_it() {
     assert_eq!(answered["layer"], "cache");
     assert_eq!(answered["output"], "Cards arrive within 5 working days.");
     host.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_busy_host_offers_the_jobs_it_cannot_start_and_an_idle_one_takes_them() {
+    let server = PostgresServer::start();
+    let url = server.database("offers");
+    let llm = local_llm::LocalLlm::start(local_llm::Options::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("strata.toml");
+    std::fs::write(&manifest, generating(&url, &llm, "slow-3000-model", 1)).unwrap();
+    let serve = |name: &str| {
+        let data = dir.path().join(name);
+        strata_tests::HostProcess::serve(
+            env!("CARGO_BIN_EXE_strata-under-test"),
+            &manifest,
+            |command| {
+                command.arg("--data").arg(&data);
+            },
+        )
+    };
+    let a = serve("a");
+    let mut b = serve("b");
+
+    // A runs one request at a time: the second and third wait, and A
+    // offers them; B, idle, hears the offer and takes them.
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let response = client
+            .post(format!("{}/v1/pipelines/p", a.base()))
+            .json(&json!({"input": format!("question {i}"), "async": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 202);
+        let body: Value = response.json().await.unwrap();
+        ids.push(body["request_id"].as_str().unwrap().to_owned());
+    }
+    let taken = b.next_message("taking asynchronous requests a busy host offered");
+    assert!(taken["count"].as_u64().unwrap_or(0) >= 1, "{taken}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let body: Value = client
+                .get(format!("{}/v1/requests/{id}", a.base()))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if body["status"] == "answered" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request {id} never completed: {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let list = ids
+        .iter()
+        .map(|id| format!("'{id}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        server.psql(
+            "offers",
+            &format!("SELECT count(DISTINCT owner) FROM jobs WHERE id IN ({list})")
+        ),
+        "2",
+        "both hosts ran some"
+    );
+    drop((a, b));
 }

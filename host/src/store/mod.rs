@@ -26,7 +26,8 @@
 //! One file per table (or pair of tables), each adding its part of
 //! [`Store`]: `requests`, `tickets`, `jobs`, `callbacks` (with deliveries),
 //! `feedback` (with approved answers), `patterns` (with examples and their
-//! vectors), `audit` (with shadow comparisons); `schema` holds the
+//! vectors), `audit` (with shadow comparisons); `offers` tells hosts on one
+//! PostgreSQL server of jobs a busy host cannot start; `schema` holds the
 //! migrations. This file holds the writer thread, the reader pool, and
 //! pruning by age, which crosses tables.
 
@@ -34,6 +35,7 @@ mod audit;
 mod callbacks;
 mod feedback;
 mod jobs;
+mod offers;
 mod patterns;
 mod requests;
 mod schema;
@@ -127,6 +129,9 @@ pub struct Store {
     location: String,
     /// Woken after a commit that may have made a callback due.
     callbacks_due: Arc<Notify>,
+    /// The PostgreSQL server's settings, for connections of other kinds
+    /// (listening for offered jobs); `None` on SQLite.
+    postgres: Option<Arc<postgres::Config>>,
 }
 
 fn open_connection(path: &Path) -> anyhow::Result<Connection> {
@@ -424,7 +429,8 @@ impl Store {
             .connection_timeout(READER_WAIT)
             .build(PostgresConnectionManager::new(config.clone(), NoTls))
             .with_context(|| format!("cannot open read connections to {location}"))?;
-        Store::start(
+        let shared = Arc::new(config.clone());
+        let mut store = Store::start(
             Writer::Postgres {
                 config,
                 client: Some(client),
@@ -432,7 +438,9 @@ impl Store {
             },
             Readers::Postgres(Arc::new(PostgresReaders(Some(readers)))),
             location,
-        )
+        )?;
+        store.postgres = Some(shared);
+        Ok(store)
     }
 
     /// The store `[store]` names: the PostgreSQL server at its `url`, or
@@ -459,6 +467,7 @@ impl Store {
             readers,
             location,
             callbacks_due: Arc::new(Notify::new()),
+            postgres: None,
         })
     }
 
