@@ -387,36 +387,32 @@ large_tier = \"small\"
     )
 }
 
-#[tokio::test]
-async fn three_hosts_share_the_jobs_and_those_of_a_host_killed_while_running_them_complete_once() {
-    let server = PostgresServer::start();
-    let url = server.database("jobs");
-    let llm = local_llm::LocalLlm::start(local_llm::Options::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("strata.toml");
-    std::fs::write(&manifest, generating(&url, &llm, "slow-1500-model", 2)).unwrap();
-    let serve = |name: &str| {
-        let data = dir.path().join(name);
+/// Host processes serving `manifest`, each with a data directory of its
+/// own under `dir`.
+struct Hosts<'a> {
+    dir: &'a std::path::Path,
+    manifest: &'a std::path::Path,
+}
+
+impl Hosts<'_> {
+    fn serve(&self, name: &str) -> strata_tests::HostProcess {
+        let data = self.dir.join(name);
         strata_tests::HostProcess::serve(
             env!("CARGO_BIN_EXE_strata-under-test"),
-            &manifest,
+            self.manifest,
             |command| {
                 command.arg("--data").arg(&data);
             },
         )
-    };
-    let a = serve("a");
-    let b = serve("b");
-    let c = serve("c");
+    }
+}
 
-    // Eight requests accepted by A, which runs two at a time.
-    let client = reqwest::Client::new();
+/// Submit `count` asynchronous requests to pipeline `p` at `base`; their ids.
+async fn submit(client: &reqwest::Client, base: &str, count: usize) -> Vec<String> {
     let mut ids = Vec::new();
-    for i in 0..8 {
+    for i in 0..count {
         let response = client
-            .post(format!("{}/v1/pipelines/p", a.base()))
+            .post(format!("{base}/v1/pipelines/p"))
             .json(&json!({"input": format!("question {i}"), "async": true}))
             .send()
             .await
@@ -425,24 +421,17 @@ async fn three_hosts_share_the_jobs_and_those_of_a_host_killed_while_running_the
         let body: Value = response.json().await.unwrap();
         ids.push(body["request_id"].as_str().unwrap().to_owned());
     }
-    // Kill A while it waits for the model.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while llm.requests() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A never asked the model"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    a.kill();
+    ids
+}
 
-    // B and C complete every one of them: A's queued ones after the grace,
-    // the ones it was running once its leases end.
+/// Wait (at most a minute) until every request of `ids` is answered, as
+/// the host at `base` sees it.
+async fn all_answered(client: &reqwest::Client, base: &str, ids: &[String]) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    for id in &ids {
+    for id in ids {
         loop {
             let body: Value = client
-                .get(format!("{}/v1/requests/{id}", b.base()))
+                .get(format!("{base}/v1/requests/{id}"))
                 .send()
                 .await
                 .unwrap()
@@ -459,13 +448,54 @@ async fn three_hosts_share_the_jobs_and_those_of_a_host_killed_while_running_the
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
-    // Exactly once: one record each, every job done, none run more than
-    // twice (once on A, once more on B or C).
-    let list = ids
-        .iter()
+}
+
+/// `ids` as an SQL list.
+fn sql_list(ids: &[String]) -> String {
+    ids.iter()
         .map(|id| format!("'{id}'"))
         .collect::<Vec<_>>()
-        .join(",");
+        .join(",")
+}
+
+#[tokio::test]
+async fn three_hosts_share_the_jobs_and_those_of_a_host_killed_while_running_them_complete_once() {
+    let server = PostgresServer::start();
+    let url = server.database("jobs");
+    let llm = local_llm::LocalLlm::start(local_llm::Options::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("strata.toml");
+    std::fs::write(&manifest, generating(&url, &llm, "slow-1500-model", 2)).unwrap();
+    let hosts = Hosts {
+        dir: dir.path(),
+        manifest: &manifest,
+    };
+    let a = hosts.serve("a");
+    let b = hosts.serve("b");
+    let c = hosts.serve("c");
+
+    // Eight requests accepted by A, which runs two at a time.
+    let client = reqwest::Client::new();
+    let ids = submit(&client, a.base(), 8).await;
+    // Kill A while it waits for the model.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while llm.requests() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never asked the model"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    a.kill();
+
+    // B and C complete every one of them: A's queued ones after the grace,
+    // the ones it was running once its leases end.
+    all_answered(&client, b.base(), &ids).await;
+    // Exactly once: one record each, every job done, none run more than
+    // twice (once on A, once more on B or C).
+    let list = sql_list(&ids);
     assert_eq!(
         server.psql(
             "jobs",
@@ -537,62 +567,21 @@ async fn a_busy_host_offers_the_jobs_it_cannot_start_and_an_idle_one_takes_them(
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("strata.toml");
     std::fs::write(&manifest, generating(&url, &llm, "slow-3000-model", 1)).unwrap();
-    let serve = |name: &str| {
-        let data = dir.path().join(name);
-        strata_tests::HostProcess::serve(
-            env!("CARGO_BIN_EXE_strata-under-test"),
-            &manifest,
-            |command| {
-                command.arg("--data").arg(&data);
-            },
-        )
+    let hosts = Hosts {
+        dir: dir.path(),
+        manifest: &manifest,
     };
-    let a = serve("a");
-    let mut b = serve("b");
+    let a = hosts.serve("a");
+    let mut b = hosts.serve("b");
 
     // A runs one request at a time: the second and third wait, and A
     // offers them; B, idle, hears the offer and takes them.
     let client = reqwest::Client::new();
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        let response = client
-            .post(format!("{}/v1/pipelines/p", a.base()))
-            .json(&json!({"input": format!("question {i}"), "async": true}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 202);
-        let body: Value = response.json().await.unwrap();
-        ids.push(body["request_id"].as_str().unwrap().to_owned());
-    }
+    let ids = submit(&client, a.base(), 3).await;
     let taken = b.next_message("taking asynchronous requests a busy host offered");
     assert!(taken["count"].as_u64().unwrap_or(0) >= 1, "{taken}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    for id in &ids {
-        loop {
-            let body: Value = client
-                .get(format!("{}/v1/requests/{id}", a.base()))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if body["status"] == "answered" {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "request {id} never completed: {body}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-    let list = ids
-        .iter()
-        .map(|id| format!("'{id}'"))
-        .collect::<Vec<_>>()
-        .join(",");
+    all_answered(&client, a.base(), &ids).await;
+    let list = sql_list(&ids);
     assert_eq!(
         server.psql(
             "offers",
