@@ -81,23 +81,8 @@ pub fn spawn_worker(app: Arc<App>) {
                             };
                             let app = app.clone();
                             running.spawn(async move {
-                                // Hosts sharing a store see the same due
-                                // callbacks: the one whose lease lands
-                                // delivers.
-                                let lease_until = crate::store::now_millis()
-                                    + CLAIM_LEASE.as_millis() as i64;
-                                match app
-                                    .store
-                                    .claim_callback(request_id.clone(), now, lease_until)
-                                    .await
-                                {
-                                    Ok(true) => {
-                                        deliver(&app, request_id, &url, attempts + 1).await;
-                                    }
-                                    Ok(false) => {}
-                                    Err(error) => {
-                                        tracing::error!(%error, request_id, "cannot take a due callback");
-                                    }
+                                if take(&app, &request_id, now).await {
+                                    deliver(&app, request_id, &url, attempts + 1).await;
                                 }
                                 drop(claim);
                             });
@@ -136,6 +121,27 @@ pub fn spawn_worker(app: Arc<App>) {
             }
         }
     });
+}
+
+/// Whether this host may make the attempt at a callback due at `now`.
+/// Hosts sharing a store see the same due callbacks: the one whose lease
+/// lands delivers. Alone on its store, a host's in-flight set suffices.
+async fn take(app: &App, request_id: &str, now: i64) -> bool {
+    if !app.store.shared() {
+        return true;
+    }
+    let lease_until = crate::store::now_millis() + CLAIM_LEASE.as_millis() as i64;
+    match app
+        .store
+        .claim_callback(request_id.to_owned(), now, lease_until)
+        .await
+    {
+        Ok(taken) => taken,
+        Err(error) => {
+            tracing::error!(%error, request_id, "cannot take a due callback");
+            false
+        }
+    }
 }
 
 pub(crate) async fn deliver(app: &App, request_id: String, url: &str, attempt: i64) {

@@ -28,7 +28,6 @@
 //! knows them by the id in its data directory).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::app::App;
@@ -48,7 +47,7 @@ pub async fn submit(app: &App, job: Job) -> Result<(), SubmitError> {
     let id = job.id.clone();
     // The receiver lives as long as the app; a send cannot fail before.
     let _ = app.jobs.sender.send(job);
-    if app.jobs.pending() > app.jobs.workers {
+    if app.store.shared() && app.jobs.pending() > app.jobs.workers {
         // No worker here is free for it: hosts sharing the store may be.
         let store = app.store.clone();
         app.lifecycle.clone().spawn(async move {
@@ -82,8 +81,7 @@ pub async fn start(app: Arc<App>) -> Result<(), StoreError> {
         );
     }
     for job in unfinished {
-        app.jobs.pending.fetch_add(1, Ordering::AcqRel);
-        let _ = app.jobs.sender.send(job);
+        app.jobs.queue(job);
     }
     for _ in 0..app.jobs.workers {
         let app = app.clone();
@@ -103,8 +101,13 @@ pub async fn start(app: Arc<App>) -> Result<(), StoreError> {
             }
         });
     }
-    spawn_lease_renewal(app.clone());
-    spawn_search(app);
+    // Alone on its store (SQLite), a host has no one to take its jobs
+    // from or give them to: its leases matter only to its next start.
+    if app.store.shared() {
+        spawn_lease_renewal(app.clone());
+        let offers = app.store.listen_for_offers().await;
+        spawn_search(app, offers);
+    }
     Ok(())
 }
 
@@ -139,9 +142,8 @@ fn spawn_lease_renewal(app: Arc<App>) {
 /// Every [`LOOK_EVERY`], and whenever a host offers a job, while a worker
 /// is idle, queue jobs other hosts left: queued too long (or, when offered,
 /// at all) on a busy host, or held by one that died.
-fn spawn_search(app: Arc<App>) {
+fn spawn_search(app: Arc<App>, mut offers: Option<tokio::sync::mpsc::Receiver<String>>) {
     let cancel = app.lifecycle.cancel.clone();
-    let mut offers = app.store.listen_for_offers();
     app.lifecycle.clone().spawn(async move {
         loop {
             let offered = tokio::select! {
@@ -176,11 +178,10 @@ fn spawn_search(app: Arc<App>) {
                             "taking asynchronous requests a busy host offered"
                         );
                     }
+                    // Whether this host runs them is settled when a
+                    // worker takes them.
                     for job in jobs {
-                        // Counted like an accepted one; whether this host
-                        // runs it is settled when a worker takes it.
-                        app.jobs.pending.fetch_add(1, Ordering::AcqRel);
-                        let _ = app.jobs.sender.send(job);
+                        app.jobs.queue(job);
                     }
                 }
                 Err(error) => {

@@ -86,6 +86,14 @@ impl Jobs {
             .is_ok()
     }
 
+    /// Queue a job this host did not just accept through [`Jobs::reserve`]
+    /// (one left unfinished, or another host's), counted as pending.
+    pub(crate) fn queue(&self, job: Job) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        // The receiver lives as long as the queue.
+        let _ = self.sender.send(job);
+    }
+
     pub(crate) fn release(&self) {
         self.pending.fetch_sub(1, Ordering::AcqRel);
     }

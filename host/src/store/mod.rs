@@ -471,6 +471,12 @@ impl Store {
         })
     }
 
+    /// Whether other hosts may share this store (PostgreSQL): only then do
+    /// jobs and callbacks need leases, offers and looks for others' work.
+    pub fn shared(&self) -> bool {
+        self.postgres.is_some()
+    }
+
     /// The database file, or the PostgreSQL server (without its password).
     pub fn location(&self) -> &str {
         &self.location

@@ -25,7 +25,7 @@ const LISTEN_TICK: Duration = Duration::from_secs(1);
 impl Store {
     /// Tell the other hosts that job `id` is waiting for a worker.
     pub async fn offer_job(&self, id: String) -> Result<(), StoreError> {
-        if self.postgres.is_none() {
+        if !self.shared() {
             return Ok(());
         }
         self.write_with(false, move |conn| {
@@ -38,15 +38,19 @@ impl Store {
 
     /// Offers made by any host (this one's too), as job ids, from a
     /// connection of their own on a thread of its own; `None` on SQLite.
-    /// The thread ends once the receiver is dropped.
-    pub fn listen_for_offers(&self) -> Option<mpsc::Receiver<String>> {
+    /// Returns once the first connection listens (or failed to), so offers
+    /// made after this host says it serves reach it. The thread ends once
+    /// the receiver is dropped.
+    pub async fn listen_for_offers(&self) -> Option<mpsc::Receiver<String>> {
         let config = self.postgres.clone()?;
         let (offers, receiver) = mpsc::channel(64);
+        let (listening, ready) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name("strata-offers".to_owned())
             .spawn(move || {
+                let mut listening = Some(listening);
                 while !offers.is_closed() {
-                    if let Err(error) = listen(&config, &offers) {
+                    if let Err(error) = listen(&config, &offers, &mut listening) {
                         tracing::warn!(%error, "lost the connection listening for offered jobs");
                         std::thread::sleep(LISTEN_TICK);
                     }
@@ -56,14 +60,34 @@ impl Store {
             tracing::error!(%error, "cannot start listening for offered jobs; looking once a second");
             return None;
         }
+        // Dropped unsent when the first connection failed: serve anyway.
+        let _ = tokio::time::timeout(LISTEN_TICK * 5, ready).await;
         Some(receiver)
     }
 }
 
 /// Listen on one connection until it fails or nobody wants the offers.
-fn listen(config: &postgres::Config, offers: &mpsc::Sender<String>) -> Result<(), StoreError> {
-    let mut client = config.connect(NoTls)?;
-    client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+fn listen(
+    config: &postgres::Config,
+    offers: &mpsc::Sender<String>,
+    listening: &mut Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), StoreError> {
+    let connected = config.connect(NoTls).and_then(|mut client| {
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .map(|()| client)
+    });
+    let mut client = match connected {
+        Ok(client) => client,
+        Err(error) => {
+            // The caller stops waiting; offers come once a later try listens.
+            listening.take();
+            return Err(error.into());
+        }
+    };
+    if let Some(listening) = listening.take() {
+        let _ = listening.send(());
+    }
     while !offers.is_closed() {
         let offer = client.notifications().timeout_iter(LISTEN_TICK).next()?;
         if let Some(offer) = offer {
