@@ -249,6 +249,7 @@ impl Store {
             .try_send(Message::Job {
                 job,
                 durable: false,
+                one_statement: true,
             })
             .is_err()
         {

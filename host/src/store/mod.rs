@@ -6,8 +6,9 @@
 //! All writes go through one writer thread that batches whatever is queued
 //! into a single transaction (group commit; a batch that begins with a plain
 //! record first lingers a millisecond so that one wake-up and one commit
-//! serve many requests), each write in its own savepoint
-//! so one failing write does not undo the others. A caller that must know its
+//! serve many requests), each write in its own savepoint (or, for a record
+//! that is one statement, on SQLite, none: SQLite undoes a failed statement
+//! itself) so one failing write does not undo the others. A caller that must know its
 //! write is durable (an escalation: the client is told "escalated" only after
 //! the ticket is committed) awaits the commit; plain request records are
 //! queued and not awaited. The database runs in WAL mode; a batch holding an
@@ -112,7 +113,13 @@ type WriteOp = Box<dyn FnOnce(&mut Conn<'_>) -> (bool, Completion) + Send>;
 enum Message {
     /// A write to commit. A durable one is committed with a full sync of
     /// the log, so it survives power loss and not only a crash of the process.
-    Job { job: WriteOp, durable: bool },
+    /// A write of `one_statement` runs a single statement, which SQLite
+    /// undoes by itself when it fails, so there it needs no savepoint.
+    Job {
+        job: WriteOp,
+        durable: bool,
+        one_statement: bool,
+    },
     /// Commit what is queued before this, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -254,8 +261,12 @@ fn write_loop(mut writer: Writer, mut queue: mpsc::Receiver<Message>) {
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
-                Message::Job { job, durable: d } => {
-                    batch.push(job);
+                Message::Job {
+                    job,
+                    durable: d,
+                    one_statement,
+                } => {
+                    batch.push((job, one_statement));
                     durable |= d;
                 }
                 Message::Close(done) => {
@@ -315,9 +326,20 @@ fn run(conn: &mut Conn<'_>, sql: &str) -> Result<(), StoreError> {
     }
 }
 
-fn commit_batch(conn: &mut Conn<'_>, batch: &mut Vec<WriteOp>) {
+/// Run `batch` in the transaction begun on `conn` and commit it. Each write
+/// is undone alone when it fails: by a savepoint around it, or, for a
+/// single statement on SQLite, by SQLite itself (a failed statement leaves
+/// the transaction as it was; on PostgreSQL it would abort the transaction,
+/// so there every write has its savepoint). Records are single statements,
+/// and their savepoint's two statements cost as much as the record's own.
+fn commit_batch(conn: &mut Conn<'_>, batch: &mut Vec<(WriteOp, bool)>) {
     let mut completions = Vec::with_capacity(batch.len());
-    for job in batch.drain(..) {
+    for (job, one_statement) in batch.drain(..) {
+        if one_statement && !conn.is_postgres() {
+            let (_, completion) = job(conn);
+            completions.push(completion);
+            continue;
+        }
         let savepoint = run(conn, "SAVEPOINT job");
         let (failed, completion) = job(conn);
         let settle = if failed || savepoint.is_err() {
@@ -581,7 +603,11 @@ impl Store {
             (failed, completion)
         });
         self.jobs
-            .send(Message::Job { job, durable })
+            .send(Message::Job {
+                job,
+                durable,
+                one_statement: false,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         result

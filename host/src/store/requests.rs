@@ -171,6 +171,8 @@ impl Store {
     pub async fn record(&self, record: RequestRecord) -> Result<(), StoreError> {
         let id = record.id.clone();
         let due = Self::calls_back(&record).then(|| self.callbacks_due.clone());
+        // Without a callback the record is one statement (`insert_request`).
+        let one_statement = record.callback.is_none();
         let job: WriteOp = Box::new(move |conn| {
             let result = insert_request(conn, &record);
             let failed = result.is_err();
@@ -190,6 +192,7 @@ impl Store {
             .send(Message::Job {
                 job,
                 durable: false,
+                one_statement,
             })
             .await
             .map_err(|_| StoreError::Closed)
@@ -230,5 +233,79 @@ impl Store {
             }))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Completion, Message, RequestRecord, RequestStatus, Store, StoreError, WriteOp};
+
+    fn answered(id: &str) -> RequestRecord {
+        RequestRecord {
+            id: id.to_owned(),
+            pipeline: "support".to_owned(),
+            generation: 1,
+            status: RequestStatus::Answered,
+            input: "hello".to_owned(),
+            attributes: "{}".to_owned(),
+            output: Some("hi".to_owned()),
+            confidence: Some(1.0),
+            stage: Some("faq".to_owned()),
+            layer: Some("rules".to_owned()),
+            code: None,
+            message: None,
+            trace: "[]".to_owned(),
+            created_at: 1,
+            remember_key: None,
+            cost_usd: 0.0,
+            team: None,
+            callback: None,
+            pattern: None,
+        }
+    }
+
+    /// Records skip the savepoint on SQLite: one that fails must still
+    /// leave the records queued around it, in the same batch, committed.
+    #[tokio::test]
+    async fn a_failed_record_without_a_savepoint_undoes_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (told, failure) = tokio::sync::oneshot::channel();
+        let failing: WriteOp = Box::new(move |conn| {
+            // The status column's CHECK refuses this.
+            let result = conn
+                .execute(
+                    "INSERT INTO requests (id, pipeline, generation, status, input, attributes,
+                                           trace, created_at)
+                     VALUES ('bad', 'support', 1, 'bogus', '', '{}', '[]', 1)",
+                    super::params![],
+                )
+                .map(|_| ());
+            let failed = result.is_err();
+            let completion: Completion = Box::new(move |commit: Result<(), StoreError>| {
+                let _ = told.send(commit.and(result));
+            });
+            (failed, completion)
+        });
+        // Queued back to back, so the writer, lingering after the first
+        // record, takes all three into one transaction.
+        store.record(answered("before")).await.unwrap();
+        store
+            .jobs
+            .send(Message::Job {
+                job: failing,
+                durable: false,
+                one_statement: true,
+            })
+            .await
+            .unwrap();
+        store.record(answered("after")).await.unwrap();
+
+        assert!(failure.await.unwrap().is_err(), "the bad row is refused");
+        for id in ["before", "after"] {
+            let kept = store.request(id.to_owned()).await.unwrap();
+            assert!(kept.is_some(), "{id} is committed");
+        }
+        assert!(store.request("bad".to_owned()).await.unwrap().is_none());
     }
 }
