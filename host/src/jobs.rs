@@ -142,7 +142,7 @@ fn spawn_lease_renewal(app: Arc<App>) {
 /// Every [`LOOK_EVERY`], and whenever a host offers a job, while a worker
 /// is idle, queue jobs other hosts left: queued too long (or, when offered,
 /// at all) on a busy host, or held by one that died.
-fn spawn_search(app: Arc<App>, mut offers: Option<tokio::sync::mpsc::Receiver<String>>) {
+fn spawn_search(app: Arc<App>, mut offers: Option<tokio::sync::mpsc::Receiver<()>>) {
     let cancel = app.lifecycle.cancel.clone();
     app.lifecycle.clone().spawn(async move {
         loop {

@@ -58,12 +58,27 @@ pub fn questions() -> Vec<(String, &'static str)> {
     rows
 }
 
-/// The approved answer of each intent, as an answers file.
-pub const ANSWERS: &str = "label,answer
-card_arrival,\"Cards arrive within 5 working days.\"
-change_pin,\"Change your PIN in the app under Card > Security.\"
-top_up,\"Top up by card or bank transfer in the app.\"
-";
+/// The card-arrival intent's approved answer.
+pub const CARD_ARRIVAL: &str = "Cards arrive within 5 working days.";
+
+/// Each intent's label and approved answer.
+pub const INTENTS: [(&str, &str); 3] = [
+    ("card_arrival", CARD_ARRIVAL),
+    (
+        "change_pin",
+        "Change your PIN in the app under Card > Security.",
+    ),
+    ("top_up", "Top up by card or bank transfer in the app."),
+];
+
+/// The approved answer of the intent labelled `label`.
+pub fn answer(label: &str) -> &'static str {
+    INTENTS
+        .iter()
+        .find(|(l, _)| *l == label)
+        .map(|(_, answer)| *answer)
+        .unwrap_or_else(|| panic!("no intent is labelled {label}"))
+}
 
 /// The questions (with `header`) and the answers file, written into `dir`.
 pub fn write_dataset(
@@ -77,6 +92,10 @@ pub fn write_dataset(
     }
     std::fs::write(&file, csv).unwrap();
     let answers = dir.join("answers.csv");
-    std::fs::write(&answers, ANSWERS).unwrap();
+    let mut answers_csv = "label,answer\n".to_owned();
+    for (label, answer) in INTENTS {
+        answers_csv.push_str(&format!("{label},\"{answer}\"\n"));
+    }
+    std::fs::write(&answers, answers_csv).unwrap();
     (file, answers)
 }

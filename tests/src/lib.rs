@@ -350,6 +350,21 @@ impl TestHost {
     }
 }
 
+/// Run the `strata` binary (a test's `env!("CARGO_BIN_EXE_strata-under-test")`)
+/// with `args`, its logs at `warn`: the exit code, stdout and stderr.
+pub fn run_cli(binary: &str, args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(binary)
+        .args(args)
+        .env("STRATA_LOG", "warn")
+        .output()
+        .expect("cannot run strata");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// `strata serve` running as a real process (so that a test can kill it
 /// without a shutdown), logging JSON lines that the test can wait for.
 pub struct HostProcess {

@@ -1,23 +1,12 @@
 //! The answer bank that generalises: patterns imported from files, learned
 //! from reviewers, measured by `strata eval`, and served to paraphrases.
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 use strata_tests::bank_data::write_dataset;
 use strata_tests::{SMALL_RUNTIME, TestHost, components, toml_str};
 
 fn strata(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
-        .args(args)
-        .env("STRATA_LOG", "warn")
-        .output()
-        .expect("cannot run strata");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    strata_tests::run_cli(env!("CARGO_BIN_EXE_strata-under-test"), args)
 }
 
 /// A pipeline whose only stage escalates everything: what the bank learns

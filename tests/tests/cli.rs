@@ -1,20 +1,9 @@
 //! The `strata` command line as a user runs it: `check` and `run`.
 
-use std::process::Command;
-
 use strata_tests::{SMALL_RUNTIME, components, demo_manifest, toml_str};
 
 fn strata(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
-        .args(args)
-        .env("STRATA_LOG", "warn")
-        .output()
-        .expect("cannot run strata");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    strata_tests::run_cli(env!("CARGO_BIN_EXE_strata-under-test"), args)
 }
 
 #[test]

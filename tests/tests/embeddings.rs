@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use local_llm::LocalLlm;
 use serde_json::json;
 use strata::store::{ImportRow, Store};
-use strata_tests::TestHost;
+use strata_tests::{TestHost, bank_data};
 
 /// The bank stage (exact keys, then `lookup`), then a stage that escalates,
 /// with the answer bank's embeddings from `base_url` under `model`.
@@ -29,71 +29,16 @@ batch = 16
     strata_tests::bank_desk(&models, "max_error = 0.1, embeddings = \"stand-in\"")
 }
 
-const CARD: &str = "Cards arrive within 5 working days.";
+const CARD: &str = bank_data::CARD_ARRIVAL;
 
-/// Three intents, a dozen questions each: 36 examples.
+/// The bank's test questions under their intents' answers: 36 examples.
 fn rows() -> Vec<ImportRow> {
-    let intents: [(&str, [&str; 12]); 3] = [
-        (
-            CARD,
-            [
-                "where is my new card",
-                "my card has not arrived yet",
-                "when will my card arrive",
-                "how long does the card take to arrive",
-                "still waiting for my card",
-                "card delivery is taking long",
-                "has my card been sent",
-                "i have not received my card",
-                "when does the card come",
-                "my card never arrived",
-                "is my card on its way",
-                "track my card delivery",
-            ],
-        ),
-        (
-            "Change your PIN in the app under Card > Security.",
-            [
-                "how do i change my pin",
-                "i want a new pin",
-                "can i reset my pin",
-                "change the pin of my card",
-                "where can i change my pin",
-                "update my pin number",
-                "i need to set a different pin",
-                "pin change please",
-                "how to pick a new pin",
-                "can my pin be changed",
-                "modify my pin",
-                "set a new pin on my card",
-            ],
-        ),
-        (
-            "Top up by card or bank transfer in the app.",
-            [
-                "how do i top up my account",
-                "add money to my account",
-                "can i top up with a card",
-                "top up by bank transfer",
-                "ways to add funds",
-                "put money into my account",
-                "how can i load money",
-                "topping up my balance",
-                "add cash to my account",
-                "fund my account",
-                "how to deposit money",
-                "top up options",
-            ],
-        ),
-    ];
-    intents
-        .iter()
-        .flat_map(|(answer, questions)| {
-            questions.iter().map(|q| ImportRow {
-                question: (*q).to_owned(),
-                answer: (*answer).to_owned(),
-                label: None,
-            })
+    bank_data::questions()
+        .into_iter()
+        .map(|(question, label)| ImportRow {
+            question,
+            answer: bank_data::answer(label).to_owned(),
+            label: None,
         })
         .collect()
 }

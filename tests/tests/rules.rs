@@ -2,7 +2,6 @@
 //! traffic recording, `strata replay`, and deterministic stages.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,15 +13,7 @@ use strata_tests::{
 const PIN_ANSWER: &str = "You can change your PIN in the app under Card > Security > Change PIN, or at any of our ATMs. The new PIN works at once.";
 
 fn strata(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    strata_tests::run_cli(env!("CARGO_BIN_EXE_strata-under-test"), args)
 }
 
 /// The demo manifest with the faq's PIN answer changed: a deliberately

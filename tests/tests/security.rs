@@ -1,8 +1,6 @@
 //! Observability and access: roles on every route, Prometheus metrics,
 //! structured logs, and `strata audit`.
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 use strata::auth::Tokens;
 use strata_tests::{HostProcess, SMALL_RUNTIME, TestHost, components, toml_str};
@@ -207,16 +205,7 @@ fn log_lines_about_a_request_carry_its_id_pipeline_generation_stage_and_digest()
 }
 
 fn strata(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_strata-under-test"))
-        .args(args)
-        .env("STRATA_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    strata_tests::run_cli(env!("CARGO_BIN_EXE_strata-under-test"), args)
 }
 
 #[test]

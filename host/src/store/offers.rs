@@ -36,14 +36,15 @@ impl Store {
         .await
     }
 
-    /// Offers made by any host (this one's too), as job ids, from a
-    /// connection of their own on a thread of its own; `None` on SQLite.
+    /// A wake-up for every offer made by any host (this one's too), from a
+    /// connection of its own on a thread of its own; `None` on SQLite.
     /// Returns once the first connection listens (or failed to), so offers
     /// made after this host says it serves reach it. The thread ends once
     /// the receiver is dropped.
-    pub async fn listen_for_offers(&self) -> Option<mpsc::Receiver<String>> {
+    pub async fn listen_for_offers(&self) -> Option<mpsc::Receiver<()>> {
         let config = self.postgres.clone()?;
-        let (offers, receiver) = mpsc::channel(64);
+        // One pending wake-up is enough: a look takes whatever is waiting.
+        let (offers, receiver) = mpsc::channel(1);
         let (listening, ready) = tokio::sync::oneshot::channel();
         let spawned = std::thread::Builder::new()
             .name("strata-offers".to_owned())
@@ -69,7 +70,7 @@ impl Store {
 /// Listen on one connection until it fails or nobody wants the offers.
 fn listen(
     config: &postgres::Config,
-    offers: &mpsc::Sender<String>,
+    offers: &mpsc::Sender<()>,
     listening: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), StoreError> {
     let connected = config.connect(NoTls).and_then(|mut client| {
@@ -90,9 +91,9 @@ fn listen(
     }
     while !offers.is_closed() {
         let offer = client.notifications().timeout_iter(LISTEN_TICK).next()?;
-        if let Some(offer) = offer {
+        if offer.is_some() {
             // A full channel means a wake-up is pending already.
-            let _ = offers.try_send(offer.payload().to_owned());
+            let _ = offers.try_send(());
         }
     }
     Ok(())
