@@ -139,6 +139,11 @@ impl Embedder {
         &self.url
     }
 
+    /// Examples a request when embedding many.
+    pub fn batch(&self) -> usize {
+        self.spec.batch.max(1) as usize
+    }
+
     /// The vector of one question: one attempt within the timeout, or
     /// within `budget` if that is shorter.
     pub async fn embed_question(
@@ -174,7 +179,7 @@ impl Embedder {
             let vectors = loop {
                 attempts += 1;
                 match self
-                    .attempt(&inputs, Duration::from_millis(self.spec.timeout_ms))
+                    .attempt(&inputs, Duration::from_millis(self.spec.batch_timeout_ms))
                     .await
                 {
                     Ok(vectors) => break vectors,

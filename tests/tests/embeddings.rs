@@ -57,6 +57,38 @@ async fn seeded(llm: &LocalLlm, model: &str) -> (tempfile::TempDir, std::path::P
     (dir, path)
 }
 
+/// A stand-in provider and a host serving the desk with its 36 examples
+/// under `model`; `before` runs first, to set the provider's faults or
+/// rewrite the manifest (its path is the second argument).
+async fn desk_host(
+    model: &str,
+    before: impl FnOnce(&LocalLlm, &std::path::Path),
+) -> (LocalLlm, TestHost) {
+    let llm = LocalLlm::start(local_llm::Options::default())
+        .await
+        .unwrap();
+    let (dir, path) = seeded(&llm, model).await;
+    before(&llm, &path);
+    let host = TestHost::serve_with(dir, path, strata::auth::Tokens::default())
+        .await
+        .unwrap();
+    (llm, host)
+}
+
+/// A question the bank cannot answer escalates, and a reviewer's answer
+/// adds it to the bank as a 37th example.
+async fn teach_a_new_answer(host: &TestHost) {
+    let (_, escalated) = host.ask("desk", "Do you offer savings accounts?").await;
+    let ticket = escalated["ticket"]["id"].as_i64().expect("a ticket");
+    let (status, _) = host
+        .post(
+            &format!("/v1/tickets/{ticket}/resolve"),
+            json!({"answer": "Not yet: savings accounts come next year."}),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
 /// The value of the metric line that starts with `prefix`, 0 if absent.
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
@@ -88,13 +120,8 @@ fn stored_vectors(dir: &std::path::Path, model: &str) -> i64 {
 
 #[tokio::test]
 async fn a_paraphrase_is_answered_through_embeddings_and_vectors_survive_a_restart() {
-    let llm = LocalLlm::start(local_llm::Options::default())
-        .await
-        .unwrap();
-    let (dir, path) = seeded(&llm, "hashed-a").await;
-    let mut host = TestHost::serve_with(dir, path.clone(), strata::auth::Tokens::default())
-        .await
-        .unwrap();
+    let (llm, mut host) = desk_host("hashed-a", |_, _| {}).await;
+    let path = host.dir().join("strata.toml");
     // Every example was embedded before serving, 16 a request.
     assert_eq!(llm.embedded_inputs(), 36);
     assert_eq!(llm.embedding_requests(), 3);
@@ -126,13 +153,7 @@ async fn a_paraphrase_is_answered_through_embeddings_and_vectors_survive_a_resta
 
 #[tokio::test]
 async fn with_the_endpoint_down_the_lexical_model_answers_and_the_failure_is_counted() {
-    let llm = LocalLlm::start(local_llm::Options::default())
-        .await
-        .unwrap();
-    let (dir, path) = seeded(&llm, "hashed-a").await;
-    let host = TestHost::serve_with(dir, path, strata::auth::Tokens::default())
-        .await
-        .unwrap();
+    let (llm, host) = desk_host("hashed-a", |_, _| {}).await;
     let question = "When is my card going to arrive?";
     let (status, served) = host.ask("desk", question).await;
     assert_eq!((status, &served["output"]), (200, &json!(CARD)), "{served}");
@@ -174,14 +195,8 @@ async fn with_the_endpoint_down_the_lexical_model_answers_and_the_failure_is_cou
 
 #[tokio::test]
 async fn a_host_started_while_the_endpoint_is_down_serves_lexically_and_embeds_later() {
-    let llm = LocalLlm::start(local_llm::Options::default())
-        .await
-        .unwrap();
-    llm.set_embeddings_down(true);
-    let (dir, path) = seeded(&llm, "hashed-a").await;
-    let host = TestHost::serve_with(dir, path, strata::auth::Tokens::default())
-        .await
-        .expect("the host starts without its embeddings endpoint");
+    // The host starts without its embeddings endpoint.
+    let (llm, host) = desk_host("hashed-a", |llm, _| llm.set_embeddings_down(true)).await;
     let question = "When is my card going to arrive?";
     let (status, answered) = host.ask("desk", question).await;
     assert_eq!(
@@ -196,15 +211,7 @@ async fn a_host_started_while_the_endpoint_is_down_serves_lexically_and_embeds_l
     // Back up: the next example learned (a reviewer's answer) brings the
     // whole bank's embedding and the embedded model with it.
     llm.set_embeddings_down(false);
-    let (_, escalated) = host.ask("desk", "Do you offer savings accounts?").await;
-    let ticket = escalated["ticket"]["id"].as_i64().expect("a ticket");
-    let (status, _) = host
-        .post(
-            &format!("/v1/tickets/{ticket}/resolve"),
-            json!({"answer": "Not yet: savings accounts come next year."}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    teach_a_new_answer(&host).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, answered) = host.ask("desk", question).await;
@@ -217,6 +224,71 @@ async fn a_host_started_while_the_endpoint_is_down_serves_lexically_and_embeds_l
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(stored_vectors(host.dir(), "hashed-a"), 37);
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn examples_are_embedded_in_batches_slower_than_a_lookup_may_wait() {
+    // Each call takes longer than a lookup's `timeout_ms` (2000), far
+    // less than a batch's `batch_timeout_ms` (30000 by default).
+    let (_llm, host) = desk_host("hashed-a", |llm, _| {
+        llm.set_embeddings_delay(Duration::from_millis(2500))
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored_vectors(host.dir(), "hashed-a") < 36 {
+        assert!(
+            Instant::now() < deadline,
+            "the examples were never embedded: {}",
+            host.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(metric(&host.metrics().await, TIMEOUT), 0.0);
+    // A question still waits only `timeout_ms`, then the lexical model
+    // answers.
+    let (status, answered) = host.ask("desk", "When is my card going to arrive?").await;
+    assert_eq!(
+        (status, &answered["output"]),
+        (200, &json!(CARD)),
+        "{answered}"
+    );
+    let text = host.metrics().await;
+    assert_eq!(metric(&text, TIMEOUT), 1.0, "{text}");
+    assert_eq!(metric(&text, FALLBACK), 1.0, "{text}");
+    host.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_part_way_keeps_the_batches_done() {
+    // Four examples a request, kept sixteen at a time: the first sixteen
+    // are kept, the fifth call is answered and the sixth refused.
+    let (llm, host) = desk_host("hashed-a", |llm, path| {
+        let text = std::fs::read_to_string(path).unwrap();
+        std::fs::write(path, text.replace("batch = 16", "batch = 4")).unwrap();
+        llm.set_embeddings_down_after(5);
+    })
+    .await;
+    // The host embeds its examples before it serves, and that pass failed
+    // on its sixth call; the pass it then starts in the background fails
+    // on its first, and waits.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while llm.embedding_requests() < 7 {
+        assert!(Instant::now() < deadline, "no second pass");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored_vectors(host.dir(), "hashed-a"), 16);
+
+    // Back up: the next pass embeds only what is left, and the example a
+    // reviewer adds.
+    llm.set_embeddings_down(false);
+    let before = llm.embedded_inputs();
+    teach_a_new_answer(&host).await;
+    while stored_vectors(host.dir(), "hashed-a") < 37 {
+        assert!(Instant::now() < deadline, "the rest was never embedded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(llm.embedded_inputs() - before, 20 + 1);
     host.shutdown().await;
 }
 
@@ -241,6 +313,13 @@ fn manifest_errors_name_the_embeddings_key_at_fault() {
         (
             base.replace("timeout_ms = 2000", "timeout_ms = 0"),
             "key \"models.embeddings.stand-in.timeout_ms\": 0 is outside 1..=600000",
+        ),
+        (
+            base.replace(
+                "timeout_ms = 2000",
+                "timeout_ms = 2000\nbatch_timeout_ms = 600001",
+            ),
+            "key \"models.embeddings.stand-in.batch_timeout_ms\": 600001 is outside 1..=600000",
         ),
         (
             base.replace("model = \"m\"", "model = \" \""),
@@ -273,5 +352,13 @@ fn manifest_errors_name_the_embeddings_key_at_fault() {
     std::fs::write(&path, &base).unwrap();
     let manifest = strata::manifest::Manifest::load(&path).unwrap();
     let spec = &manifest.models.embeddings["stand-in"];
-    assert_eq!((spec.batch, spec.timeout_ms, spec.retries), (16, 2000, 0));
+    assert_eq!(
+        (
+            spec.batch,
+            spec.timeout_ms,
+            spec.batch_timeout_ms,
+            spec.retries
+        ),
+        (16, 2000, 30_000, 0)
+    );
 }

@@ -278,6 +278,11 @@ impl Parser<'_> {
                     format!("{} is outside 1..=600000", spec.timeout_ms),
                 ),
                 (
+                    "batch_timeout_ms",
+                    (1..=600_000).contains(&spec.batch_timeout_ms),
+                    format!("{} is outside 1..=600000", spec.batch_timeout_ms),
+                ),
+                (
                     "retries",
                     spec.retries <= 10,
                     format!("{} is more than 10", spec.retries),

@@ -107,8 +107,9 @@ pub struct ModelsSpec {
 
 /// An embeddings model (`[models.embeddings.NAME]`), served by a provider's
 /// OpenAI-compatible `POST {base_url}/embeddings`. A lookup makes one
-/// attempt within `timeout_ms` and falls back to the lexical model; fitting
-/// retries and, failing, fits lexically and tries again later.
+/// attempt within `timeout_ms` and falls back to the lexical model;
+/// embedding examples gives each batch `batch_timeout_ms`, retries, and,
+/// failing, keeps the batches done, fits lexically and tries again later.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddingsSpec {
@@ -117,9 +118,13 @@ pub struct EmbeddingsSpec {
     /// The provider's model name; stored vectors are kept per model name,
     /// so naming another model embeds every example again.
     pub model: String,
-    /// Per-attempt timeout.
+    /// Per-attempt timeout of a lookup (one question).
     #[serde(default = "default_embeddings_timeout_ms")]
     pub timeout_ms: u64,
+    /// Per-attempt timeout of a batch of examples: a model on a CPU takes
+    /// far longer for `batch` inputs than for one question.
+    #[serde(default = "default_embeddings_batch_timeout_ms")]
+    pub batch_timeout_ms: u64,
     /// Attempts after the first when embedding examples (not lookups).
     #[serde(default = "default_tier_retries")]
     pub retries: u32,
@@ -545,6 +550,10 @@ pub(super) fn default_max_error() -> f64 {
 
 pub(super) fn default_embeddings_timeout_ms() -> u64 {
     1_000
+}
+
+pub(super) fn default_embeddings_batch_timeout_ms() -> u64 {
+    30_000
 }
 
 pub(super) fn default_embeddings_batch() -> u32 {

@@ -56,6 +56,9 @@ pub(super) const WARN_EVERY: Duration = Duration::from_secs(60);
 
 pub(super) const RETRY_EVERY: Duration = Duration::from_secs(60);
 
+/// Examples are embedded and kept this many batches at a time.
+const KEEP_EVERY_BATCHES: usize = 4;
+
 /// The embeddings side of a pipeline's patterns.
 pub struct Embeddings {
     pub(super) embedder: Embedder,
@@ -140,7 +143,9 @@ pub(super) fn attach(bank: &mut strata_patterns::Bank, vectors: &HashMap<(i64, S
 impl Patterns {
     /// Embed the examples that have no vector yet, keep the vectors and
     /// publish them; returns whether any were added. Nothing is locked
-    /// while the endpoint works.
+    /// while the endpoint works. The vectors are kept a few batches at a
+    /// time, so a failure part way loses only the batches in flight: the
+    /// next pass starts where this one stopped.
     pub async fn embed_pending(&self) -> Result<bool, EmbedError> {
         let Some(embeddings) = &self.embeddings else {
             return Ok(false);
@@ -153,29 +158,32 @@ impl Patterns {
         if pending.is_empty() {
             return Ok(false);
         }
-        let texts: Vec<&str> = pending.iter().map(|p| p.2.as_str()).collect();
-        let vectors = embeddings.embedder.embed_all(&texts).await?;
-        if let Some(store) = &embeddings.store {
-            let rows = pending
-                .iter()
-                .zip(&vectors)
-                .map(|((id, _, text), v)| (id.0 as i64, text.clone(), v.clone()))
-                .collect();
-            if let Err(error) = store
-                .put_example_vectors(embeddings.embedder.model().to_owned(), rows)
-                .await
-            {
-                tracing::warn!(pipeline = %embeddings.pipeline, %error, "cannot keep the examples' embeddings");
+        for part in pending.chunks(embeddings.embedder.batch() * KEEP_EVERY_BATCHES) {
+            let texts: Vec<&str> = part.iter().map(|p| p.2.as_str()).collect();
+            let vectors = embeddings.embedder.embed_all(&texts).await?;
+            if let Some(store) = &embeddings.store {
+                let rows = part
+                    .iter()
+                    .zip(&vectors)
+                    .map(|((id, _, text), v)| (id.0 as i64, text.clone(), v.clone()))
+                    .collect();
+                if let Err(error) = store
+                    .put_example_vectors(embeddings.embedder.model().to_owned(), rows)
+                    .await
+                {
+                    tracing::warn!(pipeline = %embeddings.pipeline, %error, "cannot keep the examples' embeddings");
+                }
+            }
+            let mut bank = self.lock();
+            for ((id, serial, _), v) in part.iter().zip(&vectors) {
+                // Gone meanwhile (removed), or refused (a vector unlike the
+                // others): it stays unembedded and lexical.
+                if let Err(error) = bank.set_vector(*id, *serial, v) {
+                    tracing::debug!(pipeline = %embeddings.pipeline, %error, "embedding not used");
+                }
             }
         }
-        let mut bank = self.lock();
-        for ((id, serial, _), v) in pending.iter().zip(&vectors) {
-            // Gone meanwhile (removed), or refused (a vector unlike the
-            // others): it stays unembedded and lexical.
-            if let Err(error) = bank.set_vector(*id, *serial, v) {
-                tracing::debug!(pipeline = %embeddings.pipeline, %error, "embedding not used");
-            }
-        }
+        let bank = self.lock();
         let answers = self.lock_answers().clone();
         self.publish(&bank, answers);
         Ok(true)

@@ -26,9 +26,10 @@
 //! - anything else: answers at once.
 //!
 //! [`LocalLlm::set_embeddings_down`] makes `/v1/embeddings` answer 503
-//! until it is turned back, whatever the model, and
-//! [`LocalLlm::set_embeddings_delay`] makes it slow, so a test can take the
-//! endpoint down or slow it under a running host.
+//! until it is turned back, whatever the model,
+//! [`LocalLlm::set_embeddings_down_after`] does so after a number of
+//! further calls, and [`LocalLlm::set_embeddings_delay`] makes it slow, so a
+//! test can take the endpoint down or slow it under a running host.
 //!
 //! `GET /stats` returns `{"calls": {model: count}, "requests": n,
 //! "batches": n, "batched_prompts": n, "embedding_requests": n,
@@ -69,6 +70,8 @@ struct State {
     embedded_inputs: u64,
     longest_input: usize,
     authorizations: Vec<Option<String>>,
+    /// `/v1/embeddings` calls still answered before it goes down, if set.
+    embeddings_left: Option<u64>,
 }
 
 /// Dimensions of the stand-in's embeddings.
@@ -183,6 +186,13 @@ impl LocalLlm {
     /// Make `/v1/embeddings` answer 503 (`true`) or work again (`false`).
     pub fn set_embeddings_down(&self, down: bool) {
         self.embeddings_down.store(down, Ordering::Relaxed);
+        self.lock().embeddings_left = None;
+    }
+
+    /// Answer `calls` more `/v1/embeddings` calls, then 503 to every one
+    /// until [`LocalLlm::set_embeddings_down`] turns it back.
+    pub fn set_embeddings_down_after(&self, calls: u64) {
+        self.lock().embeddings_left = Some(calls);
     }
 
     /// Make `/v1/embeddings` wait this long before answering (zero: not).
@@ -453,6 +463,7 @@ async fn embeddings(
         );
     };
     let model = body["model"].as_str().unwrap_or_default().to_owned();
+    let mut down = faults.down;
     let inputs: Option<Vec<String>> = match &body["input"] {
         Value::String(one) => Some(vec![one.clone()]),
         Value::Array(many) if !many.is_empty() => {
@@ -469,6 +480,11 @@ async fn embeddings(
         state.longest_input = state.longest_input.max(longest);
         state.authorizations.push(authorization.clone());
         *state.calls.entry(model.clone()).or_default() += 1;
+        match &mut state.embeddings_left {
+            Some(0) => down = true,
+            Some(left) => *left -= 1,
+            None => {}
+        }
     }
     if let Some(key) = &options.api_key
         && authorization.as_deref() != Some(&format!("Bearer {key}"))
@@ -478,7 +494,7 @@ async fn embeddings(
             json!({"error": {"message": "invalid API key", "type": "invalid_request_error"}}),
         );
     }
-    if faults.down || model.starts_with("fail-") {
+    if down || model.starts_with("fail-") {
         return reply(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": {"message": "the embeddings model is down", "type": "server_error"}}),
