@@ -73,6 +73,12 @@ pub struct EvalReport {
     /// The bank's calibrated operating point on these questions: share it
     /// trusts, and the accuracy of what it trusts.
     pub bank_trusted: LayerReport,
+    /// How the bank's lookups above were served, by the `features` label
+    /// of the lookup metric: `embeddings`, `lexical` (no embeddings model,
+    /// or none fitted yet), `lexical_fallback` (embedding the question
+    /// failed). With an embeddings model, anything but `embeddings` means
+    /// the figures are partly or wholly the lexical model's.
+    pub bank_lookups: BTreeMap<String, usize>,
 }
 
 /// The label each known answer belongs to.
@@ -146,6 +152,7 @@ pub async fn evaluate(
         cost_usd: 0.0,
         bank_risk_coverage: Vec::new(),
         bank_trusted: LayerReport::default(),
+        bank_lookups: BTreeMap::new(),
     };
     let mut scored = Vec::with_capacity(rows.len());
     for (index, row) in rows.iter().enumerate() {
@@ -173,10 +180,14 @@ pub async fn evaluate(
             Verdict::Failed { .. } => report.failed += 1,
         }
         // The bank alone, on the question as the bank stage would see it.
-        if let (Some(found), _) = bank
+        let (found, served) = bank
             .lookup(&execution.request.input, std::time::Duration::MAX)
-            .await
-        {
+            .await;
+        *report
+            .bank_lookups
+            .entry(served.features().to_owned())
+            .or_default() += 1;
+        if let Some(found) = found {
             let right = found.label.is_some() && found.label == row.label;
             scored.push((found.score, right));
             if found.trusted {
@@ -265,11 +276,18 @@ pub fn text(report: &EvalReport) -> String {
         report.model_calls,
         report.cost_usd
     ));
+    let served: Vec<String> = report
+        .bank_lookups
+        .iter()
+        .map(|(features, n)| format!("{n} {features}"))
+        .collect();
     out.push_str(&format!(
         "\nanswer bank alone: trusts {} of the questions, {} of those right\n\
+         its lookups were served by: {}\n\
          risk-coverage (answer bank alone):\n{:>9} {:>9} {:>10}\n",
         pct(report.bank_trusted.share),
         pct(report.bank_trusted.accuracy),
+        served.join(", "),
         "coverage",
         "accuracy",
         "threshold"

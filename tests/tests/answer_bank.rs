@@ -185,6 +185,8 @@ fn eval_scores_layers_and_the_bank_on_held_out_questions() {
     assert!(!coverage.is_empty(), "{report}");
     let full = coverage.last().unwrap();
     assert!(full["accuracy"].as_f64().unwrap() >= 0.6, "{report}");
+    // No embeddings model: every lookup was the lexical model's.
+    assert_eq!(report["bank_lookups"], serde_json::json!({"lexical": 9}));
 
     // Unlabelled rows cannot be scored.
     let unlabelled = dir.path().join("u.csv");

@@ -292,6 +292,49 @@ async fn an_endpoint_failing_part_way_keeps_the_batches_done() {
     host.shutdown().await;
 }
 
+#[tokio::test]
+async fn eval_says_whether_the_bank_looked_up_through_embeddings() {
+    let llm = LocalLlm::start(local_llm::Options::default())
+        .await
+        .unwrap();
+    let (dir, path) = seeded(&llm, "hashed-a").await;
+    let questions = dir.path().join("questions.csv");
+    std::fs::write(
+        &questions,
+        "text,label\nWhen is my card going to arrive?,card_arrival\nMy card was stolen,card_stolen\n",
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "eval",
+        path.to_str().unwrap(),
+        "desk",
+        questions.to_str().unwrap(),
+        "--json",
+        "--data",
+        dir.path().join("data").to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .into();
+    let eval = || {
+        let args = args.clone();
+        async move {
+            let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                strata_tests::run_cli(env!("CARGO_BIN_EXE_strata-under-test"), &args)
+            })
+            .await
+            .unwrap();
+            assert_eq!(code, 0, "{stderr}");
+            serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["bank_lookups"].clone()
+        }
+    };
+    assert_eq!(eval().await, json!({"embeddings": 2}));
+    // The vectors are kept: with the endpoint down the embedded model is
+    // fitted from them, and every question falls back to the lexical one.
+    llm.set_embeddings_down(true);
+    assert_eq!(eval().await, json!({"lexical_fallback": 2}));
+}
+
 #[test]
 fn manifest_errors_name_the_embeddings_key_at_fault() {
     let base = manifest("http://127.0.0.1:9/v1", "m");
