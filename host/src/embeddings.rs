@@ -164,7 +164,7 @@ impl Embedder {
     /// request retried on timeouts, 5xx and 429.
     pub async fn embed_all(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(self.spec.batch.max(1) as usize) {
+        for chunk in texts.chunks(self.batch()) {
             let inputs: Vec<&str> = chunk
                 .iter()
                 .map(|t| strata_patterns::text::truncate(t))

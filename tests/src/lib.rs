@@ -348,6 +348,23 @@ impl TestHost {
         )
         .await
     }
+
+    /// Ask `pipeline` a `question` it escalates, and resolve its ticket
+    /// with `answer` as a reviewer would; returns the ticket's id.
+    pub async fn answer_by_reviewer(&self, pipeline: &str, question: &str, answer: &str) -> i64 {
+        let (_, escalated) = self.ask(pipeline, question).await;
+        let ticket = escalated["ticket"]["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no ticket: {escalated}"));
+        let (status, resolved) = self
+            .post(
+                &format!("/v1/tickets/{ticket}/resolve"),
+                serde_json::json!({ "answer": answer }),
+            )
+            .await;
+        assert_eq!(status, 200, "{resolved}");
+        ticket
+    }
 }
 
 /// Run the `strata` binary (a test's `env!("CARGO_BIN_EXE_strata-under-test")`)

@@ -80,15 +80,12 @@ async fn import_then_export_round_trips_and_bad_files_import_nothing() {
 
     // A reviewer's answers come out of the export and go back in.
     let host = TestHost::start(&desk()).await;
-    let (_, escalated) = host.ask("desk", "Do you offer savings accounts?").await;
-    let ticket = escalated["ticket"]["id"].as_i64().unwrap();
-    let (status, _) = host
-        .post(
-            &format!("/v1/tickets/{ticket}/resolve"),
-            json!({"answer": "Not yet: savings accounts come next year."}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    host.answer_by_reviewer(
+        "desk",
+        "Do you offer savings accounts?",
+        "Not yet: savings accounts come next year.",
+    )
+    .await;
     let export = reqwest::get(format!("{}/v1/feedback/export", host.base()))
         .await
         .unwrap()
@@ -186,7 +183,7 @@ fn eval_scores_layers_and_the_bank_on_held_out_questions() {
     let full = coverage.last().unwrap();
     assert!(full["accuracy"].as_f64().unwrap() >= 0.6, "{report}");
     // No embeddings model: every lookup was the lexical model's.
-    assert_eq!(report["bank_lookups"], serde_json::json!({"lexical": 9}));
+    assert_eq!(report["bank_lookups"], json!({"lexical": 9}));
 
     // Unlabelled rows cannot be scored.
     let unlabelled = dir.path().join("u.csv");

@@ -78,15 +78,12 @@ async fn desk_host(
 /// A question the bank cannot answer escalates, and a reviewer's answer
 /// adds it to the bank as a 37th example.
 async fn teach_a_new_answer(host: &TestHost) {
-    let (_, escalated) = host.ask("desk", "Do you offer savings accounts?").await;
-    let ticket = escalated["ticket"]["id"].as_i64().expect("a ticket");
-    let (status, _) = host
-        .post(
-            &format!("/v1/tickets/{ticket}/resolve"),
-            json!({"answer": "Not yet: savings accounts come next year."}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    host.answer_by_reviewer(
+        "desk",
+        "Do you offer savings accounts?",
+        "Not yet: savings accounts come next year.",
+    )
+    .await;
 }
 
 /// The value of the metric line that starts with `prefix`, 0 if absent.
@@ -292,7 +289,9 @@ async fn an_endpoint_failing_part_way_keeps_the_batches_done() {
     host.shutdown().await;
 }
 
-#[tokio::test]
+// Multi-threaded: the stand-in serves on the runtime's workers while the
+// test waits for the `strata eval` process.
+#[tokio::test(flavor = "multi_thread")]
 async fn eval_says_whether_the_bank_looked_up_through_embeddings() {
     let llm = LocalLlm::start(local_llm::Options::default())
         .await
@@ -304,35 +303,27 @@ async fn eval_says_whether_the_bank_looked_up_through_embeddings() {
         "text,label\nWhen is my card going to arrive?,card_arrival\nMy card was stolen,card_stolen\n",
     )
     .unwrap();
-    let args: Vec<String> = [
+    let data = dir.path().join("data");
+    let args = [
         "eval",
         path.to_str().unwrap(),
         "desk",
         questions.to_str().unwrap(),
         "--json",
         "--data",
-        dir.path().join("data").to_str().unwrap(),
-    ]
-    .map(str::to_owned)
-    .into();
-    let eval = || {
-        let args = args.clone();
-        async move {
-            let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                strata_tests::run_cli(env!("CARGO_BIN_EXE_strata-under-test"), &args)
-            })
-            .await
-            .unwrap();
-            assert_eq!(code, 0, "{stderr}");
-            serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["bank_lookups"].clone()
-        }
+        data.to_str().unwrap(),
+    ];
+    let bank_lookups = || {
+        let (code, stdout, stderr) =
+            strata_tests::run_cli(env!("CARGO_BIN_EXE_strata-under-test"), &args);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()["bank_lookups"].clone()
     };
-    assert_eq!(eval().await, json!({"embeddings": 2}));
+    assert_eq!(bank_lookups(), json!({"embeddings": 2}));
     // The vectors are kept: with the endpoint down the embedded model is
     // fitted from them, and every question falls back to the lexical one.
     llm.set_embeddings_down(true);
-    assert_eq!(eval().await, json!({"lexical_fallback": 2}));
+    assert_eq!(bank_lookups(), json!({"lexical_fallback": 2}));
 }
 
 #[test]
