@@ -245,6 +245,35 @@ pub(super) const MIGRATIONS: &[&str] = &["
     -- a store take a job whose lease ended (its host died).
     ALTER TABLE jobs ADD COLUMN owner TEXT;
     ALTER TABLE jobs ADD COLUMN lease_until INTEGER;
+", "
+    -- Every request's record is checked against `status IN (four values)`,
+    -- which SQLite evaluates by building a temporary table on each insert;
+    -- the same check written as comparisons builds nothing. The same goes
+    -- for the states of tickets, jobs and callbacks, written with every
+    -- escalation, asynchronous request and callback. Only the constraints'
+    -- text changes and every stored row meets both forms, so the tables'
+    -- definitions are edited in place, as SQLite documents for changing a
+    -- CHECK constraint ('Making Other Kinds Of Table Schema Changes' in
+    -- lang_altertable.html). `RESET` has this connection read the edited
+    -- definitions; `migrate` moves the schema version on so that every
+    -- other connection does too.
+    PRAGMA writable_schema = ON;
+    UPDATE sqlite_schema
+       SET sql = replace(replace(replace(replace(sql,
+           'CHECK (status IN (''answered'', ''escalated'', ''rejected'', ''failed''))',
+           'CHECK (status = ''answered'' OR status = ''escalated'' OR status = ''rejected''
+                   OR status = ''failed'')'),
+           'CHECK (state IN (''open'', ''claimed'', ''resolved'', ''rejected''))',
+           'CHECK (state = ''open'' OR state = ''claimed'' OR state = ''resolved''
+                   OR state = ''rejected'')'),
+           'CHECK (state IN (''queued'', ''running'', ''done'', ''dead''))',
+           'CHECK (state = ''queued'' OR state = ''running'' OR state = ''done''
+                   OR state = ''dead'')'),
+           'CHECK (state IN (''waiting'', ''pending'', ''delivered'', ''failed''))',
+           'CHECK (state = ''waiting'' OR state = ''pending'' OR state = ''delivered''
+                   OR state = ''failed'')')
+     WHERE type = 'table' AND name IN ('requests', 'tickets', 'jobs', 'callbacks');
+    PRAGMA writable_schema = RESET;
 "];
 
 pub(super) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
@@ -259,6 +288,16 @@ pub(super) fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        // A definition edited in `sqlite_schema` directly is noticed only
+        // when the schema version moves.
+        if sql.contains("writable_schema") {
+            let version: i64 = tx.query_row("PRAGMA schema_version", [], |row| row.get(0))?;
+            tx.pragma_update(None, "schema_version", version + 1)?;
+            // The edited definition is read back now: if it did not parse,
+            // the migration fails and rolls back rather than leaving a
+            // database nothing can open.
+            tx.prepare("SELECT * FROM requests LIMIT 0")?;
+        }
         tx.pragma_update(None, "user_version", index + 1)?;
         tx.commit()?;
     }
@@ -459,4 +498,67 @@ pub(super) fn migrate_postgres(client: &mut postgres::Client) -> anyhow::Result<
     tx.execute("UPDATE strata_schema SET version = $1", &[&known])?;
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::{MIGRATIONS, migrate};
+
+    const INSERT: &str = "INSERT INTO requests (id, pipeline, generation, status, input,
+                          attributes, trace, created_at)
+                          VALUES (?1, 'p', 1, ?2, 'q', '{}', '[]', 0)";
+
+    #[test]
+    fn the_status_check_builds_no_table_per_insert_and_still_refuses() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        // A database from before the edit, with a record in it.
+        conn.execute_batch(&MIGRATIONS[..MIGRATIONS.len() - 1].join(";"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", MIGRATIONS.len() - 1)
+            .unwrap();
+        conn.execute(INSERT, ["before", "answered"]).unwrap();
+        let opcodes = |conn: &Connection| -> Vec<String> {
+            let mut explain = conn.prepare(&format!("EXPLAIN {INSERT}")).unwrap();
+            explain
+                .query_map(["x", "answered"], |row| row.get::<_, String>(1))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert!(opcodes(&conn).iter().any(|op| op == "OpenEphemeral"));
+
+        migrate(&mut conn).unwrap();
+        assert!(!opcodes(&conn).iter().any(|op| op == "OpenEphemeral"));
+        let kept: String = conn
+            .query_row(
+                "SELECT status FROM requests WHERE id = 'before'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(kept, "answered");
+        for status in ["answered", "escalated", "rejected", "failed"] {
+            conn.execute(INSERT, [status, status]).unwrap();
+        }
+        let refused = conn.execute(INSERT, ["bad", "maybe"]).unwrap_err();
+        assert!(refused.to_string().contains("CHECK"), "{refused}");
+        for table in ["requests", "tickets", "jobs", "callbacks"] {
+            let sql: String = conn
+                .query_row(
+                    "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                    [table],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            // An `IN` of two values is compared in place; of more, it is
+            // a temporary table.
+            let long_in = sql
+                .split(" IN (")
+                .skip(1)
+                .any(|list| list.split(')').next().unwrap().matches(',').count() > 1);
+            assert!(sql.contains("CHECK (") && !long_in, "{sql}");
+        }
+    }
 }
