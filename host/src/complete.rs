@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Text};
 use crate::model::ModelCall;
 use crate::pipeline::{Execution, StageRun, Verdict};
 use crate::runtime::StageFailure;
@@ -95,7 +95,11 @@ pub async fn complete(
             // Time to value runs from acceptance, the wait in the queue
             // included.
             let waited = (crate::store::now_millis() - created_at).max(0) as f64 / 1000.0;
-            metrics.answered(&record.pipeline, &by.layer, waited);
+            metrics.answered(
+                Text::copied(&record.pipeline),
+                Text::from(&by.layer),
+                waited,
+            );
         }
         return Ok(Completed { record, ticket });
     }
@@ -233,8 +237,8 @@ fn record_with_trace(execution: &Execution, created_at: i64, trace: String) -> R
         }
     }
     if let Some(by) = execution.verdict.decided_by() {
-        record.stage = Some(by.stage.clone());
-        record.layer = Some(by.layer.clone());
+        record.stage = Some(by.stage.to_string());
+        record.layer = Some(by.layer.to_string());
     }
     record
 }
@@ -274,14 +278,14 @@ mod tests {
     use std::time::Duration;
 
     use super::TraceEntry;
-    use crate::manifest::Digest;
+    use crate::manifest::{Digest, Name};
     use crate::pipeline::StageRun;
 
     #[test]
     fn a_trace_entry_shows_cache_and_model_only_when_used() {
         let mut run = StageRun {
-            stage: "bank".to_owned(),
-            layer: "cache".to_owned(),
+            stage: Name::parse("bank").unwrap(),
+            layer: Name::parse("cache").unwrap(),
             digest: Digest::of(b"x"),
             version: "live",
             result: "next",

@@ -171,7 +171,7 @@ pub async fn evaluate(
         report.cost_usd += execution.cost_usd();
         match &execution.verdict {
             Verdict::Answered { output, by, .. } => {
-                let layer = report.layers.entry(by.layer.clone()).or_default();
+                let layer = report.layers.entry(by.layer.to_string()).or_default();
                 count(layer, labels.get(output), row.label.as_ref());
                 count(&mut report.total, labels.get(output), row.label.as_ref());
             }

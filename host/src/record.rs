@@ -73,8 +73,8 @@ impl Line {
             input: recorded.input.clone(),
             attributes: recorded.attributes.clone(),
             status: execution.verdict.status().as_str().to_owned(),
-            stage: by.map(|b| b.stage.clone()),
-            layer: by.map(|b| b.layer.clone()),
+            stage: by.map(|b| b.stage.to_string()),
+            layer: by.map(|b| b.layer.to_string()),
             text,
         })
     }

@@ -53,7 +53,7 @@ impl Decision {
         };
         Decision {
             kind: verdict.status().as_str().to_owned(),
-            stage: verdict.decided_by().map(|b| b.stage.clone()),
+            stage: verdict.decided_by().map(|b| b.stage.to_string()),
             text: verdict.text(),
         }
     }

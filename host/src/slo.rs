@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::manifest::{BurnWindow, SloSpec};
+use crate::manifest::{BurnWindow, Name, SloSpec};
 
 /// Fewer events than this in a short window never trigger a canary
 /// rollback: one failure out of two requests is noise, not a trend.
@@ -235,7 +235,7 @@ impl Series {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SeriesKey {
     /// A pipeline's requests.
-    Pipeline(String),
+    Pipeline(Name),
     /// The requests one canary candidate served.
     Candidate {
         /// The pipeline.

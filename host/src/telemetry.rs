@@ -108,10 +108,10 @@ impl Telemetry {
         let mut at = start;
         for stage in stages {
             let took = stage.elapsed;
-            let name = stage.stage.clone();
+            let name = stage.stage.to_string();
             let mut attributes = vec![
                 KeyValue::new("strata.stage", name.clone()),
-                KeyValue::new("strata.layer", stage.layer.clone()),
+                KeyValue::new("strata.layer", stage.layer.to_string()),
                 KeyValue::new("strata.digest", stage.digest.to_string()),
                 KeyValue::new("strata.version", stage.version),
                 KeyValue::new("strata.result", stage.result),

@@ -233,7 +233,7 @@ async fn metrics(State(app): State<Arc<App>>, _: RequireRole<Admin>) -> Response
         let series = app
             .ops
             .budgets
-            .series(SeriesKey::Pipeline(name.to_string()), &pipeline.slo);
+            .series(SeriesKey::Pipeline(name.clone()), &pipeline.slo);
         let alerts = series
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -365,7 +365,7 @@ async fn slo(
 ) -> Result<Response, ApiError> {
     let name = name.as_str();
     let generation = app.current.load_full();
-    let Some(pipeline) = generation.pipelines.get(name) else {
+    let Some((name, pipeline)) = generation.pipelines.get_key_value(name) else {
         return Err(ApiError::not_found(
             "unknown_pipeline",
             format!("no pipeline named \"{name}\""),
@@ -374,7 +374,7 @@ async fn slo(
     let series = app
         .ops
         .budgets
-        .series(SeriesKey::Pipeline(name.to_owned()), &pipeline.slo);
+        .series(SeriesKey::Pipeline(name.clone()), &pipeline.slo);
     let alerts = series
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -385,7 +385,7 @@ async fn slo(
         .filter_map(|stage| {
             let candidate = stage.candidate.as_ref()?;
             let key = SeriesKey::Candidate {
-                pipeline: name.to_owned(),
+                pipeline: name.to_string(),
                 stage: stage.name().to_owned(),
                 digest: candidate.stage.digest.to_string(),
             };

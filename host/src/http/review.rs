@@ -18,6 +18,7 @@ use super::error::{ApiError, json_response};
 use super::extract::{FeedbackCaller, JsonBody, QueryOf, RequireRole, Reviewer, bounded_query};
 use crate::app::App;
 use crate::auth::Caller;
+use crate::metrics::Text;
 use crate::states::TicketState;
 use crate::store::{StoreError, TicketFilter, TicketKind};
 use crate::views::ticket_view;
@@ -361,7 +362,8 @@ pub(super) async fn resolve(
     }
     if let (TicketKind::Escalation, Some(resolved_at)) = (ticket.kind, ticket.resolved_at) {
         let waited = (resolved_at - ticket.created_at).max(0) as f64 / 1000.0;
-        app.metrics.answered(&ticket.pipeline, "human", waited);
+        app.metrics
+            .answered(Text::copied(&ticket.pipeline), Text::from("human"), waited);
     }
     Ok(json_response(StatusCode::OK, &ticket_view(&ticket)))
 }

@@ -114,6 +114,11 @@ impl Layer {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The layer's name as a [`Name`], shared rather than copied.
+    pub fn name(&self) -> &Name {
+        &self.0
+    }
 }
 
 impl fmt::Display for Layer {

@@ -1,47 +1,110 @@
 //! The label sets of the metrics, one type per family shape.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+
+use crate::manifest::Name;
+
+/// A label value that costs no allocation to make: a fixed text, or a name
+/// shared with the manifest. The label sets every request touches use it,
+/// so counting a request copies no strings.
+#[derive(Clone, Debug)]
+pub enum Text {
+    /// A text known at compile time (a status, a result).
+    Fixed(&'static str),
+    /// A pipeline's, stage's or layer's name, or a copied text.
+    Shared(Arc<str>),
+}
+
+impl Text {
+    /// A copy of `text`, for label values read from elsewhere (the store).
+    pub fn copied(text: &str) -> Text {
+        Text::Shared(text.into())
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Text::Fixed(text) => text,
+            Text::Shared(text) => text,
+        }
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(text: &'static str) -> Text {
+        Text::Fixed(text)
+    }
+}
+
+impl From<&Name> for Text {
+    fn from(name: &Name) -> Text {
+        Text::Shared(name.shared())
+    }
+}
+
+// Equal texts are one series whichever way they were made.
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Text {}
+
+impl Hash for Text {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for Text {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
 
 /// Labels of `strata_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// The pipeline.
-    pub pipeline: String,
+    pub pipeline: Text,
     /// answered, escalated, rejected or failed.
-    pub status: String,
+    pub status: Text,
     /// The deciding stage's layer.
-    pub layer: String,
+    pub layer: Text,
     /// The deciding stage.
-    pub stage: String,
+    pub stage: Text,
 }
 
 /// Labels with a pipeline and a layer.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LayerLabels {
     /// The pipeline.
-    pub pipeline: String,
+    pub pipeline: Text,
     /// The layer.
-    pub layer: String,
+    pub layer: Text,
 }
 
 /// Labels with a pipeline and a status.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabels {
     /// The pipeline.
-    pub pipeline: String,
+    pub pipeline: Text,
     /// The status.
-    pub status: String,
+    pub status: Text,
 }
 
 /// Labels of a stage.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
     /// The pipeline.
-    pub pipeline: String,
+    pub pipeline: Text,
     /// The stage.
-    pub stage: String,
+    pub stage: Text,
     /// Its layer.
-    pub layer: String,
+    pub layer: Text,
 }
 
 /// Labels of a stage failure.
@@ -158,11 +221,11 @@ pub struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CostLabels {
     /// The pipeline.
-    pub pipeline: String,
+    pub pipeline: Text,
     /// The deciding layer.
-    pub layer: String,
+    pub layer: Text,
     /// The outcome.
-    pub status: String,
+    pub status: Text,
 }
 
 /// Labels of an operation.

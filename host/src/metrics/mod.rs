@@ -40,6 +40,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+pub use self::labels::Text;
 use self::labels::{
     CallLabels, ClusterLabels, CostLabels, DeliveryLabels, FailureLabels, FeaturesLabels,
     LayerLabels, LookupLabels, OperationLabels, PipelineLabels, RatingLabels, ReasonLabels,
@@ -48,6 +49,7 @@ use self::labels::{
 };
 use self::phases::Phases;
 pub use self::phases::{Laps, Phase};
+use crate::manifest::Name;
 use crate::pipeline::Execution;
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -357,44 +359,48 @@ impl Metrics {
     /// the queue, is counted by [`Metrics::answered`] when it completes.
     pub fn request_finished(
         &self,
-        pipeline: &str,
+        pipeline: &Name,
         execution: &Execution,
         seconds: f64,
         background: bool,
     ) {
-        let status = execution.verdict.status().as_str();
+        let name = Text::from(pipeline);
+        let status = Text::from(execution.verdict.status().as_str());
         let by = execution.verdict.decided_by();
-        let (stage, layer) = by.map_or(("-", "-"), |b| (b.stage.as_str(), b.layer.as_str()));
+        let (stage, layer) = by.map_or((Text::from("-"), Text::from("-")), |b| {
+            (Text::from(&b.stage), Text::from(&b.layer))
+        });
         self.requests
             .get_or_create(&RequestLabels {
-                pipeline: pipeline.to_owned(),
-                status: status.to_owned(),
-                layer: layer.to_owned(),
-                stage: stage.to_owned(),
+                pipeline: name.clone(),
+                status: status.clone(),
+                layer: layer.clone(),
+                stage,
             })
             .inc();
         if !background {
             self.request_duration
                 .get_or_create(&StatusLabels {
-                    pipeline: pipeline.to_owned(),
-                    status: status.to_owned(),
+                    pipeline: name.clone(),
+                    status: status.clone(),
                 })
                 .observe(seconds);
-            if status == "answered" {
-                self.answered(pipeline, layer, seconds);
+            if matches!(execution.verdict, crate::pipeline::Verdict::Answered { .. }) {
+                self.answered(name.clone(), layer.clone(), seconds);
             }
         }
         let cost = execution.cost_usd();
         self.request_cost
             .get_or_create(&CostLabels {
-                pipeline: pipeline.to_owned(),
-                layer: layer.to_owned(),
-                status: status.to_owned(),
+                pipeline: name.clone(),
+                layer,
+                status,
             })
             .inc_by(cost);
         for run in &execution.trace {
             for call in &run.model_calls {
-                let tier = |extra: &str| (pipeline.to_owned(), call.tier.clone(), extra.to_owned());
+                let tier =
+                    |extra: &str| (pipeline.to_string(), call.tier.clone(), extra.to_owned());
                 let (p, t, r) = tier(if call.ok { "ok" } else { "failed" });
                 self.model_calls
                     .get_or_create(&CallLabels {
@@ -417,7 +423,7 @@ impl Metrics {
                 }
                 self.model_cost
                     .get_or_create(&TierLabels {
-                        pipeline: pipeline.to_owned(),
+                        pipeline: pipeline.to_string(),
                         tier: call.tier.clone(),
                     })
                     .inc_by(call.cost_usd);
@@ -431,7 +437,7 @@ impl Metrics {
                 if count > 0 {
                     self.pattern_lookups
                         .get_or_create(&LookupLabels {
-                            pipeline: pipeline.to_owned(),
+                            pipeline: pipeline.to_string(),
                             result: result.to_owned(),
                         })
                         .inc_by(u64::from(count));
@@ -447,7 +453,7 @@ impl Metrics {
                 if count > 0 {
                     self.pattern_features
                         .get_or_create(&FeaturesLabels {
-                            pipeline: pipeline.to_owned(),
+                            pipeline: pipeline.to_string(),
                             features: label.to_owned(),
                         })
                         .inc_by(u64::from(count));
@@ -460,7 +466,7 @@ impl Metrics {
                 if count > 0 {
                     self.embedding_failures
                         .get_or_create(&ReasonLabels {
-                            pipeline: pipeline.to_owned(),
+                            pipeline: pipeline.to_string(),
                             reason: (*reason).to_owned(),
                         })
                         .inc_by(u64::from(count));
@@ -470,7 +476,7 @@ impl Metrics {
                 if count > 0 {
                     self.cache_lookups
                         .get_or_create(&LookupLabels {
-                            pipeline: pipeline.to_owned(),
+                            pipeline: pipeline.to_string(),
                             result: result.to_owned(),
                         })
                         .inc_by(u64::from(count));
@@ -478,9 +484,9 @@ impl Metrics {
             }
             self.stage_duration
                 .get_or_create(&StageLabels {
-                    pipeline: pipeline.to_owned(),
-                    stage: run.stage.clone(),
-                    layer: run.layer.clone(),
+                    pipeline: name.clone(),
+                    stage: Text::from(&run.stage),
+                    layer: Text::from(&run.layer),
                 })
                 .observe(run.elapsed.as_secs_f64());
             if let Some(kind) = run.failure {
@@ -508,11 +514,8 @@ impl Metrics {
     }
 
     /// Count a final answer `seconds` after its request arrived.
-    pub fn answered(&self, pipeline: &str, layer: &str, seconds: f64) {
-        let labels = LayerLabels {
-            pipeline: pipeline.to_owned(),
-            layer: layer.to_owned(),
-        };
+    pub fn answered(&self, pipeline: Text, layer: Text, seconds: f64) {
+        let labels = LayerLabels { pipeline, layer };
         self.answers.get_or_create(&labels).inc();
         self.time_to_value.get_or_create(&labels).observe(seconds);
     }

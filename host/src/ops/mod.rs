@@ -213,7 +213,7 @@ impl Operations {
             banks.configure(name, &pipeline.answer_bank);
             self.recorders.configure(name, pipeline.record.as_ref());
             self.budgets
-                .configure(SeriesKey::Pipeline(name.to_string()), &pipeline.slo);
+                .configure(SeriesKey::Pipeline(name.clone()), &pipeline.slo);
             for candidate in pipeline.stages.iter().filter_map(|s| s.candidate.as_ref()) {
                 let key = SeriesKey::Candidate {
                     pipeline: name.to_string(),

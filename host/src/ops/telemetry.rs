@@ -90,10 +90,7 @@ impl Observer for Operations {
         let slow = !background && elapsed > Duration::from_millis(pipeline.slo.latency_ms);
         let bad = execution.had_failure() || slow;
         self.budgets
-            .series(
-                SeriesKey::Pipeline(pipeline.name.to_string()),
-                &pipeline.slo,
-            )
+            .series(SeriesKey::Pipeline(pipeline.name.clone()), &pipeline.slo)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .record(bad);

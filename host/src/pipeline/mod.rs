@@ -225,9 +225,9 @@ impl Candidate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecidedBy {
     /// The stage's name.
-    pub stage: String,
+    pub stage: Name,
     /// The stage's layer.
-    pub layer: String,
+    pub layer: Name,
 }
 
 /// How a request ended.
@@ -305,9 +305,9 @@ impl Verdict {
 #[derive(Debug, Clone)]
 pub struct StageRun {
     /// The stage.
-    pub stage: String,
+    pub stage: Name,
     /// Its layer.
-    pub layer: String,
+    pub layer: Name,
     /// The digest of the version that ran.
     pub digest: Digest,
     /// `live`, or `candidate` when a canary served the request.

@@ -187,8 +187,8 @@ impl Pipeline {
             let version = canary.map_or(&stage.live, |c| &c.stage);
             let spec = &version.spec;
             let by = DecidedBy {
-                stage: spec.name.to_string(),
-                layer: spec.layer.to_string(),
+                stage: spec.name.clone(),
+                layer: spec.layer.name().clone(),
             };
             let tag = LogTag {
                 request_id: request_id.clone(),
@@ -246,7 +246,7 @@ impl Pipeline {
                 Ok(Outcome::Next { input, attributes }) => {
                     request.input = input;
                     request.attributes = attributes;
-                    if self.record.as_ref().is_some_and(|r| r.after == by.stage) {
+                    if self.record.as_ref().is_some_and(|r| by.stage == r.after) {
                         recorded = Some(request.clone());
                     }
                     continue;
@@ -343,7 +343,7 @@ impl Pipeline {
     ) -> Execution {
         if let (Some(bank), Some(key), Verdict::Answered { output, by, .. }) =
             (&access.bank.bank, &remember_key, &verdict)
-            && self.answer_bank.remember.contains(&by.layer)
+            && self.answer_bank.remember.iter().any(|l| by.layer == *l)
         {
             let answering = trace.iter().rev().find(|run| run.stage == by.stage);
             let source = if answering.is_some_and(|run| !run.model_calls.is_empty()) {
