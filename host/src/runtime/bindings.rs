@@ -35,6 +35,7 @@ pub(crate) mod v0_2 {
             "strata:pipeline/cache.lookup": async,
         },
         exports: { default: async },
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -45,6 +46,7 @@ pub(crate) mod v0_1 {
         world: "plugin",
         imports: { "strata:pipeline/model": async },
         exports: { default: async },
+        ownership: Borrowing { duplicate_if_necessary: true },
         // Identical in both versions; sharing the Rust types lets one set of
         // conversions serve both. `types` holds no functions, so linking it
         // defines nothing either way, and the linker accepts a component's
@@ -183,17 +185,19 @@ impl StageInstance {
         stage: &str,
         output_limit: usize,
     ) -> Result<Result<Outcome, StageFailure>> {
+        let attributes = attribute_params(request);
+        let param = request_param(request, &attributes);
         let outcome = match self {
             StageInstance::V0_1(plugin) => {
                 plugin
                     .strata_pipeline_stage()
-                    .call_handle(store, &request.into())
+                    .call_handle(store, param)
                     .await?
             }
             StageInstance::V0_2(plugin) => {
                 plugin
                     .strata_pipeline_stage()
-                    .call_handle(store, &request.into())
+                    .call_handle(store, param)
                     .await?
             }
             StageInstance::Http(proxy) => {
@@ -204,21 +208,26 @@ impl StageInstance {
     }
 }
 
-impl From<&Request> for wit::Request {
-    fn from(request: &Request) -> Self {
-        wit::Request {
-            id: request.id.clone(),
-            pipeline: request.pipeline.clone(),
-            input: request.input.clone(),
-            attributes: request
-                .attributes
-                .iter()
-                .map(|(key, value)| wit::Attribute {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-        }
+/// `attributes` as the contract's parameter type, borrowing their text.
+fn attribute_params(request: &Request) -> Vec<wit::AttributeParam<'_>> {
+    request
+        .attributes
+        .iter()
+        .map(|(key, value)| wit::AttributeParam { key, value })
+        .collect()
+}
+
+/// `request` as the contract's parameter type, borrowing its text (the call
+/// copies it into the guest's memory once, from here).
+fn request_param<'a>(
+    request: &'a Request,
+    attributes: &'a [wit::AttributeParam<'a>],
+) -> wit::RequestParam<'a> {
+    wit::RequestParam {
+        id: &request.id,
+        pipeline: &request.pipeline,
+        input: &request.input,
+        attributes,
     }
 }
 
