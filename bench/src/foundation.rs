@@ -56,12 +56,13 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
     let wasmtime = wasmtime_serve(root, load);
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = harness::cpu_model();
     let cpu_ratio = |f: &Figures| match (f.cpu_us, baseline.cpu_us) {
         (Some(host), Some(base)) if base > 0.0 => format!("{:.1}×", host / base),
         _ => "–".to_owned(),
     };
     Ok(format!(
-        "Measured at commit `{commit}` on {cores} cores, one target at a time, with `{loaded}` \
+        "Measured at commit `{commit}` on {cores} cores ({cpu}), one target at a time, with `{loaded}` \
          (and `-c1` for the one-connection rows) on loopback, POSTing `{BODY}`. Server CPU is \
          the process's user and system time (all threads, from `/proc`) over the requests \
          served.\n\n\

@@ -426,6 +426,22 @@ pub fn commit() -> String {
         .unwrap_or_default()
 }
 
+/// The processor's model as Linux names it (`/proc/cpuinfo`), for reports:
+/// figures from different processors are not comparable. "unknown" where
+/// it cannot be read.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .filter(|model| !model.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// The `q` quantile (0..=1) of `values`, in their unit.
 pub fn quantile(values: &mut [f64], q: f64) -> f64 {
     if values.is_empty() {
