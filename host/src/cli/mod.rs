@@ -218,6 +218,10 @@ pub fn main() -> ExitCode {
     init_tracing(cli.log_format, default);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // A worker drops the instances it finished with when it would
+        // otherwise idle, not while a request waits (`runtime::retire`).
+        .on_thread_park(crate::runtime::on_worker_park)
+        .on_thread_stop(crate::runtime::on_worker_stop)
         .build()
     {
         Ok(runtime) => runtime,

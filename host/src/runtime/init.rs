@@ -155,7 +155,7 @@ impl Init<'_> {
     ) -> Result<(Store<StageState>, Instance, Option<OwnedSemaphorePermit>), String> {
         let slot = self.runtime.slot(true).await;
         let mut store = self.runtime.store_for(
-            self.spec,
+            self.spec.limits.memory_mib,
             self.config,
             self.wasi,
             Some(self.seed),

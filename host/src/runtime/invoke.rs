@@ -137,9 +137,11 @@ impl Runtime {
                         slot,
                         uses,
                     });
+                    return Invocation { outcome, effects };
                 }
             }
         }
+        super::retire::retire(store, slot, super::retire::cap(self.settings.instances));
         Invocation { outcome, effects }
     }
 
@@ -147,6 +149,11 @@ impl Runtime {
     /// `[runtime] slot_wait_ms` (`None` then: the host is overloaded);
     /// background ones (`patient`) as long as it takes.
     pub(super) async fn slot(&self, patient: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        // Finished instances this worker has not dropped yet hold slots.
+        super::retire::drop_kept();
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             return Some(slot);
         }
@@ -167,13 +174,20 @@ impl Runtime {
             // id: a replay decides alike.
             crate::request::fnv1a(request.input.as_bytes(), seed)
         });
-        self.store_for(&stage.spec, &stage.config, &stage.wasi, seed, tag)
+        self.store_for(
+            stage.spec.limits.memory_mib,
+            &stage.config,
+            &stage.wasi,
+            seed,
+            tag,
+        )
     }
 
-    /// A store for one instance of the stage `spec`, its limits set.
+    /// A store for one instance of a stage, its memory capped at
+    /// `memory_mib`.
     pub(super) fn store_for(
         &self,
-        spec: &crate::manifest::StageSpec,
+        memory_mib: u32,
         config: &Arc<ConfigCtx>,
         wasi: &Arc<crate::manifest::WasiSpec>,
         seed: Option<u64>,
@@ -185,7 +199,7 @@ impl Runtime {
             StageState {
                 wasi: LazyWasi::new(seed, wasi.clone()),
                 table: ResourceTable::new(),
-                limiter: StageLimiter::new(spec.limits.memory_mib),
+                limiter: StageLimiter::new(memory_mib),
                 logs,
                 log: LogCtx::new(tag.clone()),
                 config: config.clone(),

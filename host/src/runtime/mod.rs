@@ -18,6 +18,8 @@
 //!   instance from the state it leaves;
 //! - `invoke`: an instance per call within the stage's limits, and its
 //!   failures;
+//! - `retire`: a finished instance dropped (its pool slot reset) when the
+//!   worker is next idle, off the request's path;
 //! - `http_stage`: a `wasi:http` handler called as a stage, its response
 //!   read as an outcome.
 
@@ -31,6 +33,7 @@ mod init;
 mod invoke;
 mod limits;
 mod load;
+mod retire;
 
 pub use self::engine::Runtime;
 pub use self::imports::cache::{BankAccess, CacheUse};
@@ -39,3 +42,4 @@ pub use self::init::{INIT_EXPORT, Snapshot};
 pub(crate) use self::invoke::StageState;
 pub use self::invoke::{Access, Effects, Invocation, LogTag, StageFailure};
 pub use self::load::{ComponentFacts, ImportInfo, LoadedStage};
+pub use self::retire::{on_worker_park, on_worker_stop};
