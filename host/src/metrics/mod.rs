@@ -31,6 +31,7 @@
 
 mod labels;
 mod phases;
+mod stages;
 
 use std::sync::atomic::AtomicU64;
 
@@ -398,100 +399,7 @@ impl Metrics {
             })
             .inc_by(cost);
         for run in &execution.trace {
-            for call in &run.model_calls {
-                let tier =
-                    |extra: &str| (pipeline.to_string(), call.tier.clone(), extra.to_owned());
-                let (p, t, r) = tier(if call.ok { "ok" } else { "failed" });
-                self.model_calls
-                    .get_or_create(&CallLabels {
-                        pipeline: p,
-                        tier: t,
-                        result: r,
-                    })
-                    .inc_by(u64::from(call.attempts));
-                for (direction, tokens) in
-                    [("input", call.input_tokens), ("output", call.output_tokens)]
-                {
-                    let (p, t, d) = tier(direction);
-                    self.model_tokens
-                        .get_or_create(&TokenLabels {
-                            pipeline: p,
-                            tier: t,
-                            direction: d,
-                        })
-                        .inc_by(tokens);
-                }
-                self.model_cost
-                    .get_or_create(&TierLabels {
-                        pipeline: pipeline.to_string(),
-                        tier: call.tier.clone(),
-                    })
-                    .inc_by(call.cost_usd);
-            }
-            let [trusted, untrusted, none] = run.pattern_lookups;
-            for (result, count) in [
-                ("trusted", trusted),
-                ("untrusted", untrusted),
-                ("no_match", none),
-            ] {
-                if count > 0 {
-                    self.pattern_lookups
-                        .get_or_create(&LookupLabels {
-                            pipeline: pipeline.to_string(),
-                            result: result.to_owned(),
-                        })
-                        .inc_by(u64::from(count));
-                }
-            }
-            let features = &run.pattern_features;
-            let fallback: u32 = features.fallback.iter().sum();
-            for (label, count) in [
-                ("embeddings", features.embeddings),
-                ("lexical", features.lexical),
-                ("lexical_fallback", fallback),
-            ] {
-                if count > 0 {
-                    self.pattern_features
-                        .get_or_create(&FeaturesLabels {
-                            pipeline: pipeline.to_string(),
-                            features: label.to_owned(),
-                        })
-                        .inc_by(u64::from(count));
-                }
-            }
-            for (reason, count) in crate::patterns::FALLBACK_REASONS
-                .iter()
-                .zip(features.fallback)
-            {
-                if count > 0 {
-                    self.embedding_failures
-                        .get_or_create(&ReasonLabels {
-                            pipeline: pipeline.to_string(),
-                            reason: (*reason).to_owned(),
-                        })
-                        .inc_by(u64::from(count));
-                }
-            }
-            for (result, count) in [("hit", run.cache_hits), ("miss", run.cache_misses)] {
-                if count > 0 {
-                    self.cache_lookups
-                        .get_or_create(&LookupLabels {
-                            pipeline: pipeline.to_string(),
-                            result: result.to_owned(),
-                        })
-                        .inc_by(u64::from(count));
-                }
-            }
-            self.stage_duration
-                .get_or_create(&StageLabels {
-                    pipeline: name.clone(),
-                    stage: Text::from(&run.stage),
-                    layer: Text::from(&run.layer),
-                })
-                .observe(run.elapsed.as_secs_f64());
-            if let Some(kind) = run.failure {
-                self.stage_failure(pipeline, &run.stage, kind);
-            }
+            self.stage_ran(pipeline, &name, run);
         }
     }
 
