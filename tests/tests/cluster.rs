@@ -69,11 +69,17 @@ where
     }
 }
 
-/// The cluster as `host` sees it once it counts `hosts` members.
+/// The cluster as `host` sees it once it has joined and counts `hosts`
+/// members.
 async fn members(host: &TestHost, hosts: usize) -> Value {
     within(Duration::from_secs(15), "every host joins", || async {
         let (status, view) = host.admin_get("/admin/cluster").await;
-        (status == 200 && view["hosts"].as_array().map(Vec::len) == Some(hosts)).then_some(view)
+        // `hosts` is read from Redis, so it may list this host's name
+        // (written by a twin) before this host has joined itself.
+        (status == 200
+            && view["connected"] == true
+            && view["hosts"].as_array().map(Vec::len) == Some(hosts))
+        .then_some(view)
     })
     .await
 }
