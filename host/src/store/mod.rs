@@ -15,9 +15,12 @@
 //! awaited write commits with `synchronous = FULL`, so a committed ticket
 //! survives a crash of the process or of the machine, while a batch of plain
 //! records commits with `NORMAL` (safe against a process crash, not against
-//! power loss), which keeps the cost of recording every request low. Reads use a pool of read-only
-//! connections on tokio's blocking pool, so neither reads nor writes ever
-//! block a runtime worker, and one slow read does not hold up the others.
+//! power loss), which keeps the cost of recording every request low. A
+//! thread of its own copies SQLite's log into the database (`checkpoint`), so
+//! the writer's turns on the processor stay short. Reads use a pool of
+//! read-only connections on tokio's blocking pool, so neither reads nor
+//! writes ever block a runtime worker, and one slow read does not hold up the
+//! others.
 //!
 //! PostgreSQL runs the same way: one writer connection committing batches
 //! (savepoint per write; a batch of plain records commits with
@@ -34,6 +37,7 @@
 
 mod audit;
 mod callbacks;
+mod checkpoint;
 mod feedback;
 mod jobs;
 mod offers;
@@ -192,6 +196,8 @@ enum Writer {
     Sqlite {
         conn: Connection,
         synchronous: Synchronous,
+        /// Told of each commit; copies the log into the database.
+        checkpointer: checkpoint::Checkpointer,
     },
     Postgres {
         config: postgres::Config,
@@ -201,11 +207,21 @@ enum Writer {
 }
 
 impl Writer {
+    /// A batch was committed: on SQLite, the log may be due to be copied
+    /// into the database.
+    fn committed(&self) {
+        if let Writer::Sqlite { checkpointer, .. } = self {
+            checkpointer.committed();
+        }
+    }
+
     /// Begin a transaction; a `durable` one is synced in full at commit.
     /// A PostgreSQL connection lost since the last batch is made again.
     fn begin(&mut self, durable: bool) -> Result<Conn<'_>, StoreError> {
         match self {
-            Writer::Sqlite { conn, synchronous } => {
+            Writer::Sqlite {
+                conn, synchronous, ..
+            } => {
                 // Only batches holding a durable write pay for a full sync.
                 let wanted = if durable {
                     Synchronous::Full
@@ -280,7 +296,10 @@ fn write_loop(mut writer: Writer, mut queue: mpsc::Receiver<Message>) {
         }
         if !batch.is_empty() {
             match writer.begin(durable) {
-                Ok(mut conn) => commit_batch(&mut conn, &mut batch),
+                Ok(mut conn) => {
+                    commit_batch(&mut conn, &mut batch);
+                    writer.committed();
+                }
                 Err(error) => {
                     // Dropping the jobs drops their reply channels: every
                     // waiting caller learns that its write was not committed.
@@ -417,11 +436,18 @@ impl Store {
         let path = data_dir.join(DATABASE_FILE);
         let mut writer = open_connection(&path)?;
         migrate(&mut writer).with_context(|| format!("cannot migrate {}", path.display()))?;
+        // The checkpointer copies the log back; the writer only when that
+        // falls far behind (`checkpoint`).
+        writer
+            .pragma_update(None, "wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)
+            .with_context(|| format!("cannot configure database {}", path.display()))?;
         let readers = reader_pool(&path)?;
+        let checkpointer = checkpoint::Checkpointer::start(&path)?;
         Store::start(
             Writer::Sqlite {
                 conn: writer,
                 synchronous: Synchronous::Full,
+                checkpointer,
             },
             Readers::Sqlite(readers),
             path.display().to_string(),

@@ -264,6 +264,37 @@ mod tests {
         }
     }
 
+    /// The log is copied into the database by the checkpoint thread,
+    /// while it holds far fewer pages than the writer's own checkpoint
+    /// waits for (and than SQLite's default, 1,000).
+    #[tokio::test]
+    async fn the_log_is_copied_into_the_database_off_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let db = dir.path().join(crate::store::DATABASE_FILE);
+        let before = std::fs::metadata(&db).unwrap().len();
+        // About 400 pages: one a record.
+        let input = "x".repeat(4000);
+        for i in 0..400 {
+            let mut record = answered(&format!("r{i}"));
+            record.input.clone_from(&input);
+            store.record(record).await.unwrap();
+        }
+        store.record_durably(answered("last")).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let size = std::fs::metadata(&db).unwrap().len();
+            if size >= before + 1_000_000 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file is still {size} bytes (from {before})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Records skip the savepoint on SQLite: one that fails must still
     /// leave the records queued around it, in the same batch, committed.
     #[tokio::test]
