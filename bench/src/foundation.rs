@@ -167,6 +167,10 @@ const THREADS: &[(&str, &str)] = &[
     ),
     ("notify-rs", "the watcher of the manifest's directory"),
     ("strata-epoch", "wasmtime's epoch ticker"),
+    (
+        "strata-checkpoi",
+        "copying SQLite's log into the database, at nice 10",
+    ),
     ("strata", "the main thread"),
 ];
 
