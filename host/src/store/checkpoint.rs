@@ -12,29 +12,32 @@
 //! connection, with SQLite's `PASSIVE` checkpoint, which never blocks the
 //! writer or a reader; on Linux at a lower priority (nice
 //! [`CHECKPOINT_NICE`]), so a waking worker takes the core from it at once.
-//! The writer pokes it after each commit; it checkpoints at most every
-//! [`CHECKPOINT_EVERY`] and sleeps while nothing is written.
+//! The writer pokes it after each commit; it then waits for the next
+//! commit, or [`WAIT_FOR_MORE`] if none comes, and checkpoints. Under steady
+//! writes it so copies the log close behind the writer, about every second
+//! commit; it sleeps while nothing is written.
 //!
 //! SQLite starts the log over only after a checkpoint that copied all of it,
 //! and under steady writes a checkpoint beside the writer seldom does (the
 //! writer commits meanwhile). So the writer's own checkpoint stays, once the
 //! log holds [`BACKSTOP_PAGES`] (about 40 MB): by then the checkpointer has
-//! copied all but the last [`CHECKPOINT_EVERY`] of it, so the writer copies
-//! only that and the log starts over. (A shorter wait and a smaller log were
-//! tried: a page that many commits change is then copied more often, and the
-//! host spent more CPU a request; BENCHMARKS.md.) Should the checkpointer
-//! fall behind (a machine busy for long), the writer does the rest, as
-//! SQLite always did, so the log stays bounded either way.
+//! copied all but the last commit or two, so the writer copies only those
+//! and the log starts over. (Checkpoints at most every 250 ms were tried:
+//! they cost less CPU, but the writer's checkpoint then had a quarter of a
+//! second of writes to copy, and the tail came back; BENCHMARKS.md.) Should
+//! the checkpointer fall behind (a machine busy for long), the writer does
+//! the rest, as SQLite always did, so the log stays bounded either way.
 
 use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rusqlite::Connection;
 
-/// The shortest time between two checkpoints while writes go on.
-pub(super) const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// How long after a commit the checkpointer waits for another before it
+/// copies the log anyway (a lone commit is copied this long after it).
+pub(super) const WAIT_FOR_MORE: Duration = Duration::from_millis(250);
 
 /// The log's size, in pages, at which the writer checkpoints itself (the
 /// writer's `wal_autocheckpoint`; SQLite's default is 1,000).
@@ -72,24 +75,15 @@ impl Checkpointer {
 
 fn run(conn: &Connection, pokes: &Receiver<()>) {
     lower_priority();
-    let mut last = Instant::now();
-    // Wait for a commit; then, no sooner than `CHECKPOINT_EVERY` after the
-    // last checkpoint, copy what the log holds. The writer's end dropped
-    // ends the loop after one last checkpoint.
+    // Wait for a commit, then for the next one (or `WAIT_FOR_MORE`), and
+    // copy what the log holds. The writer's end dropped ends the loop after
+    // one last checkpoint.
     while pokes.recv().is_ok() {
-        let due = last + CHECKPOINT_EVERY;
-        let now = Instant::now();
-        if due > now {
-            match pokes.recv_timeout(due - now) {
-                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            // The wait above may have taken the next poke: the copy below
-            // covers its commit too.
-            let _ = pokes.try_recv();
+        match pokes.recv_timeout(WAIT_FOR_MORE) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
         }
         checkpoint(conn);
-        last = Instant::now();
     }
     checkpoint(conn);
 }
