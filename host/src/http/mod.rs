@@ -17,6 +17,7 @@ pub mod error;
 pub mod extract;
 pub mod openai;
 pub mod public;
+mod repoll;
 pub mod review;
 
 use std::convert::Infallible;
@@ -160,8 +161,10 @@ pub async fn serve(
         let connection = graceful.watch(
             builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)),
         );
+        // A connection's task wakes itself as its handler reads the body:
+        // polled again in place rather than handed to another worker.
         connections.spawn(async move {
-            if let Err(error) = connection.await {
+            if let Err(error) = repoll::Repoll::new(connection).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
