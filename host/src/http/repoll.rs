@@ -20,7 +20,6 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures_util::task::AtomicWaker;
@@ -31,8 +30,9 @@ const REPOLLS: usize = 1;
 
 thread_local! {
     /// The [`Shared`] whose future this thread is polling, as an address
-    /// (0: none).
-    static POLLING: Cell<usize> = const { Cell::new(0) };
+    /// (0: none), and whether that future has woken itself during the
+    /// current poll. Only the polling thread reads or writes either.
+    static POLLING: Cell<(usize, bool)> = const { Cell::new((0, false)) };
 }
 
 /// `future`, polled again in place when it wakes itself (see the module
@@ -47,7 +47,6 @@ impl<F: Future> Repoll<F> {
     pub(super) fn new(future: F) -> Repoll<F> {
         let shared = Arc::new(Shared {
             task: AtomicWaker::new(),
-            woke_itself: AtomicBool::new(false),
         });
         Repoll {
             future: Box::pin(future),
@@ -61,8 +60,6 @@ impl<F: Future> Repoll<F> {
 struct Shared {
     /// The runtime's waker for the task, from its latest poll.
     task: AtomicWaker,
-    /// Set when the inner future woke itself during the current poll.
-    woke_itself: AtomicBool,
 }
 
 impl Shared {
@@ -77,8 +74,9 @@ impl Wake for Shared {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if POLLING.with(Cell::get) == self.address() {
-            self.woke_itself.store(true, Ordering::Relaxed);
+        let (polling, _) = POLLING.with(Cell::get);
+        if polling == self.address() {
+            POLLING.with(|p| p.set((polling, true)));
         } else {
             self.task.wake();
         }
@@ -86,16 +84,22 @@ impl Wake for Shared {
 }
 
 /// Marks this thread as polling `shared`'s future until dropped, even if
-/// the poll panics (a mark left behind would swallow later wakes).
+/// the poll panics (a mark left behind would swallow later wakes); a poll
+/// nested in another [`Repoll`]'s gives the outer one its mark back.
 struct Polling {
-    previous: usize,
+    previous: (usize, bool),
 }
 
 impl Polling {
     fn enter(shared: &Arc<Shared>) -> Polling {
         Polling {
-            previous: POLLING.with(|p| p.replace(shared.address())),
+            previous: POLLING.with(|p| p.replace((shared.address(), false))),
         }
+    }
+
+    /// Whether the future woke itself since [`Polling::enter`].
+    fn woke_itself(&self) -> bool {
+        POLLING.with(Cell::get).1
     }
 }
 
@@ -113,12 +117,9 @@ impl<F: Future> Future for Repoll<F> {
         this.shared.task.register(cx.waker());
         let mut inner = Context::from_waker(&this.waker);
         for _ in 0..=REPOLLS {
-            this.shared.woke_itself.store(false, Ordering::Relaxed);
-            let polled = {
-                let _polling = Polling::enter(&this.shared);
-                this.future.as_mut().poll(&mut inner)
-            };
-            if polled.is_ready() || !this.shared.woke_itself.load(Ordering::Relaxed) {
+            let polling = Polling::enter(&this.shared);
+            let polled = this.future.as_mut().poll(&mut inner);
+            if polled.is_ready() || !polling.woke_itself() {
                 return polled;
             }
         }
@@ -131,7 +132,7 @@ impl<F: Future> Future for Repoll<F> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
@@ -231,5 +232,36 @@ mod tests {
             .unwrap();
         assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
         assert!(poll_once(&mut future, &wakes).is_ready());
+    }
+
+    #[test]
+    fn a_repoll_nested_in_another_keeps_the_outer_ones_mark() {
+        // The outer future wakes itself, then polls an inner `Repoll` that
+        // wakes itself too: each is polled again by its own `Repoll`, and
+        // the runtime hears of neither.
+        let inner_polls = Arc::new(AtomicUsize::new(0));
+        let mut inner = Box::pin(Repoll::new(Yields {
+            times: 1,
+            polls: inner_polls.clone(),
+        }));
+        let mut woke = false;
+        let outer = std::future::poll_fn(move |cx| {
+            if !woke {
+                woke = true;
+                cx.waker().wake_by_ref();
+                assert!(inner.as_mut().poll(cx).is_ready());
+                return Poll::Pending;
+            }
+            Poll::Ready(())
+        });
+        let wakes = Arc::new(Count(AtomicUsize::new(0)));
+        let mut future = Box::pin(Repoll::new(outer));
+        assert!(poll_once(&mut future, &wakes).is_ready());
+        assert_eq!(inner_polls.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            wakes.0.load(Ordering::Relaxed),
+            0,
+            "the runtime was not told"
+        );
     }
 }
