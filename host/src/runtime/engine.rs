@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::Semaphore;
@@ -16,11 +15,8 @@ use wasmtime::{
 };
 
 use super::invoke::StageState;
+use super::ticker::Ticker;
 use crate::manifest::{Digest, MAX_MEMORY_MIB, PluginFile, RuntimeSettings};
-
-/// How often the engine's epoch advances: the resolution of stage timeouts
-/// and of yielding to other tasks.
-pub(super) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// One instance slot's share of the pool: core instances, memories and
 /// tables a single component may hold.
@@ -56,6 +52,8 @@ pub struct Runtime {
     /// (a batch of model calls): the host's own tracker when it serves, so
     /// shutdown waits for that work.
     pub(super) tasks: tokio_util::task::TaskTracker,
+    /// Advances the engine's epoch while any store lives.
+    pub(super) ticker: Arc<Ticker>,
 }
 
 impl Runtime {
@@ -118,7 +116,7 @@ impl Runtime {
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("cannot create the WebAssembly engine")?;
-        spawn_epoch_ticker(&engine);
+        let ticker = Ticker::spawn(&engine);
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
@@ -140,6 +138,7 @@ impl Runtime {
                 .build()
                 .context("cannot build the HTTP client for model providers")?,
             tasks: tokio_util::task::TaskTracker::new(),
+            ticker,
         })
     }
 
@@ -193,19 +192,4 @@ impl Runtime {
     pub fn tasks(&self) -> &tokio_util::task::TaskTracker {
         &self.tasks
     }
-}
-
-/// Advance the engine's epoch every tick for as long as the engine lives.
-pub(super) fn spawn_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("strata-epoch".to_owned())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })
-        .expect("cannot spawn the epoch ticker thread");
 }

@@ -30,9 +30,10 @@ use wasmtime::Store;
 use wasmtime::component::{Component, ComponentType, Instance, Lift, TypedFunc, WasmList};
 use wasmtime_wizer::{ComponentInstanceState, Wizer};
 
-use super::engine::{EPOCH_TICK, Runtime};
+use super::engine::Runtime;
 use super::imports::config::ConfigCtx;
 use super::invoke::{LogTag, StageState, classify, set_budget};
+use super::ticker::EPOCH_TICK;
 use crate::manifest::{Digest, StageSpec, WasiSpec};
 
 /// The export a stage pre-initialises through.

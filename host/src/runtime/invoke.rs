@@ -9,11 +9,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
-use super::engine::EPOCH_TICK;
 use super::engine::Runtime;
 use super::limits::StageLimiter;
 use super::load::Idle;
 use super::load::LoadedStage;
+use super::ticker::EPOCH_TICK;
 use crate::manifest::Limits;
 use crate::request::{Outcome, Request};
 use crate::runtime::imports::cache::{BankAccess, CacheCtx, CacheUse};
@@ -207,6 +207,7 @@ impl Runtime {
                 model: ModelCtx::default(),
                 http: HttpCtx::new(wasi.clone()),
                 timed_out: false,
+                _awake: self.ticker.awake(),
             },
         );
         store.limiter(|state| &mut state.limiter);
@@ -463,6 +464,8 @@ pub(crate) struct StageState {
     pub(crate) http: HttpCtx,
     pub(super) limiter: StageLimiter,
     pub(super) timed_out: bool,
+    /// Keeps the epoch advancing while the store lives.
+    pub(super) _awake: super::ticker::Awake,
 }
 
 impl WasiView for StageState {

@@ -12,7 +12,8 @@
 //! guest does can take the process down.
 
 //!
-//! - `engine`: the engine, pool, epoch ticker, compile cache and linker;
+//! - `engine`: the engine, pool, compile cache and linker;
+//! - `ticker`: the epoch ticker, asleep while no store lives;
 //! - `load`: compiling, checking and pre-instantiating a stage;
 //! - `init`: running a stage's `init` once at load and starting every fresh
 //!   instance from the state it leaves;
@@ -34,6 +35,7 @@ mod invoke;
 mod limits;
 mod load;
 mod retire;
+mod ticker;
 
 pub use self::engine::Runtime;
 pub use self::imports::cache::{BankAccess, CacheUse};
