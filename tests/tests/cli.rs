@@ -94,6 +94,68 @@ fn run_answers_one_request_without_a_server() {
 }
 
 #[test]
+fn run_repeats_the_request_and_times_every_stage() {
+    let manifest = demo_manifest();
+    let manifest = manifest.to_str().unwrap();
+    let (code, stdout, stderr) = strata(&[
+        "run",
+        manifest,
+        "support",
+        "--input",
+        "How do I change my PIN?",
+        "--repeat",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    // The last run's answer, as a single run gives it.
+    assert_eq!(result["status"], "answered", "{result}");
+    assert_eq!(result["stage"], "faq");
+    let timing = &result["timing"];
+    assert_eq!(timing["count"], 3, "{timing}");
+    let stages: Vec<&str> = timing["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|stage| stage["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["normalise", "redact", "triage", "faq"], "{timing}");
+    for stage in timing["stages"].as_array().unwrap() {
+        assert_eq!(stage["count"], 3, "{stage}");
+        let (p50, max) = (
+            stage["p50_us"].as_f64().unwrap(),
+            stage["max_us"].as_f64().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= max, "{stage}");
+    }
+    // A run takes at least as long as its stages.
+    let stages_mean: f64 = timing["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|stage| stage["mean_us"].as_f64().unwrap())
+        .sum();
+    assert!(
+        timing["mean_us"].as_f64().unwrap() >= stages_mean - 1.0,
+        "{timing}"
+    );
+
+    // One run has no timing; none is refused.
+    let (code, stdout, _) = strata(&["run", manifest, "support", "--input", "hi"]);
+    assert_eq!(code, 0);
+    let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(result.get("timing").is_none(), "{result}");
+    let (code, _, stderr) = strata(&["run", manifest, "support", "--input", "hi", "--repeat", "0"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--repeat"), "{stderr}");
+    let (code, _, stderr) = strata(&[
+        "run", manifest, "support", "--input", "hi", "--repeat", "1000001",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("1..=1000000"), "{stderr}");
+}
+
+#[test]
 fn run_names_the_known_pipelines_when_given_an_unknown_one() {
     let manifest = demo_manifest();
     let (code, _, stderr) = strata(&["run", manifest.to_str().unwrap(), "sales", "--input", "hi"]);

@@ -24,6 +24,7 @@ use crate::server::{HostOptions, start};
 mod bank;
 mod check;
 mod develop;
+mod timing;
 
 use self::check::{plural, run_cases, write_check_report};
 
@@ -197,6 +198,17 @@ pub enum Command {
         /// A request attribute, `KEY=VALUE`; may be repeated.
         #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attribute)]
         attributes: Vec<(String, String)>,
+        /// Run the request this many times, one after another, and add
+        /// `timing` to the output: the whole run's and each stage's
+        /// wall-clock time (count, mean, p50, p99, max, in microseconds).
+        /// Each run is a new request through the pipeline as the manifest
+        /// configures it (fresh instances unless a stage reuses them), so
+        /// this is what the stages cost before a server and a store add
+        /// theirs. The output shows the last run; model calls are made
+        /// every time. At most 1,000,000.
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        repeat: u32,
     },
 }
 
@@ -383,6 +395,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             pipeline,
             input,
             attributes,
+            repeat,
         } => {
             let (_manifest, runtime, generation) = load(&manifest, true).await?;
             let Some(pipeline) = generation.pipelines.get(pipeline.as_str()) else {
@@ -396,15 +409,28 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
                     known.join(", ")
                 );
             };
-            let request = Request {
-                id: uuid::Uuid::now_v7().to_string(),
-                pipeline: pipeline.name.to_string(),
-                input,
-                attributes: attributes.into_iter().collect(),
-            };
+            let attributes: std::collections::BTreeMap<String, String> =
+                attributes.into_iter().collect();
             let context = RunContext::new(Arc::new(runtime), Arc::new(Unobserved), 0);
-            let execution = pipeline.run(&context, generation.number, request).await;
-            let view = crate::views::execution_view(&execution);
+            let mut timing = timing::Timing::default();
+            let mut last = None;
+            for _ in 0..repeat {
+                let request = Request {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    pipeline: pipeline.name.to_string(),
+                    input: input.clone(),
+                    attributes: attributes.clone(),
+                };
+                let started = std::time::Instant::now();
+                let execution = pipeline.run(&context, generation.number, request).await;
+                timing.add(started.elapsed(), &execution);
+                last = Some(execution);
+            }
+            let execution = last.expect("--repeat is at least 1");
+            let mut view = crate::views::execution_view(&execution);
+            if repeat > 1 {
+                view["timing"] = timing.into_value();
+            }
             writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
             Ok(ExitCode::SUCCESS)
         }

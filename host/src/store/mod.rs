@@ -56,6 +56,7 @@ pub use self::feedback::*;
 pub use self::jobs::*;
 pub use self::patterns::*;
 pub use self::requests::*;
+pub(crate) use self::stats::quantile;
 pub use self::stats::{Bucket, TrafficStats};
 pub use self::tickets::*;
 pub use crate::states::{JobStatus, RequestStatus, TicketState};
