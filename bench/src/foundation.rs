@@ -1,6 +1,7 @@
 //! 4 fresh-instance stages against a bare hyper echo server: throughput and
 //! server CPU per request under load, latency on one connection, the same
-//! stages reusing instances, and the host's peak memory.
+//! stages reusing instances, the same stages alone (`strata run --repeat`,
+//! no server or store), and the host's peak memory.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,6 +55,20 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
         |url, host| harness::wrk_on(load, url, host.pid()),
     )?;
     let wasmtime = wasmtime_serve(root, load);
+    let alone = (|| -> anyhow::Result<String> {
+        let fresh_alone = alone(&release, &harness::demo_manifest(root)?, "foundation-alone")?;
+        let reused_alone = alone(
+            &release,
+            &with_reuse(&harness::demo_manifest(root)?),
+            "foundation-alone-reuse",
+        )?;
+        Ok(format!(
+            "{}\n{}",
+            fresh_alone.row("4 fresh-instance stages", &fresh),
+            reused_alone.row("the same 4 stages reusing instances", &reused),
+        ))
+    })()
+    .unwrap_or_else(|why| format!("| not measured: {why:#} | | | |"));
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = harness::cpu_model();
@@ -72,6 +87,14 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
          | throughput | **{:.3}** | {:.3} |\n\
          | server CPU per request | **{}** | {} |\n\n\
          {wasmtime}\n\n\
+         The same stages alone, with no server, store or network: `strata run --repeat \
+         {ALONE_RUNS}` on the same question, one run after another on one thread, the mean \
+         wall-clock time of a run and of each stage (outside a server a fresh instance is reset \
+         as soon as its stage ends, so a fresh stage's time includes its reset), against the \
+         server CPU a request of the loaded runs above:\n\n\
+         | stages | alone, µs/request (each stage) | served, CPU µs/request | served less alone |\n\
+         | --- | ---: | ---: | ---: |\n\
+         {alone}\n\n\
          Host peak resident memory (`VmHWM`) after the loaded and one-connection runs: \
          {rss:.0} MiB, the host started with its compile cache filled (as every start after \
          the first is); a first start, which compiles every stage, holds {cold_rss:.0} MiB \
@@ -152,6 +175,83 @@ fn wasmtime_serve(root: &Path, load: &Load) -> anyhow::Result<(Figures, Figures)
 
 /// Requests sent one at a time for the per-phase breakdown.
 const PHASE_SAMPLES: usize = 300;
+
+/// Runs of the benchmark request through the stages alone.
+const ALONE_RUNS: u32 = 20_000;
+
+/// What `strata run --repeat` reported: the mean run and each stage's mean,
+/// in microseconds.
+struct Alone {
+    mean_us: f64,
+    stages: Vec<(String, f64)>,
+}
+
+impl Alone {
+    /// A Markdown table row beside `served`, the same stages under load.
+    fn row(&self, name: &str, served: &Figures) -> String {
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|(stage, micros)| format!("`{stage}` {micros:.0}"))
+            .collect();
+        let (cpu, less) = match served.cpu_us {
+            Some(cpu) => (format!("{cpu:.0}"), format!("{:.0}", cpu - self.mean_us)),
+            None => ("–".to_owned(), "–".to_owned()),
+        };
+        format!(
+            "| {name} | {:.0} ({}) | {cpu} | {less} |",
+            self.mean_us,
+            stages.join(", ")
+        )
+    }
+}
+
+/// Run the benchmark request [`ALONE_RUNS`] times through `manifest`'s
+/// pipeline with `strata run --repeat`, once first to fill the compile
+/// cache, and check it was answered by the fourth stage.
+fn alone(release: &Path, manifest: &str, name: &str) -> anyhow::Result<Alone> {
+    let dir = harness::scratch(name)?;
+    let path = dir.join("strata.toml");
+    std::fs::write(&path, manifest)?;
+    let body: serde_json::Value = serde_json::from_str(BODY)?;
+    let input = body["input"].as_str().unwrap_or_default();
+    let run = |repeat: u32| -> anyhow::Result<serde_json::Value> {
+        let output = Command::new(release.join("strata"))
+            .env_remove("RUST_BACKTRACE")
+            .arg("run")
+            .arg(&path)
+            .args(["support", "--input", input, "--repeat", &repeat.to_string()])
+            .output()?;
+        anyhow::ensure!(
+            output.status.success(),
+            "strata run failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    let result = run(1).and_then(|_| run(ALONE_RUNS));
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = result?;
+    anyhow::ensure!(
+        result["stage"] == "faq",
+        "strata run did not answer at the fourth stage: {result}"
+    );
+    let timing = &result["timing"];
+    let mean = |value: &serde_json::Value| {
+        value["mean_us"]
+            .as_f64()
+            .ok_or_else(|| anyhow::anyhow!("strata run gave no timing: {timing}"))
+    };
+    let mut stages = Vec::new();
+    for stage in timing["stages"].as_array().into_iter().flatten() {
+        let name = stage["stage"].as_str().unwrap_or("?").to_owned();
+        stages.push((name, mean(stage)?));
+    }
+    Ok(Alone {
+        mean_us: mean(timing)?,
+        stages,
+    })
+}
 
 /// What each thread of the host is, by the start of the name it has in
 /// `/proc` (where names are cut at 15 bytes).
