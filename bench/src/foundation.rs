@@ -12,6 +12,8 @@ use crate::harness::{self, BODY, Figures, Host, Load, TABLE_HEADER};
 /// Measure the baseline, then the host; never both at once.
 pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
     let release = root.join("target").join("release");
+    let demo = harness::demo_manifest(root)?;
+    let demo_reuse = with_reuse(&demo);
     let one = Load {
         connections: 1,
         ..load.clone()
@@ -28,11 +30,8 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
         (loaded?, single?)
     };
 
-    let ((fresh, threads, fresh_one, rss, phases), cold_rss) = serve(
-        &release,
-        "foundation",
-        &harness::demo_manifest(root)?,
-        |url, host| {
+    let ((fresh, threads, fresh_one, rss, phases), cold_rss) =
+        serve(&release, "foundation", &demo, |url, host| {
             let pid = host.pid();
             let threads_before = harness::thread_cpu_seconds(pid)?;
             let loaded = harness::wrk_on(load, url, pid)?;
@@ -46,22 +45,14 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
                 rss,
                 phases(host, url, PHASE_SAMPLES)?,
             ))
-        },
-    )?;
-    let (reused, _) = serve(
-        &release,
-        "foundation-reuse",
-        &with_reuse(&harness::demo_manifest(root)?),
-        |url, host| harness::wrk_on(load, url, host.pid()),
-    )?;
+        })?;
+    let (reused, _) = serve(&release, "foundation-reuse", &demo_reuse, |url, host| {
+        harness::wrk_on(load, url, host.pid())
+    })?;
     let wasmtime = wasmtime_serve(root, load);
     let alone = (|| -> anyhow::Result<String> {
-        let fresh_alone = alone(&release, &harness::demo_manifest(root)?, "foundation-alone")?;
-        let reused_alone = alone(
-            &release,
-            &with_reuse(&harness::demo_manifest(root)?),
-            "foundation-alone-reuse",
-        )?;
+        let fresh_alone = alone(&release, &demo, "foundation-alone")?;
+        let reused_alone = alone(&release, &demo_reuse, "foundation-alone-reuse")?;
         Ok(format!(
             "{}\n{}",
             fresh_alone.row("4 fresh-instance stages", &fresh),
@@ -207,20 +198,27 @@ impl Alone {
 }
 
 /// Run the benchmark request [`ALONE_RUNS`] times through `manifest`'s
-/// pipeline with `strata run --repeat`, once first to fill the compile
-/// cache, and check it was answered by the fourth stage.
+/// pipeline with `strata run --repeat` (its timing covers the runs, not
+/// the loading and compiling before them), and check it was answered by
+/// the fourth stage.
 fn alone(release: &Path, manifest: &str, name: &str) -> anyhow::Result<Alone> {
     let dir = harness::scratch(name)?;
     let path = dir.join("strata.toml");
     std::fs::write(&path, manifest)?;
     let body: serde_json::Value = serde_json::from_str(BODY)?;
     let input = body["input"].as_str().unwrap_or_default();
-    let run = |repeat: u32| -> anyhow::Result<serde_json::Value> {
+    let result = (|| -> anyhow::Result<serde_json::Value> {
         let output = Command::new(release.join("strata"))
             .env_remove("RUST_BACKTRACE")
             .arg("run")
             .arg(&path)
-            .args(["support", "--input", input, "--repeat", &repeat.to_string()])
+            .args([
+                "support",
+                "--input",
+                input,
+                "--repeat",
+                &ALONE_RUNS.to_string(),
+            ])
             .output()?;
         anyhow::ensure!(
             output.status.success(),
@@ -228,8 +226,7 @@ fn alone(release: &Path, manifest: &str, name: &str) -> anyhow::Result<Alone> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
         Ok(serde_json::from_slice(&output.stdout)?)
-    };
-    let result = run(1).and_then(|_| run(ALONE_RUNS));
+    })();
     let _ = std::fs::remove_dir_all(&dir);
     let result = result?;
     anyhow::ensure!(

@@ -140,11 +140,15 @@ fn run_repeats_the_request_and_times_every_stage() {
         "{timing}"
     );
 
-    // One run has no timing; none is refused.
+    // Without --repeat there is no timing; with --repeat 1, one run's.
     let (code, stdout, _) = strata(&["run", manifest, "support", "--input", "hi"]);
     assert_eq!(code, 0);
     let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert!(result.get("timing").is_none(), "{result}");
+    let (code, stdout, _) = strata(&["run", manifest, "support", "--input", "hi", "--repeat", "1"]);
+    assert_eq!(code, 0);
+    let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(result["timing"]["count"], 1, "{result}");
     let (code, _, stderr) = strata(&["run", manifest, "support", "--input", "hi", "--repeat", "0"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--repeat"), "{stderr}");

@@ -198,17 +198,17 @@ pub enum Command {
         /// A request attribute, `KEY=VALUE`; may be repeated.
         #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attribute)]
         attributes: Vec<(String, String)>,
-        /// Run the request this many times, one after another, and add
-        /// `timing` to the output: the whole run's and each stage's
+        /// Run the request this many times (1 included), one after another,
+        /// and add `timing` to the output: the whole run's and each stage's
         /// wall-clock time (count, mean, p50, p99, max, in microseconds).
         /// Each run is a new request through the pipeline as the manifest
         /// configures it (fresh instances unless a stage reuses them), so
         /// this is what the stages cost before a server and a store add
         /// theirs. The output shows the last run; model calls are made
         /// every time. At most 1,000,000.
-        #[arg(long, value_name = "N", default_value_t = 1,
+        #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-        repeat: u32,
+        repeat: Option<u32>,
     },
 }
 
@@ -414,7 +414,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             let context = RunContext::new(Arc::new(runtime), Arc::new(Unobserved), 0);
             let mut timing = timing::Timing::default();
             let mut last = None;
-            for _ in 0..repeat {
+            for _ in 0..repeat.unwrap_or(1) {
                 let request = Request {
                     id: uuid::Uuid::now_v7().to_string(),
                     pipeline: pipeline.name.to_string(),
@@ -426,9 +426,9 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
                 timing.add(started.elapsed(), &execution);
                 last = Some(execution);
             }
-            let execution = last.expect("--repeat is at least 1");
+            let execution = last.expect("at least one run");
             let mut view = crate::views::execution_view(&execution);
-            if repeat > 1 {
+            if repeat.is_some() {
                 view["timing"] = timing.into_value();
             }
             writeln!(out, "{}", serde_json::to_string_pretty(&view)?)?;
