@@ -50,16 +50,8 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
         harness::wrk_on(load, url, host.pid())
     })?;
     let wasmtime = wasmtime_serve(root, load);
-    let alone = (|| -> anyhow::Result<String> {
-        let fresh_alone = alone(&release, &demo, "foundation-alone")?;
-        let reused_alone = alone(&release, &demo_reuse, "foundation-alone-reuse")?;
-        Ok(format!(
-            "{}\n{}",
-            fresh_alone.row("4 fresh-instance stages", &fresh),
-            reused_alone.row("the same 4 stages reusing instances", &reused),
-        ))
-    })()
-    .unwrap_or_else(|why| format!("| not measured: {why:#} | | | |"));
+    let stages_alone = alone_rows(&release, [&demo, &demo_reuse], [&fresh, &reused])
+        .unwrap_or_else(|why| format!("| not measured: {why:#} | | | |"));
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = harness::cpu_model();
@@ -85,7 +77,7 @@ pub fn run(root: &Path, load: &Load) -> anyhow::Result<String> {
          server CPU a request of the loaded runs above:\n\n\
          | stages | alone, µs/request (each stage) | served, CPU µs/request | served less alone |\n\
          | --- | ---: | ---: | ---: |\n\
-         {alone}\n\n\
+         {stages_alone}\n\n\
          Host peak resident memory (`VmHWM`) after the loaded and one-connection runs: \
          {rss:.0} MiB, the host started with its compile cache filled (as every start after \
          the first is); a first start, which compiles every stage, holds {cold_rss:.0} MiB \
@@ -195,6 +187,22 @@ impl Alone {
             stages.join(", ")
         )
     }
+}
+
+/// The table rows of the stages alone, fresh and reusing instances (the
+/// demo's `manifests`), beside the same stages `served` under load.
+fn alone_rows(
+    release: &Path,
+    manifests: [&str; 2],
+    served: [&Figures; 2],
+) -> anyhow::Result<String> {
+    let fresh = alone(release, manifests[0], "foundation-alone")?;
+    let reused = alone(release, manifests[1], "foundation-alone-reuse")?;
+    Ok(format!(
+        "{}\n{}",
+        fresh.row("4 fresh-instance stages", served[0]),
+        reused.row("the same 4 stages reusing instances", served[1]),
+    ))
 }
 
 /// Run the benchmark request [`ALONE_RUNS`] times through `manifest`'s
